@@ -1,0 +1,1 @@
+"""Apache Beam wiring: PipelineOptions, composite PTransforms over pipeline/, job entry points."""

@@ -1,0 +1,1 @@
+"""fret-distill pipeline stages: pure Python, no Apache Beam imports."""

