@@ -1,0 +1,154 @@
+"""The FRet job: seed passages -> relabelled (task, query, positive, hard negatives) Parquet shards.
+
+    python -m beam_jobs.fret_job --input samples/passages.jsonl --output out/run \
+        --llm_url http://127.0.0.1:8000 [standard Beam flags, e.g. --runner DataflowRunner]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import urllib.request
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from beam_jobs import options as opt
+from beam_jobs import transforms as T
+from pipeline.accounting import Outcome
+from pipeline.prompts import load_prompt
+from schemas import DeadLetter, FilteredRecord, Provenance, TrainingExample
+
+PROMPTS = ("query_generation", "query_likelihood", "relevance_classification", "quality_rater")
+OUTPUT_PARTS = ("examples", "dead_letters", "filtered", "manifest.json")
+
+
+def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0) -> str:
+    """The first model the server lists; a clear error when it cannot be reached."""
+    request = urllib.request.Request(base_url.rstrip("/") + "/v1/models")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            models = json.load(resp).get("data") or []
+    except OSError as exc:
+        raise ValueError(f"cannot reach the LLM server at {base_url} ({exc}); start it, fix --llm_url, "
+                         "or pass --llm_model") from None
+    if not models:
+        raise ValueError(f"the LLM server at {base_url} lists no models; pass --llm_model")
+    return models[0]["id"]
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse to mix a new run into an old one, unless told to replace it."""
+    output = output.rstrip("/")
+    existing = [m.path for m in FileSystems.match([output + "/**"])[0].metadata_list] \
+        if FileSystems.exists(output) else []
+    if not existing:
+        return
+    if not overwrite:
+        raise ValueError(f"output folder {output} is not empty ({len(existing)} files); choose a new --output "
+                         "or pass --overwrite to replace it")
+    FileSystems.delete([output])
+
+
+def _count(pcoll, name: str):
+    return pcoll | f"Count{name}" >> beam.combiners.Count.Globally() | f"Name{name}" >> beam.Map(lambda n: (name, n))
+
+
+def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, started_at: dt.datetime) -> None:
+    output = opts.output.rstrip("/")
+    client = opt.client_config(opts, model)
+    prompts = {name: load_prompt(name).hash for name in PROMPTS}
+    provenance = Provenance(llm_model=model, embedder=opts.embedder, prompts=prompts,
+                            params=opt.effective_config(opts, model), created_at=started_at)
+
+    read = p | "ReadSeedPassages" >> T.ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
+                                                         opt.split_config(opts))
+    passages, dedupe_outcomes = read.passages | "DeduplicatePassages" >> T.DeduplicatePassages()
+    queries = passages | "GenerateQueries" >> T.GenerateQueries(client, opt.generation_config(opts),
+                                                                 opts.llm_batch_size, opts.progress)
+    eval_grams = p | "LoadEvalSet" >> T.LoadEvalNgrams(opts.decontaminate, opt.decontam_config(opts))
+    kept_queries, filter_outcomes = ((queries.queries, eval_grams)
+                                     | "FilterQueries" >> T.FilterQueries(opt.near_dup_config(opts),
+                                                                          opt.decontam_config(opts)))
+    candidates = ((passages, kept_queries)
+                  | "RetrieveCandidates" >> T.RetrieveCandidates(opts.embedder, opts.num_neighbors,
+                                                                 opts.index_shard_size, opts.embed_batch_size,
+                                                                 progress=opts.progress))
+    reranked = candidates | "RerankAndMine" >> T.RerankAndMine(
+        client, opt.rerank_config(opts), opt.mining_config(opts), provenance, opts.keep_candidates,
+        batch_size=max(1, opts.llm_batch_size // 4), progress=opts.progress)
+    examples, late_outcomes = reranked.examples, [reranked[T.OUTCOME]]
+    rater = opt.rater_config(opts)
+    if rater is not None:
+        rated = examples | "RateExamples" >> T.RateExamples(client, rater, opts.llm_batch_size, opts.progress)
+        examples, late_outcomes = rated.examples, late_outcomes + [rated[T.OUTCOME]]
+    clean = examples | "DecontaminatePositives" >> beam.FlatMap(
+        T._decontaminate_positive, beam.pvalue.AsSingleton(eval_grams), opt.decontam_config(opts)
+    ).with_outputs(T.OUTCOME, main="examples")
+    examples = clean.examples | "Example" >> beam.Map(lambda ep: ep[0])
+    written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(T.unit_id(ep[1]), "written"))
+
+    examples | "WriteExamples" >> T.WriteRecords(TrainingExample, f"{output}/examples/part", opts.output_shards)
+
+    final = ((read[T.OUTCOME], dedupe_outcomes, queries[T.OUTCOME], filter_outcomes, *late_outcomes,
+              clean[T.OUTCOME], written)
+             | "AllOutcomes" >> beam.Flatten()
+             | "KeyByUnit" >> beam.Map(lambda o: (o.unit_id, o))
+             | "GroupByUnit" >> beam.GroupByKey()
+             | "OnePerUnit" >> beam.MapTuple(lambda _, outcomes: T.accounting.resolve_unit(outcomes)))
+    (final
+     | "DeadOnly" >> beam.FlatMap(lambda o: [o.record] if o.status == "dead_lettered" else [])
+     | "WriteDeadLetters" >> T.WriteRecords(DeadLetter, f"{output}/dead_letters/part", opts.output_shards))
+    (final
+     | "FilteredOnly" >> beam.FlatMap(lambda o: [o.record] if o.status == "filtered" else [])
+     | "WriteFiltered" >> T.WriteRecords(FilteredRecord, f"{output}/filtered/part", opts.output_shards))
+
+    units = ((read.passages, read[T.OUTCOME]) | "Units" >> beam.Flatten()
+             | "CountUnits" >> beam.combiners.Count.Globally())
+    stage_counts = ([_count(read.passages, "passages_after_split"), _count(read[T.OUTCOME], "unreadable_records"),
+                     _count(passages, "unique_passages"), _count(queries.queries, "queries_generated"),
+                     _count(kept_queries, "queries_after_filters"), _count(candidates, "queries_retrieved")]
+                    | "StageCounts" >> beam.Flatten()
+                    | "StageDict" >> beam.combiners.ToDict())
+    events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
+               examples | "ExampleEvents" >> beam.Map(lambda e: ("example", e)))
+              | "Events" >> beam.Flatten())
+    meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opts.embedder, prompts=prompts,
+                config=opt.effective_config(opts, model))
+    (events
+     | "Summarize" >> beam.CombineGlobally(T._ManifestCombine())
+     | "WriteManifest" >> beam.Map(T.write_manifest, beam.pvalue.AsSingleton(stage_counts),
+                                   beam.pvalue.AsSingleton(units), f"{output}/manifest.json", meta))
+
+
+def run(argv=None, save_main_session: bool = True, test_pipeline=None):
+    """Build and run the job. Returns the PipelineResult (after it finished, on DirectRunner)."""
+    pipeline_options = PipelineOptions(argv)
+    pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
+    opts = pipeline_options.view_as(opt.FretOptions)
+    base = opts.llm_url.split(",")[0].strip()
+    model = opts.llm_model or discover_model(base, opt.api_key(opts))
+    prepare_output(opts.output, opts.overwrite)
+    run_id = uuid.uuid4().hex[:12]
+    started_at = dt.datetime.now(dt.timezone.utc)
+    p = test_pipeline or beam.Pipeline(options=pipeline_options)
+    build(p, opts, model, run_id, started_at)
+    result = p.run()
+    result.wait_until_finish()
+    return result
+
+
+def main(argv=None) -> int:
+    logging.getLogger().setLevel(logging.WARNING)
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

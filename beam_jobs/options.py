@@ -1,0 +1,152 @@
+"""Flags of the FRet job, as a PipelineOptions subclass, and their translation to stage configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.filtering import DecontamConfig, NearDupConfig, RaterConfig
+from pipeline.generation import GenerationConfig
+from pipeline.ingest import SplitConfig
+from pipeline.llm.client import ClientConfig
+from pipeline.mining import MiningConfig
+from pipeline.rerank import RerankConfig
+
+
+class FretOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        io = parser.add_argument_group("input and output")
+        io.add_argument("--input", required=True,
+                        help="seed passages: JSONL or Parquet files, globs, any Beam filesystem (gs://...); "
+                             "comma-separate several. Fields: text (required), title, id")
+        io.add_argument("--input_format", default="auto", choices=["auto", "jsonl", "parquet"])
+        io.add_argument("--output", required=True, help="output folder (local or any Beam filesystem)")
+        io.add_argument("--output_shards", type=int, default=0, help="Parquet shards per output (0: runner decides)")
+        io.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+        io.add_argument("--keep_candidates", type=_bool, default=True,
+                        help="store every scored candidate in each example (true/false)")
+
+        llm = parser.add_argument_group("LLM server (OpenAI-compatible; vLLM for scoring)")
+        llm.add_argument("--llm_url", default="http://127.0.0.1:8000",
+                         help="base URL(s) of the server fleet, comma-separated")
+        llm.add_argument("--llm_model", default="", help="served model name (default: the server's first model)")
+        llm.add_argument("--llm_api_key_env", default="OPENAI_API_KEY",
+                         help="environment variable that holds the API key, if any")
+        llm.add_argument("--llm_api_key_file", default="", help="file that holds the API key, if any")
+        llm.add_argument("--llm_concurrency", type=int, default=32, help="in-flight requests per worker process")
+        llm.add_argument("--llm_timeout", type=float, default=120.0, help="seconds per request attempt")
+        llm.add_argument("--llm_retries", type=int, default=4, help="retries after the first attempt")
+        llm.add_argument("--llm_batch_size", type=int, default=64, help="passages or queries per DoFn batch")
+
+        gen = parser.add_argument_group("query generation")
+        gen.add_argument("--queries_per_passage", type=int, default=1)
+        gen.add_argument("--temperature", type=float, default=0.7)
+        gen.add_argument("--max_tokens", type=int, default=512, help="generation budget; longer answers fail as 'length'")
+        gen.add_argument("--seed", type=int, default=0, help="seeds the knob sampler and random mining")
+
+        ret = parser.add_argument_group("embedding and retrieval")
+        ret.add_argument("--embedder", default="all-MiniLM-L6-v2",
+                         help="sentence-transformers or HF model path (default: bundled all-MiniLM-L6-v2)")
+        ret.add_argument("--embed_batch_size", type=int, default=64)
+        ret.add_argument("--max_passage_tokens", type=int, default=256,
+                         help="longer inputs are split into passages of at most this many embedder tokens")
+        ret.add_argument("--num_neighbors", type=int, default=20, help="N, the neighbours retrieved per query")
+        ret.add_argument("--index_shard_size", type=int, default=50_000,
+                         help="passages per index shard; bounds memory per worker")
+
+        rr = parser.add_argument_group("reranking and mining")
+        rr.add_argument("--rrf_k", type=float, default=0.0, help="RRF constant (Gecko: 0)")
+        rr.add_argument("--rc_score", default="expected_relevance", choices=["expected_relevance", "top_label_logprob"])
+        rr.add_argument("--negative_strategy", default="lowest", choices=["lowest", "random", "rank_window", "margin"])
+        rr.add_argument("--num_negatives", type=int, default=1)
+        rr.add_argument("--negative_window", default="10,20", help="rank_window: fused ranks lo,hi")
+        rr.add_argument("--negative_margin", type=float, default=0.95, help="margin: drop scores above this x positive")
+        rr.add_argument("--margin_score", default="rc", choices=["rc", "ql", "fused"])
+
+        flt = parser.add_argument_group("filters")
+        flt.add_argument("--near_dup_threshold", type=float, default=0.8,
+                         help="drop queries with word-3-gram Jaccard >= this to another query (0 disables)")
+        flt.add_argument("--quality_filter", action="store_true", help="run the LLM auto-rater")
+        flt.add_argument("--min_quality", type=int, default=3, help="auto-rater: keep scores >= this (1-5)")
+        flt.add_argument("--decontaminate", default="",
+                         help="evaluation files (JSONL with a 'text' field, e.g. BEIR queries/corpus); "
+                              "examples sharing an n-gram with them are dropped")
+        flt.add_argument("--decontam_ngram", type=int, default=13)
+
+        parser.add_argument("--progress", type=_bool, default=True, help="print progress on the console")
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def api_key(opts: FretOptions) -> str | None:
+    """From a file or the environment, never from a flag (flags end up in logs and job specs)."""
+    if opts.llm_api_key_file:
+        return Path(opts.llm_api_key_file).read_text().strip() or None
+    return os.environ.get(opts.llm_api_key_env) or None
+
+
+def client_config(opts: FretOptions, model: str) -> ClientConfig:
+    return ClientConfig(
+        base_urls=tuple(u.strip() for u in opts.llm_url.split(",") if u.strip()),
+        model=model, max_concurrency=opts.llm_concurrency, timeout_s=opts.llm_timeout,
+        max_retries=opts.llm_retries, api_key=api_key(opts),
+    )
+
+
+def generation_config(opts: FretOptions) -> GenerationConfig:
+    return GenerationConfig(queries_per_passage=opts.queries_per_passage, temperature=opts.temperature,
+                            max_tokens=opts.max_tokens, seed=opts.seed)
+
+
+def split_config(opts: FretOptions) -> SplitConfig:
+    return SplitConfig(max_tokens=opts.max_passage_tokens)
+
+
+def rerank_config(opts: FretOptions) -> RerankConfig:
+    return RerankConfig(rrf_k=opts.rrf_k, rc_score=opts.rc_score)
+
+
+def mining_config(opts: FretOptions) -> MiningConfig:
+    lo, hi = (int(x) for x in opts.negative_window.split(","))
+    return MiningConfig(strategy=opts.negative_strategy, num_negatives=opts.num_negatives, window=(lo, hi),
+                        margin=opts.negative_margin, margin_score=opts.margin_score, seed=opts.seed)
+
+
+def near_dup_config(opts: FretOptions) -> NearDupConfig | None:
+    return NearDupConfig(threshold=opts.near_dup_threshold) if opts.near_dup_threshold > 0 else None
+
+
+def rater_config(opts: FretOptions) -> RaterConfig | None:
+    return RaterConfig(min_score=opts.min_quality) if opts.quality_filter else None
+
+
+def decontam_config(opts: FretOptions) -> DecontamConfig:
+    return DecontamConfig(ngram=opts.decontam_ngram)
+
+
+CONFIG_FIELDS = (
+    "input", "input_format", "output", "output_shards", "keep_candidates", "llm_url", "llm_model",
+    "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage", "temperature",
+    "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
+    "index_shard_size", "rrf_k", "rc_score", "negative_strategy", "num_negatives", "negative_window",
+    "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "decontaminate",
+    "decontam_ngram",
+)
+
+
+def effective_config(opts: FretOptions, model: str) -> str:
+    """The job's parameters as sorted JSON (no secrets: the key's source is named, not its value)."""
+    values = {name: getattr(opts, name) for name in CONFIG_FIELDS}
+    values["llm_model"] = model
+    values["llm_api_key_source"] = "file" if opts.llm_api_key_file else f"env:{opts.llm_api_key_env}"
+    return json.dumps(values, sort_keys=True)

@@ -1,0 +1,673 @@
+"""Composite PTransforms of the FRet job. Each step hands its work to a function in pipeline/.
+
+Every transform that can reject elements returns a main output plus an "outcome" output of
+pipeline.accounting.Outcome records, so the job can prove that every seed passage was written,
+filtered or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+import time
+from typing import Any, Iterable, Optional
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.metrics import Metrics
+from apache_beam.utils.shared import Shared
+
+from pipeline import accounting, filtering, ingest, retrieval
+from pipeline.accounting import Outcome
+from pipeline.embedding import Embedder, passage_text
+from pipeline.examples import build_example
+from pipeline.generation import GenerationConfig, generate_queries
+from pipeline.ingest import SplitConfig, dead_letter, now
+from pipeline.llm.blocking import BlockingLLM
+from pipeline.llm.client import ClientConfig
+from pipeline.mining import MiningConfig
+from pipeline.rerank import Candidate, RerankConfig, score_query
+from schemas import DeadLetter, FilteredRecord, Passage, Provenance, QueryRecord, TrainingExample
+
+NS = "fret"
+OUTCOME = "outcome"
+log = logging.getLogger("fret")
+
+
+def unit_id(passage: Passage) -> str:
+    """The accounting unit of a seed passage: its input record and chunk."""
+    return f"{passage.source_id}#{passage.chunk}"
+
+
+def filtered(unit: str, record_id: str, stage: str, reason: str, detail: str = "") -> Outcome:
+    return Outcome(unit, "filtered", FilteredRecord(record_id=record_id, stage=stage, reason=reason,
+                                                    detail=detail, created_at=now()))
+
+
+class Progress:
+    """Console progress for local runs: one line per stage every few seconds."""
+
+    _lock = threading.Lock()
+    _last: dict[str, float] = {}
+    _counts: dict[str, int] = {}
+    _start: dict[str, float] = {}
+
+    @classmethod
+    def add(cls, stage: str, n: int, enabled: bool) -> None:
+        if not enabled:
+            return
+        with cls._lock:
+            t = time.monotonic()
+            cls._start.setdefault(stage, t)
+            cls._last.setdefault(stage, t)
+            cls._counts[stage] = cls._counts.get(stage, 0) + n
+            if t - cls._last[stage] >= 5.0:
+                cls._last[stage] = t
+                rate = cls._counts[stage] / max(1e-9, t - cls._start[stage])
+                print(f"[fret] {stage}: {cls._counts[stage]} done ({rate:.1f}/s)", flush=True)
+
+
+# ---------------------------------------------------------------------------- read
+
+
+class _ReadLines(beam.DoFn):
+    """Yield (source 'path:line', raw bytes) for each non-blank line of a JSONL file."""
+
+    def __init__(self):
+        self.blank = Metrics.counter(NS, "blank_lines")
+
+    def process(self, readable: fileio.ReadableFile):
+        path = readable.metadata.path
+        with readable.open() as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    self.blank.inc()
+                    continue
+                yield f"{path}:{number}", line.rstrip(b"\r\n")
+
+
+class _ReadParquetRows(beam.DoFn):
+    def process(self, readable: fileio.ReadableFile):
+        import pyarrow.parquet as pq
+
+        path = readable.metadata.path
+        with readable.open() as f:
+            number = 0
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield f"{path}:row{number}", row
+
+
+class _ParseAndSplit(beam.DoFn):
+    """Raw record -> Passages (split by the embedder's token budget), or an outcome with a reason."""
+
+    def __init__(self, embedder: str, split: SplitConfig, shared: Shared):
+        self._embedder, self._split, self._shared = embedder, split, shared
+        self.read = Metrics.counter(NS, "records_read")
+        self.bad = Metrics.counter(NS, "records_dead_lettered")
+        self.passages = Metrics.counter(NS, "passages")
+        self.split_records = Metrics.counter(NS, "records_split")
+
+    def setup(self):
+        from transformers import AutoTokenizer
+
+        from pipeline.embedding import resolve_model_path
+
+        path = resolve_model_path(self._embedder)
+        self._tokenizer = self._shared.acquire(lambda: _Box(AutoTokenizer.from_pretrained(path)),
+                                               tag=f"tokenizer:{path}").value
+
+    def _count(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+
+    def process(self, element):
+        source, raw = element
+        self.read.inc()
+        record = ingest.parse_jsonl_line(raw, source) if isinstance(raw, bytes) else ingest.validate_record(raw, source)
+        if isinstance(record, DeadLetter):
+            self.bad.inc()
+            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(source, "dead_lettered", record))
+            return
+        passages = ingest.split_passage(record, source, self._count, self._split)
+        if not passages:
+            self.bad.inc()
+            letter = dead_letter(record.id or source, "split", "empty_text",
+                                 "nothing is left of the text once control characters are removed",
+                                 record.model_dump(), source)
+            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(source, "dead_lettered", letter))
+            return
+        if len(passages) > 1:
+            self.split_records.inc()
+        self.passages.inc(len(passages))
+        yield from passages
+
+
+class _Box:
+    """Shared.acquire needs a weak-referenceable object."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class ReadSeedPassages(beam.PTransform):
+    """Seed passages from JSONL/Parquet globs -> Passage, plus outcomes for unreadable records."""
+
+    def __init__(self, patterns: str, input_format: str = "auto", embedder: str = "all-MiniLM-L6-v2",
+                 split: SplitConfig = SplitConfig()):
+        super().__init__()
+        self.patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+        if not self.patterns:
+            raise ValueError("--input is empty: give one or more JSONL/Parquet paths or globs")
+        self.input_format, self.embedder, self.split = input_format, embedder, split
+
+    def expand(self, pbegin):
+        files = (pbegin
+                 | "Patterns" >> beam.Create(self.patterns)
+                 | "Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+                 | "Open" >> fileio.ReadMatches()
+                 | "ByFormat" >> beam.Partition(lambda f, n: 1 if _is_parquet(f.metadata.path, self.input_format)
+                                                else 0, 2))
+        lines = files[0] | "ReadJsonl" >> beam.ParDo(_ReadLines())
+        rows = files[1] | "ReadParquet" >> beam.ParDo(_ReadParquetRows())
+        return ((lines, rows)
+                | "Records" >> beam.Flatten()
+                | "Spread" >> beam.Reshuffle()
+                | "ParseSplit" >> beam.ParDo(_ParseAndSplit(self.embedder, self.split, Shared()))
+                .with_outputs(OUTCOME, main="passages"))
+
+
+def _is_parquet(path: str, input_format: str) -> bool:
+    if input_format != "auto":
+        return input_format == "parquet"
+    return path.endswith((".parquet", ".pq"))
+
+
+# ---------------------------------------------------------------------------- dedupe
+
+
+def _resolve_id_group(element):
+    passage_id, members = element
+    members = sorted(members, key=lambda m: m.source_id)
+    kept, conflicts, _ = ingest.resolve_duplicates(passage_id, [(m.source_id, m) for m in members])
+    if kept is None:
+        for passage, letter in zip(members, conflicts):
+            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", letter))
+        return
+    yield members[0]
+    for dup in members[1:]:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(dup), dup.id, "read", "duplicate_passage",
+                                                         f"same id and text as {members[0].source_id}"))
+
+
+def _resolve_content_group(element):
+    _, members = element
+    members = sorted(members, key=lambda m: (m.id, m.source_id))
+    yield members[0]
+    for dup in members[1:]:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(dup), dup.id, "read", "duplicate_passage",
+                                                         f"same text as passage {members[0].id}"))
+
+
+class DeduplicatePassages(beam.PTransform):
+    """One passage per id (conflicting texts under one id are dead-lettered) and per text."""
+
+    def expand(self, passages):
+        by_id = (passages
+                 | "KeyById" >> beam.Map(lambda p: (p.id, p))
+                 | "GroupById" >> beam.GroupByKey()
+                 | "ResolveIds" >> beam.FlatMap(_resolve_id_group).with_outputs(OUTCOME, main="passages"))
+        by_text = (by_id.passages
+                   | "KeyByText" >> beam.Map(lambda p: (ingest_content_key(p), p))
+                   | "GroupByText" >> beam.GroupByKey()
+                   | "ResolveTexts" >> beam.FlatMap(_resolve_content_group).with_outputs(OUTCOME, main="passages"))
+        outcomes = (by_id[OUTCOME], by_text[OUTCOME]) | "Outcomes" >> beam.Flatten()
+        return by_text.passages, outcomes
+
+
+def ingest_content_key(p: Passage) -> str:
+    from pipeline import ids
+
+    return ids.passage_id(p.title, p.text)
+
+
+# ---------------------------------------------------------------------------- LLM stages
+
+
+class _LLMBatchDoFn(beam.DoFn):
+    """Base: one BlockingLLM per worker process (shared across threads), a batch per call."""
+
+    def __init__(self, client: ClientConfig, shared: Shared, progress: bool):
+        self._client_config, self._shared, self._progress = client, shared, progress
+        self.requests = Metrics.counter(NS, "llm_requests")
+        self.failures = Metrics.counter(NS, "llm_failures")
+        self.retries = Metrics.counter(NS, "llm_retries")
+        self.prompt_tokens = Metrics.counter(NS, "llm_prompt_tokens")
+        self.completion_tokens = Metrics.counter(NS, "llm_completion_tokens")
+
+    def setup(self):
+        config = self._client_config
+        self._llm = self._shared.acquire(lambda: BlockingLLM(config),
+                                         tag=f"llm:{config.base_urls}:{config.model}").retain()
+
+    def teardown(self):
+        self._llm.release()
+
+    def _run(self, fn):
+        before = self._llm.stats.snapshot()
+        out = self._llm.run(fn)
+        after = self._llm.stats.snapshot()
+        # Deltas from a shared client are approximate under threads; totals stay right.
+        self.requests.inc(after["requests"] - before["requests"])
+        self.failures.inc(after["failures"] - before["failures"])
+        self.retries.inc(after["retries"] - before["retries"])
+        self.prompt_tokens.inc(after["prompt_tokens"] - before["prompt_tokens"])
+        self.completion_tokens.inc(after["completion_tokens"] - before["completion_tokens"])
+        return out
+
+
+class _GenerateFn(_LLMBatchDoFn):
+    def __init__(self, client, shared, progress, config: GenerationConfig):
+        super().__init__(client, shared, progress)
+        self._config = config
+        self.generated = Metrics.counter(NS, "queries_generated")
+        self.parse_failures = Metrics.counter(NS, "generation_failures")
+
+    def process(self, batch: list[Passage]):
+        config = self._config
+        results = self._run(lambda c: generate_queries(c, batch, config))
+        Progress.add("generate (passages)", len(batch), self._progress)
+        for passage, result in results:
+            if isinstance(result, DeadLetter):
+                self.parse_failures.inc()
+                yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", result))
+            else:
+                self.generated.inc()
+                yield result, passage
+
+
+class GenerateQueries(beam.PTransform):
+    """Passage -> (QueryRecord, seed Passage); failures become dead-letter outcomes."""
+
+    def __init__(self, client: ClientConfig, config: GenerationConfig, batch_size: int = 64, progress: bool = False):
+        super().__init__()
+        self.client, self.config, self.batch_size, self.progress = client, config, batch_size, progress
+
+    def expand(self, passages):
+        return (passages
+                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+                | "Generate" >> beam.ParDo(_GenerateFn(self.client, Shared(), self.progress, self.config))
+                .with_outputs(OUTCOME, main="queries"))
+
+
+# ---------------------------------------------------------------------------- query filters
+
+
+def _exact_dedupe(element):
+    _, members = element
+    members = sorted(members, key=lambda qp: qp[0].query_id)
+    yield members[0]
+    for query, passage in members[1:]:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), query.query_id, "filter",
+                                                         "duplicate_query", f"same query as {members[0][0].query_id}"))
+
+
+class FilterQueries(beam.PTransform):
+    """Exact and near-duplicate queries, and queries that overlap the evaluation set."""
+
+    def __init__(self, near_dup: Optional[filtering.NearDupConfig], decontam: filtering.DecontamConfig):
+        super().__init__()
+        self.near_dup, self.decontam = near_dup, decontam
+
+    def expand(self, pcolls):
+        queries, eval_grams = pcolls
+        exact = (queries
+                 | "KeyNormalized" >> beam.Map(lambda qp: (filtering.normalize_query(qp[0].query), qp))
+                 | "GroupNormalized" >> beam.GroupByKey()
+                 | "ExactDedupe" >> beam.FlatMap(_exact_dedupe).with_outputs(OUTCOME, main="queries"))
+        kept, outcomes = exact.queries, [exact[OUTCOME]]
+        if self.near_dup is not None:
+            drop = (kept
+                    | "Bands" >> beam.FlatMap(_band_keys, self.near_dup)
+                    | "GroupBands" >> beam.GroupByKey()
+                    | "NearDupsInBand" >> beam.FlatMap(_near_dups_in_band, self.near_dup)
+                    | "OncePerQuery" >> beam.CombinePerKey(lambda ones: 1))
+            near = ({"query": kept | "KeyByQueryId" >> beam.Map(lambda qp: (qp[0].query_id, qp)), "drop": drop}
+                    | "JoinDrops" >> beam.CoGroupByKey()
+                    | "ApplyNearDup" >> beam.FlatMap(_apply_drop).with_outputs(OUTCOME, main="queries"))
+            kept, outcomes = near.queries, outcomes + [near[OUTCOME]]
+        clean = kept | "Decontaminate" >> beam.FlatMap(
+            _decontaminate_query, beam.pvalue.AsSingleton(eval_grams), self.decontam
+        ).with_outputs(OUTCOME, main="queries")
+        return clean.queries, (outcomes + [clean[OUTCOME]]) | "Outcomes" >> beam.Flatten()
+
+
+def _band_keys(qp, config):
+    query = qp[0]
+    return [(band, (query.query_id, query.query)) for band in filtering.minhash_bands(query.query, config)]
+
+
+def _near_dups_in_band(element, config):
+    _, members = element
+    return [(query_id, 1) for query_id in filtering.near_duplicates_to_drop(list(members), config)]
+
+
+def _apply_drop(element):
+    _, grouped = element
+    for query, passage in grouped["query"]:
+        if list(grouped["drop"]):
+            yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), query.query_id, "filter",
+                                                             "near_duplicate_query"))
+        else:
+            yield query, passage
+
+
+def _decontaminate_query(qp, eval_grams, config):
+    query, passage = qp
+    hit = filtering.contamination([query.query], eval_grams, config)
+    if hit:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), query.query_id, "filter",
+                                                         "decontaminated", f"query shares {hit!r} with the eval set"))
+    else:
+        yield qp
+
+
+class LoadEvalNgrams(beam.PTransform):
+    """The n-gram set of the evaluation files (empty when none are given), as one element."""
+
+    def __init__(self, patterns: str, config: filtering.DecontamConfig):
+        super().__init__()
+        self.patterns, self.config = patterns, config
+
+    def expand(self, pbegin):
+        config = self.config
+        if not self.patterns:
+            return pbegin | "NoEvalSet" >> beam.Create([frozenset()])
+        return (pbegin
+                | "EvalFiles" >> beam.Create([p.strip() for p in self.patterns.split(",") if p.strip()])
+                | "MatchEval" >> fileio.MatchAll()
+                | "OpenEval" >> fileio.ReadMatches()
+                | "EvalLines" >> beam.FlatMap(lambda f: f.read_utf8().splitlines())
+                | "EvalText" >> beam.FlatMap(_eval_text)
+                | "Ngrams" >> beam.Map(lambda t: filtering.eval_ngrams([t], config))
+                | "Union" >> beam.CombineGlobally(lambda sets: frozenset().union(*sets)))
+
+
+def _eval_text(line: str) -> list[str]:
+    line = line.strip()
+    if not line:
+        return []
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return [line]  # a plain text file: one text per line
+    if isinstance(record, dict):
+        return [str(record[k]) for k in ("title", "text", "query") if record.get(k)]
+    return [str(record)]
+
+
+# ---------------------------------------------------------------------------- embed + retrieve
+
+
+class _EmbedFn(beam.DoFn):
+    def __init__(self, embedder: str, batch_size: int, shared: Shared, kind: str, progress: bool):
+        self._name, self._batch_size, self._shared, self._kind, self._progress = (
+            embedder, batch_size, shared, kind, progress)
+        self.embedded = Metrics.counter(NS, f"{kind}_embedded")
+
+    def setup(self):
+        name, batch_size = self._name, self._batch_size
+        self._embedder = self._shared.acquire(lambda: Embedder(name, batch_size=batch_size), tag=f"embedder:{name}")
+
+    def process(self, batch):
+        if self._kind == "passages":
+            texts = [passage_text(p.title, p.text) for p in batch]
+        else:
+            texts = [q.query for q, _ in batch]
+        vectors = self._embedder.encode(texts)
+        self.embedded.inc(len(batch))
+        Progress.add(f"embed ({self._kind})", len(batch), self._progress)
+        for item, vector in zip(batch, vectors):
+            yield item, vector
+
+
+class _SearchShard(beam.DoFn):
+    """One index shard against every query batch routed to it -> (query_id, partial top-N)."""
+
+    def __init__(self, k: int):
+        self._k = k
+
+    def process(self, element):
+        _, grouped = element
+        shard = list(grouped["index"])
+        if not shard:
+            return
+        ids = [p.id for p, _ in shard]
+        matrix = np.stack([v for _, v in shard]).astype(np.float32)
+        by_id = {p.id: p for p, _ in shard}
+        for batch in grouped["queries"]:
+            qids = [qid for qid, _ in batch]
+            vectors = np.stack([v for _, v in batch]).astype(np.float32)
+            for qid, hits in zip(qids, retrieval.search_shard(vectors, matrix, ids, self._k)):
+                yield qid, [(h.score, h.passage_id, by_id[h.passage_id].title, by_id[h.passage_id].text)
+                            for h in hits]
+
+
+def _merge_candidates(element, k: int):
+    qid, grouped = element
+    (query, passage), = grouped["query"]
+    partials = [[retrieval.Hit(-score, pid) for score, pid, _, _ in part] for part in grouped["hits"]]
+    texts = {pid: (title, text) for part in grouped["hits"] for _, pid, title, text in part}
+    top = retrieval.merge_topk(partials, k)
+    candidates = [Candidate(passage_id=h.passage_id, title=texts[h.passage_id][0], text=texts[h.passage_id][1],
+                            is_seed=h.passage_id == passage.id, retrieval_rank=rank, retrieval_score=h.score)
+                  for rank, h in enumerate(top, start=1)]
+    if not any(c.is_seed for c in candidates):
+        # Gecko takes the argmax over the neighbours *with the seed included*.
+        candidates.append(Candidate(passage_id=passage.id, title=passage.title, text=passage.text, is_seed=True,
+                                    retrieval_rank=0, retrieval_score=None))
+    yield query, passage, candidates
+
+
+class RetrieveCandidates(beam.PTransform):
+    """Scatter-gather exact top-N: the corpus is cut into index shards of bounded size, every
+    query batch is searched against every shard, and the partial lists are merged per query."""
+
+    def __init__(self, embedder: str, num_neighbors: int = 20, shard_size: int = 50_000, embed_batch_size: int = 64,
+                 query_batch_size: int = 256, progress: bool = False):
+        super().__init__()
+        if num_neighbors < 1 or shard_size < 1:
+            raise ValueError("num_neighbors and index_shard_size must be >= 1")
+        self.embedder, self.k, self.shard_size = embedder, num_neighbors, shard_size
+        self.embed_batch_size, self.query_batch_size, self.progress = embed_batch_size, query_batch_size, progress
+
+    def expand(self, pcolls):
+        passages, queries = pcolls
+        shared = Shared()
+        passage_vectors = (passages
+                           | "BatchPassages" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.embed_batch_size)
+                           | "EmbedPassages" >> beam.ParDo(_EmbedFn(self.embedder, self.embed_batch_size, shared,
+                                                                    "passages", self.progress)))
+        num_shards = (passages
+                      | "CountCorpus" >> beam.combiners.Count.Globally()
+                      | "NumShards" >> beam.Map(lambda n, size: max(1, math.ceil(n / size)), self.shard_size))
+        index = passage_vectors | "ToShard" >> beam.Map(
+            lambda pv, n: (retrieval.shard_of(pv[0].id, n), pv), beam.pvalue.AsSingleton(num_shards))
+        query_vectors = (queries
+                         | "BatchQueries" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.embed_batch_size)
+                         | "EmbedQueries" >> beam.ParDo(_EmbedFn(self.embedder, self.embed_batch_size, shared,
+                                                                 "queries", self.progress)))
+        routed = (query_vectors
+                  | "QueryVector" >> beam.Map(lambda qv: (qv[0][0].query_id, qv[1]))
+                  | "BatchForSearch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.query_batch_size)
+                  | "ToEveryShard" >> beam.FlatMap(lambda batch, n: [(s, batch) for s in range(n)],
+                                                   beam.pvalue.AsSingleton(num_shards)))
+        partial = ({"index": index, "queries": routed}
+                   | "JoinShards" >> beam.CoGroupByKey()
+                   | "SearchShards" >> beam.ParDo(_SearchShard(self.k)))
+        keyed_queries = queries | "KeyQueries" >> beam.Map(lambda qp: (qp[0].query_id, qp))
+        return ({"query": keyed_queries, "hits": partial}
+                | "GatherPerQuery" >> beam.CoGroupByKey()
+                | "MergeTopN" >> beam.FlatMap(_merge_candidates, self.k))
+
+
+# ---------------------------------------------------------------------------- rerank + mine
+
+
+class _RerankFn(_LLMBatchDoFn):
+    def __init__(self, client, shared, progress, rerank: RerankConfig, mining: MiningConfig,
+                 provenance: Provenance, keep_candidates: bool):
+        super().__init__(client, shared, progress)
+        self._rerank, self._mining, self._provenance, self._keep = rerank, mining, provenance, keep_candidates
+        self.scored = Metrics.counter(NS, "queries_reranked")
+        self.rerank_failures = Metrics.counter(NS, "rerank_failures")
+        self.relabelled = Metrics.counter(NS, "relabelled")
+        self.candidates = Metrics.distribution(NS, "candidates_per_query")
+
+    def process(self, batch):
+        config = self._rerank
+        results = self._run(lambda client: _score_all(client, batch, config))
+        Progress.add("rerank (queries)", len(batch), self._progress)
+        for (query, passage, cands), scored in zip(batch, results):
+            if isinstance(scored, DeadLetter):
+                self.rerank_failures.inc()
+                yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", scored))
+                continue
+            self.candidates.update(len(cands))
+            example = build_example(query, scored, self._mining, self._provenance, self._keep)
+            self.scored.inc()
+            self.relabelled.inc(int(example.positive_changed))
+            yield example, passage
+
+
+async def _score_all(client, batch, config):
+    return await asyncio.gather(*(score_query(client, q, cands, config) for q, _, cands in batch))
+
+
+async def _rate_all(client, batch, config):
+    return await asyncio.gather(*(filtering.rate_example(client, e.task, e.query, e.positive.title,
+                                                         e.positive.text, config) for e, _ in batch))
+
+
+class RerankAndMine(beam.PTransform):
+    """(query, seed, candidates) -> (TrainingExample, seed Passage) via QL + RC + RRF and mining."""
+
+    def __init__(self, client: ClientConfig, rerank: RerankConfig, mining: MiningConfig, provenance: Provenance,
+                 keep_candidates: bool = True, batch_size: int = 16, progress: bool = False):
+        super().__init__()
+        self.client, self.rerank, self.mining, self.provenance = client, rerank, mining, provenance
+        self.keep_candidates, self.batch_size, self.progress = keep_candidates, batch_size, progress
+
+    def expand(self, candidates):
+        return (candidates
+                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+                | "Score" >> beam.ParDo(_RerankFn(self.client, Shared(), self.progress, self.rerank, self.mining,
+                                                  self.provenance, self.keep_candidates))
+                .with_outputs(OUTCOME, main="examples"))
+
+
+class _RateFn(_LLMBatchDoFn):
+    def __init__(self, client, shared, progress, config: filtering.RaterConfig):
+        super().__init__(client, shared, progress)
+        self._config = config
+        self.rated = Metrics.counter(NS, "examples_rated")
+        self.rater_failures = Metrics.counter(NS, "rater_failures")
+        self.low_quality = Metrics.counter(NS, "filtered_low_quality")
+
+    def process(self, batch):
+        config = self._config
+        for (example, passage), result in zip(batch, self._run(lambda client: _rate_all(client, batch, config))):
+            if not result.ok or result.value is None:
+                self.rater_failures.inc()  # an unrated example is kept, with quality = null
+                yield example, passage
+                continue
+            self.rated.inc()
+            if result.value.score < config.min_score:
+                self.low_quality.inc()
+                yield beam.pvalue.TaggedOutput(OUTCOME, filtered(
+                    unit_id(passage), example.example_id, "filter", "low_quality",
+                    f"auto-rater score {result.value.score} < {config.min_score}: {result.value.reason}"))
+            else:
+                yield example.model_copy(update={"quality": float(result.value.score)}), passage
+
+
+class RateExamples(beam.PTransform):
+    """Gemini Embedding's LLM auto-rater: drop examples rated below a threshold, keeping the reason."""
+
+    def __init__(self, client: ClientConfig, config: filtering.RaterConfig, batch_size: int = 64,
+                 progress: bool = False):
+        super().__init__()
+        self.client, self.config, self.batch_size, self.progress = client, config, batch_size, progress
+
+    def expand(self, examples):
+        return (examples
+                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+                | "Rate" >> beam.ParDo(_RateFn(self.client, Shared(), self.progress, self.config))
+                .with_outputs(OUTCOME, main="examples"))
+
+
+def _decontaminate_positive(ep, eval_grams, config):
+    example, passage = ep
+    hit = filtering.contamination([example.positive.text], eval_grams, config)
+    if hit:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), example.example_id, "filter",
+                                                         "decontaminated", f"positive shares {hit!r} with the eval set"))
+    else:
+        yield ep
+
+
+# ---------------------------------------------------------------------------- write
+
+
+class _ManifestCombine(beam.CombineFn):
+    def create_accumulator(self):
+        return accounting.ManifestAccumulator()
+
+    def add_input(self, acc, event):
+        kind, value = event
+        if kind == "outcome":
+            acc.add_outcome(value)
+        else:
+            acc.add_example(value)
+        return acc
+
+    def merge_accumulators(self, accs):
+        first, *rest = list(accs)
+        for other in rest:
+            first.merge(other)
+        return first
+
+    def extract_output(self, acc):
+        return acc
+
+
+class WriteRecords(beam.PTransform):
+    """Records of one schema -> zstd Parquet shards with compliant nested types."""
+
+    def __init__(self, model, prefix: str, num_shards: int = 0):
+        super().__init__()
+        self.model, self.prefix, self.num_shards = model, prefix, num_shards
+
+    def expand(self, records):
+        from schemas.arrow import to_row
+
+        return (records
+                | "ToRow" >> beam.Map(to_row)
+                | "Parquet" >> beam.io.WriteToParquet(
+                    self.prefix, schema=self.model.arrow_schema(), codec="zstd", use_compliant_nested_type=True,
+                    file_name_suffix=".parquet", num_shards=self.num_shards,
+                    shard_name_template="-SSSSS-of-NNNNN"))
+
+
+def write_manifest(acc, stage_counts: dict, expected_inputs: int, path: str, meta: dict):
+    from apache_beam.io.filesystems import FileSystems
+
+    manifest = accounting.build_manifest(acc, stage_counts=stage_counts, expected_inputs=expected_inputs, **meta)
+    data = manifest.model_dump_json(indent=2).encode("utf-8")
+    with FileSystems.create(path) as f:
+        f.write(data)
+    return manifest

@@ -1,0 +1,131 @@
+"""Every seed passage ends in exactly one of written / filtered / dead-lettered.
+
+The unit is a seed passage after splitting (an input record that cannot be read counts as
+one unit). A passage with several queries is written if any query became an example, else
+filtered if any was filtered, else dead-lettered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import random
+from collections import Counter
+from typing import Iterable, Literal, Optional, Sequence, Union
+
+from schemas import DeadLetter, FilteredRecord, RunManifest, ScoreSummary, TrainingExample
+
+Status = Literal["written", "filtered", "dead_lettered"]
+_PRIORITY = {"written": 0, "filtered": 1, "dead_lettered": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    unit_id: str  # passage id, or the input's source for records that never became a passage
+    status: Status
+    record: Union[None, DeadLetter, FilteredRecord] = None  # why, when not written
+
+
+def resolve_unit(outcomes: Iterable[Outcome]) -> Outcome:
+    """One final outcome per unit from its per-query outcomes."""
+    ordered = sorted(outcomes, key=lambda o: (_PRIORITY[o.status], _sort_key(o)))
+    if not ordered:
+        raise ValueError("a unit needs at least one outcome")
+    return ordered[0]
+
+
+def _sort_key(o: Outcome) -> str:
+    return o.record.detail if o.record is not None else ""
+
+
+class AccountingError(RuntimeError):
+    pass
+
+
+RESERVOIR = 10_000  # score samples kept for the distribution summary
+TOP_TASKS = 50
+
+
+@dataclasses.dataclass
+class ManifestAccumulator:
+    """Mergeable run statistics (a Beam CombineFn delegates here)."""
+
+    status: Counter = dataclasses.field(default_factory=Counter)
+    reasons: Counter = dataclasses.field(default_factory=Counter)
+    examples: int = 0
+    relabelled: int = 0
+    tasks: Counter = dataclasses.field(default_factory=Counter)
+    scores: dict = dataclasses.field(default_factory=lambda: {"ql": [], "rc": [], "fused": [], "query_words": []})
+    seen: dict = dataclasses.field(default_factory=lambda: {"ql": 0, "rc": 0, "fused": 0, "query_words": 0})
+
+    def add_outcome(self, outcome: Outcome) -> None:
+        self.status[outcome.status] += 1
+        if outcome.record is not None:
+            self.reasons[f"{outcome.status}:{outcome.record.reason}"] += 1
+
+    def add_example(self, example: TrainingExample) -> None:
+        self.examples += 1
+        self.relabelled += int(example.positive_changed)
+        self.tasks[example.task] += 1
+        for name, value in (("ql", example.positive_ql), ("rc", example.positive_rc),
+                            ("fused", example.positive_fused), ("query_words", float(len(example.query.split())))):
+            self._sample(name, value)
+
+    def _sample(self, name: str, value: float) -> None:
+        # Reservoir sampling keeps memory flat however many examples there are.
+        self.seen[name] += 1
+        bucket = self.scores[name]
+        if len(bucket) < RESERVOIR:
+            bucket.append(value)
+        else:
+            j = random.Random(self.seen[name]).randrange(self.seen[name])
+            if j < RESERVOIR:
+                bucket[j] = value
+
+    def merge(self, other: "ManifestAccumulator") -> "ManifestAccumulator":
+        self.status.update(other.status)
+        self.reasons.update(other.reasons)
+        self.examples += other.examples
+        self.relabelled += other.relabelled
+        self.tasks.update(other.tasks)
+        for name in self.scores:
+            for value in other.scores[name]:
+                self._sample(name, value)
+            self.seen[name] += other.seen[name] - len(other.scores[name])
+        return self
+
+
+def summarize(values: Sequence[float]) -> ScoreSummary:
+    if not values:
+        return ScoreSummary(count=0)
+    ordered = sorted(values)
+    mean = math.fsum(ordered) / len(ordered)
+    var = math.fsum((v - mean) ** 2 for v in ordered) / len(ordered)
+    return ScoreSummary(count=len(ordered), mean=mean, std=math.sqrt(var), min=ordered[0],
+                        p50=ordered[len(ordered) // 2], max=ordered[-1])
+
+
+def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.datetime, stage_counts: dict[str, int],
+                   llm_model: str, embedder: str, prompts: dict[str, str], config: str,
+                   expected_inputs: Optional[int] = None) -> RunManifest:
+    written, filtered, dead = (acc.status[s] for s in ("written", "filtered", "dead_lettered"))
+    inputs = written + filtered + dead
+    if expected_inputs is not None and inputs != expected_inputs:
+        raise AccountingError(
+            f"accounting mismatch: {expected_inputs} seed passages went in, but written ({written}) + filtered "
+            f"({filtered}) + dead-lettered ({dead}) = {inputs}. This is a bug in fret-distill; please report it.")
+    tasks = dict(acc.tasks.most_common(TOP_TASKS))
+    if len(acc.tasks) > TOP_TASKS:
+        tasks["<other>"] = sum(acc.tasks.values()) - sum(tasks.values())
+    counts = dict(stage_counts)
+    counts.update({f"outcome:{k}": v for k, v in sorted(acc.reasons.items())})
+    counts["examples_written"] = acc.examples
+    counts["examples_relabelled"] = acc.relabelled
+    return RunManifest(
+        run_id=run_id, started_at=started_at, finished_at=dt.datetime.now(dt.timezone.utc), counts=counts,
+        inputs=inputs, written=written, filtered=filtered, dead_lettered=dead,
+        relabel_rate=(acc.relabelled / acc.examples) if acc.examples else None,
+        task_mix=tasks, scores={name: summarize(values) for name, values in acc.scores.items()},
+        llm_model=llm_model, embedder=embedder, prompts=prompts, config=config,
+    )

