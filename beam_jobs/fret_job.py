@@ -88,9 +88,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     if rater is not None:
         rated = examples | "RateExamples" >> T.RateExamples(client, rater, opts.llm_batch_size, opts.progress)
         examples, late_outcomes = rated.examples, late_outcomes + [rated[T.OUTCOME]]
-    clean = examples | "DecontaminatePositives" >> beam.FlatMap(
-        T._decontaminate_positive, beam.pvalue.AsSingleton(eval_grams), opt.decontam_config(opts)
-    ).with_outputs(T.OUTCOME, main="examples")
+    clean = (examples, eval_grams) | "DecontaminatePositives" >> T.DecontaminateExamples(opt.decontam_config(opts))
     examples = clean.examples | "Example" >> beam.Map(lambda ep: ep[0])
     written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(T.unit_id(ep[1]), "written"))
 
@@ -99,9 +97,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     final = ((read[T.OUTCOME], dedupe_outcomes, queries[T.OUTCOME], filter_outcomes, *late_outcomes,
               clean[T.OUTCOME], written)
              | "AllOutcomes" >> beam.Flatten()
-             | "KeyByUnit" >> beam.Map(lambda o: (o.unit_id, o))
-             | "GroupByUnit" >> beam.GroupByKey()
-             | "OnePerUnit" >> beam.MapTuple(lambda _, outcomes: T.accounting.resolve_unit(outcomes)))
+             | "ResolveOutcomes" >> T.ResolveOutcomes())
     (final
      | "DeadOnly" >> beam.FlatMap(lambda o: [o.record] if o.status == "dead_lettered" else [])
      | "WriteDeadLetters" >> T.WriteRecords(DeadLetter, f"{output}/dead_letters/part", opts.output_shards))
@@ -132,6 +128,8 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     pipeline_options = PipelineOptions(argv)
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     opts = pipeline_options.view_as(opt.FretOptions)
+    if not opts.input or not opts.output:
+        raise ValueError("--input and --output are required, e.g. --input samples/passages.jsonl --output out/run1")
     base = opts.llm_url.split(",")[0].strip()
     model = opts.llm_model or discover_model(base, opt.api_key(opts))
     prepare_output(opts.output, opts.overwrite)

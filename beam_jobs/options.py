@@ -20,64 +20,73 @@ class FretOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         io = parser.add_argument_group("input and output")
-        io.add_argument("--input", required=True,
+        _add(io, "input", default="",
                         help="seed passages: JSONL or Parquet files, globs, any Beam filesystem (gs://...); "
                              "comma-separate several. Fields: text (required), title, id")
-        io.add_argument("--input_format", default="auto", choices=["auto", "jsonl", "parquet"])
-        io.add_argument("--output", required=True, help="output folder (local or any Beam filesystem)")
-        io.add_argument("--output_shards", type=int, default=0, help="Parquet shards per output (0: runner decides)")
-        io.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
-        io.add_argument("--keep_candidates", type=_bool, default=True,
+        _add(io, "input_format", default="auto", choices=["auto", "jsonl", "parquet"])
+        _add(io, "output", default="", help="output folder (local or any Beam filesystem)")
+        _add(io, "output_shards", type=int, default=0, help="Parquet shards per output (0: runner decides)")
+        _add(io, "overwrite", action="store_true", help="replace an existing non-empty output folder")
+        _add(io, "keep_candidates", type=_bool, default=True,
                         help="store every scored candidate in each example (true/false)")
 
         llm = parser.add_argument_group("LLM server (OpenAI-compatible; vLLM for scoring)")
-        llm.add_argument("--llm_url", default="http://127.0.0.1:8000",
+        _add(llm, "llm_url", default="http://127.0.0.1:8000",
                          help="base URL(s) of the server fleet, comma-separated")
-        llm.add_argument("--llm_model", default="", help="served model name (default: the server's first model)")
-        llm.add_argument("--llm_api_key_env", default="OPENAI_API_KEY",
+        _add(llm, "llm_model", default="", help="served model name (default: the server's first model)")
+        _add(llm, "llm_api_key_env", default="OPENAI_API_KEY",
                          help="environment variable that holds the API key, if any")
-        llm.add_argument("--llm_api_key_file", default="", help="file that holds the API key, if any")
-        llm.add_argument("--llm_concurrency", type=int, default=32, help="in-flight requests per worker process")
-        llm.add_argument("--llm_timeout", type=float, default=120.0, help="seconds per request attempt")
-        llm.add_argument("--llm_retries", type=int, default=4, help="retries after the first attempt")
-        llm.add_argument("--llm_batch_size", type=int, default=64, help="passages or queries per DoFn batch")
+        _add(llm, "llm_api_key_file", default="", help="file that holds the API key, if any")
+        _add(llm, "llm_concurrency", type=int, default=32, help="in-flight requests per worker process")
+        _add(llm, "llm_timeout", type=float, default=120.0, help="seconds per request attempt")
+        _add(llm, "llm_retries", type=int, default=4, help="retries after the first attempt")
+        _add(llm, "llm_batch_size", type=int, default=64, help="passages or queries per DoFn batch")
 
         gen = parser.add_argument_group("query generation")
-        gen.add_argument("--queries_per_passage", type=int, default=1)
-        gen.add_argument("--temperature", type=float, default=0.7)
-        gen.add_argument("--max_tokens", type=int, default=512, help="generation budget; longer answers fail as 'length'")
-        gen.add_argument("--seed", type=int, default=0, help="seeds the knob sampler and random mining")
+        _add(gen, "queries_per_passage", type=int, default=1)
+        _add(gen, "temperature", type=float, default=0.7)
+        _add(gen, "max_tokens", type=int, default=512, help="generation budget; longer answers fail as 'length'")
+        _add(gen, "seed", type=int, default=0, help="seeds the knob sampler and random mining")
 
         ret = parser.add_argument_group("embedding and retrieval")
-        ret.add_argument("--embedder", default="all-MiniLM-L6-v2",
+        _add(ret, "embedder", default="all-MiniLM-L6-v2",
                          help="sentence-transformers or HF model path (default: bundled all-MiniLM-L6-v2)")
-        ret.add_argument("--embed_batch_size", type=int, default=64)
-        ret.add_argument("--max_passage_tokens", type=int, default=256,
+        _add(ret, "embed_batch_size", type=int, default=64)
+        _add(ret, "max_passage_tokens", type=int, default=256,
                          help="longer inputs are split into passages of at most this many embedder tokens")
-        ret.add_argument("--num_neighbors", type=int, default=20, help="N, the neighbours retrieved per query")
-        ret.add_argument("--index_shard_size", type=int, default=50_000,
+        _add(ret, "num_neighbors", type=int, default=20, help="N, the neighbours retrieved per query")
+        _add(ret, "index_shard_size", type=int, default=50_000,
                          help="passages per index shard; bounds memory per worker")
 
         rr = parser.add_argument_group("reranking and mining")
-        rr.add_argument("--rrf_k", type=float, default=0.0, help="RRF constant (Gecko: 0)")
-        rr.add_argument("--rc_score", default="expected_relevance", choices=["expected_relevance", "top_label_logprob"])
-        rr.add_argument("--negative_strategy", default="lowest", choices=["lowest", "random", "rank_window", "margin"])
-        rr.add_argument("--num_negatives", type=int, default=1)
-        rr.add_argument("--negative_window", default="10,20", help="rank_window: fused ranks lo,hi")
-        rr.add_argument("--negative_margin", type=float, default=0.95, help="margin: drop scores above this x positive")
-        rr.add_argument("--margin_score", default="rc", choices=["rc", "ql", "fused"])
+        _add(rr, "rrf_k", type=float, default=0.0, help="RRF constant (Gecko: 0)")
+        _add(rr, "rc_score", default="expected_relevance", choices=["expected_relevance", "top_label_logprob"])
+        _add(rr, "rc_method", default="first_token", choices=["first_token", "exact"],
+             help="first_token: each label's first-token log-probability in one prefix-cached request "
+                  "(vLLM's logprob_token_ids); exact: the whole label's log-likelihood via echo (any server)")
+        _add(rr, "negative_strategy", default="lowest", choices=["lowest", "random", "rank_window", "margin"])
+        _add(rr, "num_negatives", type=int, default=1)
+        _add(rr, "negative_window", default="10,20", help="rank_window: fused ranks lo,hi")
+        _add(rr, "negative_margin", type=float, default=0.95, help="margin: drop scores above this x positive")
+        _add(rr, "margin_score", default="rc", choices=["rc", "ql", "fused"])
 
         flt = parser.add_argument_group("filters")
-        flt.add_argument("--near_dup_threshold", type=float, default=0.8,
+        _add(flt, "near_dup_threshold", type=float, default=0.8,
                          help="drop queries with word-3-gram Jaccard >= this to another query (0 disables)")
-        flt.add_argument("--quality_filter", action="store_true", help="run the LLM auto-rater")
-        flt.add_argument("--min_quality", type=int, default=3, help="auto-rater: keep scores >= this (1-5)")
-        flt.add_argument("--decontaminate", default="",
+        _add(flt, "quality_filter", action="store_true", help="run the LLM auto-rater")
+        _add(flt, "min_quality", type=int, default=3, help="auto-rater: keep scores >= this (1-5)")
+        _add(flt, "decontaminate", default="",
                          help="evaluation files (JSONL with a 'text' field, e.g. BEIR queries/corpus); "
                               "examples sharing an n-gram with them are dropped")
-        flt.add_argument("--decontam_ngram", type=int, default=13)
+        _add(flt, "decontam_ngram", type=int, default=13)
 
-        parser.add_argument("--progress", type=_bool, default=True, help="print progress on the console")
+        _add(parser, "progress", type=_bool, default=True, help="print progress on the console")
+
+
+def _add(group, name: str, **kwargs) -> None:
+    """Add --name_with_underscores (Beam's style) and its --name-with-dashes alias."""
+    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    group.add_argument(*flags, dest=name, **kwargs)
 
 
 def _bool(value: str) -> bool:
@@ -113,7 +122,7 @@ def split_config(opts: FretOptions) -> SplitConfig:
 
 
 def rerank_config(opts: FretOptions) -> RerankConfig:
-    return RerankConfig(rrf_k=opts.rrf_k, rc_score=opts.rc_score)
+    return RerankConfig(rrf_k=opts.rrf_k, rc_score=opts.rc_score, rc_method=opts.rc_method)
 
 
 def mining_config(opts: FretOptions) -> MiningConfig:
@@ -138,7 +147,7 @@ CONFIG_FIELDS = (
     "input", "input_format", "output", "output_shards", "keep_candidates", "llm_url", "llm_model",
     "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage", "temperature",
     "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
-    "index_shard_size", "rrf_k", "rc_score", "negative_strategy", "num_negatives", "negative_window",
+    "index_shard_size", "rrf_k", "rc_score", "rc_method", "negative_strategy", "num_negatives", "negative_window",
     "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "decontaminate",
     "decontam_ngram",
 )

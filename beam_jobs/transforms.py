@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Iterable, Optional
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
@@ -21,7 +21,7 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
-from pipeline import accounting, filtering, ingest, retrieval
+from pipeline import accounting, filtering, ids, ingest, retrieval
 from pipeline.accounting import Outcome
 from pipeline.embedding import Embedder, passage_text
 from pipeline.examples import build_example
@@ -31,7 +31,7 @@ from pipeline.llm.blocking import BlockingLLM
 from pipeline.llm.client import ClientConfig
 from pipeline.mining import MiningConfig
 from pipeline.rerank import Candidate, RerankConfig, score_query
-from schemas import DeadLetter, FilteredRecord, Passage, Provenance, QueryRecord, TrainingExample
+from schemas import DeadLetter, FilteredRecord, Passage, Provenance
 
 NS = "fret"
 OUTCOME = "outcome"
@@ -230,8 +230,6 @@ class DeduplicatePassages(beam.PTransform):
 
 
 def ingest_content_key(p: Passage) -> str:
-    from pipeline import ids
-
     return ids.passage_id(p.title, p.text)
 
 
@@ -610,6 +608,20 @@ class RateExamples(beam.PTransform):
                 .with_outputs(OUTCOME, main="examples"))
 
 
+class DecontaminateExamples(beam.PTransform):
+    """Drop examples whose positive shares an n-gram with the evaluation set."""
+
+    def __init__(self, config: filtering.DecontamConfig):
+        super().__init__()
+        self.config = config
+
+    def expand(self, pcolls):
+        examples, eval_grams = pcolls
+        return examples | "DropContaminated" >> beam.FlatMap(
+            _decontaminate_positive, beam.pvalue.AsSingleton(eval_grams), self.config
+        ).with_outputs(OUTCOME, main="examples")
+
+
 def _decontaminate_positive(ep, eval_grams, config):
     example, passage = ep
     hit = filtering.contamination([example.positive.text], eval_grams, config)
@@ -643,6 +655,16 @@ class _ManifestCombine(beam.CombineFn):
 
     def extract_output(self, acc):
         return acc
+
+
+class ResolveOutcomes(beam.PTransform):
+    """All per-query outcomes -> exactly one outcome per seed passage."""
+
+    def expand(self, outcomes):
+        return (outcomes
+                | "KeyByUnit" >> beam.Map(lambda o: (o.unit_id, o))
+                | "GroupByUnit" >> beam.GroupByKey()
+                | "OnePerUnit" >> beam.MapTuple(lambda _, unit_outcomes: accounting.resolve_unit(unit_outcomes)))
 
 
 class WriteRecords(beam.PTransform):

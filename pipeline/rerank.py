@@ -15,6 +15,7 @@ from pipeline.prompts import PromptTemplate, load_prompt
 from schemas import CandidateScore, DeadLetter, QueryRecord
 
 RCScore = Literal["expected_relevance", "top_label_logprob"]
+RCMethod = Literal["exact", "first_token"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,9 @@ class Candidate:
 class RerankConfig:
     rrf_k: float = 0.0  # Gecko: 0
     rc_score: RCScore = "expected_relevance"
+    # first_token: one request per candidate that vLLM's prefix cache serves; exact: the
+    # whole label's likelihood via echo (any server, 3 uncached requests per candidate).
+    rc_method: RCMethod = "first_token"
     max_passage_chars: int = 4000
     ql_prompt_version: Optional[int] = None
     rc_prompt_version: Optional[int] = None
@@ -78,7 +82,8 @@ async def score_query(client: LLMClient, query: QueryRecord, candidates: Sequenc
     label_values = {n: float(rc_template.labels[n]["value"]) for n in label_names}
     top_label = max(label_values, key=label_values.get)
 
-    rc_jobs = [client.label_logprobs(rc_prompt(rc_template, query, c, config.max_passage_chars), label_texts)
+    rc_jobs = [client.label_logprobs(rc_prompt(rc_template, query, c, config.max_passage_chars), label_texts,
+                                     config.rc_method)
                for c in candidates]
     ql_jobs = [client.query_likelihood(*ql_request(ql_prompt, query, c, config.max_passage_chars))
                for c in candidates]

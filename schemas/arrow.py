@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -154,13 +153,3 @@ def table_to_records(model: type[BaseModel], table: pa.Table) -> list[BaseModel]
 def schema_description(schema: pa.Schema) -> dict[str, str]:
     meta = schema.metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"fret.")}
-
-
-def json_default(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=json_default, sort_keys=True, ensure_ascii=False)

@@ -193,3 +193,27 @@ def test_token_accounting(stub_llm):
     assert client.stats.requests == 5
     assert client.stats.prompt_tokens == sum(r.prompt_tokens for r in results) > 0
     assert client.stats.completion_tokens == sum(r.completion_tokens for r in results) > 0
+
+
+def test_first_token_labels_in_one_request(stub_llm):
+    labels = [" Highly Relevant", " Somewhat Relevant", " Not Relevant"]
+
+    async def go():
+        async with make_client(stub_llm.base_url) as c:
+            return await c.label_logprobs("Relevance:", labels, "first_token")
+
+    result = run(go())
+    assert result.ok, result.detail
+    for label in labels:
+        assert result.logprobs[label] == pytest.approx(hashed_logprob("Relevance:", " " + label.split()[0]))
+    scoring = [r for r in stub_llm.requests if "logprob_token_ids" in r]
+    assert len(scoring) == 1 and "echo" not in scoring[0] and "prompt_logprobs" not in scoring[0]
+
+
+def test_first_token_labels_must_be_distinguishable(stub_llm):
+    async def go():
+        async with make_client(stub_llm.base_url) as c:
+            return await c.label_logprobs("Relevance:", [" Very good", " Very bad"], "first_token")
+
+    result = run(go())
+    assert not result.ok and "distinct tokens" in result.detail

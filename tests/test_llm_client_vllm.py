@@ -79,10 +79,14 @@ def test_query_likelihood_equals_the_servers_prompt_logprobs(vllm_server):
     assert math.isclose(ql.logprob_mean, ql.logprob_sum / ql.num_tokens)
 
 
-def test_label_logprobs_cover_all_labels_even_outside_top_k(vllm_server):
+def relevance_prompt_and_labels() -> tuple[str, list[str]]:
     rc = load_prompt("relevance_classification")
     prompt = rc.render(task="Given a question, find a passage", query="what is tea", title="Tea", passage="Tea is a drink.")
-    labels = [spec["text"] for spec in rc.labels.values()]
+    return prompt, [spec["text"] for spec in rc.labels.values()]
+
+
+def test_label_logprobs_cover_all_labels_even_outside_top_k(vllm_server):
+    prompt, labels = relevance_prompt_and_labels()
 
     async def go():
         async with client_for(vllm_server) as client:
@@ -100,3 +104,22 @@ def test_label_logprobs_cover_all_labels_even_outside_top_k(vllm_server):
     # A random model's top-1 next token is not a label's first token, yet every label has a score.
     assert not any(label.startswith(tok) and tok.strip() for tok in top1 for label in labels)
     assert all(n >= 1 for n in result.num_tokens.values())
+
+
+def test_first_token_labels_match_the_servers_next_token_distribution(vllm_server):
+    prompt, labels = relevance_prompt_and_labels()
+
+    async def go():
+        async with client_for(vllm_server) as client:
+            fast = await client.label_logprobs(prompt, labels, "first_token")
+            firsts = {label: await client.query_likelihood(prompt, " " + label.split()[0]) for label in labels}
+        return fast, firsts
+
+    fast, firsts = asyncio.run(go())
+    assert fast.ok, fast.detail
+    for label in labels:
+        assert firsts[label].ok and firsts[label].num_tokens >= 1
+        if firsts[label].num_tokens == 1:  # the label's first word is one token: both paths score the same thing
+            assert math.isclose(fast.logprobs[label], firsts[label].logprob_sum, abs_tol=1e-4)
+        else:
+            assert math.isclose(fast.logprobs[label], firsts[label].token_logprobs[0], abs_tol=1e-4)

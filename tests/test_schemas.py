@@ -3,6 +3,7 @@ import datetime as dt
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from schemas import (
     ALL_RECORDS,
@@ -134,8 +135,8 @@ def test_validation_error_names_record_field_and_fix():
 
 
 def test_llm_output_model_rejects_control_characters_and_overlong_text():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         GeneratedQuery.model_validate_json('{"task": "a\\u0001b", "query": "q"}')
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         GeneratedQuery(task="x" * 257, query="q")
     assert GeneratedQuery.model_validate_json('{"task": "t", "query": "‘quoted’ \\"x\\""}').query == '‘quoted’ "x"'

@@ -31,6 +31,7 @@ FailureReason = Literal[
     "bad_response",  # a 200 whose body lacks what the protocol promises
 ]
 
+LabelMethod = Literal["exact", "first_token"]
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -147,6 +148,7 @@ class LLMClient:
         self._down_until = [0.0] * len(self._urls)  # endpoints that refused a connection rest a while
         self._semaphore: asyncio.Semaphore | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._label_tokens: dict[tuple[str, ...], list[int]] = {}
 
     async def __aenter__(self) -> "LLMClient":
         await self.open()
@@ -354,11 +356,17 @@ class LLMClient:
                                                "on /v1/completions (vLLM has it)")
         completion_tokens = max(0, len(tokens) - _prompt_token_count(payload, len(tokens)))
         prompt_len = len(tokens) - completion_tokens
-        boundary = len(prefix)
+        if prompt_len < 1:
+            return result.fail("bad_response", "the server echoed no prompt tokens")
+        # Measure the boundary from the end of the prompt: the server's offsets count decoded
+        # text, which drifts from Python's string indices where the passage holds characters
+        # split across byte-level tokens; the continuation at the end is not affected.
+        prompt_end = offsets[prompt_len - 1] + len(tokens[prompt_len - 1])
+        boundary = prompt_end - len(continuation)
         picked: list[tuple[str, float]] = []
         for i in range(prompt_len):
             start = offsets[i]
-            end = offsets[i + 1] if i + 1 < len(offsets) else start + len(tokens[i])
+            end = offsets[i + 1] if i + 1 < prompt_len else prompt_end
             if start >= boundary:
                 if token_logprobs[i] is None:
                     return result.fail("bad_response", "no logprob for a continuation token")
@@ -379,11 +387,16 @@ class LLMClient:
         result.ok = True
         return result
 
-    async def label_logprobs(self, prompt: str, labels: Sequence[str]) -> LabelResult:
-        """log P(label | prompt) for every label, however unlikely (one scoring request per label).
+    async def label_logprobs(self, prompt: str, labels: Sequence[str], method: LabelMethod = "exact") -> LabelResult:
+        """log P(label | prompt) for every label, however unlikely.
 
-        The requests share `prompt` as a prefix, so vLLM's prefix cache computes it once.
+        "exact": the whole label's log-likelihood, one echo request per label (any server with
+        echo + logprobs). "first_token": the log-probability of each label's first token, all
+        labels in one request (vLLM's `logprob_token_ids`); the request carries no prompt
+        logprobs, so vLLM's prefix cache serves the shared part of the prompt.
         """
+        if method == "first_token":
+            return await self._label_first_token(prompt, labels)
         results = await asyncio.gather(*(self.query_likelihood(prompt, label) for label in labels))
         out = LabelResult(ok=True)
         for label, r in zip(labels, results):
@@ -396,6 +409,55 @@ class LLMClient:
             out.logprobs[label] = r.logprob_sum
             out.num_tokens[label] = r.num_tokens
         return out
+
+
+    async def tokenize(self, text: str) -> list[int]:
+        """Token ids from the server's /tokenize (vLLM), without special tokens."""
+        await self.open()
+        assert self._session is not None
+        base = self._urls[0]
+        body = {"model": self.config.model, "prompt": text, "add_special_tokens": False}
+        async with self._session.post(f"{base}/tokenize", json=body,
+                                      timeout=aiohttp.ClientTimeout(total=self.config.timeout_s)) as resp:
+            if resp.status != 200:
+                raise LLMError(f"POST {base}/tokenize returned HTTP {resp.status}: the server has no /tokenize "
+                               "(vLLM has it); use the 'exact' label method", "http_error")
+            return list((await resp.json())["tokens"])
+
+    async def label_first_tokens(self, labels: Sequence[str]) -> list[int]:
+        """The first token id of each label; they must differ to tell the labels apart."""
+        key = tuple(labels)
+        if key not in self._label_tokens:
+            ids = [(await self.tokenize(label))[:1] for label in labels]
+            if any(not i for i in ids) or len({i[0] for i in ids}) != len(ids):
+                raise LLMError(f"labels {list(labels)} do not start with distinct tokens; use the 'exact' label "
+                               "method", "bad_response")
+            self._label_tokens[key] = [i[0] for i in ids]
+        return self._label_tokens[key]
+
+    async def _label_first_token(self, prompt: str, labels: Sequence[str]) -> LabelResult:
+        result = LabelResult()
+        try:
+            ids = await self.label_first_tokens(labels)
+        except LLMError as exc:
+            return result.fail(exc.reason, str(exc))
+        body = {
+            "model": self.config.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+            "logprobs": 1, "logprob_token_ids": ids, "return_tokens_as_token_ids": True,
+        }
+        payload = await self._call("completions", body, result)
+        if payload is None:
+            return result
+        try:
+            top = payload["choices"][0]["logprobs"]["top_logprobs"][0]
+            values = {label: float(top[f"token_id:{i}"]) for label, i in zip(labels, ids)}
+        except (KeyError, IndexError, TypeError, ValueError):
+            return result.fail("bad_response", "the server did not return logprobs for the requested label "
+                                               "tokens; it needs vLLM's logprob_token_ids (use the 'exact' method)")
+        result.logprobs = values
+        result.num_tokens = {label: 1 for label in labels}
+        result.ok = True
+        return result
 
 
 def _prompt_token_count(payload: dict[str, Any], total: int) -> int:

@@ -63,6 +63,7 @@ class StubLLM:
         self.logprob_fn = logprob_fn
         self.faults: collections.deque[Fault] = collections.deque()
         self.requests: list[dict[str, Any]] = []  # every JSON body received, for assertions
+        self.vocab: dict[str, int] = {}  # token text <-> id, assigned on first sight
         self.port = free_port()
         self._lock = threading.Lock()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -86,7 +87,23 @@ class StubLLM:
                     return fault
         return None
 
+    def token_id(self, token: str) -> int:
+        with self._lock:
+            return self.vocab.setdefault(token, len(self.vocab) + 100)
+
+    def token_text(self, token_id: int) -> str:
+        for text, i in self.vocab.items():
+            if i == token_id:
+                return text
+        raise KeyError(token_id)
+
     # ------------------------------------------------------------------ handlers
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(body)
+        ids = [self.token_id(t) for t, _ in tokenize(body["prompt"])]
+        return web.json_response({"tokens": ids, "count": len(ids), "max_model_len": 4096})
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
@@ -137,6 +154,18 @@ class StubLLM:
                              "top_logprobs": None},
             }
             usage = {"prompt_tokens": len(tokens), "completion_tokens": 1, "total_tokens": len(tokens) + 1}
+        elif body.get("logprob_token_ids"):
+            # vLLM: logprobs of exactly these next-token ids (plus the sampled one).
+            as_ids = bool(body.get("return_tokens_as_token_ids"))
+            top = {}
+            for token_id in body["logprob_token_ids"]:
+                key = f"token_id:{token_id}" if as_ids else self.token_text(token_id)
+                top[key] = self.logprob_fn(prompt, self.token_text(token_id))
+            sampled = max(top, key=top.get)
+            choice = {"index": 0, "text": "", "finish_reason": "length",
+                      "logprobs": {"tokens": [sampled], "token_logprobs": [top[sampled]],
+                                   "text_offset": [len(prompt)], "top_logprobs": [top]}}
+            usage = {"prompt_tokens": len(tokenize(prompt)), "completion_tokens": 1, "total_tokens": 0}
         else:
             text = self.generate_fn(prompt)
             choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
@@ -178,6 +207,7 @@ class StubLLM:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/tokenize", self._tokenize)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)

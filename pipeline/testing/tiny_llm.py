@@ -25,7 +25,12 @@ def _training_text() -> list[str]:
     """Local text: the prompt files plus standard-library docstrings (no download)."""
     texts = [entry.read_text(encoding="utf-8") for entry in resources.files("prompts").iterdir()
              if entry.name.endswith(".txt")]
-    import collections, json as json_mod, pathlib, random, string, textwrap  # noqa: E401
+    import collections  # noqa: E401
+    import json as json_mod
+    import pathlib
+    import random
+    import string
+    import textwrap
     for module in (collections, json_mod, pathlib, random, string, textwrap, inspect, argparse):
         texts.append(pydoc.render_doc(module, renderer=pydoc.plaintext))
     texts.append("Highly Relevant Somewhat Relevant Not Relevant task query passage title")

@@ -1,0 +1,88 @@
+"""Job options end to end with the stub LLM: Parquet input, several queries per passage,
+decontamination, the auto-rater, and the Beam scatter-gather retrieval itself."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.testing.stub_llm import StubLLM
+from tests.jobkit import run_job, write_jsonl
+from tests.test_fret_job_stub import PASSAGES, SEED_QUERY, generate, scorer
+
+
+def rating_or_generate(prompt: str) -> str:
+    if "You check training examples" in prompt:
+        query = prompt.rsplit("\nQuery: ", 1)[1].split("\n", 1)[0]
+        score = 1 if "mount everest" in query else 5
+        return json.dumps({"score": score, "reason": "stub rating"})
+    return generate(prompt)
+
+
+@pytest.fixture(scope="module")
+def llm():
+    with StubLLM(generate_fn=rating_or_generate, logprob_fn=scorer) as stub:
+        yield stub
+
+
+def test_parquet_input_and_several_queries_per_passage(tmp_path, llm):
+    table = pa.Table.from_pylist(PASSAGES)
+    pq.write_table(table, tmp_path / "in.parquet")
+    out = run_job(tmp_path / "in.parquet", tmp_path / "out", llm.base_url, "--queries_per_passage", "2")
+    manifest = out["manifest"]
+    # The stub writes the same query twice for a passage: the second is an exact duplicate.
+    assert manifest["counts"]["queries_generated"] == 2 * len(PASSAGES)
+    assert manifest["counts"]["queries_after_filters"] == len(PASSAGES)
+    assert manifest["written"] == manifest["inputs"] == len(PASSAGES)  # a passage is written if any query is
+    assert {e["seed_passage_id"] for e in out["examples"]} == {p["id"] for p in PASSAGES}
+    assert all(e["knobs"]["query_length"] in ("short", "medium", "long") for e in out["examples"])
+
+
+def test_decontamination_drops_examples_that_overlap_the_eval_set(tmp_path, llm):
+    eval_file = write_jsonl(tmp_path / "queries.jsonl", [{"_id": "1", "text": SEED_QUERY}])
+    out = run_job(write_jsonl(tmp_path / "in.jsonl", PASSAGES), tmp_path / "out", llm.base_url,
+                  "--decontaminate", str(eval_file), "--decontam_ngram", "8")
+    (dropped,) = out["filtered"]
+    assert dropped["reason"] == "decontaminated" and "at what temperature does water boil" in dropped["detail"]
+    assert "kettle" not in {e["seed_passage_id"] for e in out["examples"]}
+    assert out["manifest"]["filtered"] == 1 and out["manifest"]["written"] == len(PASSAGES) - 1
+
+
+def test_quality_filter_keeps_the_reason(tmp_path, llm):
+    out = run_job(write_jsonl(tmp_path / "in.jsonl", PASSAGES), tmp_path / "out", llm.base_url,
+                  "--quality_filter", "--min_quality", "3")
+    (low,) = out["filtered"]
+    assert low["reason"] == "low_quality" and "score 1 < 3" in low["detail"]
+    assert all(e["quality"] == 5.0 for e in out["examples"])
+    assert len(out["examples"]) == len(PASSAGES) - 1
+
+
+def test_beam_scatter_gather_equals_one_exact_search(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from beam_jobs.transforms import RetrieveCandidates
+    from pipeline.embedding import Embedder, passage_text
+    from pipeline.retrieval import exact_search
+    from schemas import Passage, QueryKnobs, QueryRecord
+
+    rows = [json.loads(l) for l in open("samples/passages.jsonl", encoding="utf-8")][:40]
+    passages = [Passage(id=f"p{i:02d}", title=r["title"], text=r["text"][:300], source_id=f"s:{i}")
+                for i, r in enumerate(rows)]
+    knobs = QueryKnobs(query_length="short", difficulty="easy")
+    queries = [(QueryRecord(query_id=f"q{i}", passage_id=p.id, task="t", query=f"how to use {p.title}", knobs=knobs), p)
+               for i, p in enumerate(passages[:12])]
+    embedder = Embedder()
+    doc_vectors = embedder.encode([passage_text(p.title, p.text) for p in passages])
+    query_vectors = embedder.encode([q.query for q, _ in queries])
+    expected = [(q.query_id, [h.passage_id for h in hits]) for (q, _), hits in
+                zip(queries, exact_search(query_vectors, doc_vectors, [p.id for p in passages], 10))]
+
+    with TestPipeline() as p:
+        candidates = ((p | "Passages" >> beam.Create(passages), p | "Queries" >> beam.Create(queries))
+                      | RetrieveCandidates("all-MiniLM-L6-v2", num_neighbors=10, shard_size=7, query_batch_size=5))
+        got = candidates | beam.Map(lambda qpc: (qpc[0].query_id, [c.passage_id for c in qpc[2]
+                                                                   if c.retrieval_rank > 0]))
+        assert_that(got, equal_to(expected))

@@ -1,0 +1,193 @@
+"""The whole FRet job on the DirectRunner with a scripted LLM whose preferences we control."""
+
+import json
+import re
+
+import pytest
+
+from pipeline.testing.stub_llm import StubLLM, hashed_logprob
+from tests.jobkit import run_job, write_jsonl
+
+SEED_TITLE, SEED_QUERY = "Electric kettle", "at what temperature does water boil at sea level"
+PREFERRED_TITLE = "Boiling point of water"
+PASSAGES = [
+    {"id": "kettle", "title": SEED_TITLE,
+     "text": "An electric kettle heats water with an element in its base and switches off once the water boils."},
+    {"id": "boiling", "title": PREFERRED_TITLE,
+     "text": "At sea level pure water boils at 100 degrees Celsius; at higher altitude it boils at a lower temperature."},
+    {"id": "tea", "title": "Green tea", "text": "Green tea is brewed with water at about 80 degrees to avoid bitterness."},
+    {"id": "everest", "title": "Mount Everest", "text": "Mount Everest is the highest mountain above sea level."},
+    {"id": "pasta", "title": "Cooking pasta", "text": "Pasta is cooked in salted boiling water until al dente."},
+    {"id": "steam", "title": "Steam engine", "text": "A steam engine turns the pressure of steam into motion."},
+    {"id": "ice", "title": "Ice", "text": "Ice is water frozen into a solid state, below 0 degrees Celsius."},
+    {"id": "rain", "title": "Rain", "text": "Rain is liquid water falling from clouds as drops."},
+]
+
+
+def query_for(title: str) -> str:
+    return SEED_QUERY if title == SEED_TITLE else f"tell me about {title.lower()}"
+
+
+def preferred_title(query: str) -> str:
+    return PREFERRED_TITLE if query.startswith(SEED_QUERY) else query.removeprefix("tell me about ").strip()
+
+
+def generate(prompt: str) -> str:
+    title = re.findall(r"<passage>\nTitle: (.*)\n", prompt)[-1]
+    return json.dumps({"task": "Given a question, find a passage that has the answer to the question",
+                       "query": query_for(title)})
+
+
+def scorer(text_before: str, token: str) -> float:
+    """Relevance = the passage is the one the query is about (the neighbour, for the seed's query)."""
+    if text_before.rstrip().endswith("Relevance:") or "\nRelevance:" in text_before[-40:]:
+        title = text_before.rsplit("<passage>\nTitle: ", 1)[1].split("\n", 1)[0]
+        query = text_before.rsplit("\nQuery: ", 1)[1].split("\n", 1)[0]
+        good = title.lower() == preferred_title(query).lower()
+        if token == " Relevant":
+            return -0.01
+        return {" Highly": -0.05 if good else -6.0, " Somewhat": -3.0, " Not": -6.0 if good else -0.05}[token]
+    if "\nQuery:" in text_before and "Passage: Title: " in text_before:
+        title = text_before.rsplit("Passage: Title: ", 1)[1].split("\n", 1)[0]
+        query_so_far = text_before.rsplit("\nQuery:", 1)[1] + token
+        if "\nTask:" in text_before.rsplit("Passage: Title: ", 1)[1]:
+            good = title.lower() == preferred_title(query_so_far.strip()).lower() or (
+                title == PREFERRED_TITLE and SEED_QUERY.startswith(query_so_far.strip()))
+            return -0.1 if good else -3.0
+    return hashed_logprob(text_before, token)
+
+
+@pytest.fixture(scope="module")
+def preferring_llm():
+    with StubLLM(generate_fn=generate, logprob_fn=scorer) as stub:
+        yield stub
+
+
+def test_job_relabels_when_the_llm_prefers_a_neighbour(tmp_path, preferring_llm):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    out = run_job(inp, tmp_path / "out", preferring_llm.base_url)
+    examples = {e["seed_passage_id"]: e for e in out["examples"]}
+    assert set(examples) == {p["id"] for p in PASSAGES}
+
+    relabelled = examples["kettle"]
+    assert relabelled["query"] == SEED_QUERY
+    assert relabelled["positive"]["id"] == "boiling" and relabelled["positive_changed"] is True
+    assert relabelled["positive"]["text"] == PASSAGES[1]["text"]
+    for seed, example in examples.items():
+        if seed != "kettle":
+            assert example["positive"]["id"] == seed and example["positive_changed"] is False, seed
+
+    # Default strategy "lowest": the single hard negative is p_N, the lowest fused rank among the neighbours.
+    cands = relabelled["candidates"]
+    assert len(cands) == len(PASSAGES)  # N = 20 > corpus: every passage, seed included
+    neighbours = [c for c in cands if c["retrieval_rank"] > 0 and c["passage_id"] not in ("boiling", "kettle")]
+    lowest = max(neighbours, key=lambda c: c["fused_rank"])
+    assert [n["id"] for n in relabelled["hard_negatives"]] == [lowest["passage_id"]]
+    assert relabelled["hard_negatives"][0]["fused_rank"] == lowest["fused_rank"]
+    # Fused scores are Gecko's RRF with k = 0, recomputable from the stored ranks.
+    for c in cands:
+        assert c["fused"] == pytest.approx(1 / c["ql_rank"] + 1 / c["rc_rank"])
+    assert min(cands, key=lambda c: c["fused_rank"])["passage_id"] == "boiling"
+
+    manifest = out["manifest"]
+    assert manifest["relabel_rate"] == pytest.approx(1 / len(PASSAGES))
+    assert manifest["written"] == manifest["inputs"] == len(PASSAGES)
+    provenance = relabelled["provenance"]
+    assert provenance["llm_model"] == "stub-llm"
+    prompts = {e["key"]: e["value"] for e in provenance["prompts"]}
+    assert set(prompts) >= {"query_generation", "query_likelihood", "relevance_classification"}
+    assert prompts == manifest["prompts"]
+
+
+@pytest.mark.parametrize("strategy, extra", [
+    ("random", ["--num_negatives", "3", "--seed", "5"]),
+    ("rank_window", ["--num_negatives", "2", "--negative_window", "3,5"]),
+    ("margin", ["--num_negatives", "2", "--negative_margin", "0.5"]),
+])
+def test_mining_strategies_through_the_job(tmp_path, preferring_llm, strategy, extra):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    out = run_job(inp, tmp_path / "out", preferring_llm.base_url, "--negative_strategy", strategy, *extra,
+                  "--near_dup_threshold", "0")
+    for example in out["examples"]:
+        negatives = example["hard_negatives"]
+        ids = [n["id"] for n in negatives]
+        assert example["positive"]["id"] not in ids and example["seed_passage_id"] not in ids
+        assert len(set(ids)) == len(ids)
+        if strategy == "random":
+            assert len(ids) == 3
+        elif strategy == "rank_window":
+            assert all(3 <= n["fused_rank"] <= 5 for n in negatives) and len(ids) <= 2
+        else:
+            assert all(n["rc"] < 0.5 * example["positive_rc"] for n in negatives) and len(ids) <= 2
+
+
+def test_every_input_is_accounted_for(tmp_path, preferring_llm):
+    bad = [
+        b"\xff\xfe broken bytes",
+        b"{not json at all",
+        json.dumps({"title": "no text field"}).encode(),
+        json.dumps({"text": "   "}).encode(),
+        json.dumps({"id": "kettle", "text": "a different text under an existing id"}).encode(),
+    ]
+    duplicate = dict(PASSAGES[2])
+    duplicate["id"] = "tea-copy"  # the same text under another id: an exact duplicate
+    records = PASSAGES + bad + [duplicate, PASSAGES[3]]  # and the very same record twice
+    inp = write_jsonl(tmp_path / "in.jsonl", records)
+    out = run_job(inp, tmp_path / "out", preferring_llm.base_url)
+    manifest = out["manifest"]
+    assert manifest["inputs"] == len(records)
+    assert manifest["written"] + manifest["filtered"] + manifest["dead_lettered"] == len(records)
+    assert len(out["dead_letters"]) == manifest["dead_lettered"]
+    assert len(out["filtered"]) == manifest["filtered"]
+    reasons = sorted(d["reason"] for d in out["dead_letters"])
+    # Both texts claiming id "kettle" are dead-lettered: we cannot tell which one is right.
+    assert reasons == sorted(["invalid_utf8", "malformed_record", "missing_field", "empty_text",
+                              "duplicate_id_conflict", "duplicate_id_conflict"])
+    assert sorted(f["reason"] for f in out["filtered"]) == ["duplicate_passage", "duplicate_passage"]
+    assert all(d["source"].endswith(tuple(f":{i}" for i in range(1, len(records) + 1))) for d in out["dead_letters"])
+    assert len(out["examples"]) == manifest["written"] == len(PASSAGES) - 1
+
+
+def test_non_english_passage_keeps_its_language(tmp_path):
+    passage = {"id": "fr", "title": "Théière",
+               "text": "Une théière sert à infuser le thé ; l'eau ne doit pas dépasser 90 °C pour le thé vert."}
+    others = [{"id": f"o{i}", "title": f"Autre {i}", "text": f"Un autre passage numéro {i} sur l'eau."} for i in range(4)]
+
+    def french(prompt):
+        title = re.findall(r"<passage>\nTitle: (.*)\n", prompt)[-1]
+        return json.dumps({"task": "Given a question, find a passage that has the answer to the question",
+                           "query": f"à quelle température infuser le thé vert ? ({title})"})
+
+    with StubLLM(generate_fn=french) as stub:
+        out = run_job(write_jsonl(tmp_path / "in.jsonl", [passage] + others), tmp_path / "out", stub.base_url)
+        prompts = [r["messages"][0]["content"] for r in stub.requests if "messages" in r]
+    sent = next(p for p in prompts if "Théière" in p)
+    assert "same language as the passage" in sent and passage["text"] in sent
+    example = next(e for e in out["examples"] if e["seed_passage_id"] == "fr")
+    assert example["query"] == "à quelle température infuser le thé vert ? (Théière)"
+
+
+def test_generation_failures_are_dead_lettered_with_llm_reasons(tmp_path):
+    calls = {"n": 0}
+
+    def flaky(prompt):
+        calls["n"] += 1
+        if "Ice" in prompt.rsplit("<passage>", 1)[1]:
+            return "Sorry, I will not answer in JSON."
+        return generate(prompt)
+
+    with StubLLM(generate_fn=flaky, logprob_fn=scorer) as stub:
+        out = run_job(write_jsonl(tmp_path / "in.jsonl", PASSAGES), tmp_path / "out", stub.base_url)
+    (letter,) = out["dead_letters"]
+    assert letter["record_id"] == "ice" and letter["reason"] == "llm_invalid_json" and letter["stage"] == "generate"
+    assert "Sorry" in letter["payload"]
+    assert out["manifest"]["written"] == len(PASSAGES) - 1
+
+
+def test_refuses_a_non_empty_output_without_overwrite(tmp_path, preferring_llm):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:3])
+    run_job(inp, tmp_path / "out", preferring_llm.base_url)
+    with pytest.raises(ValueError, match="not empty.*--overwrite"):
+        run_job(inp, tmp_path / "out", preferring_llm.base_url)
+    out = run_job(inp, tmp_path / "out", preferring_llm.base_url, "--overwrite")
+    assert out["manifest"]["written"] == 3

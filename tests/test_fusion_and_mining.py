@@ -1,0 +1,123 @@
+"""RRF, ranks and every mining strategy against hand-computed values."""
+
+import math
+
+import pytest
+
+from pipeline.fusion import expected_relevance, ranks_desc, rrf, top_label_logprob
+from pipeline.mining import MiningConfig, choose_positive, mine_negatives
+from pipeline.rerank import Candidate, fuse
+from schemas import QueryKnobs, QueryRecord
+
+QUERY = QueryRecord(query_id="q1", passage_id="seed", task="t", query="q",
+                    knobs=QueryKnobs(query_length="short", difficulty="easy"))
+
+
+def test_ranks_are_one_based_descending_with_tiebreak():
+    assert ranks_desc([0.1, 0.9, 0.5], [0, 1, 2]) == [3, 1, 2]
+    assert ranks_desc([1.0, 1.0, 0.0], ["b", "a", "c"]) == [2, 1, 3]
+    assert ranks_desc([float("nan"), 0.0], [0, 1]) == [2, 1]  # NaN never outranks a real score
+
+
+def test_rrf_gecko_k0_hand_computed():
+    ql_ranks, rc_ranks = [1, 2, 3], [3, 1, 2]
+    assert rrf([ql_ranks, rc_ranks]) == pytest.approx([1 + 1 / 3, 1 / 2 + 1, 1 / 3 + 1 / 2])
+    assert rrf([ql_ranks, rc_ranks], k=60) == pytest.approx([1 / 61 + 1 / 63, 1 / 62 + 1 / 61, 1 / 63 + 1 / 62])
+    with pytest.raises(ValueError):
+        rrf([[1, 2], [1]])
+    with pytest.raises(ValueError):
+        rrf([[1]], k=-1)
+
+
+def test_expected_relevance_zhuang():
+    values = {"hi": 2.0, "some": 1.0, "not": 0.0}
+    logprobs = {"hi": math.log(0.2), "some": math.log(0.2), "not": math.log(0.1)}  # normalised: .4 .4 .2
+    assert expected_relevance(logprobs, values) == pytest.approx(0.4 * 2 + 0.4 * 1)
+    assert top_label_logprob(logprobs, "hi") == pytest.approx(math.log(0.4))
+
+
+def candidates(n):
+    out = [Candidate("seed", "", "seed text", True, 3, 0.7)]
+    out += [Candidate(f"p{i}", "", f"text {i}", False, i, 1 - i / 100) for i in range(1, n + 1) if i != 3]
+    return out
+
+
+def test_fuse_relabels_when_llm_prefers_a_neighbour():
+    cands = [Candidate("seed", "", "s", True, 1, 0.9), Candidate("a", "", "a", False, 2, 0.8),
+             Candidate("b", "", "b", False, 3, 0.7)]
+    # QL prefers a, then seed, then b; RC prefers a, then b, then seed.
+    scored = fuse(QUERY, cands, ql=[-5.0, -1.0, -9.0], ql_mean=[-1, -0.2, -1.8], rc=[0.5, 1.9, 1.0],
+                  rc_labels=[{}, {}, {}], rrf_k=0)
+    by_id = {c.passage_id: c for c in scored}
+    assert by_id["a"].fused == pytest.approx(2.0) and by_id["a"].fused_rank == 1
+    assert by_id["seed"].fused == pytest.approx(1 / 2 + 1 / 3)
+    assert by_id["b"].fused == pytest.approx(1 / 3 + 1 / 2)
+    # seed and b tie on fused; summed ranks tie too (5); retrieval rank breaks it: seed first.
+    assert by_id["seed"].fused_rank == 2 and by_id["b"].fused_rank == 3
+    assert choose_positive(scored).passage_id == "a"
+
+
+def scored_list(n=20):
+    """Candidates whose fused rank equals their index + 1 and rc falls with rank."""
+    cands = candidates(n)
+    m = len(cands)
+    ql = [-(i + 1.0) for i in range(m)]
+    rc = [2.0 - i * 0.1 for i in range(m)]
+    return fuse(QUERY, cands, ql=ql, ql_mean=ql, rc=rc, rc_labels=[{}] * m, rrf_k=0)
+
+
+def ids(negatives):
+    return [n.passage_id for n in negatives]
+
+
+def test_lowest_takes_p_n_then_upwards():
+    scored = scored_list()
+    positive = choose_positive(scored)
+    assert positive.passage_id == "seed"
+    assert ids(mine_negatives(scored, positive, "q1", MiningConfig("lowest", 1))) == ["p20"]
+    assert ids(mine_negatives(scored, positive, "q1", MiningConfig("lowest", 3))) == ["p20", "p19", "p18"]
+
+
+def test_random_is_seeded_and_excludes_the_positive():
+    scored = scored_list()
+    positive = choose_positive(scored)
+    a = mine_negatives(scored, positive, "q1", MiningConfig("random", 5, seed=1))
+    b = mine_negatives(scored, positive, "q1", MiningConfig("random", 5, seed=1))
+    c = mine_negatives(scored, positive, "q1", MiningConfig("random", 5, seed=2))
+    assert ids(a) == ids(b) and ids(a) != ids(c) and len(set(ids(a))) == 5
+    assert positive.passage_id not in ids(a)
+
+
+def test_rank_window_uses_fused_ranks():
+    scored = scored_list()
+    positive = choose_positive(scored)
+    got = mine_negatives(scored, positive, "q1", MiningConfig("rank_window", 3, window=(5, 6)))
+    assert [n.fused_rank for n in got] == [5, 6]
+
+
+def test_margin_drops_candidates_too_close_to_the_positive():
+    scored = scored_list()
+    positive = choose_positive(scored)  # rc = 2.0
+    got = mine_negatives(scored, positive, "q1", MiningConfig("margin", 2, margin=0.95, margin_score="rc"))
+    # rc = 2.0 - 0.1 * i; kept iff rc < 1.9, so ranks 2 (1.9) is dropped, ranks 3 and 4 are the hardest left.
+    assert [n.fused_rank for n in got] == [3, 4]
+    assert all(n.rc < 0.95 * positive.rc for n in got)
+
+
+def test_a_relabelled_seed_is_never_a_negative():
+    cands = [Candidate("seed", "", "s", True, 2, 0.9), Candidate("a", "", "a", False, 1, 0.95),
+             Candidate("b", "", "b", False, 3, 0.1)]
+    scored = fuse(QUERY, cands, ql=[-3.0, -1.0, -2.0], ql_mean=[-3.0, -1.0, -2.0], rc=[0.1, 2.0, 1.0],
+                  rc_labels=[{}] * 3, rrf_k=0)
+    positive = choose_positive(scored)
+    assert positive.passage_id == "a"
+    assert ids(mine_negatives(scored, positive, "q1", MiningConfig("lowest", 2))) == ["b"]
+    with_seed = mine_negatives(scored, positive, "q1", MiningConfig("lowest", 2, exclude_seed=False))
+    assert ids(with_seed) == ["seed", "b"]
+
+
+def test_mining_config_is_validated():
+    with pytest.raises(ValueError, match="margin"):
+        MiningConfig(margin=1.5)
+    with pytest.raises(ValueError, match="window"):
+        MiningConfig(window=(5, 2))

@@ -1,0 +1,105 @@
+"""Reading seed passages (validation, ids, splitting, duplicates) and the query filters."""
+
+import json
+
+import pytest
+
+from pipeline import filtering, ids
+from pipeline.ingest import (
+    SplitConfig,
+    normalize_text,
+    parse_jsonl_line,
+    resolve_duplicates,
+    split_passage,
+    whitespace_token_count,
+)
+from schemas import DeadLetter, InputPassage, Passage
+
+
+def line(obj) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"\xff\xfe not utf8", "invalid_utf8"),
+    (b"{not json", "malformed_record"),
+    (b"[1, 2]", "malformed_record"),
+    (line({"title": "no text"}), "missing_field"),
+    (line({"text": "   \n\t "}), "empty_text"),
+    (line({"text": "nul\u0000inside"}), "invalid_utf8"),
+    (b'{"text": "lone \\ud800 surrogate"}', "invalid_utf8"),
+    (line({"text": 42}), "malformed_record"),
+    (line({"text": "ok", "title": ["x"]}), "malformed_record"),
+])
+def test_bad_records_become_dead_letters_with_reasons(raw, reason):
+    out = parse_jsonl_line(raw, "f.jsonl:7")
+    assert isinstance(out, DeadLetter), out
+    assert out.reason == reason and out.source == "f.jsonl:7" and out.stage == "read"
+    assert out.detail
+    out.model_dump_json()  # always serialisable, whatever the input held
+
+
+def test_good_records_parse_with_optional_fields():
+    assert parse_jsonl_line(line({"text": "hello"}), "s") == InputPassage(text="hello")
+    beir = parse_jsonl_line(line({"_id": 12, "title": "T", "text": "x", "metadata": {}}), "s")
+    assert beir == InputPassage(id="12", title="T", text="x")
+    assert parse_jsonl_line(line({"id": "a", "title": None, "text": "x"}), "s") == InputPassage(id="a", text="x")
+
+
+def test_ids_are_content_addressed_and_stable():
+    record = InputPassage(title="T", text="Some text.")
+    (p,) = split_passage(record, "s", whitespace_token_count)
+    assert p.id == ids.passage_id("T", "Some text.") and p.id.startswith("p-")
+    (again,) = split_passage(InputPassage(title="T", text="Some  text. "), "other", whitespace_token_count)
+    assert again.id == p.id  # whitespace normalisation does not change identity
+    (user,) = split_passage(InputPassage(id="doc-1", text="x"), "s", whitespace_token_count)
+    assert user.id == "doc-1"
+
+
+def test_long_text_is_split_within_the_token_budget():
+    sentences = [f"Sentence number {i} says something about topic {i % 7}." for i in range(60)]
+    record = InputPassage(id="long", title="Long", text=" ".join(sentences))
+    chunks = split_passage(record, "f:1", whitespace_token_count, SplitConfig(max_tokens=50))
+    assert len(chunks) > 1
+    assert all(whitespace_token_count(c.text) <= 50 for c in chunks)
+    assert [c.id for c in chunks] == [f"long#{i}" for i in range(len(chunks))]
+    assert [c.chunk for c in chunks] == list(range(len(chunks)))
+    assert " ".join(c.text for c in chunks) == " ".join(sentences)  # nothing lost, nothing repeated
+    monster = InputPassage(text="x" * 5000)  # one "word" longer than the budget
+    parts = split_passage(monster, "f:2", lambda t: len(t) // 4 + 1, SplitConfig(max_tokens=100))
+    assert "".join(p.text for p in parts) == "x" * 5000
+    assert all(len(p.text) // 4 + 1 <= 100 for p in parts)
+
+
+def test_normalize_text_removes_control_characters():
+    assert normalize_text("a\x07b\x1b[31m  c\r\nd") == "ab[31m c\nd"
+
+
+def test_duplicates_and_conflicts():
+    p = Passage(id="x", title="", text="same", source_id="f:1")
+    kept, letters, dups = resolve_duplicates("x", [("f:1", p), ("f:2", p.model_copy(update={"source_id": "f:2"}))])
+    assert kept is not None and letters == [] and dups == 1
+    other = p.model_copy(update={"text": "different", "source_id": "f:3"})
+    kept, letters, _ = resolve_duplicates("x", [("f:1", p), ("f:3", other)])
+    assert kept is None and [d.reason for d in letters] == ["duplicate_id_conflict"] * 2
+    assert {d.source for d in letters} == {"f:1", "f:3"}
+
+
+def test_query_normalisation_and_near_duplicates():
+    assert filtering.normalize_query("  What IS  JSON?! ") == "what is json"
+    a = "how do i read a csv file with the python csv module"
+    b = "how do i read a csv file with the python csv module quickly"
+    c = "what is the boiling point of water at sea level"
+    assert filtering.jaccard(filtering.shingles(a), filtering.shingles(b)) >= 0.8
+    assert set(filtering.minhash_bands(a)) & set(filtering.minhash_bands(b))  # share an LSH bucket
+    assert filtering.near_duplicates_to_drop([("q2", b), ("q1", a), ("q3", c)]) == {"q2"}
+
+
+def test_decontamination_ngrams():
+    eval_texts = ["the quick brown fox jumps over the lazy dog near the river bank today", "what is json"]
+    grams = filtering.eval_ngrams(eval_texts, filtering.DecontamConfig(ngram=8))
+    config = filtering.DecontamConfig(ngram=8)
+    assert filtering.contamination(["A quick brown fox jumps over the lazy dog near the river"], grams, config)
+    assert filtering.contamination(["What is JSON?"], grams, config) == "what is json"
+    assert filtering.contamination(["what is yaml", "a brown fox"], grams, config) is None
+    assert filtering.contamination(["anything"], set(), config) is None
