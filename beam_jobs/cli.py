@@ -30,13 +30,92 @@ def _demo(argv: list[str]) -> int:
     return demo.main(argv)
 
 
+def _train(argv: list[str]) -> int:
+    import dataclasses
+    import json
+    import typing
+
+    from pipeline.train.trainer import TrainConfig, train
+
+    parser = argparse.ArgumentParser(prog="fret train", description="Train an embedding model on FRet Parquet shards.")
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        required = field.default is dataclasses.MISSING
+        default = None if required else field.default
+        kind = _base_type(hints[field.name])
+        if field.name == "mrl_dims":
+            parser.add_argument(flag, dest=field.name, default=",".join(map(str, default)),
+                                help="Matryoshka sizes besides the full one, comma-separated (empty: none)")
+        elif kind is bool:
+            parser.add_argument(flag, dest=field.name, type=_bool, default=default, metavar="true|false")
+        elif typing.get_origin(kind) is typing.Literal:
+            parser.add_argument(flag, dest=field.name, choices=typing.get_args(kind), default=default)
+        else:
+            parser.add_argument(flag, dest=field.name, type=kind, default=default, required=required)
+    args = vars(parser.parse_args(argv))
+    args["mrl_dims"] = tuple(int(d) for d in str(args["mrl_dims"]).split(",") if d.strip())
+    summary = train(TrainConfig(**args))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _base_type(hint):
+    import typing
+
+    """Optional[X] -> X."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union and len(args) == 1:
+        return args[0]
+    return hint
+
+
+def _eval(argv: list[str]) -> int:
+    import json
+
+    from pipeline.train.evaluate import evaluate
+
+    parser = argparse.ArgumentParser(prog="fret eval", description="nDCG@10 and Recall@10/100 on a BEIR folder.")
+    parser.add_argument("--model", required=True, help="model folder or name (all-MiniLM-L6-v2 = the base)")
+    parser.add_argument("--beir", required=True, help="folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--task", default="Given a query, find a relevant passage")
+    parser.add_argument("--dims", default="", help="Matryoshka sizes to evaluate besides the full size")
+    args = parser.parse_args(argv)
+    dims = [None] + [int(d) for d in args.dims.split(",") if d.strip()]
+    print(json.dumps(evaluate(args.model, args.beir, args.split, args.task, dims), indent=2))
+    return 0
+
+
+def _soup(argv: list[str]) -> int:
+    from pipeline.train.soup import soup
+
+    parser = argparse.ArgumentParser(prog="fret soup", description="Average the weights of several checkpoints.")
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    print(soup(args.models, args.output))
+    return 0
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": _run, "demo": _demo}
+    commands = {"run": _run, "demo": _demo, "train": _train, "eval": _eval, "soup": _soup}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: fret {run,demo,version} [flags]\n\n"
+        print("usage: fret {run,demo,train,eval,soup,version} [flags]\n\n"
               "  run      run the FRet job (fret run --help lists its flags)\n"
               "  demo     start vLLM on a tiny local model and run the job on the bundled sample passages\n"
+              "  train    train an embedding model on the job's Parquet shards\n"
+              "  eval     nDCG@10 and Recall@10/100 of a model on a BEIR folder\n"
+              "  soup     average the weights of several checkpoints\n"
               "  version  print the version")
         return 0 if argv else 2
     if argv[0] == "version":

@@ -251,6 +251,7 @@ class _LLMBatchDoFn(beam.DoFn):
         config = self._client_config
         self._llm = self._shared.acquire(lambda: BlockingLLM(config),
                                          tag=f"llm:{config.base_urls}:{config.model}").retain()
+        self._llm.wait_ready(timeout_s=max(60.0, config.timeout_s))  # before the first batch is sent
 
     def teardown(self):
         self._llm.release()

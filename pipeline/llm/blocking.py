@@ -24,6 +24,7 @@ class BlockingLLM:
         self._thread.start()
         self.client = LLMClient(config)
         self._users = 0
+        self._ready = False
         self._users_lock = threading.Lock()
 
     def retain(self) -> "BlockingLLM":
@@ -46,7 +47,13 @@ class BlockingLLM:
         return future.result(timeout)
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Block until every server answers; checked once per instance."""
+        with self._users_lock:
+            if self._ready:
+                return
         self.run(lambda c: c.wait_ready(timeout_s))
+        with self._users_lock:
+            self._ready = True
 
     @property
     def stats(self):

@@ -81,6 +81,7 @@ class VLLMServer:
         self.startup_timeout_s = startup_timeout_s
         self.log_path = log_path or tempfile.mkstemp(prefix="vllm-", suffix=".log")[1]
         self.process: Optional[subprocess.Popen] = None
+        self._log = None
 
     @property
     def base_url(self) -> str:
@@ -152,7 +153,8 @@ class VLLMServer:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
 
     def __enter__(self) -> "VLLMServer":
         return self.start()

@@ -1,0 +1,27 @@
+"""A tiny random-weight BERT encoder with MiniLM's tokenizer: for plumbing tests and scale
+benchmarks, where the pipeline should be measured rather than the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_tiny_encoder(out_dir: str | Path, hidden: int = 64, layers: int = 1, seed: int = 0,
+                       dropout: float = 0.1) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from pipeline.embedding import resolve_model_path
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=512,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,1 @@
+"""The small trainer: stream FRet Parquet shards, train an embedding model, evaluate it on BEIR."""

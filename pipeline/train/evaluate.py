@@ -1,0 +1,164 @@
+"""nDCG@10 and Recall@10/100 on a BEIR-format folder, at every Matryoshka dimension.
+
+Exact search, corpus encoded in chunks with a running top-k per query, so memory holds one
+chunk of the corpus and the queries' top-k lists, never the whole corpus matrix.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import heapq
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pipeline.train.data import format_document, format_query
+
+CHUNK = 4096
+
+
+def load_beir(folder: str | Path, split: str = "test"):
+    """(corpus {id: (title, text)}, queries {id: text}, qrels {qid: {did: score}}) of one split."""
+    folder = Path(folder)
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.exists():
+        raise ValueError(f"{qrels_path} not found: a BEIR folder has corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(qrels_path, encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t")
+        next(reader, None)
+        for row in reader:
+            if len(row) >= 3:
+                qrels.setdefault(row[0], {})[row[1]] = int(float(row[2]))
+    corpus = {}
+    with open(folder / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                corpus[str(r["_id"])] = (r.get("title") or "", r["text"])
+    queries = {}
+    with open(folder / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                if str(r["_id"]) in qrels:
+                    queries[str(r["_id"])] = r["text"]
+    return corpus, queries, qrels
+
+
+def ndcg_at_k(ranked: Sequence[str], relevant: dict[str, int], k: int = 10) -> float:
+    dcg = sum((2 ** relevant.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    ideal = sorted((r for r in relevant.values() if r > 0), reverse=True)[:k]
+    idcg = sum((2 ** r - 1) / math.log2(i + 2) for i, r in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def recall_at_k(ranked: Sequence[str], relevant: dict[str, int], k: int) -> float:
+    positives = {d for d, r in relevant.items() if r > 0}
+    return len(positives & set(ranked[:k])) / len(positives) if positives else 0.0
+
+
+def search(encode_queries, encode_docs, query_texts: list[str], doc_ids: list[str], doc_texts: list[str],
+           k: int = 100) -> list[list[str]]:
+    """Exact top-k by inner product; the corpus is encoded and scanned one chunk at a time."""
+    q = encode_queries(query_texts)  # (Q, d)
+    heaps: list[list[tuple[float, str]]] = [[] for _ in query_texts]
+    for start in range(0, len(doc_texts), CHUNK):
+        d = encode_docs(doc_texts[start:start + CHUNK])  # (c, d)
+        scores = q @ d.T  # (Q, c)
+        take = min(k, scores.shape[1])
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        for qi, cols in enumerate(top):
+            for c in cols:
+                item = (float(scores[qi, c]), doc_ids[start + c])
+                if len(heaps[qi]) < k:
+                    heapq.heappush(heaps[qi], item)
+                else:
+                    heapq.heappushpop(heaps[qi], item)
+    return [[d for _, d in sorted(h, key=lambda x: (-x[0], x[1]))] for h in heaps]
+
+
+def evaluate(model, folder: str | Path, split: str = "test", task: str = "Given a query, find a relevant passage",
+             dims: Optional[Sequence[Optional[int]]] = None, batch_size: int = 64,
+             scoring: str = "single") -> dict[str, dict[str, float]]:
+    """Metrics per dimension ("full" and each truncated size) for an Encoder or a model path;
+    scoring="xtr" ranks with XTR's multi-vector token retrieval instead."""
+    from pipeline.train.model import Encoder
+
+    encoder = model if isinstance(model, Encoder) else Encoder(str(model))
+    corpus, queries, qrels = load_beir(folder, split)
+    doc_ids = sorted(corpus)
+    doc_texts = [format_document(*corpus[d]) for d in doc_ids]
+    qids = sorted(queries)
+    query_texts = [format_query(task, queries[q]) for q in qids]
+    results = {}
+    if scoring == "xtr":
+        ranked = xtr_search(encoder, query_texts, doc_ids, doc_texts)
+        return {"xtr": _metrics(qids, ranked, qrels)}
+    for dim in dims or [None]:
+        name = "full" if dim is None or dim >= encoder.dim else str(dim)
+        encode = functools.partial(encoder.encode, batch_size=batch_size, dim=dim)
+        ranked = search(encode, encode, query_texts, doc_ids, doc_texts, k=100)
+        results[name] = _metrics(qids, ranked, qrels)
+    return results
+
+
+def _metrics(qids: list[str], ranked: list[list[str]], qrels: dict) -> dict[str, float]:
+    return {
+        "ndcg@10": float(np.mean([ndcg_at_k(r, qrels[q]) for q, r in zip(qids, ranked)])),
+        "recall@10": float(np.mean([recall_at_k(r, qrels[q], 10) for q, r in zip(qids, ranked)])),
+        "recall@100": float(np.mean([recall_at_k(r, qrels[q], 100) for q, r in zip(qids, ranked)])),
+        "queries": len(qids),
+    }
+
+
+def xtr_search(encoder, query_texts: list[str], doc_ids: list[str], doc_texts: list[str], k_prime: int = 1000,
+               k: int = 100, batch_size: int = 32) -> list[list[str]]:
+    """XTR inference (Lee et al. 2023): each query token retrieves its top-k' document tokens;
+    a document's score averages, over query tokens, the best retrieved similarity to it, with a
+    missing one imputed by that query token's lowest retrieved score m_i."""
+    import torch
+
+    def token_vectors(texts):
+        out = []
+        encoder.eval()
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                feats = encoder(encoder.tokenize(texts[start:start + batch_size]))
+                vecs = torch.nn.functional.normalize(feats["token_embeddings"], dim=-1)
+                for v, m in zip(vecs, feats["attention_mask"].bool()):
+                    out.append(v[m].float().cpu().numpy())
+        return out
+
+    queries = token_vectors(query_texts)
+    # Running top-k' (score, doc index) per query token, scanning the corpus one chunk at a time.
+    best: list[list[list[tuple[float, int]]]] = [[[] for _ in q] for q in queries]
+    for start in range(0, len(doc_texts), CHUNK):
+        docs = token_vectors(doc_texts[start:start + CHUNK])
+        owners = np.concatenate([np.full(len(d), start + i) for i, d in enumerate(docs)])
+        matrix = np.concatenate(docs)  # (tokens in chunk, d)
+        for qi, q in enumerate(queries):
+            sims = q @ matrix.T  # (Lq, T)
+            take = min(k_prime, sims.shape[1])
+            top = np.argpartition(-sims, take - 1, axis=1)[:, :take]
+            for ti, cols in enumerate(top):
+                merged = best[qi][ti] + [(float(sims[ti, c]), int(owners[c])) for c in cols]
+                best[qi][ti] = heapq.nlargest(k_prime, merged)
+    ranked = []
+    for qi, per_token in enumerate(best):
+        lowest = [min(s for s, _ in hits) if hits else 0.0 for hits in per_token]  # m_i
+        candidates = {d for hits in per_token for _, d in hits}
+        scores = {}
+        for d in candidates:
+            total = 0.0
+            for ti, hits in enumerate(per_token):
+                found = [s for s, owner in hits if owner == d]
+                total += max(found) if found else lowest[ti]
+            scores[d] = total / max(1, len(per_token))
+        order = sorted(scores, key=lambda d: (-scores[d], doc_ids[d]))[:k]
+        ranked.append([doc_ids[d] for d in order])
+    return ranked

@@ -1,0 +1,236 @@
+"""Train an embedding model on FRet Parquet shards: one visible loop, in the manner of nanoGPT."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+
+from pipeline.train.data import count_examples, epoch_batches
+from pipeline.train.losses import GeckoInfoNCE, MatryoshkaLoss, XTRLoss
+from pipeline.train.model import Encoder
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str  # FRet examples: a folder of Parquet shards, a file or a glob
+    output: str  # where the model (sentence-transformers folder), checkpoints and log go
+    base_model: str = "all-MiniLM-L6-v2"  # any sentence-transformers or HF encoder
+    projection_dim: Optional[int] = None  # add a linear projection to this size
+    objective: Literal["infonce", "xtr"] = "infonce"  # Gecko single-vector, or XTR multi-vector
+    temperature: float = 0.05  # τ of the softmax (Gecko: 0.05)
+    in_batch: bool = True  # other queries' positives as negatives
+    same_tower: bool = True  # other queries as negatives
+    hard_negatives: bool = True  # the mined hard negatives
+    num_negatives: int = 1  # hard negatives per example taken from the shards
+    mrl_dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka sizes trained besides the full size
+    xtr_k_train: int = 128  # XTR: tokens each query token retrieves from the batch
+    batch_size: int = 32
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-5
+    min_lr: float = 0.0  # the linear decay ends here
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    epochs: int = 1
+    max_steps: Optional[int] = None  # stop early after this many optimizer steps
+    max_seq_length: int = 128
+    seed: int = 0
+    shuffle_buffer: int = 10_000  # examples held for shuffling; memory stays flat
+    eval_beir: Optional[str] = None  # a BEIR folder evaluated every eval_every steps and at the end
+    eval_split: str = "test"
+    eval_task: str = "Given a query, find a relevant passage"
+    eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 0  # 0: only at the end
+    resume: bool = False  # continue from the newest checkpoint in output/checkpoints
+    log_every: int = 10
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2: in-batch negatives need other examples")
+        if self.grad_accum < 1 or self.epochs < 1:
+            raise ValueError("grad_accum and epochs must be >= 1")
+        self.mrl_dims = tuple(self.mrl_dims)
+
+
+def get_lr(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warmup to lr, then linear decay to min_lr at total_steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if step >= total_steps:
+        return config.min_lr
+    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    return config.min_lr + (config.lr - config.min_lr) * (1 - progress)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_loss(config: TrainConfig, dim: int) -> torch.nn.Module:
+    if config.objective == "xtr":
+        return XTRLoss(k_train=config.xtr_k_train, temperature=config.temperature)
+    base = GeckoInfoNCE(config.temperature, config.in_batch, config.same_tower, config.hard_negatives)
+    dims = sorted({dim, *(d for d in config.mrl_dims if d < dim)}, reverse=True)
+    return MatryoshkaLoss(base, dims)
+
+
+def batch_loss(model: Encoder, loss_fn: torch.nn.Module, batch, config: TrainConfig) -> torch.Tensor:
+    queries = [t.query for t in batch]
+    positives = [t.positive for t in batch]
+    k = max((len(t.negatives) for t in batch), default=0) if config.hard_negatives else 0
+    negatives = [n for t in batch for n in (list(t.negatives[:k]) + [t.positive] * (k - len(t.negatives[:k])))]
+    if config.objective == "xtr":
+        q = model(model.tokenize(queries))
+        d = model(model.tokenize(positives + negatives))
+        return loss_fn(q["token_embeddings"], q["attention_mask"].bool(), d["token_embeddings"],
+                       d["attention_mask"].bool())
+    q = model.embed(queries)  # (B, d)
+    docs = model.embed(positives + negatives)  # (B + B*k, d)
+    p = docs[:len(batch)]  # (B, d)
+    n = docs[len(batch):].reshape(len(batch), k, -1) if k else None  # (B, k, d)
+    mask = torch.tensor([[j < len(t.negatives) for j in range(k)] for t in batch], device=q.device) if k else None
+    return loss_fn(q, p, n, mask)
+
+
+def checkpoint_dirs(output: Path) -> list[Path]:
+    return sorted((output / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(model: Encoder, optimizer, state: dict, output: Path) -> Path:
+    path = output / "checkpoints" / f"step-{state['step']:07d}"
+    tmp = path.with_name(path.name + ".tmp")
+    model.save(str(tmp))
+    torch.save({"optimizer": optimizer.state_dict(), "state": state, "torch_rng": torch.get_rng_state()},
+               tmp / "trainer_state.pt")
+    tmp.rename(path)  # a checkpoint is either complete or absent
+    return path
+
+
+def train(config: TrainConfig) -> dict:
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    start_state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
+    base = config.base_model
+    resume_from = checkpoint_dirs(output)[-1] if config.resume and checkpoint_dirs(output) else None
+    model = Encoder(str(resume_from) if resume_from else base, max_seq_length=config.max_seq_length,
+                    device=config.device, projection_dim=None if resume_from else config.projection_dim)
+    model.train()
+    loss_fn = build_loss(config, model.dim)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if resume_from:
+        saved = torch.load(resume_from / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        start_state = saved["state"]
+        torch.set_rng_state(saved["torch_rng"])
+    examples = count_examples(config.data)
+    steps_per_epoch = max(1, examples // (config.batch_size * config.grad_accum))
+    total_steps = config.max_steps or steps_per_epoch * config.epochs
+    log_path = output / "train_log.jsonl"
+    log = open(log_path, "a", encoding="utf-8")
+    history: list[dict] = []
+
+    def evaluate_now(step: int) -> Optional[dict]:
+        if not config.eval_beir:
+            return None
+        from pipeline.train.evaluate import evaluate
+
+        dims = [None] + [d for d in config.mrl_dims if d < model.dim]
+        with torch.no_grad():
+            metrics = evaluate(model, config.eval_beir, config.eval_split, config.eval_task, dims,
+                               scoring="xtr" if config.objective == "xtr" else "single")
+        record = {"step": step, "eval": metrics}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        history.append(record)
+        return metrics
+
+    step, epoch, skip = start_state["step"], start_state["epoch"], start_state["batches_in_epoch"]
+    pairs_done, t0 = 0, time.perf_counter()
+    progress = _progress(total_steps, step, config.progress)
+    while step < total_steps and epoch < config.epochs:
+        batches = epoch_batches(config.data, config.batch_size, config.num_negatives, config.seed, epoch,
+                                config.shuffle_buffer, skip)
+        batch_index = skip
+        micro: list = []
+        for batch in batches:
+            micro.append(batch)
+            batch_index += 1
+            if len(micro) < config.grad_accum:
+                continue
+            # 1. learning rate for this step
+            lr = get_lr(step, total_steps, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # 2. evaluate and checkpoint when due (the state after `step` steps)
+            if step > start_state["step"]:
+                if config.eval_every and step % config.eval_every == 0:
+                    evaluate_now(step)
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    state = {"step": step, "epoch": epoch, "batches_in_epoch": batch_index - len(micro)}
+                    save_checkpoint(model, optimizer, state, output)
+            # 3. accumulate gradients over the micro-batches
+            loss_value = 0.0
+            for mb in micro:
+                loss = batch_loss(model, loss_fn, mb, config) / config.grad_accum
+                loss.backward()
+                loss_value += float(loss.detach())
+                pairs_done += len(mb)
+            micro = []
+            # 4. clip
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            # 5. step, 6. zero
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            # 7. log
+            if step % config.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - t0
+                record = {"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
+                          "pairs_per_s": pairs_done / max(elapsed, 1e-9)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                progress(step, loss_value)
+            if step >= total_steps:
+                break
+        else:
+            epoch, skip = epoch + 1, 0
+            continue
+        skip = batch_index  # stopped mid-epoch: a resume continues from here
+    elapsed = time.perf_counter() - t0
+    if config.checkpoint_every and not (output / "checkpoints" / f"step-{step:07d}").exists():
+        save_checkpoint(model, optimizer, {"step": step, "epoch": epoch, "batches_in_epoch": skip}, output)
+    model.save(str(output / "model"))
+    final = evaluate_now(step)
+    log.close()
+    summary = {"steps": step, "pairs": pairs_done, "seconds": elapsed, "pairs_per_s": pairs_done / max(elapsed, 1e-9),
+               "model": str(output / "model"), "eval": final}
+    (output / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        return lambda step, loss: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, desc="train", unit="step")
+
+    def update(step: int, loss: float) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.refresh()
+
+    return update
