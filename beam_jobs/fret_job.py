@@ -43,6 +43,13 @@ def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0) ->
     return models[0]["id"]
 
 
+def check_inputs(patterns: str) -> None:
+    """Fail before the job starts when an input pattern matches nothing."""
+    for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
+        if not FileSystems.match([pattern])[0].metadata_list:
+            raise ValueError(f"--input {pattern!r} matches no file; check the path or glob")
+
+
 def prepare_output(output: str, overwrite: bool) -> None:
     """Refuse to mix a new run into an old one, unless told to replace it."""
     output = output.rstrip("/")
@@ -132,6 +139,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
         raise ValueError("--input and --output are required, e.g. --input samples/passages.jsonl --output out/run1")
     base = opts.llm_url.split(",")[0].strip()
     model = opts.llm_model or discover_model(base, opt.api_key(opts))
+    check_inputs(opts.input)
     prepare_output(opts.output, opts.overwrite)
     run_id = uuid.uuid4().hex[:12]
     started_at = dt.datetime.now(dt.timezone.utc)

@@ -191,3 +191,12 @@ def test_refuses_a_non_empty_output_without_overwrite(tmp_path, preferring_llm):
         run_job(inp, tmp_path / "out", preferring_llm.base_url)
     out = run_job(inp, tmp_path / "out", preferring_llm.base_url, "--overwrite")
     assert out["manifest"]["written"] == 3
+
+
+def test_empty_input_and_missing_input(tmp_path, preferring_llm):
+    with pytest.raises(ValueError, match="matches no file"):
+        run_job(tmp_path / "nothing-*.jsonl", tmp_path / "out0", preferring_llm.base_url)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")  # blank lines are not records
+    out = run_job(empty, tmp_path / "out", preferring_llm.base_url)
+    assert out["manifest"]["inputs"] == 0 and out["examples"] == [] and out["dead_letters"] == []

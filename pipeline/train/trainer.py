@@ -85,6 +85,19 @@ def build_loss(config: TrainConfig, dim: int) -> torch.nn.Module:
     return MatryoshkaLoss(base, dims)
 
 
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norm weights; the fused kernel where torch has it."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=config.lr)
+
+
 def batch_loss(model: Encoder, loss_fn: torch.nn.Module, batch, config: TrainConfig) -> torch.Tensor:
     queries = [t.query for t in batch]
     positives = [t.positive for t in batch]
@@ -128,7 +141,7 @@ def train(config: TrainConfig) -> dict:
                     device=config.device, projection_dim=None if resume_from else config.projection_dim)
     model.train()
     loss_fn = build_loss(config, model.dim)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(model, config)
     if resume_from:
         saved = torch.load(resume_from / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
