@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from beam_jobs import options as opt
 from beam_jobs import transforms as T
-from pipeline.accounting import Outcome
+from pipeline.accounting import Outcome, unit_id
 from pipeline.prompts import load_prompt
 from schemas import DeadLetter, FilteredRecord, Provenance, TrainingExample
 
@@ -97,7 +97,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
         examples, late_outcomes = rated.examples, late_outcomes + [rated[T.OUTCOME]]
     clean = (examples, eval_grams) | "DecontaminatePositives" >> T.DecontaminateExamples(opt.decontam_config(opts))
     examples = clean.examples | "Example" >> beam.Map(lambda ep: ep[0])
-    written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(T.unit_id(ep[1]), "written"))
+    written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(unit_id(ep[1]), "written"))
 
     examples | "WriteExamples" >> T.WriteRecords(TrainingExample, f"{output}/examples/part", opts.output_shards)
 

@@ -8,11 +8,8 @@ filtered or dead-lettered.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-import threading
-import time
 from typing import Optional
 
 import apache_beam as beam
@@ -22,53 +19,21 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from pipeline import accounting, filtering, ids, ingest, retrieval
-from pipeline.accounting import Outcome
+from pipeline.accounting import Outcome, filtered, unit_id
 from pipeline.embedding import Embedder, passage_text
 from pipeline.examples import build_example
 from pipeline.generation import GenerationConfig, generate_queries
-from pipeline.ingest import SplitConfig, dead_letter, now
+from pipeline.ingest import SplitConfig, dead_letter
 from pipeline.llm.blocking import BlockingLLM
 from pipeline.llm.client import ClientConfig
 from pipeline.mining import MiningConfig
-from pipeline.rerank import Candidate, RerankConfig, score_query
-from schemas import DeadLetter, FilteredRecord, Passage, Provenance
+from pipeline.progress import Progress
+from pipeline.rerank import RerankConfig, build_candidates, score_query
+from schemas import DeadLetter, Passage, Provenance
 
 NS = "fret"
 OUTCOME = "outcome"
 log = logging.getLogger("fret")
-
-
-def unit_id(passage: Passage) -> str:
-    """The accounting unit of a seed passage: its input record and chunk."""
-    return f"{passage.source_id}#{passage.chunk}"
-
-
-def filtered(unit: str, record_id: str, stage: str, reason: str, detail: str = "") -> Outcome:
-    return Outcome(unit, "filtered", FilteredRecord(record_id=record_id, stage=stage, reason=reason,
-                                                    detail=detail, created_at=now()))
-
-
-class Progress:
-    """Console progress for local runs: one line per stage every few seconds."""
-
-    _lock = threading.Lock()
-    _last: dict[str, float] = {}
-    _counts: dict[str, int] = {}
-    _start: dict[str, float] = {}
-
-    @classmethod
-    def add(cls, stage: str, n: int, enabled: bool) -> None:
-        if not enabled:
-            return
-        with cls._lock:
-            t = time.monotonic()
-            cls._start.setdefault(stage, t)
-            cls._last.setdefault(stage, t)
-            cls._counts[stage] = cls._counts.get(stage, 0) + n
-            if t - cls._last[stage] >= 5.0:
-                cls._last[stage] = t
-                rate = cls._counts[stage] / max(1e-9, t - cls._start[stage])
-                print(f"[fret] {stage}: {cls._counts[stage]} done ({rate:.1f}/s)", flush=True)
 
 
 # ---------------------------------------------------------------------------- read
@@ -391,22 +356,9 @@ class LoadEvalNgrams(beam.PTransform):
                 | "MatchEval" >> fileio.MatchAll()
                 | "OpenEval" >> fileio.ReadMatches()
                 | "EvalLines" >> beam.FlatMap(lambda f: f.read_utf8().splitlines())
-                | "EvalText" >> beam.FlatMap(_eval_text)
+                | "EvalText" >> beam.FlatMap(filtering.eval_texts)
                 | "Ngrams" >> beam.Map(lambda t: filtering.eval_ngrams([t], config))
                 | "Union" >> beam.CombineGlobally(lambda sets: frozenset().union(*sets)))
-
-
-def _eval_text(line: str) -> list[str]:
-    line = line.strip()
-    if not line:
-        return []
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return [line]  # a plain text file: one text per line
-    if isinstance(record, dict):
-        return [str(record[k]) for k in ("title", "text", "query") if record.get(k)]
-    return [str(record)]
 
 
 # ---------------------------------------------------------------------------- embed + retrieve
@@ -457,19 +409,9 @@ class _SearchShard(beam.DoFn):
 
 
 def _merge_candidates(element, k: int):
-    qid, grouped = element
+    _, grouped = element
     (query, passage), = grouped["query"]
-    partials = [[retrieval.Hit(-score, pid) for score, pid, _, _ in part] for part in grouped["hits"]]
-    texts = {pid: (title, text) for part in grouped["hits"] for _, pid, title, text in part}
-    top = retrieval.merge_topk(partials, k)
-    candidates = [Candidate(passage_id=h.passage_id, title=texts[h.passage_id][0], text=texts[h.passage_id][1],
-                            is_seed=h.passage_id == passage.id, retrieval_rank=rank, retrieval_score=h.score)
-                  for rank, h in enumerate(top, start=1)]
-    if not any(c.is_seed for c in candidates):
-        # Gecko takes the argmax over the neighbours *with the seed included*.
-        candidates.append(Candidate(passage_id=passage.id, title=passage.title, text=passage.text, is_seed=True,
-                                    retrieval_rank=0, retrieval_score=None))
-    yield query, passage, candidates
+    yield query, passage, build_candidates(passage, list(grouped["hits"]), k)
 
 
 class RetrieveCandidates(beam.PTransform):

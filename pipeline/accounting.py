@@ -14,7 +14,7 @@ import random
 from collections import Counter
 from typing import Iterable, Literal, Optional, Sequence, Union
 
-from schemas import DeadLetter, FilteredRecord, RunManifest, ScoreSummary, TrainingExample
+from schemas import DeadLetter, FilteredRecord, Passage, RunManifest, ScoreSummary, TrainingExample
 
 Status = Literal["written", "filtered", "dead_lettered"]
 _PRIORITY = {"written": 0, "filtered": 1, "dead_lettered": 2}
@@ -37,6 +37,16 @@ def resolve_unit(outcomes: Iterable[Outcome]) -> Outcome:
 
 def _sort_key(o: Outcome) -> str:
     return o.record.detail if o.record is not None else ""
+
+
+def unit_id(passage: Passage) -> str:
+    """The accounting unit of a seed passage: its input record and chunk."""
+    return f"{passage.source_id}#{passage.chunk}"
+
+
+def filtered(unit: str, record_id: str, stage: str, reason: str, detail: str = "") -> Outcome:
+    return Outcome(unit, "filtered", FilteredRecord(record_id=record_id, stage=stage, reason=reason,
+                                                    detail=detail, created_at=dt.datetime.now(dt.timezone.utc)))
 
 
 class AccountingError(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 import unicodedata
 from typing import Iterable, Optional, Sequence
@@ -79,6 +80,20 @@ def near_duplicates_to_drop(group: Sequence[tuple[str, str]], config: NearDupCon
 class DecontamConfig:
     ngram: int = 13  # word n-grams, as in GPT-3's contamination analysis
     min_words: int = 3  # texts shorter than ngram are compared whole when at least this long
+
+
+def eval_texts(line: str) -> list[str]:
+    """The texts of one line of an evaluation file: JSONL (title/text/query fields) or plain text."""
+    line = line.strip()
+    if not line:
+        return []
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return [line]  # a plain text file: one text per line
+    if isinstance(record, dict):
+        return [str(record[k]) for k in ("title", "text", "query") if record.get(k)]
+    return [str(record)]
 
 
 def eval_ngrams(texts: Iterable[str], config: DecontamConfig = DecontamConfig()) -> set[str]:

@@ -12,7 +12,8 @@ from pipeline.generation import LLM_REASONS
 from pipeline.ingest import dead_letter
 from pipeline.llm.client import LLMClient
 from pipeline.prompts import PromptTemplate, load_prompt
-from schemas import CandidateScore, DeadLetter, QueryRecord
+from pipeline.retrieval import Hit, merge_topk
+from schemas import CandidateScore, DeadLetter, Passage, QueryRecord
 
 RCScore = Literal["expected_relevance", "top_label_logprob"]
 RCMethod = Literal["exact", "first_token"]
@@ -38,6 +39,22 @@ class RerankConfig:
     max_passage_chars: int = 4000
     ql_prompt_version: Optional[int] = None
     rc_prompt_version: Optional[int] = None
+
+
+def build_candidates(seed: Passage, partial_hits: Sequence[Sequence[tuple[float, str, str, str]]],
+                     k: int) -> list[Candidate]:
+    """Merge per-shard (score, id, title, text) lists into the top-k neighbours, and add the
+    seed when it is not among them: Gecko takes the argmax over the neighbours *with the seed*."""
+    partials = [[Hit(-score, pid) for score, pid, _, _ in part] for part in partial_hits]
+    texts = {pid: (title, text) for part in partial_hits for _, pid, title, text in part}
+    top = merge_topk(partials, k)
+    candidates = [Candidate(passage_id=h.passage_id, title=texts[h.passage_id][0], text=texts[h.passage_id][1],
+                            is_seed=h.passage_id == seed.id, retrieval_rank=rank, retrieval_score=h.score)
+                  for rank, h in enumerate(top, start=1)]
+    if not any(c.is_seed for c in candidates):
+        candidates.append(Candidate(passage_id=seed.id, title=seed.title, text=seed.text, is_seed=True,
+                                    retrieval_rank=0, retrieval_score=None))
+    return candidates
 
 
 def ql_request(prompt: PromptTemplate, query: QueryRecord, c: Candidate, max_chars: int) -> tuple[str, str]:

@@ -149,7 +149,7 @@ def xtr_search(encoder, query_texts: list[str], doc_ids: list[str], doc_texts: l
                 merged = best[qi][ti] + [(float(sims[ti, c]), int(owners[c])) for c in cols]
                 best[qi][ti] = heapq.nlargest(k_prime, merged)
     ranked = []
-    for qi, per_token in enumerate(best):
+    for per_token in best:
         lowest = [min(s for s, _ in hits) if hits else 0.0 for hits in per_token]  # m_i
         candidates = {d for hits in per_token for _, d in hits}
         scores = {}
