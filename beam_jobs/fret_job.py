@@ -71,18 +71,19 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     output = opts.output.rstrip("/")
     client = opt.client_config(opts, model)
     prompts = {name: load_prompt(name).hash for name in PROMPTS}
-    provenance = Provenance(llm_model=model, embedder=opts.embedder, prompts=prompts,
-                            params=opt.effective_config(opts, model), created_at=started_at)
+    config = opt.effective_config(opts, model)
+    decontam = opt.decontam_config(opts)
+    provenance = Provenance(llm_model=model, embedder=opts.embedder, prompts=prompts, params=config,
+                            created_at=started_at)
 
     read = p | "ReadSeedPassages" >> T.ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
                                                          opt.split_config(opts))
     passages, dedupe_outcomes = read.passages | "DeduplicatePassages" >> T.DeduplicatePassages()
     queries = passages | "GenerateQueries" >> T.GenerateQueries(client, opt.generation_config(opts),
                                                                  opts.llm_batch_size, opts.progress)
-    eval_grams = p | "LoadEvalSet" >> T.LoadEvalNgrams(opts.decontaminate, opt.decontam_config(opts))
+    eval_grams = p | "LoadEvalSet" >> T.LoadEvalNgrams(opts.decontaminate, decontam)
     kept_queries, filter_outcomes = ((queries.queries, eval_grams)
-                                     | "FilterQueries" >> T.FilterQueries(opt.near_dup_config(opts),
-                                                                          opt.decontam_config(opts)))
+                                     | "FilterQueries" >> T.FilterQueries(opt.near_dup_config(opts), decontam))
     candidates = ((passages, kept_queries)
                   | "RetrieveCandidates" >> T.RetrieveCandidates(opts.embedder, opts.num_neighbors,
                                                                  opts.index_shard_size, opts.embed_batch_size,
@@ -95,7 +96,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     if rater is not None:
         rated = examples | "RateExamples" >> T.RateExamples(client, rater, opts.llm_batch_size, opts.progress)
         examples, late_outcomes = rated.examples, late_outcomes + [rated[T.OUTCOME]]
-    clean = (examples, eval_grams) | "DecontaminatePositives" >> T.DecontaminateExamples(opt.decontam_config(opts))
+    clean = (examples, eval_grams) | "DecontaminatePositives" >> T.DecontaminateExamples(decontam)
     examples = clean.examples | "Example" >> beam.Map(lambda ep: ep[0])
     written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(unit_id(ep[1]), "written"))
 
@@ -123,7 +124,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                examples | "ExampleEvents" >> beam.Map(lambda e: ("example", e)))
               | "Events" >> beam.Flatten())
     meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opts.embedder, prompts=prompts,
-                config=opt.effective_config(opts, model))
+                config=config)
     (events
      | "Summarize" >> beam.CombineGlobally(T._ManifestCombine())
      | "WriteManifest" >> beam.Map(T.write_manifest, beam.pvalue.AsSingleton(stage_counts),

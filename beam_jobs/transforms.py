@@ -187,15 +187,11 @@ class DeduplicatePassages(beam.PTransform):
                  | "GroupById" >> beam.GroupByKey()
                  | "ResolveIds" >> beam.FlatMap(_resolve_id_group).with_outputs(OUTCOME, main="passages"))
         by_text = (by_id.passages
-                   | "KeyByText" >> beam.Map(lambda p: (ingest_content_key(p), p))
+                   | "KeyByText" >> beam.Map(lambda p: (ids.passage_id(p.title, p.text), p))
                    | "GroupByText" >> beam.GroupByKey()
                    | "ResolveTexts" >> beam.FlatMap(_resolve_content_group).with_outputs(OUTCOME, main="passages"))
         outcomes = (by_id[OUTCOME], by_text[OUTCOME]) | "Outcomes" >> beam.Flatten()
         return by_text.passages, outcomes
-
-
-def ingest_content_key(p: Passage) -> str:
-    return ids.passage_id(p.title, p.text)
 
 
 # ---------------------------------------------------------------------------- LLM stages

@@ -98,48 +98,34 @@ def _strip(annotation: Any) -> Any:
     return annotation
 
 
-def _to_arrow_value(annotation: Any, value: Any) -> Any:
-    """Turn a model_dump() value into what the derived Arrow type expects (dicts -> entries)."""
+def _convert(annotation: Any, value: Any, to_arrow: bool) -> Any:
+    """Walk a value by its annotation, turning dict fields into key/value entries (to_arrow)
+    or back; everything else passes through."""
     if value is None:
         return None
     annotation = _strip(annotation)
     origin = get_origin(annotation)
     if origin is dict:
         _, value_ann = get_args(annotation)
-        return [{"key": k, "value": _to_arrow_value(value_ann, v)} for k, v in value.items()]
+        if to_arrow:
+            return [{"key": k, "value": _convert(value_ann, v, to_arrow)} for k, v in value.items()]
+        return {e["key"]: _convert(value_ann, e["value"], to_arrow) for e in value}
     if origin in (list, tuple):
         item_ann = get_args(annotation)[0]
-        return [_to_arrow_value(item_ann, v) for v in value]
+        return [_convert(item_ann, v, to_arrow) for v in value]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return {name: _to_arrow_value(info.annotation, value.get(name))
-                for name, info in annotation.model_fields.items() if not info.exclude}
-    return value
-
-
-def _from_arrow_value(annotation: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    annotation = _strip(annotation)
-    origin = get_origin(annotation)
-    if origin is dict:
-        _, value_ann = get_args(annotation)
-        return {e["key"]: _from_arrow_value(value_ann, e["value"]) for e in value}
-    if origin in (list, tuple):
-        item_ann = get_args(annotation)[0]
-        return [_from_arrow_value(item_ann, v) for v in value]
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return {name: _from_arrow_value(info.annotation, value.get(name))
-                for name, info in annotation.model_fields.items() if name in value}
+        return {name: _convert(info.annotation, value.get(name), to_arrow)
+                for name, info in annotation.model_fields.items() if not info.exclude and name in value}
     return value
 
 
 def to_row(record: BaseModel) -> dict[str, Any]:
     """One record as a row of its Arrow schema."""
-    return _to_arrow_value(type(record), record.model_dump(mode="python"))
+    return _convert(type(record), record.model_dump(mode="python"), to_arrow=True)
 
 
 def from_row(model: type[BaseModel], row: dict[str, Any]) -> BaseModel:
-    return model.model_validate(_from_arrow_value(model, row))
+    return model.model_validate(_convert(model, row, to_arrow=False))
 
 
 def rows_to_table(model: type[BaseModel], records: list[BaseModel]) -> pa.Table:
