@@ -1,6 +1,7 @@
 """Property tests: no input line, however malformed, crashes the reader or is lost."""
 
 import json
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -9,7 +10,7 @@ from pipeline.ingest import SplitConfig, parse_jsonl_line, split_passage, whites
 from schemas import DeadLetter, InputPassage
 from schemas.arrow import rows_to_table
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=int(os.environ.get("FRET_HYPOTHESIS_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
@@ -43,9 +44,9 @@ def test_any_unicode_record_is_accounted_for(text, title, ident):
         assert p.text.strip() and whitespace_token_count(p.text) <= 40
         assert "\x00" not in p.text
     # Nothing of the text is lost but control characters and whitespace.
-    kept = "".join(p.text for p in passages).replace(" ", "").replace("\n", "")
+    kept = "".join(ch for p in passages for ch in p.text if not ch.isspace())
     original = "".join(ch for ch in text if ch >= " " and ch != "\x7f" and not ch.isspace())
-    assert kept.replace("\t", "") == original.replace("\t", "") or not passages and not original
+    assert kept == original
 
 
 def test_megabyte_text_splits_into_bounded_passages():
