@@ -35,6 +35,7 @@ def _train(argv: list[str]) -> int:
     import json
     import typing
 
+    from beam_jobs.options import parse_bool
     from pipeline.train.trainer import TrainConfig, train
 
     parser = argparse.ArgumentParser(prog="fret train", description="Train an embedding model on FRet Parquet shards.")
@@ -48,7 +49,7 @@ def _train(argv: list[str]) -> int:
             parser.add_argument(flag, dest=field.name, default=",".join(map(str, default)),
                                 help="Matryoshka sizes besides the full one, comma-separated (empty: none)")
         elif kind is bool:
-            parser.add_argument(flag, dest=field.name, type=_bool, default=default, metavar="true|false")
+            parser.add_argument(flag, dest=field.name, type=parse_bool, default=default, metavar="true|false")
         elif typing.get_origin(kind) is typing.Literal:
             parser.add_argument(flag, dest=field.name, choices=typing.get_args(kind), default=default)
         else:
@@ -96,14 +97,6 @@ def _soup(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     print(soup(args.models, args.output))
     return 0
-
-
-def _bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

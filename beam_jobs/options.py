@@ -27,7 +27,7 @@ class FretOptions(PipelineOptions):
         _add(io, "output", default="", help="output folder (local or any Beam filesystem)")
         _add(io, "output_shards", type=int, default=0, help="Parquet shards per output (0: runner decides)")
         _add(io, "overwrite", action="store_true", help="replace an existing non-empty output folder")
-        _add(io, "keep_candidates", type=_bool, default=True,
+        _add(io, "keep_candidates", type=parse_bool, default=True,
                         help="store every scored candidate in each example (true/false)")
 
         llm = parser.add_argument_group("LLM server (OpenAI-compatible; vLLM for scoring)")
@@ -80,7 +80,7 @@ class FretOptions(PipelineOptions):
                               "examples sharing an n-gram with them are dropped")
         _add(flt, "decontam_ngram", type=int, default=13)
 
-        _add(parser, "progress", type=_bool, default=True, help="print progress on the console")
+        _add(parser, "progress", type=parse_bool, default=True, help="print progress on the console")
 
 
 def _add(group, name: str, **kwargs) -> None:
@@ -89,7 +89,7 @@ def _add(group, name: str, **kwargs) -> None:
     group.add_argument(*flags, dest=name, **kwargs)
 
 
-def _bool(value: str) -> bool:
+def parse_bool(value: str) -> bool:
     if value.lower() in ("1", "true", "yes", "on"):
         return True
     if value.lower() in ("0", "false", "no", "off"):

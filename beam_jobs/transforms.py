@@ -20,7 +20,7 @@ from apache_beam.utils.shared import Shared
 
 from pipeline import accounting, filtering, ids, ingest, retrieval
 from pipeline.accounting import Outcome, filtered, unit_id
-from pipeline.embedding import Embedder, passage_text
+from pipeline.embedding import Embedder, count_tokens, passage_text
 from pipeline.examples import build_example
 from pipeline.generation import GenerationConfig, generate_queries
 from pipeline.ingest import SplitConfig, dead_letter
@@ -88,7 +88,7 @@ class _ParseAndSplit(beam.DoFn):
                                                tag=f"tokenizer:{path}").value
 
     def _count(self, text: str) -> int:
-        return len(self._tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+        return count_tokens(self._tokenizer, text)
 
     def process(self, element):
         source, raw = element

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.embedding import resolve_model_path  # noqa: E402
-from pipeline.train.data import beir_to_triples, write_triples_as_examples  # noqa: E402
+from pipeline.train.data import beir_to_triples, write_beir_as_examples  # noqa: E402
 from pipeline.train.evaluate import evaluate  # noqa: E402
 from pipeline.train.trainer import TrainConfig, train  # noqa: E402
 
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fret-bench-"))
     triples = beir_to_triples(BEIR, "train", TASK)
     data = work / "train.parquet"
-    write_triples_as_examples(triples, data)
+    write_beir_as_examples(BEIR, "train", TASK, data)
 
     base = evaluate("all-MiniLM-L6-v2", BEIR, "test", TASK)["full"]["ndcg@10"]
     runs = []

@@ -19,6 +19,11 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens of `text` without special tokens or truncation: the unit of the passage budget."""
+    return len(tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+
+
 def passage_text(title: str, text: str) -> str:
     return f"{title}\n{text}" if title else text
 
@@ -48,4 +53,4 @@ class Embedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+        return count_tokens(self.tokenizer, text)

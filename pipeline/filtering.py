@@ -113,21 +113,13 @@ def _ngrams(text: str, config: DecontamConfig) -> set[str]:
 
 def contamination(texts: Sequence[str], eval_grams: set[str], config: DecontamConfig = DecontamConfig()
                   ) -> Optional[str]:
-    """The first evaluation n-gram found in any of `texts`, or None when clean."""
+    """An evaluation n-gram found in one of `texts` (the first text that has one), or None when clean."""
     if not eval_grams:
         return None
     for text in texts:
-        tokens = words(text)
-        n = config.ngram
-        if len(tokens) < n:
-            whole = " ".join(tokens)
-            if len(tokens) >= config.min_words and whole in eval_grams:
-                return whole
-            continue
-        for i in range(len(tokens) - n + 1):
-            gram = " ".join(tokens[i:i + n])
-            if gram in eval_grams:
-                return gram
+        shared = _ngrams(text, config) & eval_grams
+        if shared:
+            return min(shared)
     return None
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.testing.tiny_encoder import build_tiny_encoder
-from pipeline.train.data import batched, beir_to_triples, stream_examples, write_triples_as_examples
+from pipeline.train.data import batched, stream_examples, write_beir_as_examples
 from pipeline.train.evaluate import evaluate, ndcg_at_k, recall_at_k
 from pipeline.train.model import Encoder
 from pipeline.train.soup import soup
@@ -22,7 +22,7 @@ TASK = "Given a one-line summary, find the Python documentation it summarises"
 @pytest.fixture(scope="module")
 def train_shards(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("shards") / "train.parquet"
-    write_triples_as_examples(beir_to_triples(BEIR, "train", TASK), path)
+    write_beir_as_examples(BEIR, "train", TASK, path)
     return path
 
 

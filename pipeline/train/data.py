@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator
 
 import pyarrow.dataset as ds
 
@@ -47,11 +47,15 @@ def stream_examples(path: str | Path, num_negatives: int = 1, batch_rows: int = 
     dataset = ds.dataset(files, format="parquet")
     for batch in dataset.to_batches(columns=COLUMNS, batch_size=batch_rows):
         for row in batch.to_pylist():
-            negatives = tuple(format_document(n["title"], n["text"]) for n in (row["hard_negatives"] or [])
-                              )[:num_negatives]
-            yield TextTriple(query=format_query(row["task"], row["query"]),
-                             positive=format_document(row["positive"]["title"], row["positive"]["text"]),
-                             negatives=negatives)
+            yield row_to_triple(row, num_negatives)
+
+
+def row_to_triple(row: dict, num_negatives: int = 1) -> TextTriple:
+    """One row of the FRet example layout as formatted texts."""
+    negatives = tuple(format_document(n["title"], n["text"]) for n in (row["hard_negatives"] or []))
+    return TextTriple(query=format_query(row["task"], row["query"]),
+                      positive=format_document(row["positive"]["title"], row["positive"]["text"]),
+                      negatives=negatives[:num_negatives])
 
 
 def count_examples(path: str | Path) -> int:
@@ -113,36 +117,29 @@ def epoch_batches(path: str | Path, batch_size: int, num_negatives: int, seed: i
             yield batch
 
 
-def beir_to_triples(folder: str | Path, split: str, task: str) -> list[TextTriple]:
-    """A BEIR split as training triples (no hard negatives)."""
+def beir_example_rows(folder: str | Path, split: str, task: str) -> list[dict]:
+    """A BEIR split in the FRet example layout (task/query/positive/hard_negatives), no negatives."""
     from pipeline.train.evaluate import load_beir
 
     corpus, queries, qrels = load_beir(folder, split)
-    out = []
+    rows = []
     for qid, rels in sorted(qrels.items()):
         for did, score in sorted(rels.items()):
             if score > 0 and did in corpus:
                 title, text = corpus[did]
-                out.append(TextTriple(format_query(task, queries[qid]), format_document(title, text), ()))
-    return out
+                rows.append({"task": task, "query": queries[qid],
+                             "positive": {"id": did, "title": title, "text": text}, "hard_negatives": []})
+    return rows
 
 
-def write_triples_as_examples(triples: list[TextTriple], path: str | Path, task: Optional[str] = None) -> None:
-    """Write triples in the FRet example layout (task/query/positive/hard_negatives columns)."""
+def beir_to_triples(folder: str | Path, split: str, task: str) -> list[TextTriple]:
+    """A BEIR split as training triples (no hard negatives)."""
+    return [row_to_triple(row) for row in beir_example_rows(folder, split, task)]
+
+
+def write_beir_as_examples(folder: str | Path, split: str, task: str, path: str | Path) -> None:
+    """Write a BEIR split as a Parquet file the trainer reads like the job's examples."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def split_query(q: str) -> tuple[str, str]:
-        head, _, rest = q.partition(" | query: ")
-        return head.removeprefix("task: "), rest
-
-    def split_doc(d: str) -> dict:
-        head, _, rest = d.partition(" | text: ")
-        return {"id": "", "title": head.removeprefix("title: "), "text": rest}
-
-    rows = []
-    for t in triples:
-        task_text, query = split_query(t.query)
-        rows.append({"task": task or task_text, "query": query, "positive": split_doc(t.positive),
-                     "hard_negatives": [split_doc(n) for n in t.negatives]})
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    pq.write_table(pa.Table.from_pylist(beir_example_rows(folder, split, task)), path)
