@@ -19,6 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from beam_jobs import options as opt
 from beam_jobs import transforms as T
+from beam_jobs.journal import journal_dir
 from pipeline.accounting import Outcome, unit_id
 from pipeline.prompts import load_prompt
 from schemas import DeadLetter, FilteredRecord, Provenance, TrainingExample
@@ -50,16 +51,28 @@ def check_inputs(patterns: str) -> None:
             raise ValueError(f"--input {pattern!r} matches no file; check the path or glob")
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuse to mix a new run into an old one, unless told to replace it."""
+def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
+    """Refuse to mix a new run into an old one unless told to replace it (--overwrite) or to
+    finish it (--resume: the journal is kept, the dataset files are rebuilt from it)."""
+    if overwrite and resume:
+        raise ValueError("--overwrite and --resume contradict each other: --overwrite starts over, --resume reuses "
+                         "the finished LLM work in the output folder")
     output = output.rstrip("/")
     existing = [m.path for m in FileSystems.match([output + "/**"])[0].metadata_list] \
         if FileSystems.exists(output) else []
     if not existing:
         return
+    journal = journal_dir(output)
+    if resume:
+        stale = [f"{output}/{part}" for part in OUTPUT_PARTS if FileSystems.exists(f"{output}/{part}")]
+        if stale:
+            FileSystems.delete(stale)
+        return
     if not overwrite:
-        raise ValueError(f"output folder {output} is not empty ({len(existing)} files); choose a new --output "
-                         "or pass --overwrite to replace it")
+        unfinished = any(path.startswith(journal + "/") for path in existing)
+        hint = ("pass --resume to finish that run, reusing its finished LLM work, or --overwrite to start over"
+                if unfinished else "choose a new --output or pass --overwrite to replace it")
+        raise ValueError(f"output folder {output} is not empty ({len(existing)} files); {hint}")
     FileSystems.delete([output])
 
 
@@ -77,25 +90,31 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                             created_at=started_at)
 
     read = p | "ReadSeedPassages" >> T.ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
-                                                         opt.split_config(opts))
+                                                         opt.split_config(opts), opts.trust_remote_code)
     passages, dedupe_outcomes = read.passages | "DeduplicatePassages" >> T.DeduplicatePassages()
+    journal, failure = journal_dir(output), opt.failure_policy(opts)
     queries = passages | "GenerateQueries" >> T.GenerateQueries(client, opt.generation_config(opts),
-                                                                 opts.llm_batch_size, opts.progress)
+                                                                 opts.llm_batch_size, opts.progress, journal, failure)
     eval_grams = p | "LoadEvalSet" >> T.LoadEvalNgrams(opts.decontaminate, decontam)
-    kept_queries, filter_outcomes = ((queries.queries, eval_grams)
+    kept_queries, filter_outcomes = ((queries["queries"], eval_grams)
                                      | "FilterQueries" >> T.FilterQueries(opt.near_dup_config(opts), decontam))
+    reused = [_count(queries["reused"], "journal_hits_generate")]
     candidates = ((passages, kept_queries)
                   | "RetrieveCandidates" >> T.RetrieveCandidates(opts.embedder, opts.num_neighbors,
                                                                  opts.index_shard_size, opts.embed_batch_size,
-                                                                 progress=opts.progress))
+                                                                 progress=opts.progress,
+                                                                 trust_remote_code=opts.trust_remote_code))
     reranked = candidates | "RerankAndMine" >> T.RerankAndMine(
         client, opt.rerank_config(opts), opt.mining_config(opts), provenance, opts.keep_candidates,
-        batch_size=max(1, opts.llm_batch_size // 4), progress=opts.progress)
-    examples, late_outcomes = reranked.examples, [reranked[T.OUTCOME]]
+        batch_size=max(1, opts.llm_batch_size // 4), progress=opts.progress, journal_folder=journal, failure=failure)
+    examples, late_outcomes = reranked["examples"], [reranked[T.OUTCOME]]
+    reused.append(_count(reranked["reused"], "journal_hits_rerank"))
     rater = opt.rater_config(opts)
     if rater is not None:
-        rated = examples | "RateExamples" >> T.RateExamples(client, rater, opts.llm_batch_size, opts.progress)
-        examples, late_outcomes = rated.examples, late_outcomes + [rated[T.OUTCOME]]
+        rated = examples | "RateExamples" >> T.RateExamples(client, rater, opts.llm_batch_size, opts.progress,
+                                                            journal, failure)
+        examples, late_outcomes = rated["examples"], late_outcomes + [rated[T.OUTCOME]]
+        reused.append(_count(rated["reused"], "journal_hits_rate"))
     clean = (examples, eval_grams) | "DecontaminatePositives" >> T.DecontaminateExamples(decontam)
     examples = clean.examples | "Example" >> beam.Map(lambda ep: ep[0])
     written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(unit_id(ep[1]), "written"))
@@ -116,15 +135,15 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     units = ((read.passages, read[T.OUTCOME]) | "Units" >> beam.Flatten()
              | "CountUnits" >> beam.combiners.Count.Globally())
     stage_counts = ([_count(read.passages, "passages_after_split"), _count(read[T.OUTCOME], "unreadable_records"),
-                     _count(passages, "unique_passages"), _count(queries.queries, "queries_generated"),
-                     _count(kept_queries, "queries_after_filters"), _count(candidates, "queries_retrieved")]
+                     _count(passages, "unique_passages"), _count(queries["queries"], "queries_generated"),
+                     _count(kept_queries, "queries_after_filters"), _count(candidates, "queries_retrieved"), *reused]
                     | "StageCounts" >> beam.Flatten()
                     | "StageDict" >> beam.combiners.ToDict())
     events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
                examples | "ExampleEvents" >> beam.Map(lambda e: ("example", e)))
               | "Events" >> beam.Flatten())
     meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opts.embedder, prompts=prompts,
-                config=config)
+                config=config, resumed=opts.resume)
     (events
      | "Summarize" >> beam.CombineGlobally(T._ManifestCombine())
      | "WriteManifest" >> beam.Map(T.write_manifest, beam.pvalue.AsSingleton(stage_counts),
@@ -141,7 +160,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     base = opts.llm_url.split(",")[0].strip()
     model = opts.llm_model or discover_model(base, opt.api_key(opts))
     check_inputs(opts.input)
-    prepare_output(opts.output, opts.overwrite)
+    prepare_output(opts.output, opts.overwrite, opts.resume)
     run_id = uuid.uuid4().hex[:12]
     started_at = dt.datetime.now(dt.timezone.utc)
     p = test_pipeline or beam.Pipeline(options=pipeline_options)

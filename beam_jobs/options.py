@@ -13,6 +13,7 @@ from pipeline.generation import GenerationConfig
 from pipeline.ingest import SplitConfig
 from pipeline.llm.client import ClientConfig
 from pipeline.mining import MiningConfig
+from pipeline.reliability import FailurePolicy
 from pipeline.rerank import RerankConfig
 
 
@@ -27,6 +28,8 @@ class FretOptions(PipelineOptions):
         _add(io, "output", default="", help="output folder (local or any Beam filesystem)")
         _add(io, "output_shards", type=int, default=0, help="Parquet shards per output (0: runner decides)")
         _add(io, "overwrite", action="store_true", help="replace an existing non-empty output folder")
+        _add(io, "resume", action="store_true",
+             help="finish a run in the same --output: LLM work kept in its _journal is reused, the rest is done")
         _add(io, "keep_candidates", type=parse_bool, default=True,
                         help="store every scored candidate in each example (true/false)")
 
@@ -41,6 +44,9 @@ class FretOptions(PipelineOptions):
         _add(llm, "llm_timeout", type=float, default=120.0, help="seconds per request attempt")
         _add(llm, "llm_retries", type=int, default=4, help="retries after the first attempt")
         _add(llm, "llm_batch_size", type=int, default=64, help="passages or queries per DoFn batch")
+        _add(llm, "max_failure_rate", type=float, default=0.5,
+             help="abort when more than this share of the recent LLM items of a stage failed after retries")
+        _add(llm, "failure_window", type=int, default=200, help="recent LLM items the failure share is computed over")
 
         gen = parser.add_argument_group("query generation")
         _add(gen, "queries_per_passage", type=int, default=1)
@@ -52,6 +58,8 @@ class FretOptions(PipelineOptions):
         _add(ret, "embedder", default="all-MiniLM-L6-v2",
                          help="sentence-transformers or HF model path (default: bundled all-MiniLM-L6-v2)")
         _add(ret, "embed_batch_size", type=int, default=64)
+        _add(ret, "trust_remote_code", action="store_true",
+             help="let the embedder run code from its model folder (off: only built-in architectures)")
         _add(ret, "max_passage_tokens", type=int, default=256,
                          help="longer inputs are split into passages of at most this many embedder tokens")
         _add(ret, "num_neighbors", type=int, default=20, help="N, the neighbours retrieved per query")
@@ -117,6 +125,11 @@ def generation_config(opts: FretOptions) -> GenerationConfig:
                             max_tokens=opts.max_tokens, seed=opts.seed)
 
 
+def failure_policy(opts: FretOptions) -> FailurePolicy:
+    return FailurePolicy(max_rate=opts.max_failure_rate, window=opts.failure_window,
+                         min_items=min(20, opts.failure_window))
+
+
 def split_config(opts: FretOptions) -> SplitConfig:
     return SplitConfig(max_tokens=opts.max_passage_tokens)
 
@@ -149,7 +162,7 @@ CONFIG_FIELDS = (
     "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "negative_strategy", "num_negatives", "negative_window",
     "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "decontaminate",
-    "decontam_ngram",
+    "decontam_ngram", "max_failure_rate", "failure_window", "trust_remote_code",
 )
 
 

@@ -8,6 +8,7 @@ filtered or dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from typing import Optional
@@ -18,18 +19,21 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
-from pipeline import accounting, filtering, ids, ingest, retrieval
+from beam_jobs.journal import LookupJournal, write_entries
+from pipeline import accounting, filtering, ids, ingest, journal, retrieval
 from pipeline.accounting import Outcome, filtered, unit_id
 from pipeline.embedding import Embedder, count_tokens, passage_text
 from pipeline.examples import build_example
-from pipeline.generation import GenerationConfig, generate_queries
+from pipeline.generation import LLM_REASONS, GenerationConfig, generate_queries
 from pipeline.ingest import SplitConfig, dead_letter
 from pipeline.llm.blocking import BlockingLLM
 from pipeline.llm.client import ClientConfig
 from pipeline.mining import MiningConfig
 from pipeline.progress import Progress
+from pipeline.prompts import load_prompt
+from pipeline.reliability import FailureGuard, FailurePolicy
 from pipeline.rerank import RerankConfig, build_candidates, score_query
-from schemas import DeadLetter, Passage, Provenance
+from schemas import DeadLetter, Passage, Provenance, QualityRating
 
 NS = "fret"
 OUTCOME = "outcome"
@@ -71,8 +75,9 @@ class _ReadParquetRows(beam.DoFn):
 class _ParseAndSplit(beam.DoFn):
     """Raw record -> Passages (split by the embedder's token budget), or an outcome with a reason."""
 
-    def __init__(self, embedder: str, split: SplitConfig, shared: Shared):
+    def __init__(self, embedder: str, split: SplitConfig, shared: Shared, trust_remote_code: bool = False):
         self._embedder, self._split, self._shared = embedder, split, shared
+        self._trust_remote_code = trust_remote_code
         self.read = Metrics.counter(NS, "records_read")
         self.bad = Metrics.counter(NS, "records_dead_lettered")
         self.passages = Metrics.counter(NS, "passages")
@@ -84,7 +89,8 @@ class _ParseAndSplit(beam.DoFn):
         from pipeline.embedding import resolve_model_path
 
         path = resolve_model_path(self._embedder)
-        self._tokenizer = self._shared.acquire(lambda: _Box(AutoTokenizer.from_pretrained(path)),
+        trust = self._trust_remote_code
+        self._tokenizer = self._shared.acquire(lambda: _Box(AutoTokenizer.from_pretrained(path, trust_remote_code=trust)),
                                                tag=f"tokenizer:{path}").value
 
     def _count(self, text: str) -> int:
@@ -123,9 +129,10 @@ class ReadSeedPassages(beam.PTransform):
     """Seed passages from JSONL/Parquet globs -> Passage, plus outcomes for unreadable records."""
 
     def __init__(self, patterns: str, input_format: str = "auto", embedder: str = "all-MiniLM-L6-v2",
-                 split: SplitConfig = SplitConfig()):
+                 split: SplitConfig = SplitConfig(), trust_remote_code: bool = False):
         super().__init__()
         self.patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+        self.trust_remote_code = trust_remote_code
         if not self.patterns:
             raise ValueError("--input is empty: give one or more JSONL/Parquet paths or globs")
         self.input_format, self.embedder, self.split = input_format, embedder, split
@@ -142,7 +149,7 @@ class ReadSeedPassages(beam.PTransform):
         return ((lines, rows)
                 | "Records" >> beam.Flatten()
                 | "Spread" >> beam.Reshuffle()
-                | "ParseSplit" >> beam.ParDo(_ParseAndSplit(self.embedder, self.split, Shared()))
+                | "ParseSplit" >> beam.ParDo(_ParseAndSplit(self.embedder, self.split, Shared(), self.trust_remote_code))
                 .with_outputs(OUTCOME, main="passages"))
 
 
@@ -198,20 +205,31 @@ class DeduplicatePassages(beam.PTransform):
 
 
 class _LLMBatchDoFn(beam.DoFn):
-    """Base: one BlockingLLM per worker process (shared across threads), a batch per call."""
+    """Base: one BlockingLLM per worker process (shared across threads), a batch per call.
 
-    def __init__(self, client: ClientConfig, shared: Shared, progress: bool):
+    After each batch the finished work goes to the journal (so a crash loses at most the
+    batches in flight) and the failure guard (so a dead server stops the job early)."""
+
+    STAGE = ""
+
+    def __init__(self, client: ClientConfig, shared: Shared, progress: bool, journal_folder: Optional[str],
+                 failure: FailurePolicy):
         self._client_config, self._shared, self._progress = client, shared, progress
+        self._journal_folder, self._failure = journal_folder, failure
         self.requests = Metrics.counter(NS, "llm_requests")
         self.failures = Metrics.counter(NS, "llm_failures")
         self.retries = Metrics.counter(NS, "llm_retries")
         self.prompt_tokens = Metrics.counter(NS, "llm_prompt_tokens")
         self.completion_tokens = Metrics.counter(NS, "llm_completion_tokens")
+        self.journaled = Metrics.counter(NS, f"journaled_{self.STAGE}")
 
     def setup(self):
         config = self._client_config
         self._llm = self._shared.acquire(lambda: BlockingLLM(config),
                                          tag=f"llm:{config.base_urls}:{config.model}").retain()
+        hint = (f"Check the LLM server ({', '.join(config.base_urls)}), then re-run with --resume: finished LLM "
+                f"work is kept in {self._journal_folder}." if self._journal_folder else "Check the LLM server.")
+        self._guard = FailureGuard(self.STAGE, self._failure, hint)
         self._llm.wait_ready(timeout_s=max(60.0, config.timeout_s))  # before the first batch is sent
 
     def teardown(self):
@@ -229,39 +247,95 @@ class _LLMBatchDoFn(beam.DoFn):
         self.completion_tokens.inc(after["completion_tokens"] - before["completion_tokens"])
         return out
 
+    def _settle(self, finished: list[tuple[str, list, Optional[str]]]) -> None:
+        """(journal key, result records, failure reason or None) per item: journal first, then judge."""
+        if self._journal_folder:
+            entries = [journal.entry(self.STAGE, key, records) for key, records, _ in finished
+                       if records and journal.worth_keeping(records)]
+            write_entries(self._journal_folder, self.STAGE, entries)
+            self.journaled.inc(len(entries))
+        self._guard.record(reason for _, _, reason in finished)
+
+
+def _failure_reason(records) -> Optional[str]:
+    return next((r.reason for r in records if isinstance(r, DeadLetter)), None)
+
+
+def _emit_generated(passage: Passage, records):
+    for record in records:
+        if isinstance(record, DeadLetter):
+            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", record))
+        else:
+            yield record, passage
+
 
 class _GenerateFn(_LLMBatchDoFn):
-    def __init__(self, client, shared, progress, config: GenerationConfig):
-        super().__init__(client, shared, progress)
+    STAGE = "generate"
+
+    def __init__(self, client, shared, progress, journal_folder, failure, config: GenerationConfig):
+        super().__init__(client, shared, progress, journal_folder, failure)
         self._config = config
         self.generated = Metrics.counter(NS, "queries_generated")
         self.parse_failures = Metrics.counter(NS, "generation_failures")
 
-    def process(self, batch: list[Passage]):
+    def process(self, batch: list[tuple[str, Passage]]):
         config = self._config
-        results = self._run(lambda c: generate_queries(c, batch, config))
+        passages = [p for _, p in batch]
+        results = self._run(lambda c: generate_queries(c, passages, config))
+        per_passage = config.queries_per_passage  # results come passage by passage, sample by sample
+        finished = []
+        for i, (key, _) in enumerate(batch):
+            records = [r for _, r in results[i * per_passage:(i + 1) * per_passage]]
+            finished.append((key, records, _failure_reason(records)))
+        self._settle(finished)
         Progress.add("generate (passages)", len(batch), self._progress)
-        for passage, result in results:
-            if isinstance(result, DeadLetter):
-                self.parse_failures.inc()
-                yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", result))
-            else:
-                self.generated.inc()
-                yield result, passage
+        for (_, passage), (_, records, _) in zip(batch, finished):
+            for record in records:
+                (self.parse_failures if isinstance(record, DeadLetter) else self.generated).inc()
+            yield from _emit_generated(passage, records)
+
+
+def _replay_generated(done):
+    passage, payload = done
+    yield from _emit_generated(passage, journal.decode(payload))
+
+
+def _merge_outputs(fresh, replayed, main: str):
+    return {main: (fresh[main], replayed[main]) | f"Merge{main.title()}" >> beam.Flatten(),
+            OUTCOME: (fresh[OUTCOME], replayed[OUTCOME]) | "MergeOutcomes" >> beam.Flatten(),
+            "reused": replayed.reused}
+
+
+class _Replay:
+    """A journal split's `done` side, run through a replay function, with the count of items reused."""
+
+    def __init__(self, done, fn, main: str, *args):
+        self.reused = done
+        self._out = done | "Replay" >> beam.FlatMap(fn, *args).with_outputs(OUTCOME, main=main)
+
+    def __getitem__(self, tag):
+        return self._out[tag]
 
 
 class GenerateQueries(beam.PTransform):
-    """Passage -> (QueryRecord, seed Passage); failures become dead-letter outcomes."""
+    """Passage -> {"queries": (QueryRecord, seed Passage), "outcome": dead letters, "reused": journal hits}."""
 
-    def __init__(self, client: ClientConfig, config: GenerationConfig, batch_size: int = 64, progress: bool = False):
+    def __init__(self, client: ClientConfig, config: GenerationConfig, batch_size: int = 64, progress: bool = False,
+                 journal_folder: Optional[str] = None, failure: FailurePolicy = FailurePolicy()):
         super().__init__()
         self.client, self.config, self.batch_size, self.progress = client, config, batch_size, progress
+        self.journal_folder, self.failure = journal_folder, failure
 
     def expand(self, passages):
-        return (passages
-                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-                | "Generate" >> beam.ParDo(_GenerateFn(self.client, Shared(), self.progress, self.config))
-                .with_outputs(OUTCOME, main="queries"))
+        key_fn = functools.partial(journal.generation_key, self.client.model,
+                                   load_prompt("query_generation", self.config.prompt_version).hash, self.config)
+        split = passages | "Journal" >> LookupJournal(self.journal_folder, "generate", key_fn)
+        fresh = (split.todo
+                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+                 | "Generate" >> beam.ParDo(_GenerateFn(self.client, Shared(), self.progress, self.journal_folder,
+                                                        self.failure, self.config))
+                 .with_outputs(OUTCOME, main="queries"))
+        return _merge_outputs(fresh, _Replay(split.done, _replay_generated, "queries"), "queries")
 
 
 # ---------------------------------------------------------------------------- query filters
@@ -361,14 +435,17 @@ class LoadEvalNgrams(beam.PTransform):
 
 
 class _EmbedFn(beam.DoFn):
-    def __init__(self, embedder: str, batch_size: int, shared: Shared, kind: str, progress: bool):
+    def __init__(self, embedder: str, batch_size: int, shared: Shared, kind: str, progress: bool,
+                 trust_remote_code: bool = False):
         self._name, self._batch_size, self._shared, self._kind, self._progress = (
             embedder, batch_size, shared, kind, progress)
+        self._trust_remote_code = trust_remote_code
         self.embedded = Metrics.counter(NS, f"{kind}_embedded")
 
     def setup(self):
-        name, batch_size = self._name, self._batch_size
-        self._embedder = self._shared.acquire(lambda: Embedder(name, batch_size=batch_size), tag=f"embedder:{name}")
+        name, batch_size, trust = self._name, self._batch_size, self._trust_remote_code
+        self._embedder = self._shared.acquire(lambda: Embedder(name, batch_size=batch_size, trust_remote_code=trust),
+                                              tag=f"embedder:{name}")
 
     def process(self, batch):
         if self._kind == "passages":
@@ -415,12 +492,13 @@ class RetrieveCandidates(beam.PTransform):
     query batch is searched against every shard, and the partial lists are merged per query."""
 
     def __init__(self, embedder: str, num_neighbors: int = 20, shard_size: int = 50_000, embed_batch_size: int = 64,
-                 query_batch_size: int = 256, progress: bool = False):
+                 query_batch_size: int = 256, progress: bool = False, trust_remote_code: bool = False):
         super().__init__()
         if num_neighbors < 1 or shard_size < 1:
             raise ValueError("num_neighbors and index_shard_size must be >= 1")
         self.embedder, self.k, self.shard_size = embedder, num_neighbors, shard_size
         self.embed_batch_size, self.query_batch_size, self.progress = embed_batch_size, query_batch_size, progress
+        self.trust_remote_code = trust_remote_code
 
     def expand(self, pcolls):
         passages, queries = pcolls
@@ -428,7 +506,7 @@ class RetrieveCandidates(beam.PTransform):
         passage_vectors = (passages
                            | "BatchPassages" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.embed_batch_size)
                            | "EmbedPassages" >> beam.ParDo(_EmbedFn(self.embedder, self.embed_batch_size, shared,
-                                                                    "passages", self.progress)))
+                                                                    "passages", self.progress, self.trust_remote_code)))
         num_shards = (passages
                       | "CountCorpus" >> beam.combiners.Count.Globally()
                       | "NumShards" >> beam.Map(lambda n, size: max(1, math.ceil(n / size)), self.shard_size))
@@ -437,7 +515,7 @@ class RetrieveCandidates(beam.PTransform):
         query_vectors = (queries
                          | "BatchQueries" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.embed_batch_size)
                          | "EmbedQueries" >> beam.ParDo(_EmbedFn(self.embedder, self.embed_batch_size, shared,
-                                                                 "queries", self.progress)))
+                                                                 "queries", self.progress, self.trust_remote_code)))
         routed = (query_vectors
                   | "QueryVector" >> beam.Map(lambda qv: (qv[0][0].query_id, qv[1]))
                   | "BatchForSearch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.query_batch_size)
@@ -455,10 +533,19 @@ class RetrieveCandidates(beam.PTransform):
 # ---------------------------------------------------------------------------- rerank + mine
 
 
+def _emit_example(query, passage, records, mining: MiningConfig, provenance: Provenance, keep: bool):
+    if len(records) == 1 and isinstance(records[0], DeadLetter):
+        yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", records[0]))
+        return
+    yield build_example(query, records, mining, provenance, keep), passage
+
+
 class _RerankFn(_LLMBatchDoFn):
-    def __init__(self, client, shared, progress, rerank: RerankConfig, mining: MiningConfig,
+    STAGE = "rerank"
+
+    def __init__(self, client, shared, progress, journal_folder, failure, rerank: RerankConfig, mining: MiningConfig,
                  provenance: Provenance, keep_candidates: bool):
-        super().__init__(client, shared, progress)
+        super().__init__(client, shared, progress, journal_folder, failure)
         self._rerank, self._mining, self._provenance, self._keep = rerank, mining, provenance, keep_candidates
         self.scored = Metrics.counter(NS, "queries_reranked")
         self.rerank_failures = Metrics.counter(NS, "rerank_failures")
@@ -467,18 +554,24 @@ class _RerankFn(_LLMBatchDoFn):
 
     def process(self, batch):
         config = self._rerank
-        results = self._run(lambda client: _score_all(client, batch, config))
+        items = [item for _, item in batch]
+        results = [journal.as_records(r) for r in self._run(lambda client: _score_all(client, items, config))]
+        self._settle([(key, records, _failure_reason(records)) for (key, _), records in zip(batch, results)])
         Progress.add("rerank (queries)", len(batch), self._progress)
-        for (query, passage, cands), scored in zip(batch, results):
-            if isinstance(scored, DeadLetter):
-                self.rerank_failures.inc()
-                yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", scored))
-                continue
-            self.candidates.update(len(cands))
-            example = build_example(query, scored, self._mining, self._provenance, self._keep)
-            self.scored.inc()
-            self.relabelled.inc(int(example.positive_changed))
-            yield example, passage
+        for (query, passage, cands), records in zip(items, results):
+            for out in _emit_example(query, passage, records, self._mining, self._provenance, self._keep):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    self.rerank_failures.inc()
+                else:
+                    self.candidates.update(len(cands))
+                    self.scored.inc()
+                    self.relabelled.inc(int(out[0].positive_changed))
+                yield out
+
+
+def _replay_rerank(done, mining, provenance, keep):
+    (query, passage, _), payload = done
+    yield from _emit_example(query, passage, journal.decode(payload), mining, provenance, keep)
 
 
 async def _score_all(client, batch, config):
@@ -491,25 +584,53 @@ async def _rate_all(client, batch, config):
 
 
 class RerankAndMine(beam.PTransform):
-    """(query, seed, candidates) -> (TrainingExample, seed Passage) via QL + RC + RRF and mining."""
+    """(query, seed, candidates) -> {"examples": (TrainingExample, seed Passage), "outcome", "reused"}
+    via QL + RC + RRF and mining."""
 
     def __init__(self, client: ClientConfig, rerank: RerankConfig, mining: MiningConfig, provenance: Provenance,
-                 keep_candidates: bool = True, batch_size: int = 16, progress: bool = False):
+                 keep_candidates: bool = True, batch_size: int = 16, progress: bool = False,
+                 journal_folder: Optional[str] = None, failure: FailurePolicy = FailurePolicy()):
         super().__init__()
         self.client, self.rerank, self.mining, self.provenance = client, rerank, mining, provenance
         self.keep_candidates, self.batch_size, self.progress = keep_candidates, batch_size, progress
+        self.journal_folder, self.failure = journal_folder, failure
 
     def expand(self, candidates):
-        return (candidates
-                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-                | "Score" >> beam.ParDo(_RerankFn(self.client, Shared(), self.progress, self.rerank, self.mining,
-                                                  self.provenance, self.keep_candidates))
-                .with_outputs(OUTCOME, main="examples"))
+        prompt_hashes = (load_prompt("query_likelihood", self.rerank.ql_prompt_version).hash,
+                         load_prompt("relevance_classification", self.rerank.rc_prompt_version).hash)
+        key_fn = functools.partial(_rerank_key, self.client.model, prompt_hashes, self.rerank)
+        split = candidates | "Journal" >> LookupJournal(self.journal_folder, "rerank", key_fn)
+        fresh = (split.todo
+                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+                 | "Score" >> beam.ParDo(_RerankFn(self.client, Shared(), self.progress, self.journal_folder,
+                                                   self.failure, self.rerank, self.mining, self.provenance,
+                                                   self.keep_candidates))
+                 .with_outputs(OUTCOME, main="examples"))
+        replayed = _Replay(split.done, _replay_rerank, "examples", self.mining, self.provenance, self.keep_candidates)
+        return _merge_outputs(fresh, replayed, "examples")
+
+
+def _rerank_key(model, prompt_hashes, config, item):
+    query, _, cands = item
+    return journal.rerank_key(model, prompt_hashes, config, query, cands)
+
+
+def _apply_rating(example, passage, rating: Optional[QualityRating], config: filtering.RaterConfig):
+    if rating is None:
+        yield example, passage  # an unrated example is kept, with quality = null
+    elif rating.score < config.min_score:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(
+            unit_id(passage), example.example_id, "filter", "low_quality",
+            f"auto-rater score {rating.score} < {config.min_score}: {rating.reason}"))
+    else:
+        yield example.model_copy(update={"quality": float(rating.score)}), passage
 
 
 class _RateFn(_LLMBatchDoFn):
-    def __init__(self, client, shared, progress, config: filtering.RaterConfig):
-        super().__init__(client, shared, progress)
+    STAGE = "rate"
+
+    def __init__(self, client, shared, progress, journal_folder, failure, config: filtering.RaterConfig):
+        super().__init__(client, shared, progress, journal_folder, failure)
         self._config = config
         self.rated = Metrics.counter(NS, "examples_rated")
         self.rater_failures = Metrics.counter(NS, "rater_failures")
@@ -517,34 +638,48 @@ class _RateFn(_LLMBatchDoFn):
 
     def process(self, batch):
         config = self._config
-        for (example, passage), result in zip(batch, self._run(lambda client: _rate_all(client, batch, config))):
-            if not result.ok or result.value is None:
-                self.rater_failures.inc()  # an unrated example is kept, with quality = null
-                yield example, passage
-                continue
-            self.rated.inc()
-            if result.value.score < config.min_score:
-                self.low_quality.inc()
-                yield beam.pvalue.TaggedOutput(OUTCOME, filtered(
-                    unit_id(passage), example.example_id, "filter", "low_quality",
-                    f"auto-rater score {result.value.score} < {config.min_score}: {result.value.reason}"))
-            else:
-                yield example.model_copy(update={"quality": float(result.value.score)}), passage
+        items = [item for _, item in batch]
+        results = self._run(lambda client: _rate_all(client, items, config))
+        ratings = [r.value if r.ok else None for r in results]
+        self._settle([(key, [rating] if rating is not None else [], None if r.ok else LLM_REASONS.get(r.reason or ""))
+                      for (key, _), rating, r in zip(batch, ratings, results)])
+        for (example, passage), rating in zip(items, ratings):
+            (self.rated if rating is not None else self.rater_failures).inc()
+            for out in _apply_rating(example, passage, rating, config):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    self.low_quality.inc()
+                yield out
+
+
+def _replay_rating(done, config):
+    (example, passage), payload = done
+    (rating,) = journal.decode(payload)
+    yield from _apply_rating(example, passage, rating, config)
 
 
 class RateExamples(beam.PTransform):
     """Gemini Embedding's LLM auto-rater: drop examples rated below a threshold, keeping the reason."""
 
     def __init__(self, client: ClientConfig, config: filtering.RaterConfig, batch_size: int = 64,
-                 progress: bool = False):
+                 progress: bool = False, journal_folder: Optional[str] = None,
+                 failure: FailurePolicy = FailurePolicy()):
         super().__init__()
         self.client, self.config, self.batch_size, self.progress = client, config, batch_size, progress
+        self.journal_folder, self.failure = journal_folder, failure
 
     def expand(self, examples):
-        return (examples
-                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-                | "Rate" >> beam.ParDo(_RateFn(self.client, Shared(), self.progress, self.config))
-                .with_outputs(OUTCOME, main="examples"))
+        key_fn = functools.partial(_rate_key, self.client.model, load_prompt("quality_rater").hash, self.config)
+        split = examples | "Journal" >> LookupJournal(self.journal_folder, "rate", key_fn)
+        fresh = (split.todo
+                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+                 | "Rate" >> beam.ParDo(_RateFn(self.client, Shared(), self.progress, self.journal_folder,
+                                                self.failure, self.config))
+                 .with_outputs(OUTCOME, main="examples"))
+        return _merge_outputs(fresh, _Replay(split.done, _replay_rating, "examples", self.config), "examples")
+
+
+def _rate_key(model, prompt_hash, config, item):
+    return journal.rate_key(model, prompt_hash, config, item[0])
 
 
 class DecontaminateExamples(beam.PTransform):

@@ -118,7 +118,7 @@ def summarize(values: Sequence[float]) -> ScoreSummary:
 
 def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.datetime, stage_counts: dict[str, int],
                    llm_model: str, embedder: str, prompts: dict[str, str], config: str,
-                   expected_inputs: Optional[int] = None) -> RunManifest:
+                   expected_inputs: Optional[int] = None, resumed: bool = False) -> RunManifest:
     written, filtered, dead = (acc.status[s] for s in ("written", "filtered", "dead_lettered"))
     inputs = written + filtered + dead
     if expected_inputs is not None and inputs != expected_inputs:
@@ -138,4 +138,7 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
         relabel_rate=(acc.relabelled / acc.examples) if acc.examples else None,
         task_mix=tasks, scores={name: summarize(values) for name, values in acc.scores.items()},
         llm_model=llm_model, embedder=embedder, prompts=prompts, config=config,
+        accounting=f"{inputs} inputs = {written} written + {filtered} filtered + {dead} dead-lettered"
+                   + (" (checked against the input count)" if expected_inputs is not None else ""),
+        resumed=resumed,
     )

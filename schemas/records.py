@@ -278,6 +278,20 @@ class RunManifest(Record):
     embedder: str
     prompts: dict[str, str]
     config: str = Field(..., description="effective configuration as sorted JSON")
+    accounting: str = Field("", description="the job's own check: inputs = written + filtered + dead-lettered")
+    resumed: bool = Field(False, description="run with --resume: finished LLM work was read from the journal")
+
+
+class JournalEntry(Record):
+    """One finished unit of LLM work, written as soon as it is done so a crashed job can resume.
+
+    The key hashes everything the result depends on (inputs, prompt, model, parameters), so a
+    changed configuration never reuses an old result."""
+
+    key: str
+    stage: str = Field(..., description="generate | rerank | rate")
+    payload: str = Field(..., description="the stage's result as JSON (see beam_jobs.journal)")
+    created_at: dt.datetime
 
 
 ALL_RECORDS: tuple[type[Record], ...] = (
@@ -296,4 +310,5 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     FilteredRecord,
     ScoreSummary,
     RunManifest,
+    JournalEntry,
 )

@@ -1,0 +1,69 @@
+"""What the LLM stages remember between runs: content keys and payloads of finished work.
+
+A journal entry is written as soon as a batch of LLM work finishes. Its key hashes every input
+the result depends on (model, prompt file, parameters, passage or query and candidates), so a
+resumed run reuses exactly the work it would otherwise redo, and a changed configuration
+reuses nothing. Results that a re-run could change because the server failed (timeouts,
+outages) are never journaled: `--resume` tries them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from typing import Optional, Sequence, Union
+
+from pipeline import ids
+from pipeline.reliability import is_transient
+from schemas import CandidateScore, DeadLetter, JournalEntry, QualityRating, QueryRecord, Record
+
+STAGES = ("generate", "rerank", "rate")
+_TYPES: dict[str, type[Record]] = {t.__name__: t for t in (QueryRecord, DeadLetter, CandidateScore, QualityRating)}
+
+
+def _config_key(config) -> str:
+    return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+
+
+def generation_key(model: str, prompt_hash: str, config, passage) -> str:
+    """All samples of one passage: the knobs come from (seed, passage, sample), so they are covered."""
+    return ids.content_id("jg-", model, prompt_hash, _config_key(config), passage.id, passage.title, passage.text,
+                          length=32)
+
+
+def rerank_key(model: str, prompt_hashes: Sequence[str], config, query, candidates) -> str:
+    """The scores of one query's candidates; mining runs after, so changing it reuses the scores."""
+    cands = [(c.passage_id, c.title, c.text, c.is_seed, c.retrieval_rank, c.retrieval_score) for c in candidates]
+    return ids.content_id("jr-", model, *prompt_hashes, _config_key(config), query.query_id, query.task, query.query,
+                          json.dumps(cands), length=32)
+
+
+def rate_key(model: str, prompt_hash: str, config, example) -> str:
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "min_score"}  # the threshold is applied after
+    return ids.content_id("jq-", model, prompt_hash, json.dumps(settings, sort_keys=True), example.task,
+                          example.query, example.positive.title, example.positive.text, length=32)
+
+
+def encode(records: Sequence[Record]) -> str:
+    return json.dumps([[type(r).__name__, r.model_dump(mode="json")] for r in records], ensure_ascii=False)
+
+
+def decode(payload: str) -> list[Record]:
+    return [_TYPES[name].model_validate(data) for name, data in json.loads(payload)]
+
+
+def worth_keeping(records: Sequence[Record]) -> bool:
+    """False when any part failed for a reason a re-run may fix."""
+    return not any(isinstance(r, DeadLetter) and is_transient(r.reason) for r in records)
+
+
+def entry(stage: str, key: str, records: Sequence[Record], now: Optional[dt.datetime] = None) -> JournalEntry:
+    if stage not in STAGES:
+        raise ValueError(f"unknown journal stage {stage!r}; one of {STAGES}")
+    return JournalEntry(key=key, stage=stage, payload=encode(records),
+                        created_at=now or dt.datetime.now(dt.timezone.utc))
+
+
+def as_records(result: Union[Record, Sequence[Record]]) -> list[Record]:
+    return [result] if isinstance(result, Record) else list(result)
