@@ -33,8 +33,10 @@ def generation_key(model: str, prompt_hash: str, config, passage) -> str:
 
 
 def rerank_key(model: str, prompt_hashes: Sequence[str], config, query, candidates) -> str:
-    """The scores of one query's candidates; mining runs after, so changing it reuses the scores."""
-    cands = [(c.passage_id, c.title, c.text, c.is_seed, c.retrieval_rank, c.retrieval_score) for c in candidates]
+    """The scores of one query's candidates; mining runs after, so changing it reuses the scores.
+    Retrieval scores are left out: batch composition moves them in the last float bits, and
+    the LLM never sees them."""
+    cands = [(c.passage_id, c.title, c.text, c.is_seed) for c in candidates]
     return ids.content_id("jr-", model, *prompt_hashes, _config_key(config), query.query_id, query.task, query.query,
                           json.dumps(cands), length=32)
 

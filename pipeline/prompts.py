@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+_TAG = re.compile(r"</([a-z_]+)>")  # a closing tag in a template marks a data delimiter
 _FILE = re.compile(r"^(?P<name>[a-z_]+)_v(?P<version>\d+)\.txt$")
 
 
@@ -51,7 +52,18 @@ class PromptTemplate:
             )
         pattern = re.compile(r"\{(" + "|".join(map(re.escape, self.variables)) + r")\}")
         # One pass, so a value that contains "{title}" is never expanded again.
-        return pattern.sub(lambda m: str(values[m.group(1)]), self.body)
+        return pattern.sub(lambda m: self._defuse(str(values[m.group(1)])), self.body)
+
+    @property
+    def delimiters(self) -> tuple[str, ...]:
+        """Tag names the template wraps data in, e.g. "passage" for <passage> ... </passage>."""
+        return tuple(sorted(set(_TAG.findall(self.body))))
+
+    def _defuse(self, value: str) -> str:
+        """A value cannot open or close the template's own delimiters: <passage> becomes [passage]."""
+        for tag in self.delimiters:
+            value = re.sub(rf"<\s*(/?)\s*{re.escape(tag)}\s*>", rf"[\1{tag}]", value, flags=re.IGNORECASE)
+        return value
 
 
 def _parse(filename: str, raw: bytes) -> PromptTemplate:

@@ -47,10 +47,10 @@ def scorer(text_before: str, token: str) -> float:
         if token == " Relevant":
             return -0.01
         return {" Highly": -0.05 if good else -6.0, " Somewhat": -3.0, " Not": -6.0 if good else -0.05}[token]
-    if "\nQuery:" in text_before and "Passage: Title: " in text_before:
-        title = text_before.rsplit("Passage: Title: ", 1)[1].split("\n", 1)[0]
+    if "\nQuery:" in text_before and "<passage>\nTitle: " in text_before:
+        title = text_before.rsplit("<passage>\nTitle: ", 1)[1].split("\n", 1)[0]
         query_so_far = text_before.rsplit("\nQuery:", 1)[1] + token
-        if "\nTask:" in text_before.rsplit("Passage: Title: ", 1)[1]:
+        if "\nTask:" in text_before.rsplit("<passage>\nTitle: ", 1)[1]:
             good = title.lower() == preferred_title(query_so_far.strip()).lower() or (
                 title == PREFERRED_TITLE and SEED_QUERY.startswith(query_so_far.strip()))
             return -0.1 if good else -3.0

@@ -188,7 +188,7 @@ class LLMClient:
                 return index
         return (start + attempt) % n
 
-    async def post_json(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    async def post_json(self, path: str, body: dict[str, Any], api: str = "/v1/") -> tuple[dict[str, Any], int]:
         """POST to one server of the fleet; returns (json, attempts). Raises LLMError."""
         await self.open()
         assert self._session is not None and self._semaphore is not None
@@ -199,7 +199,7 @@ class LLMClient:
         start_index = next(self._next_start)
         for attempt in range(self.config.max_retries + 1):
             index = self._endpoint(start_index, attempt)
-            url = f"{self._urls[index]}/v1/{path}"
+            url = f"{self._urls[index]}{api}{path}"
             retry_after: Optional[float] = None
             async with self._semaphore:
                 try:
@@ -413,16 +413,16 @@ class LLMClient:
 
     async def tokenize(self, text: str) -> list[int]:
         """Token ids from the server's /tokenize (vLLM), without special tokens."""
-        await self.open()
-        assert self._session is not None
-        base = self._urls[0]
         body = {"model": self.config.model, "prompt": text, "add_special_tokens": False}
-        async with self._session.post(f"{base}/tokenize", json=body,
-                                      timeout=aiohttp.ClientTimeout(total=self.config.timeout_s)) as resp:
-            if resp.status != 200:
-                raise LLMError(f"POST {base}/tokenize returned HTTP {resp.status}: the server has no /tokenize "
-                               "(vLLM has it); use the 'exact' label method", "http_error")
-            return list((await resp.json())["tokens"])
+        try:
+            payload, _ = await self.post_json("tokenize", body, api="/")  # retried like every other request
+        except HTTPStatusError as exc:
+            raise LLMError(f"{exc}; the server has no /tokenize (vLLM has it): use the 'exact' label method",
+                           "http_error") from None
+        tokens = payload.get("tokens")
+        if not isinstance(tokens, list):
+            raise LLMError(f"/tokenize answered without a token list: {str(payload)[:200]}", "bad_response")
+        return [int(t) for t in tokens]
 
     async def label_first_tokens(self, labels: Sequence[str]) -> list[int]:
         """The first token id of each label; they must differ to tell the labels apart."""

@@ -57,14 +57,17 @@ class StubLLM:
         model: str = "stub-llm",
         generate_fn: Optional[Callable[[str], str]] = None,
         logprob_fn: Callable[[str, str], float] = hashed_logprob,
+        api_key: Optional[str] = None,
+        port: Optional[int] = None,
     ):
         self.model = model
+        self.api_key = api_key  # when set, requests without "Authorization: Bearer <key>" get 401
         self.generate_fn = generate_fn or (lambda prompt: json.dumps({"task": "stub task", "query": "stub query"}))
         self.logprob_fn = logprob_fn
         self.faults: collections.deque[Fault] = collections.deque()
         self.requests: list[dict[str, Any]] = []  # every JSON body received, for assertions
         self.vocab: dict[str, int] = {}  # token text <-> id, assigned on first sight
-        self.port = free_port()
+        self.port = port or free_port()
         self._lock = threading.Lock()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._runner: Optional[web.AppRunner] = None
@@ -109,9 +112,20 @@ class StubLLM:
         return web.Response(text="")
 
     async def _models(self, request: web.Request) -> web.Response:
+        unauthorized = self._unauthorized(request)
+        if unauthorized is not None:
+            return unauthorized
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
+    def _unauthorized(self, request: web.Request) -> Optional[web.Response]:
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "invalid API key"}}, status=401)
+        return None
+
     async def _apply_fault(self, request: web.Request, path: str) -> Optional[web.StreamResponse]:
+        unauthorized = self._unauthorized(request)
+        if unauthorized is not None:
+            return unauthorized
         fault = self._next_fault(path)
         if fault is None:
             return None
@@ -176,6 +190,9 @@ class StubLLM:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        unauthorized = self._unauthorized(request)
+        if unauthorized is not None:
+            return unauthorized
         fault = self._next_fault("chat/completions")
         prompt = "\n".join(m["content"] for m in body["messages"])
         text = self.generate_fn(prompt)
