@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
+import unicodedata
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from pipeline import ids
@@ -88,8 +89,8 @@ _WS = re.compile(r"[ \t\r\f\v]+")
 
 
 def normalize_text(text: str) -> str:
-    """Strip control characters that break prompts and collapse runs of spaces; keep newlines."""
-    text = "".join(ch for ch in text if ch in "\n\t" or ch >= " " and ch != "\x7f")
+    """Strip control characters (C0 and C1) that break prompts and collapse runs of spaces; keep newlines."""
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
     return "\n".join(_WS.sub(" ", line).strip() for line in text.splitlines()).strip()
 
 
@@ -107,8 +108,8 @@ def split_passage(record: InputPassage, source_id: str, count_tokens: Callable[[
     """Split an over-long record into passages of at most `max_tokens` tokens, on sentence
     boundaries where possible, on words otherwise. Short records come back whole."""
     text, title = normalize_text(record.text), normalize_text(record.title)
-    if not text:
-        return []
+    if not any(unicodedata.category(ch)[0] not in "CZ" for ch in text):
+        return []  # nothing visible: only spaces, format characters (zero-width, bidi marks) or unassigned
     base_id = record.id or ids.passage_id(title, text)
     if count_tokens(text) <= config.max_tokens:
         return [Passage(id=base_id, title=title, text=text, source_id=source_id, chunk=0)]

@@ -2,8 +2,14 @@
 and accounting. Semantics (who gets relabelled) are the stub tests' job."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from tests.jobkit import run_job, write_jsonl
@@ -49,3 +55,85 @@ def test_full_job_accounts_for_every_input(tmp_path, vllm_server):
     hf = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "examples" / "*.parquet"),
                                split="train", cache_dir=str(tmp_path / "hf"))
     assert hf.num_rows == manifest["written"] and hf[0]["positive"]["id"]
+
+
+# ---------------------------------------------------------------------------- crash and resume
+
+RESUME_FLAGS = ["--llm_model", "tiny-llm", "--temperature", "0", "--max_tokens", "1500", "--num_neighbors", "4",
+                "--max_passage_tokens", "512", "--llm_batch_size", "8", "--progress", "false"]
+
+
+@pytest.fixture(scope="module")
+def resume_input(tmp_path_factory):
+    lines = [{"title": r["title"], "text": r["text"][:600]}
+             for r in map(json.loads, open("samples/passages.jsonl", encoding="utf-8"))][:24]
+    return write_jsonl(tmp_path_factory.mktemp("resume") / "in.jsonl", lines)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(resume_input, vllm_server, tmp_path_factory):
+    """Greedy decoding, so that another run on the same server writes the same queries."""
+    out = run_job(resume_input, tmp_path_factory.mktemp("uninterrupted") / "out", vllm_server.base_url,
+                  *RESUME_FLAGS)
+    assert out["manifest"]["inputs"] == 24 and out["manifest"]["written"] > 0
+    return out
+
+
+def job_process(inp, out, url, *extra):
+    cmd = [sys.executable, "-m", "beam_jobs.fret_job", "--input", str(inp), "--output", str(out),
+           "--llm_url", url, *RESUME_FLAGS, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_files(folder, pattern: str, count: int, process, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(list(folder.glob(pattern))) < count:
+        if process.poll() is not None:
+            raise AssertionError(f"job ended before {count} {pattern} existed:\n{process.stdout.read().decode()[-3000:]}")
+        assert time.monotonic() < deadline, f"no {pattern} after {timeout_s}s"
+        time.sleep(0.2)
+
+
+def shard_ids(out) -> set[str]:
+    return {e["example_id"] for e in out["examples"]}
+
+
+def test_kill_9_mid_run_then_resume_gives_the_same_examples(tmp_path, resume_input, vllm_server, uninterrupted):
+    out_dir = tmp_path / "out"
+    job = job_process(resume_input, out_dir, vllm_server.base_url)
+    wait_for_files(out_dir, "_journal/rerank/*.parquet", 2, job)  # some queries scored, most not
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(30)
+    assert not list(out_dir.glob("examples/*.parquet")), "a killed job must not leave dataset shards"
+    for f in out_dir.glob("_journal/*/*.parquet"):
+        pq.read_table(f)  # whole files only: no half-written journal entry
+    out = run_job(resume_input, out_dir, vllm_server.base_url, *RESUME_FLAGS, "--resume")
+    counts = out["manifest"]["counts"]
+    assert counts["journal_hits_generate"] == 24 and 0 < counts["journal_hits_rerank"] < 24
+    assert out["manifest"]["inputs"] == 24
+    assert shard_ids(out) == shard_ids(uninterrupted)
+    assert len(out["examples"]) == len(shard_ids(out))  # no duplicates
+
+
+def test_vllm_killed_and_restarted_mid_run_then_resume(tmp_path, resume_input, tiny_llm_path, uninterrupted):
+    """The server crashes mid-rerank: the job stops with the failure-rate message rather than
+    writing dead letters for the rest; after a restart, --resume finishes with the same examples."""
+    from pipeline.llm.server import VLLMServer
+    from pipeline.llm.vllm_venv import ensure_vllm_venv
+
+    out_dir = tmp_path / "out"
+    server = VLLMServer(str(tiny_llm_path), python=ensure_vllm_venv(), served_model_name="tiny-llm").start()
+    try:
+        job = job_process(resume_input, out_dir, server.base_url, "--failure_window", "6", "--llm_retries", "2")
+        wait_for_files(out_dir, "_journal/rerank/*.parquet", 1, job)
+        server.kill()
+        log = job.communicate(timeout=300)[0].decode()
+        assert job.returncode != 0 and "fret aborted the job" in log and "--resume" in log, log[-3000:]
+        assert not list(out_dir.glob("examples/*.parquet"))
+        server.start()  # same port
+        out = run_job(resume_input, out_dir, server.base_url, *RESUME_FLAGS, "--resume")
+    finally:
+        server.stop()
+    assert out["manifest"]["counts"]["journal_hits_generate"] == 24
+    assert not [d for d in out["dead_letters"] if d["reason"] in ("llm_unavailable", "llm_timeout")]
+    assert shard_ids(out) == shard_ids(uninterrupted)

@@ -156,6 +156,14 @@ class VLLMServer:
         if self._log is not None:
             self._log.close()
 
+    def kill(self) -> None:
+        """SIGKILL the server and its engine process at once, as a crash would (fault tests)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(os.getpgid(self.process.pid), signal.SIGKILL)
+            self.process.wait(timeout=30)
+        if self._log is not None:
+            self._log.close()
+
     def __enter__(self) -> "VLLMServer":
         return self.start()
 
