@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
 import urllib.request
 import uuid
@@ -170,9 +171,22 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     return result
 
 
+def abort_message(exc: BaseException) -> str | None:
+    """The failure guard's one-line message, dug out of the runner's wrapped traceback."""
+    match = re.search(r"fret aborted the job: [^\n]*", str(exc))
+    return match.group(0) if match else None
+
+
 def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
-    run(argv)
+    try:
+        run(argv)
+    except Exception as exc:  # noqa: BLE001 - the runner wraps worker errors; show ours plainly
+        message = abort_message(exc)
+        if message is None:
+            raise
+        print(f"[fret] {message}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -435,6 +435,9 @@ class LoadEvalNgrams(beam.PTransform):
 
 
 class _EmbedFn(beam.DoFn):
+    """A batch of passages -> one (passages, matrix) block; a batch of queries -> (item, vector) each.
+    Passage vectors travel as blocks: one pickled matrix per batch instead of one array per passage."""
+
     def __init__(self, embedder: str, batch_size: int, shared: Shared, kind: str, progress: bool,
                  trust_remote_code: bool = False):
         self._name, self._batch_size, self._shared, self._kind, self._progress = (
@@ -452,11 +455,24 @@ class _EmbedFn(beam.DoFn):
             texts = [passage_text(p.title, p.text) for p in batch]
         else:
             texts = [q.query for q, _ in batch]
-        vectors = self._embedder.encode(texts)
+        vectors = np.asarray(self._embedder.encode(texts), dtype=np.float32)
         self.embedded.inc(len(batch))
         Progress.add(f"embed ({self._kind})", len(batch), self._progress)
-        for item, vector in zip(batch, vectors):
-            yield item, vector
+        if self._kind == "passages":
+            yield list(batch), vectors
+        else:
+            yield from zip(batch, vectors)
+
+
+def _to_shards(block, num_shards: int):
+    """(passages, matrix) -> (shard, (ids, titles, texts, sub-matrix)) for each shard it touches."""
+    passages, matrix = block
+    by_shard: dict[int, list[int]] = {}
+    for row, p in enumerate(passages):
+        by_shard.setdefault(retrieval.shard_of(p.id, num_shards), []).append(row)
+    for shard, rows in by_shard.items():
+        yield shard, ([passages[r].id for r in rows], [passages[r].title for r in rows],
+                      [passages[r].text for r in rows], matrix[rows])
 
 
 class _SearchShard(beam.DoFn):
@@ -467,18 +483,51 @@ class _SearchShard(beam.DoFn):
 
     def process(self, element):
         _, grouped = element
-        shard = list(grouped["index"])
-        if not shard:
+        blocks = list(grouped["index"])
+        if not blocks:
             return
-        ids = [p.id for p, _ in shard]
-        matrix = np.stack([v for _, v in shard]).astype(np.float32)
-        by_id = {p.id: p for p, _ in shard}
-        for batch in grouped["queries"]:
-            qids = [qid for qid, _ in batch]
-            vectors = np.stack([v for _, v in batch]).astype(np.float32)
+        ids = [pid for b in blocks for pid in b[0]]
+        titles = [t for b in blocks for t in b[1]]
+        texts = [t for b in blocks for t in b[2]]
+        matrix = np.concatenate([b[3] for b in blocks]) if len(blocks) > 1 else blocks[0][3]
+        row_of = {pid: i for i, pid in enumerate(ids)}
+        for qids, vectors in grouped["queries"]:
             for qid, hits in zip(qids, retrieval.search_shard(vectors, matrix, ids, self._k)):
-                yield qid, [(h.score, h.passage_id, by_id[h.passage_id].title, by_id[h.passage_id].text)
+                yield qid, [(h.score, h.passage_id, titles[row_of[h.passage_id]], texts[row_of[h.passage_id]])
                             for h in hits]
+
+
+def _query_block(batch):
+    """Query vectors batched for search: (ids, one matrix)."""
+    return [qid for qid, _ in batch], np.stack([v for _, v in batch]).astype(np.float32)
+
+
+class ShardedExactSearch(beam.PTransform):
+    """Scatter-gather exact top-N. Input: (passage blocks of (passages, matrix), (query_id, vector)).
+    Output: (query_id, partial top-N of (score, id, title, text)) once per index shard.
+
+    The corpus is cut into shards of at most ~shard_size passages by a hash of the id; every query
+    batch is searched against every shard, so a worker holds one shard and one query batch."""
+
+    def __init__(self, k: int, shard_size: int, query_batch_size: int = 256):
+        super().__init__()
+        self.k, self.shard_size, self.query_batch_size = k, shard_size, query_batch_size
+
+    def expand(self, pcolls):
+        passage_blocks, query_vectors = pcolls
+        num_shards = (passage_blocks
+                      | "BlockSizes" >> beam.Map(lambda b: len(b[0]))
+                      | "CountCorpus" >> beam.CombineGlobally(sum)
+                      | "NumShards" >> beam.Map(lambda n, size: max(1, math.ceil(n / size)), self.shard_size))
+        index = passage_blocks | "ToShards" >> beam.FlatMap(_to_shards, beam.pvalue.AsSingleton(num_shards))
+        routed = (query_vectors
+                  | "BatchForSearch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.query_batch_size)
+                  | "QueryBlock" >> beam.Map(_query_block)
+                  | "ToEveryShard" >> beam.FlatMap(lambda block, n: [(s, block) for s in range(n)],
+                                                   beam.pvalue.AsSingleton(num_shards)))
+        return ({"index": index, "queries": routed}
+                | "JoinShards" >> beam.CoGroupByKey()
+                | "SearchShards" >> beam.ParDo(_SearchShard(self.k)))
 
 
 def _merge_candidates(element, k: int):
@@ -488,8 +537,7 @@ def _merge_candidates(element, k: int):
 
 
 class RetrieveCandidates(beam.PTransform):
-    """Scatter-gather exact top-N: the corpus is cut into index shards of bounded size, every
-    query batch is searched against every shard, and the partial lists are merged per query."""
+    """Embed passages and queries, then ShardedExactSearch, then merge the partial lists per query."""
 
     def __init__(self, embedder: str, num_neighbors: int = 20, shard_size: int = 50_000, embed_batch_size: int = 64,
                  query_batch_size: int = 256, progress: bool = False, trust_remote_code: bool = False):
@@ -503,27 +551,17 @@ class RetrieveCandidates(beam.PTransform):
     def expand(self, pcolls):
         passages, queries = pcolls
         shared = Shared()
-        passage_vectors = (passages
-                           | "BatchPassages" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.embed_batch_size)
-                           | "EmbedPassages" >> beam.ParDo(_EmbedFn(self.embedder, self.embed_batch_size, shared,
-                                                                    "passages", self.progress, self.trust_remote_code)))
-        num_shards = (passages
-                      | "CountCorpus" >> beam.combiners.Count.Globally()
-                      | "NumShards" >> beam.Map(lambda n, size: max(1, math.ceil(n / size)), self.shard_size))
-        index = passage_vectors | "ToShard" >> beam.Map(
-            lambda pv, n: (retrieval.shard_of(pv[0].id, n), pv), beam.pvalue.AsSingleton(num_shards))
+        passage_blocks = (passages
+                          | "BatchPassages" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.embed_batch_size)
+                          | "EmbedPassages" >> beam.ParDo(_EmbedFn(self.embedder, self.embed_batch_size, shared,
+                                                                   "passages", self.progress, self.trust_remote_code)))
         query_vectors = (queries
                          | "BatchQueries" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.embed_batch_size)
                          | "EmbedQueries" >> beam.ParDo(_EmbedFn(self.embedder, self.embed_batch_size, shared,
-                                                                 "queries", self.progress, self.trust_remote_code)))
-        routed = (query_vectors
-                  | "QueryVector" >> beam.Map(lambda qv: (qv[0][0].query_id, qv[1]))
-                  | "BatchForSearch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.query_batch_size)
-                  | "ToEveryShard" >> beam.FlatMap(lambda batch, n: [(s, batch) for s in range(n)],
-                                                   beam.pvalue.AsSingleton(num_shards)))
-        partial = ({"index": index, "queries": routed}
-                   | "JoinShards" >> beam.CoGroupByKey()
-                   | "SearchShards" >> beam.ParDo(_SearchShard(self.k)))
+                                                                 "queries", self.progress, self.trust_remote_code))
+                         | "QueryVector" >> beam.Map(lambda qv: (qv[0][0].query_id, qv[1])))
+        partial = ((passage_blocks, query_vectors)
+                   | "Search" >> ShardedExactSearch(self.k, self.shard_size, self.query_batch_size))
         keyed_queries = queries | "KeyQueries" >> beam.Map(lambda qp: (qp[0].query_id, qp))
         return ({"query": keyed_queries, "hits": partial}
                 | "GatherPerQuery" >> beam.CoGroupByKey()
