@@ -8,6 +8,7 @@ import sys
 
 def _run(argv: list[str]) -> int:
     from beam_jobs import fret_job
+    from beam_jobs.config import ConfigError, expand_config
     from beam_jobs.options import FretOptions
 
     # Parse our flags here for --help and early errors; the rest (--runner, --project, ...) go to Beam.
@@ -16,9 +17,15 @@ def _run(argv: list[str]) -> int:
         description="Run the FRet job: seed passages -> relabelled training examples as Parquet shards. "
                     "Any standard Beam flag (--runner, --project, --region, --temp_location, ...) is passed on.")
     FretOptions._add_argparse_args(parser)
+    parser.add_argument("--config", help="YAML file with any of these flags (and a `beam:` mapping of Beam options); "
+                                         "flags on the command line win")
+    try:
+        argv = expand_config(argv)
+    except ConfigError as exc:
+        parser.error(str(exc))
     known, _ = parser.parse_known_args(argv)
     if not known.input or not known.output:
-        parser.error("--input and --output are required")
+        parser.error("--input and --output are required (as flags or in --config)")
     try:
         result = fret_job.run(argv)
     except Exception as exc:  # noqa: BLE001
@@ -106,12 +113,59 @@ def _soup(argv: list[str]) -> int:
     return 0
 
 
+def _inspect(argv: list[str]) -> int:
+    from beam_jobs.dataset_commands import inspect
+
+    parser = argparse.ArgumentParser(prog="fret inspect", description="Summarise a fret run's output folder: "
+                                     "schema, row and shard counts, relabel rate, task mix and a few examples.")
+    parser.add_argument("path", help="the job's --output (local or any Beam filesystem, e.g. gs://...)")
+    parser.add_argument("--rows", type=int, default=3, help="example rows to print")
+    args = parser.parse_args(argv)
+    print(inspect(args.path, args.rows))
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    from beam_jobs.dataset_commands import write_report
+
+    parser = argparse.ArgumentParser(prog="fret report", description="Write a Hugging Face dataset card "
+                                     "(README.md with YAML metadata) and PNG plots next to the shards.")
+    parser.add_argument("path")
+    parser.add_argument("--name", default=None, help="pretty_name for the card")
+    args = parser.parse_args(argv)
+    for path in write_report(args.path, args.name):
+        print(path)
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    import json
+
+    from beam_jobs.dataset_commands import run_export
+    from pipeline.export import FORMATS
+
+    parser = argparse.ArgumentParser(prog="fret export", description="Convert the examples for other trainers.")
+    parser.add_argument("path")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--output", required=True, help="destination folder (any Beam filesystem)")
+    parser.add_argument("--negatives", type=int, default=1,
+                        help="sentence-transformers: hard negative columns; rows with fewer are skipped and counted")
+    parser.add_argument("--split", default="train", help="file / qrels split name")
+    args = parser.parse_args(argv)
+    print(json.dumps(run_export(args.path, args.format, args.output, args.negatives, args.split), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": _run, "demo": _demo, "train": _train, "eval": _eval, "soup": _soup}
+    commands = {"run": _run, "demo": _demo, "train": _train, "eval": _eval, "soup": _soup, "inspect": _inspect,
+                "report": _report, "export": _export}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: fret {run,demo,train,eval,soup,version} [flags]\n\n"
-              "  run      run the FRet job (fret run --help lists its flags)\n"
+        print("usage: fret {run,demo,inspect,report,export,train,eval,soup,version} [flags]\n\n"
+              "  run      run the FRet job (fret run --help lists its flags; --config job.yaml)\n"
+              "  inspect  summarise an output folder: counts, schema, relabel rate, task mix, examples\n"
+              "  report   write a dataset card (README.md) and plots next to the shards\n"
+              "  export   convert to sentence-transformers, FlagEmbedding or BEIR files\n"
               "  demo     start vLLM on a tiny local model and run the job on the bundled sample passages\n"
               "  train    train an embedding model on the job's Parquet shards\n"
               "  eval     nDCG@10 and Recall@10/100 of a model on a BEIR folder\n"

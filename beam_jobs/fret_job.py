@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from beam_jobs import options as opt
 from beam_jobs import transforms as T
+from beam_jobs.config import expand_config
 from beam_jobs.journal import journal_dir
 from pipeline.accounting import Outcome, unit_id
 from pipeline.prompts import load_prompt
@@ -153,6 +154,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
 
 def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     """Build and run the job. Returns the PipelineResult (after it finished, on DirectRunner)."""
+    argv = expand_config(list(sys.argv[1:] if argv is None else argv))
     pipeline_options = PipelineOptions(argv)
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     opts = pipeline_options.view_as(opt.FretOptions)

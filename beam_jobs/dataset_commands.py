@@ -1,0 +1,112 @@
+"""`fret inspect`, `fret report` and `fret export`: glue between an output folder on any Beam
+filesystem and the pure functions in pipeline/inspection.py, report.py and export.py."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+from beam_jobs import outputs
+from pipeline import export, inspection, report
+
+EXPORT_ROWS_PER_FILE = 100_000  # sentence-transformers Parquet files stay bounded in memory
+
+
+def _examples(output: str) -> list[str]:
+    paths = outputs.shards(output, "examples")
+    if not paths:
+        raise ValueError(f"{output} has no examples/*.parquet shards")
+    return paths
+
+
+def _overview(output: str):
+    manifest = outputs.read_manifest(output)
+    shard_paths = {part: outputs.shards(output, part) for part in outputs.PARTS}
+    row_counts = {part: outputs.row_count(paths) for part, paths in shard_paths.items()}
+    stats = inspection.collect(outputs.iter_rows(_examples(output), columns=inspection.STATS_COLUMNS))
+    return manifest, shard_paths, row_counts, stats
+
+
+def inspect(output: str, rows: int = 3) -> str:
+    output = output.rstrip("/")
+    manifest, shard_paths, row_counts, stats = _overview(output)
+    examples = list(itertools.islice(outputs.iter_rows(shard_paths["examples"], batch_size=max(rows, 1)), rows))
+    schema = outputs.parquet_schema(shard_paths["examples"][0])
+    schema_text = "\n".join(f"{f.name}: {f.type}" for f in schema)
+    return inspection.format_summary(output, manifest, {p: len(s) for p, s in shard_paths.items()}, row_counts,
+                                     schema_text, stats, examples)
+
+
+def write_report(output: str, pretty_name: str | None = None) -> list[str]:
+    """README.md (dataset card) and PNG plots, written next to the shards. Returns their paths."""
+    output = output.rstrip("/")
+    manifest, _, row_counts, stats = _overview(output)
+    written = []
+    for name, data in report.plots(stats).items():
+        outputs.write_file(f"{output}/{name}", data)
+        written.append(f"{output}/{name}")
+    card = report.dataset_card(manifest, stats, row_counts, pretty_name)
+    outputs.write_file(f"{output}/README.md", card.encode("utf-8"))
+    return [f"{output}/README.md", *written]
+
+
+def run_export(output: str, fmt: str, dest: str, num_negatives: int = 1, split: str = "train") -> dict:
+    """Write `fmt` files under `dest`; returns counts (rows written, rows skipped and why)."""
+    output, dest = output.rstrip("/"), dest.rstrip("/")
+    rows = outputs.iter_rows(_examples(output))
+    if fmt == "sentence-transformers":
+        return _export_st(rows, dest, num_negatives)
+    if fmt == "flagembedding":
+        n = 0
+        with outputs.AtomicFile(f"{dest}/{split}.jsonl") as f:
+            for row in rows:
+                f.write((export.flagembedding_row(row).model_dump_json() + "\n").encode("utf-8"))
+                n += 1
+        return {"rows": n, "files": [f"{dest}/{split}.jsonl"]}
+    if fmt == "beir":
+        counts = {"corpus": 0, "queries": 0, "qrels": 0}
+        with outputs.AtomicFile(f"{dest}/corpus.jsonl") as corpus, \
+                outputs.AtomicFile(f"{dest}/queries.jsonl") as queries, \
+                outputs.AtomicFile(f"{dest}/qrels/{split}.tsv") as qrels:
+            qrels.write(b"query-id\tcorpus-id\tscore\n")
+            files = {"corpus": corpus, "queries": queries, "qrels": qrels}
+            for kind, line in export.beir_lines(rows):
+                files[kind].write((line + "\n").encode("utf-8"))
+                counts[kind] += 1
+        return {**counts, "files": [f"{dest}/corpus.jsonl", f"{dest}/queries.jsonl", f"{dest}/qrels/{split}.tsv"]}
+    raise ValueError(f"unknown export format {fmt!r}; one of {export.FORMATS}")
+
+
+def _export_st(rows, dest: str, num_negatives: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from schemas.exports import sentence_transformers_columns
+
+    columns = sentence_transformers_columns(num_negatives)
+    schema = pa.schema([(c, pa.string()) for c in columns])
+    written, skipped, files, part = 0, 0, [], 0
+    batch: list[dict] = []
+
+    def flush():
+        nonlocal part
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(batch, schema=schema), buffer, compression="zstd")
+        path = f"{dest}/train-{part:05d}.parquet"
+        outputs.write_file(path, buffer.getvalue())
+        files.append(path)
+        part += 1
+        batch.clear()
+
+    for row in rows:
+        converted = export.sentence_transformers_row(row, num_negatives)
+        if converted is None:
+            skipped += 1
+            continue
+        batch.append(converted)
+        written += 1
+        if len(batch) >= EXPORT_ROWS_PER_FILE:
+            flush()
+    if batch or not files:
+        flush()
+    return {"rows": written, "skipped_fewer_negatives": skipped, "columns": columns, "files": files}

@@ -1,0 +1,88 @@
+"""Read and write a job's output folder on any Beam filesystem (local, gs://, s3://, ...).
+
+Glue for `fret inspect`, `fret report` and `fret export`; what they compute lives in pipeline/.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator, Optional, Sequence
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs.journal import write_atomically
+
+PARTS = ("examples", "dead_letters", "filtered")
+
+
+def shards(output: str, part: str) -> list[str]:
+    """The committed Parquet shards of one output part, sorted (Beam's temporary files are not matched)."""
+    pattern = f"{output.rstrip('/')}/{part}/*.parquet"
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def open_binary(path: str):
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_manifest(output: str) -> dict:
+    path = f"{output.rstrip('/')}/manifest.json"
+    if not FileSystems.exists(path):
+        raise ValueError(f"{output} has no manifest.json: is it the --output of a finished fret run?")
+    with open_binary(path) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def parquet_schema(path: str):
+    import pyarrow.parquet as pq
+
+    with open_binary(path) as f:
+        return pq.ParquetFile(f).schema_arrow
+
+
+def row_count(paths: Sequence[str]) -> int:
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in paths:
+        with open_binary(path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def iter_rows(paths: Sequence[str], columns: Optional[list[str]] = None, batch_size: int = 1024) -> Iterator[dict]:
+    """Rows as dicts, one batch in memory at a time."""
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        with open_binary(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+                yield from batch.to_pylist()
+
+
+def write_file(path: str, data: bytes) -> None:
+    write_atomically(path, data)
+
+
+
+
+class AtomicFile:
+    """`with AtomicFile(path) as f: f.write(...)`: written under a hidden name, renamed on success."""
+
+    def __init__(self, path: str):
+        folder, name = path.rsplit("/", 1)
+        self.path, self.tmp = path, f"{folder}/.{name}.partial"
+
+    def __enter__(self):
+        self._f = FileSystems.create(self.tmp, compression_type=CompressionTypes.UNCOMPRESSED)
+        return self._f
+
+    def __exit__(self, exc_type, *_):
+        self._f.close()
+        if exc_type is None:
+            if FileSystems.exists(self.path):
+                FileSystems.delete([self.path])
+            FileSystems.rename([self.tmp], [self.path])
+        else:
+            FileSystems.delete([self.tmp])

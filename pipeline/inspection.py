@@ -1,0 +1,100 @@
+"""What is in a FRet dataset: streaming statistics and a readable rendering of example rows.
+
+Pure Python over row dicts (as pyarrow's to_pylist gives them); beam_jobs/outputs.py reads them."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import textwrap
+from collections import Counter
+from typing import Iterable
+
+SAMPLE = 20_000  # values kept per distribution (reservoir): memory stays flat on any dataset size
+STATS_COLUMNS = ["task", "query", "positive_changed", "positive_ql", "positive_rc", "positive_fused",
+                 "hard_negatives"]
+
+
+@dataclasses.dataclass
+class DatasetStats:
+    rows: int = 0
+    relabelled: int = 0
+    tasks: Counter = dataclasses.field(default_factory=Counter)
+    negative_fused_ranks: Counter = dataclasses.field(default_factory=Counter)
+    negative_retrieval_ranks: Counter = dataclasses.field(default_factory=Counter)
+    negatives_per_example: Counter = dataclasses.field(default_factory=Counter)
+    values: dict = dataclasses.field(default_factory=lambda: {k: [] for k in ("ql", "rc", "fused", "query_words")})
+    _rng: random.Random = dataclasses.field(default_factory=lambda: random.Random(0), repr=False)
+
+    def add(self, row: dict) -> None:
+        self.rows += 1
+        self.relabelled += int(bool(row["positive_changed"]))
+        self.tasks[row["task"]] += 1
+        negatives = row.get("hard_negatives") or []
+        self.negatives_per_example[len(negatives)] += 1
+        for n in negatives:
+            self.negative_fused_ranks[n["fused_rank"]] += 1
+            self.negative_retrieval_ranks[n["retrieval_rank"]] += 1
+        for name, value in (("ql", row["positive_ql"]), ("rc", row["positive_rc"]), ("fused", row["positive_fused"]),
+                            ("query_words", len(row["query"].split()))):
+            bucket = self.values[name]
+            if len(bucket) < SAMPLE:
+                bucket.append(float(value))
+            else:
+                j = self._rng.randrange(self.rows)
+                if j < SAMPLE:
+                    bucket[j] = float(value)
+
+    @property
+    def relabel_rate(self) -> float:
+        return self.relabelled / self.rows if self.rows else 0.0
+
+
+def collect(rows: Iterable[dict]) -> DatasetStats:
+    stats = DatasetStats()
+    for row in rows:
+        stats.add(row)
+    return stats
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_example(row: dict, width: int = 100) -> str:
+    """One example as a human reads it: task, query, positive, negatives, scores, relabelled or not."""
+    pos = row["positive"]
+    lines = [
+        f"example {row['example_id']}  (query {row['query_id']})",
+        f"  task      {_clip(row['task'], width)}",
+        f"  query     {_clip(row['query'], width)}",
+        f"  positive  [{pos['id']}] {_clip((pos.get('title') or '') + ' | ' + pos['text'], width)}",
+        f"            QL {row['positive_ql']:.3f}  RC {row['positive_rc']:.3f}  fused {row['positive_fused']:.3f}"
+        + ("   RELABELLED from seed " + row["seed_passage_id"] if row["positive_changed"] else "   (the seed)"),
+    ]
+    for n in row.get("hard_negatives") or []:
+        lines.append(f"  negative  [{n['id']}] fused rank {n['fused_rank']}, retrieval rank {n['retrieval_rank']}, "
+                     f"QL {n['ql']:.3f} RC {n['rc']:.3f}: {_clip(n['text'], width - 40)}")
+    return "\n".join(lines)
+
+
+def format_summary(output: str, manifest: dict, shard_counts: dict, row_counts: dict, schema_text: str,
+                   stats: DatasetStats, examples: list[dict], top_tasks: int = 10) -> str:
+    parts = [f"{output}",
+             f"  run {manifest.get('run_id')}  model {manifest.get('llm_model')}  embedder {manifest.get('embedder')}",
+             f"  {manifest.get('accounting') or ''}".rstrip()]
+    for part, shards in shard_counts.items():
+        parts.append(f"  {part:<13} {row_counts[part]:>9} rows in {shards} shard(s)")
+    parts.append(f"  relabel rate  {stats.relabel_rate:.1%} ({stats.relabelled} of {stats.rows})")
+    parts.append("  task mix:")
+    for task, n in stats.tasks.most_common(top_tasks):
+        parts.append(f"    {n:>7}  {_clip(task, 90)}")
+    if len(stats.tasks) > top_tasks:
+        parts.append(f"    ... {len(stats.tasks) - top_tasks} more tasks")
+    parts.append("  examples schema:")
+    parts.extend("    " + line for line in schema_text.splitlines())
+    for row in examples:
+        parts.append("")
+        parts.append(textwrap.indent(render_example(row), "  "))
+    return "\n".join(parts)
