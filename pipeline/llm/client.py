@@ -15,7 +15,7 @@ import json
 import math
 import random
 import time
-from typing import Any, Generic, Literal, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Optional, Sequence, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
@@ -66,6 +66,9 @@ class HTTPStatusError(LLMError):
         self.status = status
         super().__init__(f"POST {url} returned HTTP {status}: {body[:500]}", "http_error")
 
+if TYPE_CHECKING:
+    from pipeline.llm.local_server import LocalServerSpec
+
 
 @dataclasses.dataclass(frozen=True)
 class ClientConfig:
@@ -78,6 +81,8 @@ class ClientConfig:
     backoff_max_s: float = 20.0
     max_retry_after_s: float = 60.0  # longest server-requested wait (Retry-After) honoured
     api_key: Optional[str] = dataclasses.field(default=None, repr=False)  # never printed
+    # In-worker mode: the worker starts this server (one per machine) before the first request.
+    local_server: Optional["LocalServerSpec"] = None
 
     def __post_init__(self):
         if not self.base_urls:
@@ -475,3 +480,45 @@ def _parse_retry_after(value: Optional[str]) -> Optional[float]:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+SCORING_NEEDS = {
+    "echo": "prompt log-probabilities with echo=true on /v1/completions (query likelihood and --rc_method exact)",
+    "tokenize": "POST /tokenize (--rc_method first_token)",
+    "logprob_token_ids": "logprob_token_ids on /v1/completions (--rc_method first_token)",
+}
+
+
+PROBE_PREFIX = "fret capability probe. Paris is the capital of"
+
+
+class ProbeError(LLMError):
+    """The server did not answer the probe at all (down, refused the key, ...)."""
+
+
+async def probe_scoring_support(client: LLMClient, rc_method: str) -> list[str]:
+    """What the server lacks for the scoring the job will do: an empty list when it has it all.
+    Raises ProbeError when the server cannot be asked at all.
+
+    Generation only needs an OpenAI-compatible chat endpoint with json_schema response_format;
+    scoring needs vLLM's extensions, so other servers (SGLang, TGI, llama.cpp) are refused at
+    start-up with the feature named, not halfway through a paid run."""
+    missing = []
+    ql = await client.query_likelihood(PROBE_PREFIX, " France")
+    refused = ql.reason == "http_error" and not any(f"HTTP {code}" in ql.detail for code in (401, 403))
+    if not ql.ok and ql.reason != "bad_response" and not refused:  # down, timed out or the key was refused
+        raise ProbeError(ql.detail, ql.reason or "http_error")
+    if not ql.ok:
+        missing.append("echo")
+    if rc_method == "first_token":
+        try:
+            ids = await client.label_first_tokens([" Yes", " No"])
+        except LLMError as exc:
+            if exc.reason != "http_error":
+                raise ProbeError(str(exc), exc.reason) from None
+            missing.append("tokenize")
+        else:
+            labels = await client._label_first_token(PROBE_PREFIX + " France? Answer:", [" Yes", " No"])
+            if not labels.ok or not ids:
+                missing.append("logprob_token_ids")
+    return missing

@@ -59,9 +59,11 @@ class StubLLM:
         logprob_fn: Callable[[str, str], float] = hashed_logprob,
         api_key: Optional[str] = None,
         port: Optional[int] = None,
+        features: frozenset[str] = frozenset({"echo", "tokenize", "logprob_token_ids"}),
     ):
         self.model = model
         self.api_key = api_key  # when set, requests without "Authorization: Bearer <key>" get 401
+        self.features = features  # vLLM extensions it answers; without them it acts like other servers
         self.generate_fn = generate_fn or (lambda prompt: json.dumps({"task": "stub task", "query": "stub query"}))
         self.logprob_fn = logprob_fn
         self.faults: collections.deque[Fault] = collections.deque()
@@ -105,6 +107,8 @@ class StubLLM:
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append(body)
+        if "tokenize" not in self.features:
+            return web.json_response({"error": {"message": "Not Found"}}, status=404)
         ids = [self.token_id(t) for t, _ in tokenize(body["prompt"])]
         return web.json_response({"tokens": ids, "count": len(ids), "max_model_len": 4096})
 
@@ -151,7 +155,7 @@ class StubLLM:
         prompt = body["prompt"]
         if not isinstance(prompt, str):
             return web.json_response({"error": {"message": "stub takes a string prompt"}}, status=400)
-        if body.get("echo"):
+        if body.get("echo") and "echo" in self.features:
             tokens = tokenize(prompt)
             token_logprobs: list[Optional[float]] = [None]  # the first token has no context, as in vLLM
             for tok, start in tokens[1:]:
@@ -168,7 +172,7 @@ class StubLLM:
                              "top_logprobs": None},
             }
             usage = {"prompt_tokens": len(tokens), "completion_tokens": 1, "total_tokens": len(tokens) + 1}
-        elif body.get("logprob_token_ids"):
+        elif body.get("logprob_token_ids") and "logprob_token_ids" in self.features:
             # vLLM: logprobs of exactly these next-token ids (plus the sampled one).
             as_ids = bool(body.get("return_tokens_as_token_ids"))
             top = {}
