@@ -8,6 +8,7 @@ filtered or dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import math
@@ -17,6 +18,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.shared import Shared
 
 from beam_jobs.journal import LookupJournal, write_entries
@@ -205,12 +207,16 @@ class DeduplicatePassages(beam.PTransform):
 
 
 class _LLMBatchDoFn(beam.DoFn):
-    """Base: one BlockingLLM per worker process (shared across threads), a batch per call.
+    """Base: one BlockingLLM per worker process (shared across threads), batches pipelined.
 
-    After each batch the finished work goes to the journal (so a crash loses at most the
-    batches in flight) and the failure guard (so a dead server stops the job early)."""
+    A batch is submitted and process() returns at once, so the next batch's requests queue up
+    behind the client's semaphore while this one finishes: the server never idles at a batch
+    boundary. Finished batches are emitted in order; finish_bundle drains the rest. After each
+    batch its work goes to the journal (a crash loses at most the batches in flight) and the
+    failure guard (a dead server stops the job early). Outputs are in the global window."""
 
     STAGE = ""
+    BATCHES_IN_FLIGHT = 2
 
     def __init__(self, client: ClientConfig, shared: Shared, progress: bool, journal_folder: Optional[str],
                  failure: FailurePolicy):
@@ -235,21 +241,44 @@ class _LLMBatchDoFn(beam.DoFn):
                 f"work is kept in {self._journal_folder}." if self._journal_folder else "Check the LLM server.")
         self._guard = FailureGuard(self.STAGE, self._failure, hint)
         self._llm.wait_ready(timeout_s=max(60.0, config.timeout_s))  # before the first batch is sent
+        self._seen_stats = self._llm.stats.snapshot()
 
     def teardown(self):
         self._llm.release()
 
-    def _run(self, fn):
-        before = self._llm.stats.snapshot()
-        out = self._llm.run(fn)
-        after = self._llm.stats.snapshot()
-        # Deltas from a shared client are approximate under threads; totals stay right.
-        self.requests.inc(after["requests"] - before["requests"])
-        self.failures.inc(after["failures"] - before["failures"])
-        self.retries.inc(after["retries"] - before["retries"])
-        self.prompt_tokens.inc(after["prompt_tokens"] - before["prompt_tokens"])
-        self.completion_tokens.inc(after["completion_tokens"] - before["completion_tokens"])
-        return out
+    def start_bundle(self):
+        self._pending: collections.deque = collections.deque()
+
+    def process(self, batch):
+        self._pending.append((batch, self._llm.submit(self._request(batch))))
+        while len(self._pending) > self.BATCHES_IN_FLIGHT or (self._pending and self._pending[0][1].done()):
+            yield from self._complete(*self._pending.popleft())
+
+    def finish_bundle(self):
+        while self._pending:
+            for out in self._complete(*self._pending.popleft()):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+                else:
+                    yield GlobalWindows.windowed_value(out)
+
+    def _complete(self, batch, future):
+        results = future.result()
+        now = self._llm.stats.snapshot()
+        # Deltas of a client shared by threads are approximate per batch; the totals are right.
+        for counter, name in ((self.requests, "requests"), (self.failures, "failures"), (self.retries, "retries"),
+                              (self.prompt_tokens, "prompt_tokens"), (self.completion_tokens, "completion_tokens")):
+            counter.inc(max(0, now[name] - self._seen_stats[name]))
+        self._seen_stats = now
+        return self._outputs(batch, results)
+
+    def _request(self, batch):
+        """The batch's work: a function of the async client that returns one result per item."""
+        raise NotImplementedError
+
+    def _outputs(self, batch, results):
+        """Journal, judge and emit one finished batch."""
+        raise NotImplementedError
 
     def _settle(self, finished: list[tuple[str, list, Optional[str]]]) -> None:
         """(journal key, result records, failure reason or None) per item: journal first, then judge."""
@@ -282,10 +311,12 @@ class _GenerateFn(_LLMBatchDoFn):
         self.generated = Metrics.counter(NS, "queries_generated")
         self.parse_failures = Metrics.counter(NS, "generation_failures")
 
-    def process(self, batch: list[tuple[str, Passage]]):
+    def _request(self, batch: list[tuple[str, Passage]]):
+        config, passages = self._config, [p for _, p in batch]
+        return lambda client: generate_queries(client, passages, config)
+
+    def _outputs(self, batch: list[tuple[str, Passage]], results):
         config = self._config
-        passages = [p for _, p in batch]
-        results = self._run(lambda c: generate_queries(c, passages, config))
         per_passage = config.queries_per_passage  # results come passage by passage, sample by sample
         finished = []
         for i, (key, _) in enumerate(batch):
@@ -594,10 +625,13 @@ class _RerankFn(_LLMBatchDoFn):
         self.relabelled = Metrics.counter(NS, "relabelled")
         self.candidates = Metrics.distribution(NS, "candidates_per_query")
 
-    def process(self, batch):
-        config = self._rerank
+    def _request(self, batch):
+        config, items = self._rerank, [item for _, item in batch]
+        return lambda client: _score_all(client, items, config)
+
+    def _outputs(self, batch, results):
         items = [item for _, item in batch]
-        results = [journal.as_records(r) for r in self._run(lambda client: _score_all(client, items, config))]
+        results = [journal.as_records(r) for r in results]
         self._settle([(key, records, _failure_reason(records)) for (key, _), records in zip(batch, results)])
         Progress.add("rerank (queries)", len(batch), self._progress)
         for (query, passage, cands), records in zip(items, results):
@@ -678,10 +712,12 @@ class _RateFn(_LLMBatchDoFn):
         self.rater_failures = Metrics.counter(NS, "rater_failures")
         self.low_quality = Metrics.counter(NS, "filtered_low_quality")
 
-    def process(self, batch):
-        config = self._config
-        items = [item for _, item in batch]
-        results = self._run(lambda client: _rate_all(client, items, config))
+    def _request(self, batch):
+        config, items = self._config, [item for _, item in batch]
+        return lambda client: _rate_all(client, items, config)
+
+    def _outputs(self, batch, results):
+        config, items = self._config, [item for _, item in batch]
         ratings = [r.value if r.ok else None for r in results]
         self._settle([(key, [rating] if rating is not None else [], None if r.ok else LLM_REASONS.get(r.reason or ""))
                       for (key, _), rating, r in zip(batch, ratings, results)])

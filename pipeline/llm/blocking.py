@@ -8,6 +8,7 @@ threads keeps one connection pool and one concurrency bound per process.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -45,6 +46,10 @@ class BlockingLLM:
         """Run `fn(client)` on the loop thread and return its result."""
         future = asyncio.run_coroutine_threadsafe(_call(fn, self.client), self._loop)
         return future.result(timeout)
+
+    def submit(self, fn: Callable[[LLMClient], Awaitable[T]]) -> "concurrent.futures.Future[T]":
+        """Start `fn(client)` on the loop thread and return at once; `.result()` waits for it."""
+        return asyncio.run_coroutine_threadsafe(_call(fn, self.client), self._loop)
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
         """Block until every server answers; checked once per instance."""
