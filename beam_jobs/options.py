@@ -41,7 +41,7 @@ class FretOptions(PipelineOptions):
         _add(llm, "llm_api_key_env", default="OPENAI_API_KEY",
                          help="environment variable that holds the API key, if any")
         _add(llm, "llm_api_key_file", default="", help="file that holds the API key, if any")
-        _add(llm, "llm_concurrency", type=int, default=32, help="in-flight requests per worker process")
+        _add(llm, "llm_concurrency", type=int, default=64, help="in-flight requests per worker process")
         _add(llm, "llm_timeout", type=float, default=120.0, help="seconds per request attempt")
         _add(llm, "llm_retries", type=int, default=4, help="retries after the first attempt")
         _add(llm, "llm_batch_size", type=int, default=64, help="passages or queries per DoFn batch")

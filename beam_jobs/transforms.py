@@ -216,7 +216,7 @@ class _LLMBatchDoFn(beam.DoFn):
     failure guard (a dead server stops the job early). Outputs are in the global window."""
 
     STAGE = ""
-    BATCHES_IN_FLIGHT = 2
+    BATCHES_IN_FLIGHT = 4
 
     def __init__(self, client: ClientConfig, shared: Shared, progress: bool, journal_folder: Optional[str],
                  failure: FailurePolicy):
@@ -288,6 +288,12 @@ class _LLMBatchDoFn(beam.DoFn):
             write_entries(self._journal_folder, self.STAGE, entries)
             self.journaled.inc(len(entries))
         self._guard.record(reason for _, _, reason in finished)
+
+
+def _fixed_batches(size: int) -> beam.BatchElements:
+    """Full batches from the start: BatchElements' adaptive sizing begins at 1, which starves
+    the server of concurrent requests; LLM latency, not Beam overhead, sets the pace here."""
+    return beam.BatchElements(min_batch_size=size, max_batch_size=size)
 
 
 def _failure_reason(records) -> Optional[str]:
@@ -366,7 +372,7 @@ class GenerateQueries(beam.PTransform):
                                    load_prompt("query_generation", self.config.prompt_version).hash, self.config)
         split = passages | "Journal" >> LookupJournal(self.journal_folder, "generate", key_fn)
         fresh = (split.todo
-                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+                 | "Batch" >> _fixed_batches(self.batch_size)
                  | "Generate" >> beam.ParDo(_GenerateFn(self.client, Shared(), self.progress, self.journal_folder,
                                                         self.failure, self.config))
                  .with_outputs(OUTCOME, main="queries"))
@@ -677,7 +683,7 @@ class RerankAndMine(beam.PTransform):
         key_fn = functools.partial(_rerank_key, self.client.model, prompt_hashes, self.rerank)
         split = candidates | "Journal" >> LookupJournal(self.journal_folder, "rerank", key_fn)
         fresh = (split.todo
-                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+                 | "Batch" >> _fixed_batches(self.batch_size)
                  | "Score" >> beam.ParDo(_RerankFn(self.client, Shared(), self.progress, self.journal_folder,
                                                    self.failure, self.rerank, self.mining, self.provenance,
                                                    self.keep_candidates))
@@ -749,7 +755,7 @@ class RateExamples(beam.PTransform):
         key_fn = functools.partial(_rate_key, self.client.model, load_prompt("quality_rater").hash, self.config)
         split = examples | "Journal" >> LookupJournal(self.journal_folder, "rate", key_fn)
         fresh = (split.todo
-                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+                 | "Batch" >> _fixed_batches(self.batch_size)
                  | "Rate" >> beam.ParDo(_RateFn(self.client, Shared(), self.progress, self.journal_folder,
                                                 self.failure, self.config))
                  .with_outputs(OUTCOME, main="examples"))

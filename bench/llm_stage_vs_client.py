@@ -91,8 +91,8 @@ def beam_stage(build, concurrency) -> tuple[float, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--passages", type=int, default=128)
-    parser.add_argument("--queries", type=int, default=24)
+    parser.add_argument("--passages", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--concurrency", default="16,32,64")
     args = parser.parse_args()
@@ -110,7 +110,6 @@ def main() -> None:
     gen = GenerationConfig(temperature=0.0, max_tokens=1500)
     rerank = RerankConfig()
     levels = [int(c) for c in args.concurrency.split(",")]
-    job_concurrency = 32  # the job's default --llm_concurrency
     provenance = Provenance(llm_model="tiny-llm", embedder="-", prompts={}, params="{}",
                             created_at=__import__("datetime").datetime.now(__import__("datetime").timezone.utc))
     rows = []
@@ -119,15 +118,16 @@ def main() -> None:
         bare_generation(url, passages[:8], gen, 8)  # warm-up: compile paths, grammar cache
         for stage, bare, build, n_requests in (
             ("generate", lambda c: bare_generation(url, passages, gen, c),
-             lambda p, j: (p | beam.Create(passages)
-                           | GenerateQueries(client_config(url, job_concurrency), gen, 64, journal_folder=j)),
+             lambda p, j, c, n=len(passages): (p | beam.Create(passages[:n])
+                                               | GenerateQueries(client_config(url, c), gen, 64, journal_folder=j)),
              len(passages)),
             ("rerank", lambda c: bare_scoring(url, items, rerank, c),
-             lambda p, j: (p | beam.Create(items)
-                           | RerankAndMine(client_config(url, job_concurrency), rerank, MiningConfig(), provenance,
-                                           batch_size=16, journal_folder=j)),
+             lambda p, j, c, n=len(items): (p | beam.Create(items[:n])
+                                            | RerankAndMine(client_config(url, c), rerank, MiningConfig(), provenance,
+                                                            batch_size=16, journal_folder=j)),
              2 * sum(len(c) for _, _, c in items)),
         ):
+            beam_stage(lambda p, j: build(p, j, 8, 1), 8)  # warm-up: the runner's lazy imports, as for the client
             best = None
             for c in levels:
                 reset_cache(url)
@@ -138,9 +138,10 @@ def main() -> None:
                 rows.append(row)
                 if best is None or row["requests/s"] > best["requests/s"]:
                     best = row
+            concurrency = int(best["side"].rsplit("=", 1)[1])  # the Beam stage at the client's best setting
             reset_cache(url)
-            elapsed, counters = beam_stage(build, job_concurrency)
-            beam_row = {"stage": stage, "side": f"Beam stage c={job_concurrency}", "seconds": elapsed,
+            elapsed, counters = beam_stage(lambda p, j: build(p, j, concurrency), concurrency)
+            beam_row = {"stage": stage, "side": f"Beam stage c={concurrency}", "seconds": elapsed,
                         "requests/s": n_requests / elapsed,
                         "tokens/s": (counters["prompt_tokens"] + counters["completion_tokens"]) / elapsed}
             beam_row["ratio"] = beam_row["requests/s"] / best["requests/s"]

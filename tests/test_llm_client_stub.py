@@ -217,3 +217,16 @@ def test_first_token_labels_must_be_distinguishable(stub_llm):
 
     result = run(go())
     assert not result.ok and "distinct tokens" in result.detail
+
+
+def test_concurrent_label_requests_share_one_tokenize_lookup(stub_llm):
+    labels = [" Highly Relevant", " Somewhat Relevant", " Not Relevant"]
+
+    async def go():
+        async with make_client(stub_llm.base_url) as c:
+            return await asyncio.gather(*(c.label_logprobs(f"q{i} Relevance:", labels, "first_token")
+                                          for i in range(50)))
+
+    assert all(r.ok for r in run(go()))
+    tokenize = [r for r in stub_llm.requests if "add_special_tokens" in r]
+    assert len(tokenize) == len(labels)  # not 50 x 3

@@ -154,6 +154,7 @@ class LLMClient:
         self._semaphore: asyncio.Semaphore | None = None
         self._session: aiohttp.ClientSession | None = None
         self._label_tokens: dict[tuple[str, ...], list[int]] = {}
+        self._label_pending: dict[tuple[str, ...], asyncio.Future] = {}
 
     async def __aenter__(self) -> "LLMClient":
         await self.open()
@@ -430,15 +431,29 @@ class LLMClient:
         return [int(t) for t in tokens]
 
     async def label_first_tokens(self, labels: Sequence[str]) -> list[int]:
-        """The first token id of each label; they must differ to tell the labels apart."""
+        """The first token id of each label; they must differ to tell the labels apart.
+        Concurrent callers share one lookup: a batch of hundreds of RC requests would otherwise
+        send hundreds of identical /tokenize requests before the first answer is cached."""
         key = tuple(labels)
-        if key not in self._label_tokens:
-            ids = [(await self.tokenize(label))[:1] for label in labels]
-            if any(not i for i in ids) or len({i[0] for i in ids}) != len(ids):
-                raise LLMError(f"labels {list(labels)} do not start with distinct tokens; use the 'exact' label "
-                               "method", "bad_response")
-            self._label_tokens[key] = [i[0] for i in ids]
-        return self._label_tokens[key]
+        if key in self._label_tokens:
+            return self._label_tokens[key]
+        pending = self._label_pending.get(key)
+        if pending is None:
+            pending = self._label_pending[key] = asyncio.ensure_future(self._fetch_label_tokens(labels))
+        try:
+            ids = await asyncio.shield(pending)
+        finally:
+            if pending.done():
+                self._label_pending.pop(key, None)  # a failed lookup is tried again by the next caller
+        self._label_tokens[key] = ids
+        return ids
+
+    async def _fetch_label_tokens(self, labels: Sequence[str]) -> list[int]:
+        ids = [(await self.tokenize(label))[:1] for label in labels]
+        if any(not i for i in ids) or len({i[0] for i in ids}) != len(ids):
+            raise LLMError(f"labels {list(labels)} do not start with distinct tokens; use the 'exact' label "
+                           "method", "bad_response")
+        return [i[0] for i in ids]
 
     async def _label_first_token(self, prompt: str, labels: Sequence[str]) -> LabelResult:
         result = LabelResult()
