@@ -79,8 +79,10 @@ def main() -> None:
             for _ in range(args.repeats):
                 for order, reqs in (("job order", ordered), ("shuffled", shuffled)):
                     reset(url)
+                    time.sleep(2)  # the server publishes its counters with a short delay
                     q0, h0 = metric(url, "vllm:prefix_cache_queries_total"), metric(url, "vllm:prefix_cache_hits_total")
                     elapsed = asyncio.run(send(url, reqs, args.concurrency))
+                    time.sleep(2)
                     q1, h1 = metric(url, "vllm:prefix_cache_queries_total"), metric(url, "vllm:prefix_cache_hits_total")
                     row = {"score": kind.upper(), "order": order, "requests": len(reqs), "seconds": elapsed,
                            "requests/s": len(reqs) / elapsed, "hit rate": (h1 - h0) / (q1 - q0) if q1 > q0 else 0.0}
