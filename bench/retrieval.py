@@ -101,15 +101,12 @@ def numpy_search(docs: np.ndarray, queries: np.ndarray) -> tuple[float, dict]:
 
 def embed_beam(texts_passages) -> float:
     import apache_beam as beam
-    from apache_beam.utils.shared import Shared
 
-    from beam_jobs.transforms import _EmbedFn
+    from beam_jobs.transforms import Embed
 
     start = time.perf_counter()
     with beam.Pipeline(runner="DirectRunner") as p:
-        (p | beam.Create(texts_passages, reshuffle=False)
-         | beam.BatchElements(min_batch_size=BLOCK, max_batch_size=BLOCK)
-         | beam.ParDo(_EmbedFn("all-MiniLM-L6-v2", BLOCK, Shared(), "passages", False)))
+        p | beam.Create(texts_passages, reshuffle=False) | Embed("all-MiniLM-L6-v2", BLOCK, "passages")
     return time.perf_counter() - start
 
 
@@ -135,7 +132,7 @@ def main() -> None:
     from pipeline.embedding import passage_text
 
     rows, ratios = [], {}
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in (int(s) for s in args.sizes.split(",") if s):
         docs, queries = unit_vectors(n, 0), unit_vectors(max(1, int(n * args.query_ratio)), 1)
         np_s, np_hits = numpy_search(docs, queries)
         beam_s, checked, wrong = beam_search(docs, queries, args.shard_size, np_hits)
