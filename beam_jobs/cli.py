@@ -26,16 +26,7 @@ def _run(argv: list[str]) -> int:
     known, _ = parser.parse_known_args(argv)
     if not known.input or not known.output:
         parser.error("--input and --output are required (as flags or in --config)")
-    try:
-        result = fret_job.run(argv)
-    except Exception as exc:  # noqa: BLE001
-        message = fret_job.abort_message(exc)
-        if message is None:
-            raise
-        print(f"[fret] {message}", file=sys.stderr)
-        return 2
-    print(f"[fret] job state: {result.state}")
-    return 0
+    return fret_job.main(argv)
 
 
 def _demo(argv: list[str]) -> int:

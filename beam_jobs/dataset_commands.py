@@ -43,10 +43,10 @@ def write_report(output: str, pretty_name: str | None = None) -> list[str]:
     manifest, _, row_counts, stats = _overview(output)
     written = []
     for name, data in report.plots(stats).items():
-        outputs.write_file(f"{output}/{name}", data)
+        outputs.write_atomically(f"{output}/{name}", data)
         written.append(f"{output}/{name}")
     card = report.dataset_card(manifest, stats, row_counts, pretty_name)
-    outputs.write_file(f"{output}/README.md", card.encode("utf-8"))
+    outputs.write_atomically(f"{output}/README.md", card.encode("utf-8"))
     return [f"{output}/README.md", *written]
 
 
@@ -93,7 +93,7 @@ def _export_st(rows, dest: str, num_negatives: int) -> dict:
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(batch, schema=schema), buffer, compression="zstd")
         path = f"{dest}/train-{part:05d}.parquet"
-        outputs.write_file(path, buffer.getvalue())
+        outputs.write_atomically(path, buffer.getvalue())
         files.append(path)
         part += 1
         batch.clear()

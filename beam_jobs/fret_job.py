@@ -214,13 +214,14 @@ def abort_message(exc: BaseException) -> str | None:
 def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     try:
-        run(argv)
+        result = run(argv)
     except Exception as exc:  # noqa: BLE001 - the runner wraps worker errors; show ours plainly
         message = abort_message(exc)
         if message is None:
             raise
         print(f"[fret] {message}", file=sys.stderr)
         return 2
+    print(f"[fret] job state: {result.state}")
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas import JournalEntry
@@ -24,13 +25,29 @@ def journal_dir(output: str) -> str:
     return f"{output.rstrip('/')}/{JOURNAL_DIR}"
 
 
+class AtomicFile:
+    """`with AtomicFile(path) as f: f.write(...)`: written to a hidden sibling and renamed on
+    success (rename replaces an existing file), removed on failure: readers never see a partial file."""
+
+    def __init__(self, path: str):
+        folder, name = path.rsplit("/", 1)
+        self.path, self.tmp = path, f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.partial"
+
+    def __enter__(self):
+        self._f = FileSystems.create(self.tmp, compression_type=CompressionTypes.UNCOMPRESSED)
+        return self._f
+
+    def __exit__(self, exc_type, *_):
+        self._f.close()
+        if exc_type is None:
+            FileSystems.rename([self.tmp], [self.path])
+        else:
+            FileSystems.delete([self.tmp])
+
+
 def write_atomically(path: str, data: bytes) -> None:
-    """Write to a hidden sibling, then rename: readers never see a partial file."""
-    folder, name = path.rsplit("/", 1)
-    tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-    with FileSystems.create(tmp) as f:
+    with AtomicFile(path) as f:
         f.write(data)
-    FileSystems.rename([tmp], [path])
 
 
 def write_entries(folder: str, stage: str, entries: Sequence[JournalEntry]) -> Optional[str]:

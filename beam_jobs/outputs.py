@@ -11,7 +11,7 @@ from typing import Iterator, Optional, Sequence
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.journal import write_atomically
+from beam_jobs.journal import AtomicFile, write_atomically  # noqa: F401 - the writers of this module's users
 
 PARTS = ("examples", "dead_letters", "filtered")
 
@@ -61,28 +61,4 @@ def iter_rows(paths: Sequence[str], columns: Optional[list[str]] = None, batch_s
                 yield from batch.to_pylist()
 
 
-def write_file(path: str, data: bytes) -> None:
-    write_atomically(path, data)
 
-
-
-
-class AtomicFile:
-    """`with AtomicFile(path) as f: f.write(...)`: written under a hidden name, renamed on success."""
-
-    def __init__(self, path: str):
-        folder, name = path.rsplit("/", 1)
-        self.path, self.tmp = path, f"{folder}/.{name}.partial"
-
-    def __enter__(self):
-        self._f = FileSystems.create(self.tmp, compression_type=CompressionTypes.UNCOMPRESSED)
-        return self._f
-
-    def __exit__(self, exc_type, *_):
-        self._f.close()
-        if exc_type is None:
-            if FileSystems.exists(self.path):
-                FileSystems.delete([self.path])
-            FileSystems.rename([self.tmp], [self.path])
-        else:
-            FileSystems.delete([self.tmp])

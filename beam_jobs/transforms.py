@@ -341,21 +341,18 @@ def _replay_generated(done):
     yield from _emit_generated(passage, journal.decode(payload))
 
 
-def _merge_outputs(fresh, replayed, main: str):
+def _journaled_llm_stage(items, journal_folder, stage: str, key_fn, batch_size: int, label: str, dofn,
+                         main: str, replay, *replay_args) -> dict:
+    """The shape of every LLM stage: items whose work is in the journal are replayed from it, the
+    rest go to the LLM in fixed batches. Returns {main, "outcome", "reused": the replayed items}."""
+    split = items | "Journal" >> LookupJournal(journal_folder, stage, key_fn)
+    fresh = (split.todo
+             | "Batch" >> _fixed_batches(batch_size)
+             | label >> beam.ParDo(dofn).with_outputs(OUTCOME, main=main))
+    replayed = split.done | "Replay" >> beam.FlatMap(replay, *replay_args).with_outputs(OUTCOME, main=main)
     return {main: (fresh[main], replayed[main]) | f"Merge{main.title()}" >> beam.Flatten(),
             OUTCOME: (fresh[OUTCOME], replayed[OUTCOME]) | "MergeOutcomes" >> beam.Flatten(),
-            "reused": replayed.reused}
-
-
-class _Replay:
-    """A journal split's `done` side, run through a replay function, with the count of items reused."""
-
-    def __init__(self, done, fn, main: str, *args):
-        self.reused = done
-        self._out = done | "Replay" >> beam.FlatMap(fn, *args).with_outputs(OUTCOME, main=main)
-
-    def __getitem__(self, tag):
-        return self._out[tag]
+            "reused": split.done}
 
 
 class GenerateQueries(beam.PTransform):
@@ -370,13 +367,9 @@ class GenerateQueries(beam.PTransform):
     def expand(self, passages):
         key_fn = functools.partial(journal.generation_key, self.client.model,
                                    load_prompt("query_generation", self.config.prompt_version).hash, self.config)
-        split = passages | "Journal" >> LookupJournal(self.journal_folder, "generate", key_fn)
-        fresh = (split.todo
-                 | "Batch" >> _fixed_batches(self.batch_size)
-                 | "Generate" >> beam.ParDo(_GenerateFn(self.client, Shared(), self.progress, self.journal_folder,
-                                                        self.failure, self.config))
-                 .with_outputs(OUTCOME, main="queries"))
-        return _merge_outputs(fresh, _Replay(split.done, _replay_generated, "queries"), "queries")
+        dofn = _GenerateFn(self.client, Shared(), self.progress, self.journal_folder, self.failure, self.config)
+        return _journaled_llm_stage(passages, self.journal_folder, "generate", key_fn, self.batch_size, "Generate",
+                                    dofn, "queries", _replay_generated)
 
 
 # ---------------------------------------------------------------------------- query filters
@@ -699,15 +692,11 @@ class RerankAndMine(beam.PTransform):
         prompt_hashes = (load_prompt("query_likelihood", self.rerank.ql_prompt_version).hash,
                          load_prompt("relevance_classification", self.rerank.rc_prompt_version).hash)
         key_fn = functools.partial(_rerank_key, self.client.model, prompt_hashes, self.rerank)
-        split = candidates | "Journal" >> LookupJournal(self.journal_folder, "rerank", key_fn)
-        fresh = (split.todo
-                 | "Batch" >> _fixed_batches(self.batch_size)
-                 | "Score" >> beam.ParDo(_RerankFn(self.client, Shared(), self.progress, self.journal_folder,
-                                                   self.failure, self.rerank, self.mining, self.provenance,
-                                                   self.keep_candidates))
-                 .with_outputs(OUTCOME, main="examples"))
-        replayed = _Replay(split.done, _replay_rerank, "examples", self.mining, self.provenance, self.keep_candidates)
-        return _merge_outputs(fresh, replayed, "examples")
+        dofn = _RerankFn(self.client, Shared(), self.progress, self.journal_folder, self.failure, self.rerank,
+                         self.mining, self.provenance, self.keep_candidates)
+        return _journaled_llm_stage(candidates, self.journal_folder, "rerank", key_fn, self.batch_size, "Score",
+                                    dofn, "examples", _replay_rerank, self.mining, self.provenance,
+                                    self.keep_candidates)
 
 
 def _rerank_key(model, prompt_hashes, config, item):
@@ -771,13 +760,9 @@ class RateExamples(beam.PTransform):
 
     def expand(self, examples):
         key_fn = functools.partial(_rate_key, self.client.model, load_prompt("quality_rater").hash, self.config)
-        split = examples | "Journal" >> LookupJournal(self.journal_folder, "rate", key_fn)
-        fresh = (split.todo
-                 | "Batch" >> _fixed_batches(self.batch_size)
-                 | "Rate" >> beam.ParDo(_RateFn(self.client, Shared(), self.progress, self.journal_folder,
-                                                self.failure, self.config))
-                 .with_outputs(OUTCOME, main="examples"))
-        return _merge_outputs(fresh, _Replay(split.done, _replay_rating, "examples", self.config), "examples")
+        dofn = _RateFn(self.client, Shared(), self.progress, self.journal_folder, self.failure, self.config)
+        return _journaled_llm_stage(examples, self.journal_folder, "rate", key_fn, self.batch_size, "Rate", dofn,
+                                    "examples", _replay_rating, self.config)
 
 
 def _rate_key(model, prompt_hash, config, item):

@@ -83,15 +83,9 @@ class ManifestAccumulator:
             self._sample(name, value)
 
     def _sample(self, name: str, value: float) -> None:
-        # Reservoir sampling keeps memory flat however many examples there are.
         self.seen[name] += 1
-        bucket = self.scores[name]
-        if len(bucket) < RESERVOIR:
-            bucket.append(value)
-        else:
-            j = random.Random(self.seen[name]).randrange(self.seen[name])
-            if j < RESERVOIR:
-                bucket[j] = value
+        # Seeded by the count, so merged accumulators sample the same way on every run.
+        reservoir_add(self.scores[name], value, self.seen[name], RESERVOIR, random.Random(self.seen[name]))
 
     def merge(self, other: "ManifestAccumulator") -> "ManifestAccumulator":
         self.status.update(other.status)
@@ -104,6 +98,16 @@ class ManifestAccumulator:
                 self._sample(name, value)
             self.seen[name] += other.seen[name] - len(other.scores[name])
         return self
+
+
+def reservoir_add(bucket: list, value, seen: int, capacity: int, rng: random.Random) -> None:
+    """Reservoir sampling (`seen` counts this value): memory stays flat however many values come."""
+    if len(bucket) < capacity:
+        bucket.append(value)
+    else:
+        j = rng.randrange(seen)
+        if j < capacity:
+            bucket[j] = value
 
 
 def summarize(values: Sequence[float]) -> ScoreSummary:

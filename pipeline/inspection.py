@@ -10,6 +10,8 @@ import textwrap
 from collections import Counter
 from typing import Iterable
 
+from pipeline.accounting import reservoir_add
+
 SAMPLE = 20_000  # values kept per distribution (reservoir): memory stays flat on any dataset size
 STATS_COLUMNS = ["task", "query", "positive_changed", "positive_ql", "positive_rc", "positive_fused",
                  "hard_negatives"]
@@ -37,13 +39,7 @@ class DatasetStats:
             self.negative_retrieval_ranks[n["retrieval_rank"]] += 1
         for name, value in (("ql", row["positive_ql"]), ("rc", row["positive_rc"]), ("fused", row["positive_fused"]),
                             ("query_words", len(row["query"].split()))):
-            bucket = self.values[name]
-            if len(bucket) < SAMPLE:
-                bucket.append(float(value))
-            else:
-                j = self._rng.randrange(self.rows)
-                if j < SAMPLE:
-                    bucket[j] = float(value)
+            reservoir_add(self.values[name], float(value), self.rows, SAMPLE, self._rng)
 
     @property
     def relabel_rate(self) -> float:
