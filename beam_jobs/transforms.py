@@ -732,7 +732,8 @@ class _RateFn(_LLMBatchDoFn):
     def _outputs(self, batch, results):
         config, items = self._config, [item for _, item in batch]
         ratings = [r.value if r.ok else None for r in results]
-        self._settle([(key, [rating] if rating is not None else [], None if r.ok else LLM_REASONS.get(r.reason or ""))
+        self._settle([(key, [rating] if rating is not None else [],
+                       None if r.ok else LLM_REASONS.get(r.reason or "", "llm_bad_response"))
                       for (key, _), rating, r in zip(batch, ratings, results)])
         for (example, passage), rating in zip(items, ratings):
             (self.rated if rating is not None else self.rater_failures).inc()
