@@ -41,27 +41,32 @@ def _train(argv: list[str]) -> int:
     import typing
 
     from beam_jobs.options import parse_bool
-    from pipeline.train.trainer import TrainConfig, train
+    from beam_jobs.outputs import BeamFiles
+    from pipeline.train.trainer import TrainConfig, field_help, train
 
-    parser = argparse.ArgumentParser(prog="fret train", description="Train an embedding model on FRet Parquet shards.")
+    parser = argparse.ArgumentParser(prog="fret train", description="Train an embedding model on FRet Parquet shards.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(TrainConfig)
+    helps = field_help()
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         required = field.default is dataclasses.MISSING
         default = None if required else field.default
         kind = _base_type(hints[field.name])
+        help_text = helps[field.name]
         if field.name == "mrl_dims":
             parser.add_argument(flag, dest=field.name, default=",".join(map(str, default)),
-                                help="Matryoshka sizes besides the full one, comma-separated (empty: none)")
+                                help=help_text + "; comma-separated, empty for none")
         elif kind is bool:
-            parser.add_argument(flag, dest=field.name, type=parse_bool, default=default, metavar="true|false")
+            parser.add_argument(flag, dest=field.name, type=parse_bool, default=default, metavar="true|false",
+                                help=help_text)
         elif typing.get_origin(kind) is typing.Literal:
-            parser.add_argument(flag, dest=field.name, choices=typing.get_args(kind), default=default)
+            parser.add_argument(flag, dest=field.name, choices=typing.get_args(kind), default=default, help=help_text)
         else:
-            parser.add_argument(flag, dest=field.name, type=kind, default=default, required=required)
+            parser.add_argument(flag, dest=field.name, type=kind, default=default, required=required, help=help_text)
     args = vars(parser.parse_args(argv))
     args["mrl_dims"] = tuple(int(d) for d in str(args["mrl_dims"]).split(",") if d.strip())
-    summary = train(TrainConfig(**args))
+    summary = train(TrainConfig(**args), files=BeamFiles())
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -82,14 +87,19 @@ def _eval(argv: list[str]) -> int:
     from pipeline.train.evaluate import evaluate
 
     parser = argparse.ArgumentParser(prog="fret eval", description="nDCG@10 and Recall@10/100 on a BEIR folder.")
-    parser.add_argument("--model", required=True, help="model folder or name (all-MiniLM-L6-v2 = the base)")
+    parser.add_argument("--model", required=True,
+                        help="model folder or name (all-MiniLM-L6-v2 = the base), or a `fret train --output` folder")
     parser.add_argument("--beir", required=True, help="folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--task", default="Given a query, find a relevant passage")
+    parser.add_argument("--split", default="test", help="the qrels split to evaluate")
+    parser.add_argument("--task", default="Given a query, find a relevant passage",
+                        help="the task text put in front of every query (Gecko's query format)")
     parser.add_argument("--dims", default="", help="Matryoshka sizes to evaluate besides the full size")
+    parser.add_argument("--scoring", default="single", choices=["single", "xtr"],
+                        help="single: one mean-pooled vector per text; xtr: XTR's multi-vector token retrieval "
+                             "(for models trained with --objective xtr)")
     args = parser.parse_args(argv)
     dims = [None] + [int(d) for d in args.dims.split(",") if d.strip()]
-    print(json.dumps(evaluate(args.model, args.beir, args.split, args.task, dims), indent=2))
+    print(json.dumps(evaluate(args.model, args.beir, args.split, args.task, dims, scoring=args.scoring), indent=2))
     return 0
 
 

@@ -121,8 +121,8 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     journal, failure = journal_dir(output), opt.failure_policy(opts)
     queries = passages | "GenerateQueries" >> T.GenerateQueries(client, opt.generation_config(opts),
                                                                  opts.llm_batch_size, opts.progress, journal, failure)
-    eval_grams = p | "LoadEvalSet" >> T.LoadEvalNgrams(opts.decontaminate, decontam)
-    kept_queries, filter_outcomes = ((queries["queries"], eval_grams)
+    eval_index = p | "LoadEvalSet" >> T.LoadEvalIndex(opts.decontaminate, decontam)
+    kept_queries, filter_outcomes = ((queries["queries"], eval_index)
                                      | "FilterQueries" >> T.FilterQueries(opt.near_dup_config(opts), decontam))
     reused = [_count(queries["reused"], "journal_hits_generate")]
     candidates = ((passages, kept_queries)
@@ -141,7 +141,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                                             journal, failure)
         examples, late_outcomes = rated["examples"], late_outcomes + [rated[T.OUTCOME]]
         reused.append(_count(rated["reused"], "journal_hits_rate"))
-    clean = (examples, eval_grams) | "DecontaminatePositives" >> T.DecontaminateExamples(decontam)
+    clean = (examples, eval_index) | "DecontaminatePositives" >> T.DecontaminateExamples(decontam)
     examples = clean.examples | "Example" >> beam.Map(lambda ep: ep[0])
     written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(unit_id(ep[1]), "written"))
 
@@ -168,8 +168,10 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
                examples | "ExampleEvents" >> beam.Map(lambda e: ("example", e)))
               | "Events" >> beam.Flatten())
+    rerank = opt.rerank_config(opts)
     meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opts.embedder, prompts=prompts,
-                config=config, resumed=opts.resume)
+                config=config, resumed=opts.resume,
+                ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals})
     (events
      | "Summarize" >> beam.CombineGlobally(T._ManifestCombine())
      | "WriteManifest" >> beam.Map(T.write_manifest, beam.pvalue.AsSingleton(stage_counts),
@@ -184,15 +186,18 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     opts = pipeline_options.view_as(opt.FretOptions)
     if not opts.input or not opts.output:
         raise ValueError("--input and --output are required, e.g. --input samples/passages.jsonl --output out/run1")
+    dry_run = pipeline_options.view_as(TestOptions).dry_run  # translate for the runner, submit nothing
+    if not dry_run:
+        # Local problems first: a user with a full output folder and no server running needs to
+        # hear about --resume/--overwrite, not about the server.
+        check_inputs(opts.input)
+        prepare_output(opts.output, opts.overwrite, opts.resume, apply=False)
     if opts.llm_serve:  # in-worker vLLM: no server exists until the workers start one
         model = opts.llm_model or "fret-local"
     else:
         base = opts.llm_url.split(",")[0].strip()
         model = opts.llm_model or discover_model(base, opt.api_key(opts))
-    dry_run = pipeline_options.view_as(TestOptions).dry_run  # translate for the runner, submit nothing
     if not dry_run:
-        check_inputs(opts.input)
-        prepare_output(opts.output, opts.overwrite, opts.resume, apply=False)  # refuse before asking the server
         if not opts.llm_serve:
             check_scoring_support(opt.client_config(opts, model), opts.rc_method)
         prepare_output(opts.output, opts.overwrite, opts.resume)

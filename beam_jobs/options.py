@@ -8,7 +8,8 @@ from pathlib import Path
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.filtering import DecontamConfig, NearDupConfig, RaterConfig
+from pipeline.decontamination import DecontamConfig
+from pipeline.filtering import NearDupConfig, RaterConfig
 from pipeline.generation import GenerationConfig
 from pipeline.ingest import SplitConfig
 from pipeline.llm.client import ClientConfig
@@ -92,6 +93,9 @@ class FretOptions(PipelineOptions):
                          help="drop queries with word-3-gram Jaccard >= this to another query (0 disables)")
         _add(flt, "quality_filter", action="store_true", help="run the LLM auto-rater")
         _add(flt, "min_quality", type=int, default=3, help="auto-rater: keep scores >= this (1-5)")
+        _add(flt, "keep_unrated", action="store_true",
+             help="auto-rater: write examples whose rating failed (invalid JSON, cut off) with quality null; "
+                  "by default they are dead-lettered with the reason")
         _add(flt, "decontaminate", default="",
                          help="evaluation files (JSONL with a 'text' field, e.g. BEIR queries/corpus); "
                               "examples sharing an n-gram with them are dropped")
@@ -159,7 +163,8 @@ def rerank_config(opts: FretOptions) -> RerankConfig:
 def mining_config(opts: FretOptions) -> MiningConfig:
     lo, hi = (int(x) for x in opts.negative_window.split(","))
     return MiningConfig(strategy=opts.negative_strategy, num_negatives=opts.num_negatives, window=(lo, hi),
-                        margin=opts.negative_margin, margin_score=opts.margin_score, seed=opts.seed)
+                        margin=opts.negative_margin, margin_score=opts.margin_score, rc_kind=opts.rc_score,
+                        seed=opts.seed)
 
 
 def near_dup_config(opts: FretOptions) -> NearDupConfig | None:
@@ -167,7 +172,7 @@ def near_dup_config(opts: FretOptions) -> NearDupConfig | None:
 
 
 def rater_config(opts: FretOptions) -> RaterConfig | None:
-    return RaterConfig(min_score=opts.min_quality) if opts.quality_filter else None
+    return RaterConfig(min_score=opts.min_quality, keep_unrated=opts.keep_unrated) if opts.quality_filter else None
 
 
 def decontam_config(opts: FretOptions) -> DecontamConfig:
@@ -179,7 +184,7 @@ CONFIG_FIELDS = (
     "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage", "temperature",
     "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "negative_strategy", "num_negatives", "negative_window",
-    "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "decontaminate",
+    "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated", "decontaminate",
     "decontam_ngram", "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args",
     "llm_serve_port", "llm_serve_memory", "llm_serve_max_model_len",
 )

@@ -22,6 +22,23 @@ def shards(output: str, part: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
+class BeamFiles:
+    """Training shards through Beam's filesystems (local, gs://, s3://...): `fret train` reads
+    through the same layer the job wrote with. Implements pipeline.train.data.Files."""
+
+    def match(self, pattern: str) -> list[str]:
+        pattern = pattern.rstrip("/")
+        if not any(c in pattern for c in "*?["):
+            if pattern.endswith(".parquet") and FileSystems.exists(pattern):
+                return [pattern]
+            pattern += "/**"  # a folder: every shard below it
+        found = FileSystems.match([pattern])[0].metadata_list
+        return sorted(m.path for m in found if m.path.endswith(".parquet"))
+
+    def open(self, path: str):
+        return open_binary(path)
+
+
 def open_binary(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 

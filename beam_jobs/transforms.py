@@ -12,7 +12,7 @@ import collections
 import functools
 import logging
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import apache_beam as beam
 import numpy as np
@@ -22,7 +22,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.shared import Shared
 
 from beam_jobs.journal import LookupJournal, write_entries
-from pipeline import accounting, filtering, ids, ingest, journal, retrieval
+from pipeline import accounting, decontamination, filtering, ids, ingest, journal, retrieval
 from pipeline.accounting import Outcome, filtered, unit_id
 from pipeline.embedding import Embedder, count_tokens, passage_text
 from pipeline.examples import build_example
@@ -387,29 +387,33 @@ def _exact_dedupe(element):
 class FilterQueries(beam.PTransform):
     """Exact and near-duplicate queries, and queries that overlap the evaluation set."""
 
-    def __init__(self, near_dup: Optional[filtering.NearDupConfig], decontam: filtering.DecontamConfig):
+    def __init__(self, near_dup: Optional[filtering.NearDupConfig], decontam: decontamination.DecontamConfig):
         super().__init__()
         self.near_dup, self.decontam = near_dup, decontam
 
     def expand(self, pcolls):
-        queries, eval_grams = pcolls
+        queries, eval_index = pcolls
         exact = (queries
                  | "KeyNormalized" >> beam.Map(lambda qp: (filtering.normalize_query(qp[0].query), qp))
                  | "GroupNormalized" >> beam.GroupByKey()
                  | "ExactDedupe" >> beam.FlatMap(_exact_dedupe).with_outputs(OUTCOME, main="queries"))
         kept, outcomes = exact.queries, [exact[OUTCOME]]
         if self.near_dup is not None:
+            # Verified pairs are few (only near duplicates): they meet on one worker, where the
+            # greedy pass keeps the first of each group, whatever band found the pair.
             drop = (kept
                     | "Bands" >> beam.FlatMap(_band_keys, self.near_dup)
                     | "GroupBands" >> beam.GroupByKey()
-                    | "NearDupsInBand" >> beam.FlatMap(_near_dups_in_band, self.near_dup)
-                    | "OncePerQuery" >> beam.CombinePerKey(lambda ones: 1))
+                    | "PairsInBand" >> beam.FlatMap(_pairs_in_band, self.near_dup)
+                    | "DistinctPairs" >> beam.Distinct()
+                    | "AllPairs" >> beam.combiners.ToList()
+                    | "Greedy" >> beam.FlatMap(lambda pairs: [(q, 1) for q in filtering.near_duplicates_to_drop(pairs)]))
             near = ({"query": kept | "KeyByQueryId" >> beam.Map(lambda qp: (qp[0].query_id, qp)), "drop": drop}
                     | "JoinDrops" >> beam.CoGroupByKey()
                     | "ApplyNearDup" >> beam.FlatMap(_apply_drop).with_outputs(OUTCOME, main="queries"))
             kept, outcomes = near.queries, outcomes + [near[OUTCOME]]
         clean = kept | "Decontaminate" >> beam.FlatMap(
-            _decontaminate_query, beam.pvalue.AsSingleton(eval_grams), self.decontam
+            _decontaminate_query, beam.pvalue.AsSingleton(eval_index), self.decontam
         ).with_outputs(OUTCOME, main="queries")
         return clean.queries, (outcomes + [clean[OUTCOME]]) | "Outcomes" >> beam.Flatten()
 
@@ -419,9 +423,9 @@ def _band_keys(qp, config):
     return [(band, (query.query_id, query.query)) for band in filtering.minhash_bands(query.query, config)]
 
 
-def _near_dups_in_band(element, config):
+def _pairs_in_band(element, config):
     _, members = element
-    return [(query_id, 1) for query_id in filtering.near_duplicates_to_drop(list(members), config)]
+    return filtering.near_duplicate_pairs(list(members), config)
 
 
 def _apply_drop(element):
@@ -434,35 +438,54 @@ def _apply_drop(element):
             yield query, passage
 
 
-def _decontaminate_query(qp, eval_grams, config):
+def _decontaminate_query(qp, eval_index, config):
     query, passage = qp
-    hit = filtering.contamination([query.query], eval_grams, config)
+    hit = decontamination.contamination([query.query], eval_index, config, whole_text=True)
     if hit:
         yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), query.query_id, "filter",
-                                                         "decontaminated", f"query shares {hit!r} with the eval set"))
+                                                         "decontaminated", f"query {hit}"))
     else:
         yield qp
 
 
-class LoadEvalNgrams(beam.PTransform):
-    """The n-gram set of the evaluation files (empty when none are given), as one element."""
+class LoadEvalIndex(beam.PTransform):
+    """The hashed keys of the evaluation files (an empty index when none are given), as one element."""
 
-    def __init__(self, patterns: str, config: filtering.DecontamConfig):
+    def __init__(self, patterns: str, config: decontamination.DecontamConfig):
         super().__init__()
         self.patterns, self.config = patterns, config
 
     def expand(self, pbegin):
         config = self.config
         if not self.patterns:
-            return pbegin | "NoEvalSet" >> beam.Create([frozenset()])
+            return pbegin | "NoEvalSet" >> beam.Create([decontamination.EvalIndex()])
         return (pbegin
                 | "EvalFiles" >> beam.Create([p.strip() for p in self.patterns.split(",") if p.strip()])
                 | "MatchEval" >> fileio.MatchAll()
                 | "OpenEval" >> fileio.ReadMatches()
                 | "EvalLines" >> beam.FlatMap(lambda f: f.read_utf8().splitlines())
-                | "EvalText" >> beam.FlatMap(filtering.eval_texts)
-                | "Ngrams" >> beam.Map(lambda t: filtering.eval_ngrams([t], config))
-                | "Union" >> beam.CombineGlobally(lambda sets: frozenset().union(*sets)))
+                | "EvalText" >> beam.FlatMap(decontamination.eval_texts)
+                | "Keys" >> beam.Map(decontamination.eval_keys, config)
+                | "Index" >> beam.CombineGlobally(_EvalIndexCombine()))
+
+
+class _EvalIndexCombine(beam.CombineFn):
+    """Key arrays -> one sorted unique array; compacts as it goes so duplicates never pile up."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, keys):
+        acc.append(keys)
+        if len(acc) >= 4096:
+            acc[:] = [decontamination.EvalIndex.from_arrays(acc).keys]
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [decontamination.EvalIndex.from_arrays([a for acc in accs for a in acc]).keys]
+
+    def extract_output(self, acc):
+        return decontamination.EvalIndex.from_arrays(acc)
 
 
 # ---------------------------------------------------------------------------- embed + retrieve
@@ -704,15 +727,23 @@ def _rerank_key(model, prompt_hashes, config, item):
     return journal.rerank_key(model, prompt_hashes, config, query, cands)
 
 
-def _apply_rating(example, passage, rating: Optional[QualityRating], config: filtering.RaterConfig):
-    if rating is None:
-        yield example, passage  # an unrated example is kept, with quality = null
+def _apply_rating(example, passage, rating: Union[QualityRating, DeadLetter], config: filtering.RaterConfig):
+    if isinstance(rating, DeadLetter):
+        if config.keep_unrated:
+            yield example, passage  # kept on request, with quality = null
+        else:  # an example nobody checked is not a checked example: it is not written
+            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", rating))
     elif rating.score < config.min_score:
         yield beam.pvalue.TaggedOutput(OUTCOME, filtered(
             unit_id(passage), example.example_id, "filter", "low_quality",
             f"auto-rater score {rating.score} < {config.min_score}: {rating.reason}"))
     else:
         yield example.model_copy(update={"quality": float(rating.score)}), passage
+
+
+def _rating_failure(example, result) -> DeadLetter:
+    return dead_letter(example.seed_passage_id, "rate", LLM_REASONS.get(result.reason or "", "llm_bad_response"),
+                       f"auto-rater failed for example {example.example_id}: {result.detail}", result.text)
 
 
 class _RateFn(_LLMBatchDoFn):
@@ -731,14 +762,13 @@ class _RateFn(_LLMBatchDoFn):
 
     def _outputs(self, batch, results):
         config, items = self._config, [item for _, item in batch]
-        ratings = [r.value if r.ok else None for r in results]
-        self._settle([(key, [rating] if rating is not None else [],
-                       None if r.ok else LLM_REASONS.get(r.reason or "", "llm_bad_response"))
+        ratings = [r.value if r.ok else _rating_failure(example, r) for (example, _), r in zip(items, results)]
+        self._settle([(key, [rating], None if r.ok else rating.reason)
                       for (key, _), rating, r in zip(batch, ratings, results)])
         for (example, passage), rating in zip(items, ratings):
-            (self.rated if rating is not None else self.rater_failures).inc()
+            (self.rater_failures if isinstance(rating, DeadLetter) else self.rated).inc()
             for out in _apply_rating(example, passage, rating, config):
-                if isinstance(out, beam.pvalue.TaggedOutput):
+                if isinstance(out, beam.pvalue.TaggedOutput) and not isinstance(rating, DeadLetter):
                     self.low_quality.inc()
                 yield out
 
@@ -771,25 +801,25 @@ def _rate_key(model, prompt_hash, config, item):
 
 
 class DecontaminateExamples(beam.PTransform):
-    """Drop examples whose positive shares an n-gram with the evaluation set."""
+    """Drop examples whose positive quotes the evaluation set (pipeline.decontamination's rule)."""
 
-    def __init__(self, config: filtering.DecontamConfig):
+    def __init__(self, config: decontamination.DecontamConfig):
         super().__init__()
         self.config = config
 
     def expand(self, pcolls):
-        examples, eval_grams = pcolls
+        examples, eval_index = pcolls
         return examples | "DropContaminated" >> beam.FlatMap(
-            _decontaminate_positive, beam.pvalue.AsSingleton(eval_grams), self.config
+            _decontaminate_positive, beam.pvalue.AsSingleton(eval_index), self.config
         ).with_outputs(OUTCOME, main="examples")
 
 
-def _decontaminate_positive(ep, eval_grams, config):
+def _decontaminate_positive(ep, eval_index, config):
     example, passage = ep
-    hit = filtering.contamination([example.positive.text], eval_grams, config)
+    hit = decontamination.contamination([example.positive.title, example.positive.text], eval_index, config)
     if hit:
         yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), example.example_id, "filter",
-                                                         "decontaminated", f"positive shares {hit!r} with the eval set"))
+                                                         "decontaminated", f"positive {hit}"))
     else:
         yield ep
 

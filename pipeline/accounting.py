@@ -122,7 +122,8 @@ def summarize(values: Sequence[float]) -> ScoreSummary:
 
 def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.datetime, stage_counts: dict[str, int],
                    llm_model: str, embedder: str, prompts: dict[str, str], config: str,
-                   expected_inputs: Optional[int] = None, resumed: bool = False) -> RunManifest:
+                   expected_inputs: Optional[int] = None, resumed: bool = False,
+                   ranking_precision: Optional[dict[str, int]] = None) -> RunManifest:
     written, filtered, dead = (acc.status[s] for s in ("written", "filtered", "dead_lettered"))
     inputs = written + filtered + dead
     if expected_inputs is not None and inputs != expected_inputs:
@@ -144,5 +145,5 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
         llm_model=llm_model, embedder=embedder, prompts=prompts, config=config,
         accounting=f"{inputs} inputs = {written} written + {filtered} filtered + {dead} dead-lettered"
                    + (" (checked against the input count)" if expected_inputs is not None else ""),
-        resumed=resumed,
+        resumed=resumed, ranking_precision=ranking_precision or {},
     )

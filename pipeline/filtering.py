@@ -1,13 +1,12 @@
-"""Filters: exact and near-duplicate queries, evaluation-set decontamination, the LLM auto-rater."""
+"""Filters: exact and near-duplicate queries and the LLM auto-rater (decontamination: pipeline.decontamination)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 import unicodedata
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 from pipeline.llm.client import GenerationResult, LLMClient
 from pipeline.prompts import load_prompt
@@ -41,10 +40,41 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class NearDupConfig:
+    """MinHash LSH whose banding follows the threshold.
+
+    Two queries with Jaccard J share a band with probability 1 - (1 - J^rows)^bands. `rows` is
+    the largest that still finds a pair at exactly the threshold with probability >= `recall`
+    (bands = num_perm // rows): more rows would miss pairs, fewer would only compare more."""
+
     threshold: float = 0.8  # Jaccard over word 3-gram shingles
     shingle: int = 3
-    bands: int = 16
-    rows: int = 4  # 64 MinHash permutations in all
+    num_perm: int = 128  # MinHash permutations
+    recall: float = 0.99  # chance that a pair at exactly the threshold is compared
+
+    def __post_init__(self):
+        if not 0 < self.threshold <= 1:
+            raise ValueError("--near-dup-threshold must be in (0, 1] (0 disables the filter)")
+        if not 0 < self.recall < 1 or self.num_perm < 1:
+            raise ValueError("recall must be in (0, 1) and num_perm >= 1")
+
+    @property
+    def rows(self) -> int:
+        fitting = [r for r in range(1, self.num_perm + 1)
+                   if band_recall(self.threshold, self.num_perm // r, r) >= self.recall]
+        return max(fitting) if fitting else 1
+
+    @property
+    def bands(self) -> int:
+        return self.num_perm // self.rows
+
+    @property
+    def recall_at_threshold(self) -> float:
+        return band_recall(self.threshold, self.bands, self.rows)
+
+
+def band_recall(jaccard_value: float, bands: int, rows: int) -> float:
+    """P(two sets with this Jaccard similarity share at least one LSH band)."""
+    return 1.0 - (1.0 - jaccard_value ** rows) ** bands
 
 
 def _hash64(value: str, salt: int) -> int:
@@ -53,79 +83,46 @@ def _hash64(value: str, salt: int) -> int:
 
 
 def minhash_bands(text: str, config: NearDupConfig = NearDupConfig()) -> list[str]:
-    """LSH band keys: two queries with Jaccard >= threshold share one with high probability."""
+    """LSH band keys: two queries with Jaccard >= threshold share one with probability >= config.recall."""
     grams = shingles(text, config.shingle)
     if not grams:
         return []
-    signature = [min(_hash64(g, seed) for g in grams) for seed in range(config.bands * config.rows)]
-    return [f"{b}:" + ",".join(map(str, signature[b * config.rows:(b + 1) * config.rows]))
-            for b in range(config.bands)]
+    rows, bands = config.rows, config.bands
+    signature = [min(_hash64(g, seed) for g in grams) for seed in range(bands * rows)]
+    return [f"{b}:" + ",".join(map(str, signature[b * rows:(b + 1) * rows])) for b in range(bands)]
 
 
-def near_duplicates_to_drop(group: Sequence[tuple[str, str]], config: NearDupConfig = NearDupConfig()) -> set[str]:
-    """Within one LSH bucket of (query_id, query): drop every query that is a near duplicate of
-    one with a smaller id. Deterministic, so every bucket agrees."""
-    ordered = sorted(group)
-    grams = {qid: shingles(q, config.shingle) for qid, q in ordered}
-    drop: set[str] = set()
-    for i, (qid, _) in enumerate(ordered):
-        for earlier, _ in ordered[:i]:
-            if jaccard(grams[earlier], grams[qid]) >= config.threshold:
-                drop.add(qid)
-                break
-    return drop
+def near_duplicate_pairs(bucket: Sequence[tuple[str, str]], config: NearDupConfig = NearDupConfig()
+                         ) -> list[tuple[str, str]]:
+    """Within one LSH bucket of (query_id, query): every pair (smaller id, larger id) whose
+    Jaccard similarity reaches the threshold."""
+    ordered = sorted(set(bucket))
+    grams = [shingles(q, config.shingle) for _, q in ordered]
+    return [(ordered[i][0], ordered[j][0]) for i in range(len(ordered)) for j in range(i + 1, len(ordered))
+            if ordered[i][0] != ordered[j][0] and jaccard(grams[i], grams[j]) >= config.threshold]
 
 
-@dataclasses.dataclass(frozen=True)
-class DecontamConfig:
-    ngram: int = 13  # word n-grams, as in GPT-3's contamination analysis
-    min_words: int = 3  # texts shorter than ngram are compared whole when at least this long
-
-
-def eval_texts(line: str) -> list[str]:
-    """The texts of one line of an evaluation file: JSONL (title/text/query fields) or plain text."""
-    line = line.strip()
-    if not line:
-        return []
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return [line]  # a plain text file: one text per line
-    if isinstance(record, dict):
-        return [str(record[k]) for k in ("title", "text", "query") if record.get(k)]
-    return [str(record)]
-
-
-def eval_ngrams(texts: Iterable[str], config: DecontamConfig = DecontamConfig()) -> set[str]:
-    grams: set[str] = set()
-    for text in texts:
-        grams |= _ngrams(text, config)
-    return grams
-
-
-def _ngrams(text: str, config: DecontamConfig) -> set[str]:
-    tokens = words(text)
-    n = config.ngram
-    if len(tokens) < n:
-        return {" ".join(tokens)} if len(tokens) >= config.min_words else set()
-    return {" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
-
-
-def contamination(texts: Sequence[str], eval_grams: set[str], config: DecontamConfig = DecontamConfig()
-                  ) -> Optional[str]:
-    """An evaluation n-gram found in one of `texts` (the first text that has one), or None when clean."""
-    if not eval_grams:
-        return None
-    for text in texts:
-        shared = _ngrams(text, config) & eval_grams
-        if shared:
-            return min(shared)
-    return None
+def near_duplicates_to_drop(pairs: Iterable[tuple[str, str]]) -> set[str]:
+    """Greedy in id order: a query is dropped when it is a near duplicate of a query that is *kept*.
+    In a chain a~b~c where a and c differ, b goes and c stays: c has no surviving duplicate."""
+    neighbours: dict[str, set[str]] = {}
+    for a, b in pairs:
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    kept: set[str] = set()
+    dropped: set[str] = set()
+    for qid in sorted(neighbours):
+        if any(other < qid and other in kept for other in neighbours[qid]):
+            dropped.add(qid)
+        else:
+            kept.add(qid)
+    return dropped
 
 
 @dataclasses.dataclass(frozen=True)
 class RaterConfig:
     min_score: int = 3  # keep examples rated at least this (1-5)
+    keep_unrated: bool = False  # a failed rating (bad JSON, cut off) dead-letters the example unless set
     max_tokens: int = 256
     temperature: float = 0.0
     max_passage_chars: int = 2000

@@ -6,6 +6,19 @@ import math
 from typing import Sequence
 
 
+# Ranking precision. vLLM's scores move in their last bits with batch composition (another
+# process on the cores changes which requests share a step): bench/score_noise.py measured the
+# size of that noise. QL and RC are rounded to these decimals before they are ranked, so that
+# scores equal up to noise rank the same, and equal rounded scores fall to the stable tiebreak.
+QL_DECIMALS = 2  # summed log-probability of the query, nats
+RC_DECIMALS = 3  # expected relevance (label units) or log P(top label)
+
+
+def quantise(values: Sequence[float], decimals: int) -> list[float]:
+    """Round for ranking; non-finite values pass through (they rank last)."""
+    return [round(v, decimals) if math.isfinite(v) else v for v in values]
+
+
 def ranks_desc(scores: Sequence[float], tiebreak: Sequence[object]) -> list[int]:
     """1-based ranks, highest score first; equal scores are ordered by `tiebreak` ascending."""
     if len(scores) != len(tiebreak):

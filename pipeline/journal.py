@@ -42,7 +42,8 @@ def rerank_key(model: str, prompt_hashes: Sequence[str], config, query, candidat
 
 
 def rate_key(model: str, prompt_hash: str, config, example) -> str:
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "min_score"}  # the threshold is applied after
+    # The threshold and what to do with failed ratings are applied after: changing them reuses the ratings.
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("min_score", "keep_unrated")}
     return ids.content_id("jq-", model, prompt_hash, json.dumps(settings, sort_keys=True), example.task,
                           example.query, example.positive.title, example.positive.text, length=32)
 

@@ -10,6 +10,7 @@ from typing import Literal, Sequence
 from schemas import CandidateScore, MiningStrategy
 
 MarginScore = Literal["rc", "ql", "fused"]
+RCKind = Literal["expected_relevance", "top_label_logprob"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +20,9 @@ class MiningConfig:
     window: tuple[int, int] = (10, 20)  # rank_window: fused ranks lo..hi inclusive
     margin: float = 0.95  # margin (NV-Retriever TopK-PercPos): drop scores above margin * positive
     margin_score: MarginScore = "rc"
+    # What CandidateScore.rc holds: the margin is a share of a probability-like score, so a
+    # log-probability (top_label_logprob) is turned back into P(top label) before it is applied.
+    rc_kind: RCKind = "expected_relevance"
     exclude_seed: bool = True  # a relabelled seed is likely relevant: never a negative
     seed: int = 0
 
@@ -55,13 +59,17 @@ def mine_negatives(candidates: Sequence[CandidateScore], positive: CandidateScor
         lo, hi = config.window
         return [c for c in pool if lo <= c.fused_rank <= hi][:k]
     if config.strategy == "margin":
-        limit = config.margin * _score(positive, config.margin_score)
-        return [c for c in pool if _score(c, config.margin_score) < limit][:k]
+        limit = config.margin * margin_score(positive, config)
+        return [c for c in pool if margin_score(c, config) < limit][:k]
     raise ValueError(f"unknown mining strategy {config.strategy!r}; use lowest, random, rank_window or margin")
 
 
-def _score(c: CandidateScore, which: MarginScore) -> float:
-    """A non-negative score, as the percentage margin needs; QL becomes a per-token probability."""
-    if which == "ql":
+def margin_score(c: CandidateScore, config: MiningConfig) -> float:
+    """A non-negative score where higher means more relevant, as a percentage margin needs:
+    0.95 x a negative log-probability would sit *above* it and keep the false negatives.
+    QL becomes the per-token probability, a top-label log-probability becomes P(top label)."""
+    if config.margin_score == "ql":
         return math.exp(c.ql_mean)
-    return {"rc": c.rc, "fused": c.fused}[which]
+    if config.margin_score == "fused":
+        return c.fused  # RRF: a sum of reciprocal ranks, positive
+    return math.exp(c.rc) if config.rc_kind == "top_label_logprob" else c.rc

@@ -7,7 +7,7 @@ import dataclasses
 import math
 from typing import Literal, Optional, Sequence, Union
 
-from pipeline.fusion import expected_relevance, ranks_desc, rrf, top_label_logprob
+from pipeline.fusion import QL_DECIMALS, RC_DECIMALS, expected_relevance, quantise, ranks_desc, rrf, top_label_logprob
 from pipeline.generation import LLM_REASONS
 from pipeline.ingest import dead_letter
 from pipeline.llm.client import LLMClient
@@ -39,6 +39,8 @@ class RerankConfig:
     max_passage_chars: int = 4000
     ql_prompt_version: Optional[int] = None
     rc_prompt_version: Optional[int] = None
+    ql_decimals: int = QL_DECIMALS  # QL and RC are ranked rounded to these decimals (float noise)
+    rc_decimals: int = RC_DECIMALS
 
 
 def build_candidates(seed: Passage, partial_hits: Sequence[Sequence[tuple[float, str, str, str]]],
@@ -70,11 +72,13 @@ def rc_prompt(prompt: PromptTemplate, query: QueryRecord, c: Candidate, max_char
 
 
 def fuse(query: QueryRecord, candidates: Sequence[Candidate], ql: Sequence[float], ql_mean: Sequence[float],
-         rc: Sequence[float], rc_labels: Sequence[dict[str, float]], rrf_k: float) -> list[CandidateScore]:
-    """Ranks per score, RRF, fused ranks; ties break toward better retrieval rank (seed first)."""
+         rc: Sequence[float], rc_labels: Sequence[dict[str, float]], rrf_k: float,
+         ql_decimals: int = QL_DECIMALS, rc_decimals: int = RC_DECIMALS) -> list[CandidateScore]:
+    """Ranks per score (rounded to the given decimals), RRF, fused ranks; ties break toward the
+    better retrieval rank (the seed first), then the passage id. The raw scores are kept."""
     tiebreak = [(c.retrieval_rank if c.retrieval_rank > 0 else 0, c.passage_id) for c in candidates]
-    ql_ranks = ranks_desc(ql, tiebreak)
-    rc_ranks = ranks_desc(rc, tiebreak)
+    ql_ranks = ranks_desc(quantise(ql, ql_decimals), tiebreak)
+    rc_ranks = ranks_desc(quantise(rc, rc_decimals), tiebreak)
     fused = rrf([ql_ranks, rc_ranks], k=rrf_k)
     fused_ranks = ranks_desc(fused, [(ql_ranks[i] + rc_ranks[i], tiebreak[i]) for i in range(len(candidates))])
     return [
@@ -121,4 +125,4 @@ async def score_query(client: LLMClient, query: QueryRecord, candidates: Sequenc
     if not all(math.isfinite(v) for v in ql + rc):
         return dead_letter(query.passage_id, "rerank", "llm_bad_response",
                            f"query {query.query_id}: a score is not finite", query.query)
-    return fuse(query, candidates, ql, ql_mean, rc, rc_labels, config.rrf_k)
+    return fuse(query, candidates, ql, ql_mean, rc, rc_labels, config.rrf_k, config.ql_decimals, config.rc_decimals)

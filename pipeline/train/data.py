@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 import random
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, Protocol
 
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 
 def format_query(task: str, query: str) -> str:
@@ -30,24 +31,54 @@ class TextTriple:
 COLUMNS = ["task", "query", "positive", "hard_negatives"]
 
 
-def _files(path: str | Path) -> list[str]:
-    p = Path(path)
-    if p.is_dir():
-        return sorted(str(f) for f in p.rglob("*.parquet"))
-    if p.exists():
-        return [str(p)]
-    return sorted(str(f) for f in Path().glob(str(path)))
+class Files(Protocol):
+    """Where training shards live. `fret train` passes Beam's filesystems (gs://, s3://, ...), the
+    layer the job writes through; LocalFiles serves library users without Beam."""
+
+    def match(self, pattern: str) -> list[str]: ...
+
+    def open(self, path: str) -> BinaryIO: ...
 
 
-def stream_examples(path: str | Path, num_negatives: int = 1, batch_rows: int = 1024) -> Iterator[TextTriple]:
-    """Rows of FRet example shards as formatted (query, positive, negatives) triples."""
-    files = _files(path)
-    if not files:
-        raise ValueError(f"no Parquet files at {path}; point --data at the job's examples/ folder")
-    dataset = ds.dataset(files, format="parquet")
-    for batch in dataset.to_batches(columns=COLUMNS, batch_size=batch_rows):
-        for row in batch.to_pylist():
-            yield row_to_triple(row, num_negatives)
+class LocalFiles:
+    def match(self, pattern: str) -> list[str]:
+        """A folder (every .parquet below it), a file, or a glob, relative or absolute."""
+        path = Path(pattern).expanduser()
+        if path.is_dir():
+            return sorted(str(f) for f in path.rglob("*.parquet"))
+        if path.is_file():
+            return [str(path)]
+        return sorted(f for f in glob.glob(str(path), recursive=True) if Path(f).is_file())
+
+    def open(self, path: str) -> BinaryIO:
+        return open(path, "rb")
+
+
+def shard_files(path: str | Path, files: Files | None = None) -> list[str]:
+    """The shards to train on. A job's --output folder means its examples/ (not the journal or
+    the dead letters)."""
+    files = files or LocalFiles()
+    text = str(path).rstrip("/")
+    if not any(c in text for c in "*?[") and not text.endswith(".parquet"):
+        inside = files.match(text + "/examples")
+        if inside:
+            return inside
+    found = files.match(text)
+    if not found:
+        raise ValueError(f"no Parquet files at {path}; point --data at the job's examples/ folder, a file or a glob")
+    return found
+
+
+def stream_examples(path: str | Path, num_negatives: int = 1, batch_rows: int = 1024,
+                    files: Files | None = None) -> Iterator[TextTriple]:
+    """Rows of FRet example shards as formatted (query, positive, negatives) triples, one batch
+    of rows in memory at a time."""
+    files = files or LocalFiles()
+    for name in shard_files(path, files):
+        with files.open(name) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=COLUMNS):
+                for row in batch.to_pylist():
+                    yield row_to_triple(row, num_negatives)
 
 
 def row_to_triple(row: dict, num_negatives: int = 1) -> TextTriple:
@@ -58,8 +89,13 @@ def row_to_triple(row: dict, num_negatives: int = 1) -> TextTriple:
                       negatives=negatives[:num_negatives])
 
 
-def count_examples(path: str | Path) -> int:
-    return ds.dataset(_files(path), format="parquet").count_rows()
+def count_examples(path: str | Path, files: Files | None = None) -> int:
+    files = files or LocalFiles()
+    total = 0
+    for name in shard_files(path, files):
+        with files.open(name) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
 
 
 def shuffled(items: Iterable[TextTriple], buffer: int, seed: int) -> Iterator[TextTriple]:
@@ -109,9 +145,10 @@ def batched(items: Iterable[TextTriple], batch_size: int, drop_last: bool = True
 
 
 def epoch_batches(path: str | Path, batch_size: int, num_negatives: int, seed: int, epoch: int,
-                  shuffle_buffer: int = 10_000, skip: int = 0) -> Iterator[list[TextTriple]]:
+                  shuffle_buffer: int = 10_000, skip: int = 0, files: Files | None = None
+                  ) -> Iterator[list[TextTriple]]:
     """One epoch of batches in a deterministic order (seed, epoch); `skip` resumes mid-epoch."""
-    stream = shuffled(stream_examples(path, num_negatives), shuffle_buffer, seed * 1_000_003 + epoch)
+    stream = shuffled(stream_examples(path, num_negatives, files=files), shuffle_buffer, seed * 1_000_003 + epoch)
     for index, batch in enumerate(batched(stream, batch_size)):
         if index >= skip:
             yield batch

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
-from pipeline.train.data import count_examples, epoch_batches
+from pipeline.train.data import Files, count_examples, epoch_batches
 from pipeline.train.losses import GeckoInfoNCE, MatryoshkaLoss, XTRLoss
 from pipeline.train.model import Encoder
 
@@ -31,27 +31,27 @@ class TrainConfig:
     num_negatives: int = 1  # hard negatives per example taken from the shards
     mrl_dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka sizes trained besides the full size
     xtr_k_train: int = 128  # XTR: tokens each query token retrieves from the batch
-    batch_size: int = 32
+    batch_size: int = 32  # examples per micro-batch: each query's in-batch negatives are the others
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 2e-5
+    lr: float = 2e-5  # peak learning rate, reached after warmup
     min_lr: float = 0.0  # the linear decay ends here
-    warmup_steps: int = 10
-    weight_decay: float = 0.01
+    warmup_steps: int = 10  # optimizer steps of linear warmup
+    weight_decay: float = 0.01  # AdamW decay on weight matrices (never on biases or norms)
     grad_clip: float = 1.0  # max gradient norm; 0 disables
-    epochs: int = 1
+    epochs: int = 1  # passes over the data
     max_steps: Optional[int] = None  # stop early after this many optimizer steps
-    max_seq_length: int = 128
-    seed: int = 0
+    max_seq_length: int = 128  # tokens per text; longer texts are truncated
+    seed: int = 0  # seeds the data order, dropout and any new weights
     shuffle_buffer: int = 10_000  # examples held for shuffling; memory stays flat
     eval_beir: Optional[str] = None  # a BEIR folder evaluated every eval_every steps and at the end
-    eval_split: str = "test"
-    eval_task: str = "Given a query, find a relevant passage"
+    eval_split: str = "test"  # the qrels split of eval_beir
+    eval_task: str = "Given a query, find a relevant passage"  # task text of the eval queries
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 0  # 0: only at the end
     resume: bool = False  # continue from the newest checkpoint in output/checkpoints
-    log_every: int = 10
-    device: str = "auto"
-    progress: bool = True
+    log_every: int = 10  # steps between lines of train_log.jsonl
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1...
+    progress: bool = True  # a progress bar on the console
 
     def __post_init__(self):
         if self.batch_size < 2:
@@ -59,6 +59,18 @@ class TrainConfig:
         if self.grad_accum < 1 or self.epochs < 1:
             raise ValueError("grad_accum and epochs must be >= 1")
         self.mrl_dims = tuple(self.mrl_dims)
+
+
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's comment: the one description, shown by `fret train --help`."""
+    import inspect
+    import re
+
+    found = dict(re.findall(r"^\s+(\w+): [^=\n]+(?:=[^#\n]*)?#\s*(.+)$", inspect.getsource(TrainConfig), re.M))
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in found]
+    if missing:
+        raise RuntimeError(f"TrainConfig fields without a comment (their --help text): {missing}")
+    return found
 
 
 def get_lr(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -102,12 +114,16 @@ def batch_loss(model: Encoder, loss_fn: torch.nn.Module, batch, config: TrainCon
     queries = [t.query for t in batch]
     positives = [t.positive for t in batch]
     k = max((len(t.negatives) for t in batch), default=0) if config.hard_negatives else 0
-    negatives = [n for t in batch for n in (list(t.negatives[:k]) + [t.positive] * (k - len(t.negatives[:k])))]
     if config.objective == "xtr":
+        # XTR scores every query against every document of the batch: the real negatives are
+        # simply more documents. Padding them with positives would make a positive compete with itself.
+        negatives = [n for t in batch for n in t.negatives[:k]]
         q = model(model.tokenize(queries))
         d = model(model.tokenize(positives + negatives))
         return loss_fn(q["token_embeddings"], q["attention_mask"].bool(), d["token_embeddings"],
                        d["attention_mask"].bool())
+    # InfoNCE takes (B, k) negatives: ragged lists are padded, and the mask hides the padding.
+    negatives = [n for t in batch for n in (list(t.negatives[:k]) + [t.positive] * (k - len(t.negatives[:k])))]
     q = model.embed(queries)  # (B, d)
     docs = model.embed(positives + negatives)  # (B + B*k, d)
     p = docs[:len(batch)]  # (B, d)
@@ -130,7 +146,8 @@ def save_checkpoint(model: Encoder, optimizer, state: dict, output: Path) -> Pat
     return path
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
+    """Train; `files` reads the shards (default: the local filesystem; `fret train` passes Beam's)."""
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
@@ -147,7 +164,7 @@ def train(config: TrainConfig) -> dict:
         optimizer.load_state_dict(saved["optimizer"])
         start_state = saved["state"]
         torch.set_rng_state(saved["torch_rng"])
-    examples = count_examples(config.data)
+    examples = count_examples(config.data, files)
     steps_per_epoch = max(1, examples // (config.batch_size * config.grad_accum))
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     log_path = output / "train_log.jsonl"
@@ -174,7 +191,7 @@ def train(config: TrainConfig) -> dict:
     progress = _progress(total_steps, step, config.progress)
     while step < total_steps and epoch < config.epochs:
         batches = epoch_batches(config.data, config.batch_size, config.num_negatives, config.seed, epoch,
-                                config.shuffle_buffer, skip)
+                                config.shuffle_buffer, skip, files)
         batch_index = skip
         micro: list = []
         for batch in batches:
