@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[fret] vLLM is serving at {server.base_url}", flush=True)
             run_job(server.base_url)
     report(Path(args.output))
+    if not args.llm_url:
+        print("[fret] note: the demo's LLM has random weights. The job, retrieval, scoring protocol, accounting "
+              "and Parquet output are real; its tasks, queries, relabel rate and negatives are noise. "
+              "Use --llm-url with a real instruct model for data worth training on.")
     return 0
 
 

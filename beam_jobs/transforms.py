@@ -465,7 +465,8 @@ class LoadEvalIndex(beam.PTransform):
                 | "OpenEval" >> fileio.ReadMatches()
                 | "EvalLines" >> beam.FlatMap(lambda f: f.read_utf8().splitlines())
                 | "EvalText" >> beam.FlatMap(decontamination.eval_texts)
-                | "Keys" >> beam.Map(decontamination.eval_keys, config)
+                | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
+                | "Keys" >> beam.Map(decontamination.eval_keys_batch, config)
                 | "Index" >> beam.CombineGlobally(_EvalIndexCombine()))
 
 

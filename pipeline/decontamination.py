@@ -19,6 +19,7 @@ probability about keys / 2^64 (3e-12 for 50M keys): a hash hit is taken as a mat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from typing import Iterable, Optional, Sequence
@@ -27,7 +28,8 @@ import numpy as np
 
 from pipeline.filtering import words
 
-_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd: the polynomial hash is a bijection per step
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible mod 2^64
+_INVERSE = np.uint64(pow(0x9E3779B97F4A7C15, -1, 2**64))
 _WHOLE_TEXT = 0  # the size tag of whole-text keys; runs of words are tagged with their length (>= 1)
 
 
@@ -64,59 +66,97 @@ def eval_texts(line: str) -> list[str]:
     return [str(record)]
 
 
-def _word_hashes(tokens: Sequence[str]) -> np.ndarray:
-    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-                                       "little") for t in tokens), dtype=np.uint64, count=len(tokens))
+@functools.lru_cache(maxsize=1 << 20)
+def _word_hash(token: str) -> int:
+    return int.from_bytes(hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def _finish(h: np.ndarray, size: int) -> np.ndarray:
+def _finish(h: np.ndarray, size) -> np.ndarray:
     """splitmix64's finaliser over (hash xor size tag): spreads the polynomial's low bits."""
     with np.errstate(over="ignore"):
-        z = h ^ np.uint64((size * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF)
+        tag = np.asarray(size, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93)
+        z = h ^ tag
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
 
 
+class _Runs:
+    """Polynomial hashes of any run of words in O(1) each, by prefix sums (all mod 2^64):
+    H(i, j) = sum_{k=i}^{j-1} w_k P^(j-1-k) = P^(j-1) * (S[j] - S[i]), S[k] = sum_{m<k} w_m P^-m.
+    P is odd, so it has an inverse mod 2^64. One scan serves every run length and every text
+    of a batch: a run is valid when it lies inside one text."""
+
+    def __init__(self, tokens: Sequence[str]):
+        count = len(tokens)
+        w = np.fromiter((_word_hash(t) for t in tokens), dtype=np.uint64, count=count)
+        self.powers = _powers(_MULTIPLIER, count)  # P^k
+        with np.errstate(over="ignore"):
+            scaled = w * _powers(_INVERSE, count)  # w_k P^-k
+            self.sums = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(scaled, dtype=np.uint64)])
+
+    def hashes(self, starts: np.ndarray, length) -> np.ndarray:
+        """Polynomial hashes of the runs tokens[start:start+length] (length: a scalar or per start)."""
+        ends = starts + length
+        with np.errstate(over="ignore"):
+            return self.powers[ends - 1] * (self.sums[ends] - self.sums[starts])
+
+
+def _powers(base: np.uint64, count: int) -> np.ndarray:
+    values = np.full(count, base, dtype=np.uint64)
+    if count:
+        values[0] = 1
+    with np.errstate(over="ignore"):
+        return np.cumprod(values, dtype=np.uint64)
+
+
 def run_hashes(tokens: Sequence[str], sizes: Iterable[int]) -> dict[int, np.ndarray]:
     """{n: key of tokens[i:i+n] for every i} for each n in `sizes` (those no longer than the text)."""
-    return {n: _finish(h, n) for n, h in _polynomials(tokens, sizes).items()}
-
-
-def _polynomials(tokens: Sequence[str], sizes: Iterable[int]) -> dict[int, np.ndarray]:
     wanted = sorted(n for n in set(sizes) if 1 <= n <= len(tokens))
     if not wanted:
         return {}
-    w = _word_hashes(tokens)
-    out: dict[int, np.ndarray] = {}
-    h = w.copy()  # runs of length 1
-    with np.errstate(over="ignore"):
-        for n in range(1, wanted[-1] + 1):
-            if n > 1:
-                h = h[:-1] * _MULTIPLIER + w[n - 1:]  # wraps mod 2^64, as intended
-            if n in wanted:
-                out[n] = h
-    return out
+    runs = _Runs(tokens)
+    return {n: _finish(runs.hashes(np.arange(len(tokens) - n + 1), n), n) for n in wanted}
 
 
 def whole_text_key(tokens: Sequence[str]) -> np.ndarray:
     if not tokens:
         return np.empty(0, dtype=np.uint64)
-    return _finish(_polynomials(tokens, [len(tokens)])[len(tokens)], _WHOLE_TEXT)
+    return _finish(_Runs(tokens).hashes(np.zeros(1, dtype=np.int64), len(tokens)), _WHOLE_TEXT)
 
 
 def eval_keys(text: str, config: DecontamConfig = DecontamConfig()) -> np.ndarray:
     """The keys one evaluation text contributes (see the module docstring for the rule)."""
-    tokens = words(text)
-    if not tokens:
+    return eval_keys_batch([text], config)
+
+
+def eval_keys_batch(texts: Sequence[str], config: DecontamConfig = DecontamConfig()) -> np.ndarray:
+    """The keys of many evaluation texts, hashed in one pass over their words."""
+    token_lists = [words(t) for t in texts]
+    token_lists = [t for t in token_lists if t]
+    if not token_lists:
         return np.empty(0, dtype=np.uint64)
-    keys = [whole_text_key(tokens)]
-    length = len(tokens)
-    if config.min_words <= length < config.ngram:
-        keys += run_hashes(tokens, [length]).values()
-    elif length >= config.ngram:
-        keys += run_hashes(tokens, [config.passage_ngram(length)]).values()
+    lengths = np.array([len(t) for t in token_lists], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    runs = _Runs([w for t in token_lists for w in t])
+    keys = [_finish(runs.hashes(offsets, lengths), _WHOLE_TEXT)]
+    # The run length each text is matched by: its whole length when short, the scaled n when long.
+    run_length = np.where(lengths >= config.ngram,
+                          np.minimum(config.ngram, np.maximum(config.min_ngram, lengths // 2)), lengths)
+    matched = lengths >= min(config.min_words, config.ngram)
+    for n in np.unique(run_length[matched]):
+        texts_n = np.flatnonzero(matched & (run_length == n))
+        counts = lengths[texts_n] - n + 1
+        starts = np.repeat(offsets[texts_n], counts) + _ranges(counts)
+        keys.append(_finish(runs.hashes(starts, int(n)), int(n)))
     return np.concatenate(keys)
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """[0..c0-1, 0..c1-1, ...] without a Python loop."""
+    total = int(counts.sum())
+    ends = np.cumsum(counts)
+    return np.arange(total) - np.repeat(ends - counts, counts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +166,10 @@ class EvalIndex:
     keys: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.uint64))
 
     @classmethod
-    def build(cls, texts: Iterable[str], config: DecontamConfig = DecontamConfig()) -> "EvalIndex":
-        return cls.from_arrays([eval_keys(t, config) for t in texts])
+    def build(cls, texts: Iterable[str], config: DecontamConfig = DecontamConfig(),
+              batch: int = 2048) -> "EvalIndex":
+        texts = list(texts)
+        return cls.from_arrays([eval_keys_batch(texts[i:i + batch], config) for i in range(0, len(texts), batch)])
 
     @classmethod
     def from_arrays(cls, arrays: Sequence[np.ndarray]) -> "EvalIndex":

@@ -83,3 +83,27 @@ def test_keys_are_64_bit_hashes_and_shared_runs_share_keys():
 def test_an_empty_index_finds_nothing():
     assert contamination(["anything at all"], EvalIndex(), CONFIG, whole_text=True) is None
     assert len(EvalIndex.build(["", "   "], CONFIG)) == 0
+
+
+def test_prefix_sum_hashes_equal_the_plain_polynomial():
+    """The O(1)-per-run prefix-sum hashes against the polynomial written as a loop over Python ints."""
+    from pipeline.decontamination import _finish, _word_hash
+
+    tokens = "the kettle switches itself off once the water inside reaches a rolling boil".split()
+    for n, got in run_hashes(tokens, range(1, 14)).items():
+        plain = []
+        for i in range(len(tokens) - n + 1):
+            h = 0
+            for t in tokens[i:i + n]:
+                h = (h * 0x9E3779B97F4A7C15 + _word_hash(t)) % 2**64
+            plain.append(h)
+        assert (got == _finish(np.array(plain, dtype=np.uint64), n)).all(), n
+
+
+def test_batched_keys_equal_per_text_keys():
+    from pipeline.decontamination import eval_keys_batch
+
+    texts = [EVAL_QUERY, EVAL_PASSAGE, LONG_EVAL_PASSAGE, "json", "", "a b c", "one two three four five"]
+    batched = np.sort(eval_keys_batch(texts, CONFIG))
+    single = np.sort(np.concatenate([eval_keys(t, CONFIG) for t in texts]))
+    assert (batched == single).all() and len(batched) == 2 + 11 + 49 + 1 + 1 + 2

@@ -15,6 +15,8 @@ from tests.test_fret_job_stub import PASSAGES, SEED_QUERY, generate, scorer
 def rating_or_generate(prompt: str) -> str:
     if "You check training examples" in prompt:
         query = prompt.rsplit("\nQuery: ", 1)[1].split("\n", 1)[0]
+        if "green tea" in query:
+            return "I would rate this a four."  # the rater's answer is not JSON: the rating failed
         score = 1 if "mount everest" in query else 5
         return json.dumps({"score": score, "reason": "stub rating"})
     return generate(prompt)
@@ -39,23 +41,28 @@ def test_parquet_input_and_several_queries_per_passage(tmp_path, llm):
     assert all(e["knobs"]["query_length"] in ("short", "medium", "long") for e in out["examples"])
 
 
-def test_decontamination_drops_examples_that_overlap_the_eval_set(tmp_path, llm):
-    eval_file = write_jsonl(tmp_path / "queries.jsonl", [{"_id": "1", "text": SEED_QUERY}])
+def test_decontamination_drops_examples_that_quote_the_eval_set(tmp_path, llm):
+    """A BEIR-style query file (short texts) and a corpus file (a passage): the seed's query
+    contains an eval query with words around it, and one positive passage quotes eight words in
+    a row of a 17-word eval passage (n = 8 for it). Under the old 13-gram rule neither was caught."""
+    queries = write_jsonl(tmp_path / "queries.jsonl", [
+        {"_id": "1", "text": "what temperature does water boil at"},  # inside the seed query
+        {"_id": "2", "text": "how hot should green tea water be"},  # a paraphrase of nothing generated
+    ])
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [
+        {"_id": "d1", "title": "", "text": "Chefs agree that pasta is cooked in salted boiling water until it is "
+                                           "soft enough to eat"},  # 17 words: n = 8
+    ])
     out = run_job(write_jsonl(tmp_path / "in.jsonl", PASSAGES), tmp_path / "out", llm.base_url,
-                  "--decontaminate", str(eval_file), "--decontam_ngram", "8")
-    (dropped,) = out["filtered"]
-    assert dropped["reason"] == "decontaminated" and "at what temperature does water boil" in dropped["detail"]
-    assert "kettle" not in {e["seed_passage_id"] for e in out["examples"]}
-    assert out["manifest"]["filtered"] == 1 and out["manifest"]["written"] == len(PASSAGES) - 1
-
-
-def test_quality_filter_keeps_the_reason(tmp_path, llm):
-    out = run_job(write_jsonl(tmp_path / "in.jsonl", PASSAGES), tmp_path / "out", llm.base_url,
-                  "--quality_filter", "--min_quality", "3")
-    (low,) = out["filtered"]
-    assert low["reason"] == "low_quality" and "score 1 < 3" in low["detail"]
-    assert all(e["quality"] == 5.0 for e in out["examples"])
-    assert len(out["examples"]) == len(PASSAGES) - 1
+                  "--decontaminate", f"{queries},{corpus}")
+    dropped = {f["record_id"]: f for f in out["filtered"]}
+    assert {f["reason"] for f in dropped.values()} == {"decontaminated"}
+    by_unit = {f["detail"]: f for f in out["filtered"]}
+    assert any("what temperature does water boil at" in d for d in by_unit), by_unit
+    assert any("pasta is cooked in salted boiling water until" in d for d in by_unit), by_unit
+    written = {e["seed_passage_id"] for e in out["examples"]}
+    assert "kettle" not in written and "pasta" not in written and "tea" in written
+    assert out["manifest"]["filtered"] == 2 and out["manifest"]["written"] == len(PASSAGES) - 2
 
 
 def test_beam_scatter_gather_equals_one_exact_search(tmp_path):
@@ -123,3 +130,31 @@ def test_exact_rc_needs_only_echo_and_ranks_like_first_token(tmp_path, llm):
     for e in exact["examples"]:
         for c in e["candidates"]:
             assert c["rc"] == pytest.approx(rc[(e["query_id"], c["passage_id"])], abs=1e-9)
+
+
+def test_filter_queries_in_beam_keeps_a_chain_end_and_drops_exact_duplicates():
+    """FilterQueries as a Beam transform: a~b and b~c (a and c differ) at threshold 0.5 drop b only;
+    an exact duplicate (after normalisation) is dropped too; the eval index drops a contained query."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from beam_jobs.transforms import FilterQueries
+    from pipeline.decontamination import DecontamConfig, EvalIndex
+    from pipeline.filtering import NearDupConfig
+    from schemas import Passage, QueryKnobs, QueryRecord
+
+    knobs = QueryKnobs(query_length="short", difficulty="easy")
+    texts = {"q1": "how to read a csv file in python", "q2": "how to read a csv file in python with pandas",
+             "q3": "read a csv file in python with pandas quickly", "q4": "How to read a CSV file in Python?",
+             "q5": "what is the boiling point of water at sea level", "q6": "tell me about green tea"}
+    items = [(QueryRecord(query_id=q, passage_id=f"p{q}", task="t", query=t, knobs=knobs),
+              Passage(id=f"p{q}", title="", text=t, source_id=f"s:{q}")) for q, t in texts.items()]
+    index = EvalIndex.build(["boiling point of water at sea"], DecontamConfig())
+    with TestPipeline() as p:
+        kept, outcomes = ((p | "Q" >> beam.Create(items), p | "E" >> beam.Create([index]))
+                          | FilterQueries(NearDupConfig(threshold=0.5), DecontamConfig()))
+        assert_that(kept | beam.Map(lambda qp: qp[0].query_id), equal_to(["q1", "q3", "q6"]), label="kept")
+        assert_that(outcomes | beam.Map(lambda o: (o.record.record_id, o.record.reason)),
+                    equal_to([("q4", "duplicate_query"), ("q2", "near_duplicate_query"), ("q5", "decontaminated")]),
+                    label="dropped")

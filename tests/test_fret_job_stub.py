@@ -234,6 +234,23 @@ def test_refuses_a_non_empty_output_without_overwrite(tmp_path, preferring_llm):
     assert out["manifest"]["written"] == 3
 
 
+def test_local_problems_are_reported_before_the_server_is_asked(tmp_path):
+    """A full output folder (or a missing input) with no server running: the user must hear about
+    --resume/--overwrite (or the input), not that the server cannot be reached."""
+    from pipeline.llm.server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:2])
+    (tmp_path / "out" / "_journal" / "rerank").mkdir(parents=True)
+    (tmp_path / "out" / "_journal" / "rerank" / "x.parquet").write_bytes(b"journal")
+    with pytest.raises(ValueError, match="not empty.*--resume"):
+        run_job(inp, tmp_path / "out", dead)
+    with pytest.raises(ValueError, match="matches no file"):
+        run_job(tmp_path / "missing.jsonl", tmp_path / "fresh", dead)
+    with pytest.raises(ValueError, match="cannot reach the LLM server"):
+        run_job(inp, tmp_path / "fresh", dead)
+
+
 def test_empty_input_and_missing_input(tmp_path, preferring_llm):
     with pytest.raises(ValueError, match="matches no file"):
         run_job(tmp_path / "nothing-*.jsonl", tmp_path / "out0", preferring_llm.base_url)
