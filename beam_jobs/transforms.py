@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import functools
 import logging
 import math
@@ -251,16 +252,24 @@ class _LLMBatchDoFn(beam.DoFn):
 
     def process(self, batch):
         self._pending.append((batch, self._llm.submit(self._request(batch))))
-        while len(self._pending) > self.BATCHES_IN_FLIGHT or (self._pending and self._pending[0][1].done()):
-            yield from self._complete(*self._pending.popleft())
+        yield from self._finished(wait=len(self._pending) > self.BATCHES_IN_FLIGHT)
 
     def finish_bundle(self):
         while self._pending:
-            for out in self._complete(*self._pending.popleft()):
+            for out in self._finished(wait=True):
                 if isinstance(out, beam.pvalue.TaggedOutput):
                     yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
                 else:
                     yield GlobalWindows.windowed_value(out)
+
+    def _finished(self, wait: bool):
+        """Journal and emit every batch that is done, in whatever order they finish: one slow
+        batch must not keep the finished ones out of the journal. With `wait`, block for one."""
+        if wait:
+            concurrent.futures.wait([f for _, f in self._pending], return_when=concurrent.futures.FIRST_COMPLETED)
+        for item in [item for item in self._pending if item[1].done()]:
+            self._pending.remove(item)
+            yield from self._complete(*item)
 
     def _complete(self, batch, future):
         results = future.result()

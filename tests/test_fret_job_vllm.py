@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.jobkit import run_job, write_jsonl
+from tests.query_gate import QueryGateProxy
 
 pytestmark = pytest.mark.vllm
 
@@ -137,13 +138,32 @@ def job_process(inp, out, url, *extra):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_for_files(folder, pattern: str, count: int, process, timeout_s: float = 600) -> None:
+# The crashed runs rerank one query per batch (journal files then count queries), and their
+# batches differ from the uninterrupted run's, as after a crash. The proxy lets the first two
+# queries (by id) be scored and holds the others' scoring requests: the crash comes when those
+# two are journaled, whatever the machine's speed.
+CRASH_FLAGS = ["--llm_batch_size", "4"]
+SCORED_BEFORE_CRASH = 2
+
+
+def held_queries(uninterrupted) -> list[str]:
+    queries = [e["query"] for e in sorted(uninterrupted["examples"], key=lambda e: e["query_id"])]
+    assert len(queries) >= SCORED_BEFORE_CRASH + 2, f"only {len(queries)} queries: too few to crash mid-rerank"
+    return queries[SCORED_BEFORE_CRASH:]
+
+
+def wait_for(condition, process, what: str, timeout_s: float = 600) -> None:
+    """Wait for a state the job must reach (not for time to pass): fail if the job ends first."""
     deadline = time.monotonic() + timeout_s
-    while len(list(folder.glob(pattern))) < count:
+    while not condition():
         if process.poll() is not None:
-            raise AssertionError(f"job ended before {count} {pattern} existed:\n{process.stdout.read().decode()[-3000:]}")
-        assert time.monotonic() < deadline, f"no {pattern} after {timeout_s}s"
+            raise AssertionError(f"job ended before {what}:\n{process.stdout.read().decode()[-3000:]}")
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s}s"
         time.sleep(0.2)
+
+
+def wait_for_files(folder, pattern: str, count: int, process, timeout_s: float = 600) -> None:
+    wait_for(lambda: len(list(folder.glob(pattern))) >= count, process, f"{count} {pattern}", timeout_s)
 
 
 def shard_ids(out) -> set[str]:
@@ -158,16 +178,18 @@ def decisions(out) -> dict[str, tuple]:
 
 def test_kill_9_mid_run_then_resume_gives_the_same_examples(tmp_path, resume_input, vllm_server, uninterrupted):
     out_dir = tmp_path / "out"
-    job = job_process(resume_input, out_dir, vllm_server.base_url)
-    wait_for_files(out_dir, "_journal/rerank/*.parquet", 2, job)  # some queries scored, most not
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait(30)
+    with QueryGateProxy(vllm_server.base_url, hold=held_queries(uninterrupted)) as proxy:
+        job = job_process(resume_input, out_dir, proxy.base_url, *CRASH_FLAGS)
+        wait_for_files(out_dir, "_journal/rerank/*.parquet", SCORED_BEFORE_CRASH, job)
+        assert proxy.held.is_set()
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(30)
     assert not list(out_dir.glob("examples/*.parquet")), "a killed job must not leave dataset shards"
     for f in out_dir.glob("_journal/*/*.parquet"):
         pq.read_table(f)  # whole files only: no half-written journal entry
     out = run_job(resume_input, out_dir, vllm_server.base_url, *RESUME_FLAGS, "--resume")
     counts = out["manifest"]["counts"]
-    assert counts["journal_hits_generate"] == 24 and 0 < counts["journal_hits_rerank"] < 24
+    assert counts["journal_hits_generate"] == 24 and counts["journal_hits_rerank"] == SCORED_BEFORE_CRASH
     assert out["manifest"]["inputs"] == 24
     assert decisions(out) == decisions(uninterrupted)
     assert len(out["examples"]) == len(shard_ids(out))  # no duplicates
@@ -184,10 +206,15 @@ def test_vllm_killed_and_restarted_mid_run_then_resume(tmp_path, resume_input, t
     server = VLLMServer(str(tiny_llm_path), python=vllm_python, served_model_name="tiny-llm",
                         extra_args=TEST_SERVER_ARGS).start()
     try:
-        job = job_process(resume_input, out_dir, server.base_url, "--failure_window", "6", "--llm_retries", "2")
-        wait_for_files(out_dir, "_journal/rerank/*.parquet", 1, job)
-        server.kill()
-        log = job.communicate(timeout=300)[0].decode()
+        with QueryGateProxy(server.base_url, hold=held_queries(uninterrupted)) as proxy:
+            # Abort after two failed queries in a row: only the few held queries can fail here
+            # (generation does not fail on this input), and the default window needs 20.
+            job = job_process(resume_input, out_dir, proxy.base_url, *CRASH_FLAGS, "--failure_window", "2",
+                              "--llm_retries", "2")
+            wait_for_files(out_dir, "_journal/rerank/*.parquet", SCORED_BEFORE_CRASH, job)
+            server.kill()
+            proxy.release()  # the held queries now meet a dead server
+            log = job.communicate(timeout=600)[0].decode()
         assert job.returncode != 0 and "fret aborted the job" in log and "--resume" in log, log[-3000:]
         assert not list(out_dir.glob("examples/*.parquet"))
         server.start()  # same port

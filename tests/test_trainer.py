@@ -287,3 +287,29 @@ def test_every_train_flag_has_help(capsys):
     helps = field_help()
     for field in dataclasses.fields(TrainConfig):
         assert helps[field.name] and helps[field.name].split()[0] in text, field.name
+
+
+def test_one_encoding_serves_every_matryoshka_size(tiny_encoder):
+    """evaluate encodes each text once and truncates; it must rank exactly as encoding at each size."""
+    import functools
+
+    from pipeline.train.evaluate import search
+
+    model = Encoder(str(tiny_encoder))
+    corpus = [json.loads(line) for line in (BEIR / "corpus.jsonl").read_text().splitlines()[:80]]
+    doc_ids, doc_texts = [d["_id"] for d in corpus], [d["text"] for d in corpus]
+    queries = [d["title"] or d["text"][:40] for d in corpus[:20]]
+    once = search(model.encode, model.encode, queries, doc_ids, doc_texts, k=10, dims=[None, 16])
+    tolerance = 1e-5  # truncating a normalised vector and encoding at the size differ in the last bits
+    for dim in (None, 16):
+        encode = functools.partial(model.encode, dim=dim)
+        scores = encode(queries) @ encode(doc_texts).T  # (Q, D): the reference, encoded at this size
+        for qi, ranked in enumerate(once[dim]):
+            got = scores[qi, [doc_ids.index(d) for d in ranked]]
+            assert (np.diff(got) <= tolerance).all(), (dim, qi)  # in score order
+            tenth = np.sort(scores[qi])[::-1][9]
+            assert got.min() >= tenth - tolerance  # and nothing better was left out
+    # Length-sorted batches give the input order back.
+    texts = ["a", "a much longer text than the others", "mid length"]
+    assert np.allclose(model.encode(texts, batch_size=2), np.concatenate([model.encode([t]) for t in texts]),
+                       atol=1e-5)

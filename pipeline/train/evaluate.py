@@ -63,23 +63,38 @@ def recall_at_k(ranked: Sequence[str], relevant: dict[str, int], k: int) -> floa
 
 
 def search(encode_queries, encode_docs, query_texts: list[str], doc_ids: list[str], doc_texts: list[str],
-           k: int = 100) -> list[list[str]]:
-    """Exact top-k by inner product; the corpus is encoded and scanned one chunk at a time."""
-    q = encode_queries(query_texts)  # (Q, d)
-    heaps: list[list[tuple[float, str]]] = [[] for _ in query_texts]
+           k: int = 100, dims: Sequence[Optional[int]] = (None,)) -> dict[Optional[int], list[list[str]]]:
+    """Exact top-k by inner product at each size in `dims` (None: full), encoding every text once:
+    a Matryoshka size is the first `dim` components, renormalised. The corpus is encoded and
+    scanned one chunk at a time, so memory holds one chunk and the running top-k lists."""
+    q_full = encode_queries(query_texts)  # (Q, d)
+    queries = {dim: _truncate(q_full, dim) for dim in dims}
+    heaps = {dim: [[] for _ in query_texts] for dim in dims}
     for start in range(0, len(doc_texts), CHUNK):
-        d = encode_docs(doc_texts[start:start + CHUNK])  # (c, d)
-        scores = q @ d.T  # (Q, c)
-        take = min(k, scores.shape[1])
-        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-        for qi, cols in enumerate(top):
-            for c in cols:
-                item = (float(scores[qi, c]), doc_ids[start + c])
-                if len(heaps[qi]) < k:
-                    heapq.heappush(heaps[qi], item)
-                else:
-                    heapq.heappushpop(heaps[qi], item)
-    return [[d for _, d in sorted(h, key=lambda x: (-x[0], x[1]))] for h in heaps]
+        d_full = encode_docs(doc_texts[start:start + CHUNK])  # (c, d)
+        for dim in dims:
+            scores = queries[dim] @ _truncate(d_full, dim).T  # (Q, c)
+            _push_top(heaps[dim], scores, doc_ids, start, k)
+    return {dim: [[d for _, d in sorted(h, key=lambda x: (-x[0], x[1]))] for h in heaps[dim]] for dim in dims}
+
+
+def _truncate(vectors: np.ndarray, dim: Optional[int]) -> np.ndarray:
+    if dim is None or dim >= vectors.shape[1]:
+        return vectors
+    cut = vectors[:, :dim]  # (n, dim)
+    return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+
+
+def _push_top(heaps, scores: np.ndarray, doc_ids: list[str], offset: int, k: int) -> None:
+    take = min(k, scores.shape[1])
+    top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    for qi, cols in enumerate(top):
+        for c in cols:
+            item = (float(scores[qi, c]), doc_ids[offset + c])
+            if len(heaps[qi]) < k:
+                heapq.heappush(heaps[qi], item)
+            else:
+                heapq.heappushpop(heaps[qi], item)
 
 
 def evaluate(model, folder: str | Path, split: str = "test", task: str = "Given a query, find a relevant passage",
@@ -99,11 +114,11 @@ def evaluate(model, folder: str | Path, split: str = "test", task: str = "Given 
     if scoring == "xtr":
         ranked = xtr_search(encoder, query_texts, doc_ids, doc_texts)
         return {"xtr": _metrics(qids, ranked, qrels)}
-    for dim in dims or [None]:
-        name = "full" if dim is None or dim >= encoder.dim else str(dim)
-        encode = functools.partial(encoder.encode, batch_size=batch_size, dim=dim)
-        ranked = search(encode, encode, query_texts, doc_ids, doc_texts, k=100)
-        results[name] = _metrics(qids, ranked, qrels)
+    sizes = list(dict.fromkeys(None if dim is None or dim >= encoder.dim else dim for dim in dims or [None]))
+    encode = functools.partial(encoder.encode, batch_size=batch_size)
+    ranked = search(encode, encode, query_texts, doc_ids, doc_texts, k=100, dims=sizes)
+    for dim in sizes:
+        results["full" if dim is None else str(dim)] = _metrics(qids, ranked[dim], qrels)
     return results
 
 

@@ -57,19 +57,26 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64, dim: Optional[int] = None) -> np.ndarray:
-        """Unit-normalised embeddings, optionally truncated to the first `dim` (Matryoshka)."""
+        """Unit-normalised embeddings, optionally truncated to the first `dim` (Matryoshka).
+        Batches hold texts of similar length (longest first, as sentence-transformers' encode
+        does), so little of each batch is padding; the result is in the input order."""
         was_training = self.training
         self.eval()
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = []
         try:
             for start in range(0, len(texts), batch_size):
-                vectors = self.embed(texts[start:start + batch_size])  # (b, d)
+                vectors = self.embed([texts[i] for i in order[start:start + batch_size]])  # (b, d)
                 if dim:
                     vectors = vectors[:, :dim]
                 out.append(torch.nn.functional.normalize(vectors, dim=-1).float().cpu().numpy())
         finally:
             self.train(was_training)
-        return np.concatenate(out) if out else np.zeros((0, dim or self.dim), dtype=np.float32)
+        if not out:
+            return np.zeros((0, dim or self.dim), dtype=np.float32)
+        result = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
+        result[order] = np.concatenate(out)
+        return result
 
     def save(self, path: str) -> None:
         # SentenceTransformer.save switches the model to eval mode; training must go on with dropout.
