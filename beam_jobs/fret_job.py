@@ -130,8 +130,9 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                                                  opts.index_shard_size, opts.embed_batch_size,
                                                                  progress=opts.progress,
                                                                  trust_remote_code=opts.trust_remote_code))
+    rerank = opt.rerank_config(opts)
     reranked = candidates | "RerankAndMine" >> T.RerankAndMine(
-        client, opt.rerank_config(opts), opt.mining_config(opts), provenance, opts.keep_candidates,
+        client, rerank, opt.mining_config(opts), provenance, opts.keep_candidates,
         batch_size=max(1, opts.llm_batch_size // 4), progress=opts.progress, journal_folder=journal, failure=failure)
     examples, late_outcomes = reranked["examples"], [reranked[T.OUTCOME]]
     reused.append(_count(reranked["reused"], "journal_hits_rerank"))
@@ -168,7 +169,6 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
                examples | "ExampleEvents" >> beam.Map(lambda e: ("example", e)))
               | "Events" >> beam.Flatten())
-    rerank = opt.rerank_config(opts)
     meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opts.embedder, prompts=prompts,
                 config=config, resumed=opts.resume,
                 ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals})

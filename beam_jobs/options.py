@@ -90,16 +90,20 @@ class FretOptions(PipelineOptions):
 
         flt = parser.add_argument_group("filters")
         _add(flt, "near_dup_threshold", type=float, default=0.8,
-                         help="drop queries with word-3-gram Jaccard >= this to another query (0 disables)")
+                         help="drop a query whose word-3-gram Jaccard similarity to a kept query is >= this "
+                              "(0 disables); LSH banding follows the threshold")
         _add(flt, "quality_filter", action="store_true", help="run the LLM auto-rater")
         _add(flt, "min_quality", type=int, default=3, help="auto-rater: keep scores >= this (1-5)")
         _add(flt, "keep_unrated", action="store_true",
              help="auto-rater: write examples whose rating failed (invalid JSON, cut off) with quality null; "
                   "by default they are dead-lettered with the reason")
         _add(flt, "decontaminate", default="",
-                         help="evaluation files (JSONL with a 'text' field, e.g. BEIR queries/corpus); "
-                              "examples sharing an n-gram with them are dropped")
-        _add(flt, "decontam_ngram", type=int, default=13)
+                         help="evaluation files (JSONL with text/title/query fields, e.g. BEIR queries/corpus, or "
+                              "plain text); examples whose query or positive quotes them are dropped (README: "
+                              "Decontamination)")
+        _add(flt, "decontam_ngram", type=int, default=13,
+             help="n: an evaluation passage of 2n words or more is matched by any n words in a row; a shorter "
+                  "one by max(8, its words // 2)")
 
         _add(parser, "progress", type=parse_bool, default=True, help="print progress on the console")
 
@@ -184,8 +188,8 @@ CONFIG_FIELDS = (
     "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage", "temperature",
     "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "negative_strategy", "num_negatives", "negative_window",
-    "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated", "decontaminate",
-    "decontam_ngram", "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args",
+    "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated",
+    "decontaminate", "decontam_ngram", "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args",
     "llm_serve_port", "llm_serve_memory", "llm_serve_max_model_len",
 )
 

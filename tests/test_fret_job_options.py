@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.testing.stub_llm import StubLLM
 from tests.jobkit import run_job, write_jsonl
-from tests.test_fret_job_stub import PASSAGES, SEED_QUERY, generate, scorer
+from tests.test_fret_job_stub import PASSAGES, generate, scorer
 
 
 def rating_or_generate(prompt: str) -> str:
