@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 import unicodedata
@@ -57,7 +58,7 @@ class NearDupConfig:
         if not 0 < self.recall < 1 or self.num_perm < 1:
             raise ValueError("recall must be in (0, 1) and num_perm >= 1")
 
-    @property
+    @functools.cached_property  # minhash_bands asks for it once per query
     def rows(self) -> int:
         fitting = [r for r in range(1, self.num_perm + 1)
                    if band_recall(self.threshold, self.num_perm // r, r) >= self.recall]
