@@ -141,8 +141,7 @@ def eval_keys_batch(texts: Sequence[str], config: DecontamConfig = DecontamConfi
     runs = _Runs([w for t in token_lists for w in t])
     keys = [_finish(runs.hashes(offsets, lengths), _WHOLE_TEXT)]
     # The run length each text is matched by: its whole length when short, the scaled n when long.
-    run_length = np.where(lengths >= config.ngram,
-                          np.minimum(config.ngram, np.maximum(config.min_ngram, lengths // 2)), lengths)
+    run_length = np.array([config.passage_ngram(n) if n >= config.ngram else n for n in lengths], dtype=np.int64)
     matched = lengths >= min(config.min_words, config.ngram)
     for n in np.unique(run_length[matched]):
         texts_n = np.flatnonzero(matched & (run_length == n))
