@@ -21,6 +21,7 @@ LENGTH_TEXT = {"short": "short (2 to 6 words)", "medium": "of medium length (7 t
 DIFFICULTY_TEXT = {"easy": "only a surface", "medium": "a reasonable", "hard": "a deep"}
 LLM_REASONS = {
     "length": "llm_length", "invalid_json": "llm_invalid_json", "schema_mismatch": "llm_schema_mismatch",
+    "invalid_utf8": "llm_invalid_utf8",
     "timeout": "llm_timeout", "connection_error": "llm_unavailable", "server_error": "llm_unavailable",
     "http_error": "llm_http_error", "bad_response": "llm_bad_response",
 }

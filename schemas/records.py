@@ -26,6 +26,7 @@ DeadLetterReason = Literal[
     "llm_length",
     "llm_invalid_json",
     "llm_schema_mismatch",
+    "llm_invalid_utf8",
     "llm_unavailable",
     "llm_timeout",
     "llm_http_error",

@@ -3,12 +3,15 @@
 import asyncio
 import json
 import time
+import typing
 
 import pytest
 
-from pipeline.llm.client import ClientConfig, LLMClient, RetriesExhaustedError
+from pipeline.generation import LLM_REASONS
+from pipeline.llm.client import ClientConfig, FailureReason, LLMClient, RetriesExhaustedError
 from pipeline.testing.stub_llm import Fault, StubLLM, hashed_logprob
 from schemas import GeneratedQuery
+from schemas.records import DeadLetterReason
 
 
 def make_client(*urls, **overrides) -> LLMClient:
@@ -124,6 +127,20 @@ def test_wrong_json_shape_is_schema_mismatch():
     with StubLLM(generate_fn=lambda p: json.dumps({"task": "t", "answer": "x"})) as stub:
         result = run(_generate(make_client(stub.base_url)))
     assert not result.ok and result.reason == "schema_mismatch"
+
+
+def test_replacement_characters_are_invalid_utf8_not_a_valid_object():
+    # Well-formed JSON that matches the schema, but the server decoded non-UTF-8 bytes to U+FFFD.
+    with StubLLM(generate_fn=lambda p: json.dumps({"task": "find code", "query": "sort a \ufffd\ufffd\ufffd list"},
+                                                  ensure_ascii=False)) as stub:
+        result = run(_generate(make_client(stub.base_url)))
+    assert not result.ok and result.reason == "invalid_utf8" and result.value is None
+    assert "U+FFFD" in result.detail and "guidance" in result.detail
+
+
+def test_every_client_failure_has_a_dead_letter_reason():
+    assert set(typing.get_args(FailureReason)) == set(LLM_REASONS)
+    assert set(LLM_REASONS.values()) <= set(typing.get_args(DeadLetterReason))
 
 
 def test_no_seed_unless_asked(stub_llm):

@@ -24,6 +24,7 @@ FailureReason = Literal[
     "length",  # finish_reason == "length": the answer was cut off
     "invalid_json",  # the text is not JSON
     "schema_mismatch",  # JSON that does not match the pydantic model
+    "invalid_utf8",  # the model's bytes were not UTF-8; the server replaced them with U+FFFD
     "timeout",  # retries exhausted, the last attempt timed out
     "connection_error",  # retries exhausted, the last attempt could not connect
     "server_error",  # retries exhausted on 5xx / 429
@@ -326,6 +327,11 @@ class LLMClient:
         result.text = text or ""
         if result.finish_reason == "length":
             return result.fail("length", f"cut off at max_tokens={max_tokens}")
+        if "\ufffd" in result.text:
+            # xgrammar 0.2.8 lets a weak model emit overlong and surrogate UTF-8 forms, which
+            # pass its grammar and decode to U+FFFD; that text is corrupt whatever its length.
+            return result.fail("invalid_utf8", f"the answer holds U+FFFD (bytes that are not UTF-8) in "
+                                               f"{result.text[:200]!r}; vLLM's guidance backend prevents it")
         try:
             result.value = schema.model_validate_json(result.text)
         except ValidationError as exc:

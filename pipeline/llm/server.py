@@ -73,8 +73,10 @@ class VLLMServer:
         self.max_model_len = max_model_len
         # On the CPU backend --gpu-memory-utilization is the share of RAM reserved (KV cache).
         self.memory_fraction = memory_fraction
-        # Structured output without free whitespace: fewer tokens, and a weak model cannot
-        # spend its whole budget on blanks.
+        # Structured output without free whitespace (fewer tokens, and a weak model cannot spend
+        # its whole budget on blanks), through llguidance: xgrammar 0.2.8 admits overlong and
+        # surrogate UTF-8 forms, so a weak model's strings decode to U+FFFD and outgrow their
+        # maxima (8 of 150 answers from the tiny model; guidance 0 of 150, and 1.6x faster).
         self.compact_json = compact_json
         self.extra_args = list(extra_args)
         self.env = env
@@ -98,7 +100,7 @@ class VLLMServer:
             "--gpu-memory-utilization", str(self.memory_fraction),
             "--enable-prefix-caching",
             "--disable-uvicorn-access-log",  # a log line per request costs CPU the engine needs
-            *(["--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'] if self.compact_json else []),
+            *(["--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}'] if self.compact_json else []),
             *self.extra_args,
         ]
 
