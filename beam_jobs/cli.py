@@ -84,6 +84,7 @@ def _base_type(hint):
 def _eval(argv: list[str]) -> int:
     import json
 
+    from pipeline.text_format import CHOICES, resolve
     from pipeline.train.evaluate import evaluate
 
     parser = argparse.ArgumentParser(prog="fret eval", description="nDCG@10 and Recall@10/100 on a BEIR folder.")
@@ -91,15 +92,23 @@ def _eval(argv: list[str]) -> int:
                         help="model folder or name (all-MiniLM-L6-v2 = the base), or a `fret train --output` folder")
     parser.add_argument("--beir", required=True, help="folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
     parser.add_argument("--split", default="test", help="the qrels split to evaluate")
-    parser.add_argument("--task", default="Given a query, find a relevant passage",
-                        help="the task text put in front of every query (Gecko's query format)")
+    parser.add_argument("--text-format", default="auto", choices=CHOICES,
+                        help="how queries and documents are written: auto = the format the model records "
+                             "(fret train writes it; plain when the model records none), gecko = 'task: ... | "
+                             "query: ...' and 'title: ... | text: ...', plain = the query, and the title above the text")
+    parser.add_argument("--task", default=None,
+                        help="the task text of Gecko's query format (default: the one the model was trained "
+                             "with, else 'Given a query, find a relevant passage')")
     parser.add_argument("--dims", default="", help="Matryoshka sizes to evaluate besides the full size")
     parser.add_argument("--scoring", default="single", choices=["single", "xtr"],
                         help="single: one mean-pooled vector per text; xtr: XTR's multi-vector token retrieval "
                              "(for models trained with --objective xtr)")
     args = parser.parse_args(argv)
     dims = [None] + [int(d) for d in args.dims.split(",") if d.strip()]
-    print(json.dumps(evaluate(args.model, args.beir, args.split, args.task, dims, scoring=args.scoring), indent=2))
+    resolved = resolve(args.text_format, args.model, args.task)
+    print(f"[fret] {resolved.describe()}", file=sys.stderr)
+    print(json.dumps(evaluate(args.model, args.beir, args.split, dims=dims, scoring=args.scoring,
+                              text_format=resolved), indent=2))
     return 0
 
 
@@ -152,8 +161,13 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("--negatives", type=int, default=1,
                         help="sentence-transformers: hard negative columns; rows with fewer are skipped and counted")
     parser.add_argument("--split", default="train", help="file / qrels split name")
+    parser.add_argument("--text-format", default="plain", choices=["plain", "gecko"],
+                        help="how the sentence-transformers and FlagEmbedding texts are written: plain (the "
+                             "query; the title above the text) or gecko ('task: ... | query: ...', "
+                             "'title: ... | text: ...'); BEIR files keep the fields as they are")
     args = parser.parse_args(argv)
-    print(json.dumps(run_export(args.path, args.format, args.output, args.negatives, args.split), indent=2))
+    print(json.dumps(run_export(args.path, args.format, args.output, args.negatives, args.split,
+                                       args.text_format), indent=2))
     return 0
 
 

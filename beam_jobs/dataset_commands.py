@@ -50,17 +50,21 @@ def write_report(output: str, pretty_name: str | None = None) -> list[str]:
     return [f"{output}/README.md", *written]
 
 
-def run_export(output: str, fmt: str, dest: str, num_negatives: int = 1, split: str = "train") -> dict:
+def run_export(output: str, fmt: str, dest: str, num_negatives: int = 1, split: str = "train",
+               text_format: str = "plain") -> dict:
     """Write `fmt` files under `dest`; returns counts (rows written, rows skipped and why)."""
+    from pipeline.text_format import FORMATS
+
     output, dest = output.rstrip("/"), dest.rstrip("/")
+    texts = FORMATS[text_format]
     rows = outputs.iter_rows(_examples(output))
     if fmt == "sentence-transformers":
-        return _export_st(rows, dest, num_negatives)
+        return _export_st(rows, dest, num_negatives, texts)
     if fmt == "flagembedding":
         n = 0
         with outputs.AtomicFile(f"{dest}/{split}.jsonl") as f:
             for row in rows:
-                f.write((export.flagembedding_row(row).model_dump_json() + "\n").encode("utf-8"))
+                f.write((export.flagembedding_row(row, texts).model_dump_json() + "\n").encode("utf-8"))
                 n += 1
         return {"rows": n, "files": [f"{dest}/{split}.jsonl"]}
     if fmt == "beir":
@@ -77,7 +81,7 @@ def run_export(output: str, fmt: str, dest: str, num_negatives: int = 1, split: 
     raise ValueError(f"unknown export format {fmt!r}; one of {export.FORMATS}")
 
 
-def _export_st(rows, dest: str, num_negatives: int) -> dict:
+def _export_st(rows, dest: str, num_negatives: int, text_format) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -99,7 +103,7 @@ def _export_st(rows, dest: str, num_negatives: int) -> dict:
         batch.clear()
 
     for row in rows:
-        converted = export.sentence_transformers_row(row, num_negatives)
+        converted = export.sentence_transformers_row(row, num_negatives, text_format)
         if converted is None:
             skipped += 1
             continue

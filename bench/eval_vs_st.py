@@ -17,7 +17,7 @@ import numpy as np
 from common import ROOT, emit
 
 from pipeline.embedding import resolve_model_path
-from pipeline.train.data import format_document, format_query
+from pipeline.text_format import GECKO, resolve
 from pipeline.train.evaluate import evaluate, load_beir
 from pipeline.train.model import Encoder
 
@@ -35,7 +35,7 @@ def st_side(model, query_texts, doc_texts) -> float:
 
 def fret_side(encoder, beir, dims) -> float:
     start = time.perf_counter()
-    evaluate(encoder, beir, "test", TASK, dims)
+    evaluate(encoder, beir, "test", dims=dims, text_format=resolve("gecko", None, TASK))
     return time.perf_counter() - start
 
 
@@ -48,8 +48,8 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     corpus, queries, _ = load_beir(args.beir, "test")
-    query_texts = [format_query(TASK, queries[q]) for q in sorted(queries)]
-    doc_texts = [format_document(*corpus[d]) for d in sorted(corpus)]
+    query_texts = [GECKO.query(TASK, queries[q]) for q in sorted(queries)]
+    doc_texts = [GECKO.document(*corpus[d]) for d in sorted(corpus)]
     path = resolve_model_path("all-MiniLM-L6-v2")
     st = SentenceTransformer(path, device="cpu")
     encoder = Encoder(path, device="cpu")

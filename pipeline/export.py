@@ -2,35 +2,42 @@
 
 - sentence-transformers: columns anchor, positive, negative_1..k (the order its losses expect)
 - FlagEmbedding (BGE) fine-tuning JSONL: query, pos, neg, pos_scores, neg_scores, prompt
-- BEIR: corpus.jsonl, queries.jsonl, qrels/<split>.tsv
+- BEIR: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (fields, never formatted)
+
+The first two write texts in a text format (pipeline/text_format.py): plain by default, or
+Gecko's, for a trainer that should see what `fret train --text-format gecko` sees.
 """
 
 from __future__ import annotations
 
 from typing import Iterator, Optional
 
-from pipeline.embedding import passage_text
+from pipeline.text_format import PLAIN, TextFormat
 from schemas.exports import BeirDoc, BeirQuery, FlagEmbeddingRow, sentence_transformers_columns
 
 FORMATS = ("sentence-transformers", "flagembedding", "beir")
 
 
-def sentence_transformers_row(row: dict, num_negatives: int) -> Optional[dict]:
+def _document(ref: dict, text_format: TextFormat) -> str:
+    return text_format.document(ref.get("title") or "", ref["text"])
+
+
+def sentence_transformers_row(row: dict, num_negatives: int, text_format: TextFormat = PLAIN) -> Optional[dict]:
     """None when the example has fewer hard negatives than asked: every row needs every column."""
     negatives = row.get("hard_negatives") or []
     if len(negatives) < num_negatives:
         return None
-    texts = [row["query"], passage_text(row["positive"].get("title") or "", row["positive"]["text"])]
-    texts += [passage_text(n.get("title") or "", n["text"]) for n in negatives[:num_negatives]]
+    texts = [text_format.query(row["task"], row["query"]), _document(row["positive"], text_format)]
+    texts += [_document(n, text_format) for n in negatives[:num_negatives]]
     return dict(zip(sentence_transformers_columns(num_negatives), texts))
 
 
-def flagembedding_row(row: dict) -> FlagEmbeddingRow:
+def flagembedding_row(row: dict, text_format: TextFormat = PLAIN) -> FlagEmbeddingRow:
     negatives = row.get("hard_negatives") or []
     return FlagEmbeddingRow(
-        query=row["query"],
-        pos=[passage_text(row["positive"].get("title") or "", row["positive"]["text"])],
-        neg=[passage_text(n.get("title") or "", n["text"]) for n in negatives],
+        query=text_format.query(row["task"], row["query"]),
+        pos=[_document(row["positive"], text_format)],
+        neg=[_document(n, text_format) for n in negatives],
         pos_scores=[float(row["positive_fused"])], neg_scores=[float(n["fused"]) for n in negatives],
         prompt=row["task"],
     )

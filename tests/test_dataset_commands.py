@@ -92,6 +92,22 @@ def test_export_sentence_transformers_trains(job_output, tmp_path):
     assert trainer.train().training_loss > 0
 
 
+def test_export_in_gecko_format_writes_what_fret_train_reads(job_output, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.text_format import GECKO
+    from pipeline.train.data import stream_examples
+
+    path, out = job_output
+    assert cli.main(["export", str(path), "--format", "sentence-transformers", "--output", str(tmp_path / "st"),
+                     "--negatives", "1", "--text-format", "gecko"]) == 0
+    exported = {(r["anchor"], r["positive"]) for f in sorted((tmp_path / "st").glob("*.parquet"))
+                for r in pq.read_table(f).to_pylist()}
+    trained_on = {(t.query, t.positive) for t in stream_examples(path, text_format=GECKO)}
+    assert exported and exported <= trained_on
+    assert all(a.startswith("task: ") and p.startswith("title: ") for a, p in exported)
+
+
 def test_export_flagembedding_jsonl(job_output, tmp_path):
     import datasets
 

@@ -136,7 +136,7 @@ def test_xtr_objective_trains_and_scores(tmp_path, train_shards, tiny_encoder):
 def brute_force_xtr_ndcg(encoder, folder, k_prime):
     """XTR inference written plainly: all token similarities at once, top-k' per query token over
     the whole corpus, imputation with m_i."""
-    from pipeline.train.data import format_document, format_query
+    from pipeline.text_format import GECKO
     from pipeline.train.evaluate import load_beir
 
     corpus, queries, qrels = load_beir(folder, "test")
@@ -152,12 +152,12 @@ def brute_force_xtr_ndcg(encoder, folder, k_prime):
                 out.append(v[f["attention_mask"][0].bool()].numpy())
         return out
 
-    docs = tokens([format_document(*corpus[d]) for d in doc_ids])
+    docs = tokens([GECKO.document(*corpus[d]) for d in doc_ids])
     owner = np.concatenate([np.full(len(v), i) for i, v in enumerate(docs)])
     matrix = np.concatenate(docs)
     scores = []
     for qid in sorted(queries):
-        q = tokens([format_query("Given a query, find a relevant passage", queries[qid])])[0]
+        q = tokens([GECKO.query("Given a query, find a relevant passage", queries[qid])])[0]
         sims = q @ matrix.T  # (Lq, all tokens)
         top = np.argsort(-sims, axis=1)[:, :k_prime]
         per_doc = np.zeros(len(doc_ids))

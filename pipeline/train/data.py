@@ -10,15 +10,7 @@ from typing import BinaryIO, Iterable, Iterator, Protocol
 
 import pyarrow.parquet as pq
 
-
-def format_query(task: str, query: str) -> str:
-    """Gecko's query text."""
-    return f"task: {task} | query: {query}"
-
-
-def format_document(title: str, text: str) -> str:
-    """Gecko's document text."""
-    return f"title: {title or 'none'} | text: {text}"
+from pipeline.text_format import GECKO, TextFormat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +62,7 @@ def shard_files(path: str | Path, files: Files | None = None) -> list[str]:
 
 
 def stream_examples(path: str | Path, num_negatives: int = 1, batch_rows: int = 1024,
-                    files: Files | None = None) -> Iterator[TextTriple]:
+                    files: Files | None = None, text_format: TextFormat = GECKO) -> Iterator[TextTriple]:
     """Rows of FRet example shards as formatted (query, positive, negatives) triples, one batch
     of rows in memory at a time."""
     files = files or LocalFiles()
@@ -78,14 +70,14 @@ def stream_examples(path: str | Path, num_negatives: int = 1, batch_rows: int = 
         with files.open(name) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=COLUMNS):
                 for row in batch.to_pylist():
-                    yield row_to_triple(row, num_negatives)
+                    yield row_to_triple(row, num_negatives, text_format)
 
 
-def row_to_triple(row: dict, num_negatives: int = 1) -> TextTriple:
+def row_to_triple(row: dict, num_negatives: int = 1, text_format: TextFormat = GECKO) -> TextTriple:
     """One row of the FRet example layout as formatted texts."""
-    negatives = tuple(format_document(n["title"], n["text"]) for n in (row["hard_negatives"] or []))
-    return TextTriple(query=format_query(row["task"], row["query"]),
-                      positive=format_document(row["positive"]["title"], row["positive"]["text"]),
+    negatives = tuple(text_format.document(n["title"], n["text"]) for n in (row["hard_negatives"] or []))
+    return TextTriple(query=text_format.query(row["task"], row["query"]),
+                      positive=text_format.document(row["positive"]["title"], row["positive"]["text"]),
                       negatives=negatives[:num_negatives])
 
 
@@ -145,10 +137,11 @@ def batched(items: Iterable[TextTriple], batch_size: int, drop_last: bool = True
 
 
 def epoch_batches(path: str | Path, batch_size: int, num_negatives: int, seed: int, epoch: int,
-                  shuffle_buffer: int = 10_000, skip: int = 0, files: Files | None = None
-                  ) -> Iterator[list[TextTriple]]:
+                  shuffle_buffer: int = 10_000, skip: int = 0, files: Files | None = None,
+                  text_format: TextFormat = GECKO) -> Iterator[list[TextTriple]]:
     """One epoch of batches in a deterministic order (seed, epoch); `skip` resumes mid-epoch."""
-    stream = shuffled(stream_examples(path, num_negatives, files=files), shuffle_buffer, seed * 1_000_003 + epoch)
+    stream = shuffled(stream_examples(path, num_negatives, files=files, text_format=text_format), shuffle_buffer,
+                      seed * 1_000_003 + epoch)
     for index, batch in enumerate(batched(stream, batch_size)):
         if index >= skip:
             yield batch
@@ -169,9 +162,9 @@ def beir_example_rows(folder: str | Path, split: str, task: str) -> list[dict]:
     return rows
 
 
-def beir_to_triples(folder: str | Path, split: str, task: str) -> list[TextTriple]:
+def beir_to_triples(folder: str | Path, split: str, task: str, text_format: TextFormat = GECKO) -> list[TextTriple]:
     """A BEIR split as training triples (no hard negatives)."""
-    return [row_to_triple(row) for row in beir_example_rows(folder, split, task)]
+    return [row_to_triple(row, text_format=text_format) for row in beir_example_rows(folder, split, task)]
 
 
 def write_beir_as_examples(folder: str | Path, split: str, task: str, path: str | Path) -> None:

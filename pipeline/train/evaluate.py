@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.train.data import format_document, format_query
+from pipeline.text_format import ResolvedFormat, resolve
 
 CHUNK = 4096
 
@@ -97,23 +97,28 @@ def _push_top(heaps, scores: np.ndarray, doc_ids: list[str], offset: int, k: int
                 heapq.heappushpop(heaps[qi], item)
 
 
-def evaluate(model, folder: str | Path, split: str = "test", task: str = "Given a query, find a relevant passage",
+def evaluate(model, folder: str | Path, split: str = "test", task: Optional[str] = None,
              dims: Optional[Sequence[Optional[int]]] = None, batch_size: int = 64,
-             scoring: str = "single") -> dict[str, dict[str, float]]:
+             scoring: str = "single", text_format: str | ResolvedFormat = "auto") -> dict[str, dict[str, float]]:
     """Metrics per dimension ("full" and each truncated size) for an Encoder or a model path;
-    scoring="xtr" ranks with XTR's multi-vector token retrieval instead."""
+    scoring="xtr" ranks with XTR's multi-vector token retrieval instead. `text_format` "auto"
+    uses the format the model records (plain when it records none); the result's "format"
+    says which was used."""
     from pipeline.train.model import Encoder
 
     encoder = model if isinstance(model, Encoder) else Encoder(str(model))
+    resolved = text_format if isinstance(text_format, ResolvedFormat) else resolve(
+        text_format, None if isinstance(model, Encoder) else model, task)
+    fmt = resolved.format
     corpus, queries, qrels = load_beir(folder, split)
     doc_ids = sorted(corpus)
-    doc_texts = [format_document(*corpus[d]) for d in doc_ids]
+    doc_texts = [fmt.document(*corpus[d]) for d in doc_ids]
     qids = sorted(queries)
-    query_texts = [format_query(task, queries[q]) for q in qids]
-    results = {}
+    query_texts = [fmt.query(resolved.task, queries[q]) for q in qids]
+    results: dict = {"format": {"name": fmt.name, "source": resolved.source, "task": resolved.task}}
     if scoring == "xtr":
-        ranked = xtr_search(encoder, query_texts, doc_ids, doc_texts)
-        return {"xtr": _metrics(qids, ranked, qrels)}
+        results["xtr"] = _metrics(qids, xtr_search(encoder, query_texts, doc_ids, doc_texts), qrels)
+        return results
     sizes = list(dict.fromkeys(None if dim is None or dim >= encoder.dim else dim for dim in dims or [None]))
     encode = functools.partial(encoder.encode, batch_size=batch_size)
     ranked = search(encode, encode, query_texts, doc_ids, doc_texts, k=100, dims=sizes)

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
+from pipeline import text_format as formats
 from pipeline.train.data import Files, count_examples, epoch_batches
 from pipeline.train.losses import GeckoInfoNCE, MatryoshkaLoss, XTRLoss
 from pipeline.train.model import Encoder
@@ -23,6 +24,7 @@ class TrainConfig:
     output: str  # where the model (sentence-transformers folder), checkpoints and log go
     base_model: str = "all-MiniLM-L6-v2"  # any sentence-transformers or HF encoder
     projection_dim: Optional[int] = None  # add a linear projection to this size
+    text_format: Literal["auto", "gecko", "plain"] = "auto"  # auto: the base model's recorded format, else plain
     objective: Literal["infonce", "xtr"] = "infonce"  # Gecko single-vector, or XTR multi-vector
     temperature: float = 0.05  # τ of the softmax (Gecko: 0.05)
     in_batch: bool = True  # other queries' positives as negatives
@@ -45,7 +47,7 @@ class TrainConfig:
     shuffle_buffer: int = 10_000  # examples held for shuffling; memory stays flat
     eval_beir: Optional[str] = None  # a BEIR folder evaluated every eval_every steps and at the end
     eval_split: str = "test"  # the qrels split of eval_beir
-    eval_task: str = "Given a query, find a relevant passage"  # task text of the eval queries
+    eval_task: str = formats.DEFAULT_TASK  # task text of eval queries, and of the saved model's query prompt
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 0  # 0: only at the end
     resume: bool = False  # continue from the newest checkpoint in output/checkpoints
@@ -136,10 +138,12 @@ def checkpoint_dirs(output: Path) -> list[Path]:
     return sorted((output / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(model: Encoder, optimizer, state: dict, output: Path) -> Path:
+def save_checkpoint(model: Encoder, optimizer, state: dict, output: Path,
+                    text_format: formats.ResolvedFormat) -> Path:
     path = output / "checkpoints" / f"step-{state['step']:07d}"
     tmp = path.with_name(path.name + ".tmp")
     model.save(str(tmp))
+    formats.record(tmp, text_format)
     torch.save({"optimizer": optimizer.state_dict(), "state": state, "torch_rng": torch.get_rng_state()},
                tmp / "trainer_state.pt")
     tmp.rename(path)  # a checkpoint is either complete or absent
@@ -157,6 +161,7 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
     model = Encoder(str(resume_from) if resume_from else base, max_seq_length=config.max_seq_length,
                     device=config.device, projection_dim=None if resume_from else config.projection_dim)
     model.train()
+    text_format = formats.resolve(config.text_format, str(resume_from) if resume_from else base, config.eval_task)
     loss_fn = build_loss(config, model.dim)
     optimizer = build_optimizer(model, config)
     if resume_from:
@@ -178,7 +183,7 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
 
         dims = [None] + [d for d in config.mrl_dims if d < model.dim]
         with torch.no_grad():
-            metrics = evaluate(model, config.eval_beir, config.eval_split, config.eval_task, dims,
+            metrics = evaluate(model, config.eval_beir, config.eval_split, dims=dims, text_format=text_format,
                                scoring="xtr" if config.objective == "xtr" else "single")
         record = {"step": step, "eval": metrics}
         log.write(json.dumps(record) + "\n")
@@ -191,7 +196,7 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
     progress = _progress(total_steps, step, config.progress)
     while step < total_steps and epoch < config.epochs:
         batches = epoch_batches(config.data, config.batch_size, config.num_negatives, config.seed, epoch,
-                                config.shuffle_buffer, skip, files)
+                                config.shuffle_buffer, skip, files, text_format.format)
         batch_index = skip
         micro: list = []
         for batch in batches:
@@ -209,7 +214,7 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
                     evaluate_now(step)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     state = {"step": step, "epoch": epoch, "batches_in_epoch": batch_index - len(micro)}
-                    save_checkpoint(model, optimizer, state, output)
+                    save_checkpoint(model, optimizer, state, output, text_format)
             # 3. accumulate gradients over the micro-batches
             loss_value = 0.0
             for mb in micro:
@@ -241,12 +246,15 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
         skip = batch_index  # stopped mid-epoch: a resume continues from here
     elapsed = time.perf_counter() - t0
     if config.checkpoint_every and not (output / "checkpoints" / f"step-{step:07d}").exists():
-        save_checkpoint(model, optimizer, {"step": step, "epoch": epoch, "batches_in_epoch": skip}, output)
+        save_checkpoint(model, optimizer, {"step": step, "epoch": epoch, "batches_in_epoch": skip}, output,
+                        text_format)
     model.save(str(output / "model"))
+    formats.record(output / "model", text_format)
     final = evaluate_now(step)
     log.close()
     summary = {"steps": step, "pairs": pairs_done, "seconds": elapsed, "pairs_per_s": pairs_done / max(elapsed, 1e-9),
-               "model": str(output / "model"), "eval": final}
+               "model": str(output / "model"), "text_format": text_format.format.to_json(text_format.task),
+               "eval": final}
     (output / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
