@@ -112,6 +112,43 @@ def _eval(argv: list[str]) -> int:
     return 0
 
 
+def _ablate(argv: list[str]) -> int:
+    import json
+
+    from beam_jobs.outputs import BeamFiles
+    from pipeline.train.ablation import ablate
+
+    parser = argparse.ArgumentParser(
+        prog="fret ablate", description="Did relabelling pay off? Train the seed-positive and LLM-positive "
+        "variants, each with no / lowest / random / rank-window hard negatives, with the same seeds and budget, "
+        "and evaluate each on a BEIR folder next to the base model (Gecko's Figure 4).")
+    parser.add_argument("path", help="a fret run's --output (its examples must keep their candidates)")
+    parser.add_argument("--beir", required=True, help="evaluation folder: corpus.jsonl, queries.jsonl, qrels/")
+    parser.add_argument("--output", required=True, help="where ablation.md, ablation.json, ablation.png and "
+                                                        "the variants' data and models go")
+    parser.add_argument("--split", default="test", help="the qrels split to evaluate")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds, the same for every variant")
+    parser.add_argument("--base-model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--window", default="10,20", help="fused ranks lo,hi of the rank_window variant")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=1, help="the budget in passes over the examples, "
+                        "as optimizer steps: every variant trains the same number")
+    parser.add_argument("--max-steps", type=int, default=None, help="the same step budget for every variant")
+    parser.add_argument("--lr", type=float, default=None, help="default: fret train's")
+    args = parser.parse_args(argv)
+    overrides = {"batch_size": args.batch_size, "epochs": args.epochs, "max_steps": args.max_steps}
+    if args.lr is not None:
+        overrides["lr"] = args.lr
+    lo, hi = (int(x) for x in args.window.split(","))
+    result = ablate(args.path, args.beir, args.output, tuple(int(s) for s in args.seeds.split(",") if s.strip()),
+                    args.split, args.base_model, (lo, hi), files=BeamFiles(), **overrides)
+    from pipeline.train.ablation import markdown_table
+
+    print(markdown_table(result))
+    print(json.dumps(result["files"]))
+    return 0
+
+
 def _soup(argv: list[str]) -> int:
     from pipeline.train.soup import soup
 
@@ -173,10 +210,10 @@ def _export(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": _run, "demo": _demo, "train": _train, "eval": _eval, "soup": _soup, "inspect": _inspect,
-                "report": _report, "export": _export}
+    commands = {"run": _run, "demo": _demo, "train": _train, "eval": _eval, "soup": _soup, "ablate": _ablate,
+                "inspect": _inspect, "report": _report, "export": _export}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: fret {run,demo,inspect,report,export,train,eval,soup,version} [flags]\n\n"
+        print("usage: fret {run,demo,inspect,report,export,train,eval,ablate,soup,version} [flags]\n\n"
               "  run      run the FRet job (fret run --help lists its flags; --config job.yaml)\n"
               "  inspect  summarise an output folder: counts, schema, relabel rate, task mix, examples\n"
               "  report   write a dataset card (README.md) and plots next to the shards\n"
@@ -184,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
               "  demo     start vLLM on a tiny local model and run the job on the bundled sample passages\n"
               "  train    train an embedding model on the job's Parquet shards\n"
               "  eval     nDCG@10 and Recall@10/100 of a model on a BEIR folder\n"
+              "  ablate   did relabelling pay off? seed vs LLM positives x negative strategies, trained and scored\n"
               "  soup     average the weights of several checkpoints\n"
               "  version  print the version")
         return 0 if argv else 2

@@ -34,3 +34,25 @@ def read_output(output: Path) -> dict:
     tables = {name: read_table(output / name) for name in ("examples", "dead_letters", "filtered")}
     rows = {name: (t.to_pylist() if t is not None else []) for name, t in tables.items()}
     return {"manifest": manifest, **rows}
+
+
+def small_beir(source: Path, folder: Path, n_queries: int = 30) -> Path:
+    """The first queries of a BEIR test split over their own documents and 200 others."""
+    from pipeline.train.evaluate import load_beir
+
+    corpus, queries, qrels = load_beir(source, "test")
+    qids = sorted(queries)[:n_queries]
+    keep = {d for q in qids for d in qrels[q]} | set(sorted(corpus)[:200])
+    (folder / "qrels").mkdir(parents=True)
+    with open(folder / "corpus.jsonl", "w") as f:
+        for d in sorted(keep):
+            f.write(json.dumps({"_id": d, "title": corpus[d][0], "text": corpus[d][1]}) + "\n")
+    with open(folder / "queries.jsonl", "w") as f:
+        for q in qids:
+            f.write(json.dumps({"_id": q, "text": queries[q]}) + "\n")
+    with open(folder / "qrels" / "test.tsv", "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q in qids:
+            for d, s in qrels[q].items():
+                f.write(f"{q}\t{d}\t{s}\n")
+    return folder

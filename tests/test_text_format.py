@@ -13,6 +13,7 @@ from pipeline.train.data import write_beir_as_examples
 from pipeline.train.evaluate import evaluate
 from pipeline.train.model import Encoder
 from pipeline.train.trainer import TrainConfig, train
+from tests.jobkit import small_beir
 
 BEIR = Path("samples/pydoc-retrieval")
 TASK = "Given a one-line summary, find the Python documentation it summarises"
@@ -91,34 +92,13 @@ def test_a_trained_model_carries_its_format_for_sentence_transformers_and_fret_e
 
     # fret eval takes the recorded format unless told otherwise, and says which it used.
     small = tmp_path / "small"
-    _small_beir(small)
+    small_beir(BEIR, small)
     auto = evaluate(model_path, small)
     assert auto["format"] == {"name": "gecko", "source": "model", "task": TASK}
     flagged = evaluate(model_path, small, text_format="gecko", task=TASK)
     assert flagged["full"]["ndcg@10"] == pytest.approx(auto["full"]["ndcg@10"], abs=1e-9)
     plain = evaluate(model_path, small, text_format="plain")
     assert (plain["format"]["name"], plain["format"]["source"]) == ("plain", "flag")
-
-
-def _small_beir(folder: Path, n_queries: int = 30) -> None:
-    """The first queries of pydoc-retrieval's test split over their own documents and 200 others."""
-    from pipeline.train.evaluate import load_beir
-
-    corpus, queries, qrels = load_beir(BEIR, "test")
-    qids = sorted(queries)[:n_queries]
-    keep = {d for q in qids for d in qrels[q]} | set(sorted(corpus)[:200])
-    (folder / "qrels").mkdir(parents=True)
-    with open(folder / "corpus.jsonl", "w") as f:
-        for d in sorted(keep):
-            f.write(json.dumps({"_id": d, "title": corpus[d][0], "text": corpus[d][1]}) + "\n")
-    with open(folder / "queries.jsonl", "w") as f:
-        for q in qids:
-            f.write(json.dumps({"_id": q, "text": queries[q]}) + "\n")
-    with open(folder / "qrels" / "test.tsv", "w") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        for q in qids:
-            for d, s in qrels[q].items():
-                f.write(f"{q}\t{d}\t{s}\n")
 
 
 def test_default_task_is_gecko_s_generic_one():
