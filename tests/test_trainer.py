@@ -124,8 +124,13 @@ def test_xtr_objective_trains_and_scores(tmp_path, train_shards, tiny_encoder):
                                 max_steps=3, eval_beir=str(small)))
     metrics = summary["eval"]["xtr"]
     assert metrics["queries"] == 60
-    # The chunked, heap-merged search must equal XTR scored by brute force over every token.
-    expected = brute_force_xtr_ndcg(Encoder(summary["model"]), small, k_prime=1000)
+    # The chunked, heap-merged search must equal XTR scored by brute force over every token, on
+    # the texts of the format the model records (the trainer evaluates with it).
+    from pipeline.text_format import resolve
+
+    recorded = resolve("auto", summary["model"], None)
+    assert recorded.source == "model"
+    expected = brute_force_xtr_ndcg(Encoder(summary["model"]), small, k_prime=1000, text_format=recorded)
     assert metrics["ndcg@10"] == pytest.approx(expected, abs=1e-9)
     # fret eval scores the same model the same way when asked for XTR, from the training output folder.
     from beam_jobs.cli import main as fret
@@ -133,11 +138,12 @@ def test_xtr_objective_trains_and_scores(tmp_path, train_shards, tiny_encoder):
     assert fret(["eval", "--model", str(tmp_path / "xtr"), "--beir", str(small), "--scoring", "xtr"]) == 0
 
 
-def brute_force_xtr_ndcg(encoder, folder, k_prime):
+def brute_force_xtr_ndcg(encoder, folder, k_prime, text_format):
     """XTR inference written plainly: all token similarities at once, top-k' per query token over
     the whole corpus, imputation with m_i."""
-    from pipeline.text_format import GECKO
     from pipeline.train.evaluate import load_beir
+
+    fmt, task = text_format.format, text_format.task
 
     corpus, queries, qrels = load_beir(folder, "test")
     doc_ids = sorted(corpus)
@@ -152,12 +158,12 @@ def brute_force_xtr_ndcg(encoder, folder, k_prime):
                 out.append(v[f["attention_mask"][0].bool()].numpy())
         return out
 
-    docs = tokens([GECKO.document(*corpus[d]) for d in doc_ids])
+    docs = tokens([fmt.document(*corpus[d]) for d in doc_ids])
     owner = np.concatenate([np.full(len(v), i) for i, v in enumerate(docs)])
     matrix = np.concatenate(docs)
     scores = []
     for qid in sorted(queries):
-        q = tokens([GECKO.query("Given a query, find a relevant passage", queries[qid])])[0]
+        q = tokens([fmt.query(task, queries[qid])])[0]
         sims = q @ matrix.T  # (Lq, all tokens)
         top = np.argsort(-sims, axis=1)[:, :k_prime]
         per_doc = np.zeros(len(doc_ids))
