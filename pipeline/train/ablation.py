@@ -101,6 +101,10 @@ def plot(result: dict, path: Path) -> None:
         ax.bar(xs, [s["mean"] for s in stats], width, yerr=[s["sd"] for s in stats], capsize=3,
                label="seed positive" if p == "seed" else "LLM positive")
     ax.axhline(result["zero_shot"], color="grey", linestyle="--", label="zero-shot")
+    lows = [s["ndcg@10"]["mean"] - s["ndcg@10"]["sd"] for s in result["variants"].values()] + [result["zero_shot"]]
+    highs = [s["ndcg@10"]["mean"] + s["ndcg@10"]["sd"] for s in result["variants"].values()] + [result["zero_shot"]]
+    pad = max(0.01, (max(highs) - min(lows)) * 0.5)
+    ax.set_ylim(max(0.0, min(lows) - pad), min(1.0, max(highs) + pad))  # differences, not the distance from 0
     ax.set_xticks(range(len(NEGATIVES)), ["no negative", "lowest", "random", "rank window"])
     ax.set_ylabel("nDCG@10")
     title = "fret ablate" + (" (random LLM: noise)" if result.get("llm_warning") else "")
