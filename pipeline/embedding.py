@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pipeline.text_format import PLAIN
+
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 
 
@@ -37,7 +39,8 @@ def count_tokens(tokenizer, text: str) -> int:
 
 
 def passage_text(title: str, text: str) -> str:
-    return f"{title}\n{text}" if title else text
+    """What retrieval embeds: the plain text format (title above text), kept in one place."""
+    return PLAIN.document(title, text)
 
 
 class Embedder:
