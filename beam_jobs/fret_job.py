@@ -20,9 +20,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TestOptions
 
 from beam_jobs import options as opt
-from beam_jobs import transforms as T
+from beam_jobs.common import OUTCOME
 from beam_jobs.config import expand_config
+from beam_jobs.filters import DecontaminateExamples, FilterQueries, LoadEvalIndex
+from beam_jobs.generate import GenerateQueries
 from beam_jobs.journal import journal_dir
+from beam_jobs.outputs import ManifestCombine, ResolveOutcomes, WriteRecords, write_manifest
+from beam_jobs.rate import RateExamples
+from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
+from beam_jobs.rerank import RerankAndMine
+from beam_jobs.retrieve import RetrieveCandidates
 from pipeline.accounting import Outcome, unit_id
 from pipeline.llm.client import ClientConfig
 from pipeline.prompts import load_prompt
@@ -115,53 +122,53 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     provenance = Provenance(llm_model=model, embedder=opts.embedder, prompts=prompts, params=config,
                             created_at=started_at)
 
-    read = p | "ReadSeedPassages" >> T.ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
+    read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
                                                          opt.split_config(opts), opts.trust_remote_code)
-    passages, dedupe_outcomes = read.passages | "DeduplicatePassages" >> T.DeduplicatePassages()
+    passages, dedupe_outcomes = read.passages | "DeduplicatePassages" >> DeduplicatePassages()
     journal, failure = journal_dir(output), opt.failure_policy(opts)
-    queries = passages | "GenerateQueries" >> T.GenerateQueries(client, opt.generation_config(opts),
+    queries = passages | "GenerateQueries" >> GenerateQueries(client, opt.generation_config(opts),
                                                                  opts.llm_batch_size, opts.progress, journal, failure)
-    eval_index = p | "LoadEvalSet" >> T.LoadEvalIndex(opts.decontaminate, decontam)
+    eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, decontam)
     kept_queries, filter_outcomes = ((queries["queries"], eval_index)
-                                     | "FilterQueries" >> T.FilterQueries(opt.near_dup_config(opts), decontam))
+                                     | "FilterQueries" >> FilterQueries(opt.near_dup_config(opts), decontam))
     reused = [_count(queries["reused"], "journal_hits_generate")]
     candidates = ((passages, kept_queries)
-                  | "RetrieveCandidates" >> T.RetrieveCandidates(opts.embedder, opts.num_neighbors,
+                  | "RetrieveCandidates" >> RetrieveCandidates(opts.embedder, opts.num_neighbors,
                                                                  opts.index_shard_size, opts.embed_batch_size,
                                                                  progress=opts.progress,
                                                                  trust_remote_code=opts.trust_remote_code))
     rerank = opt.rerank_config(opts)
-    reranked = candidates | "RerankAndMine" >> T.RerankAndMine(
+    reranked = candidates | "RerankAndMine" >> RerankAndMine(
         client, rerank, opt.mining_config(opts), provenance, opts.keep_candidates,
         batch_size=max(1, opts.llm_batch_size // 4), progress=opts.progress, journal_folder=journal, failure=failure)
-    examples, late_outcomes = reranked["examples"], [reranked[T.OUTCOME]]
+    examples, late_outcomes = reranked["examples"], [reranked[OUTCOME]]
     reused.append(_count(reranked["reused"], "journal_hits_rerank"))
     rater = opt.rater_config(opts)
     if rater is not None:
-        rated = examples | "RateExamples" >> T.RateExamples(client, rater, opts.llm_batch_size, opts.progress,
+        rated = examples | "RateExamples" >> RateExamples(client, rater, opts.llm_batch_size, opts.progress,
                                                             journal, failure)
-        examples, late_outcomes = rated["examples"], late_outcomes + [rated[T.OUTCOME]]
+        examples, late_outcomes = rated["examples"], late_outcomes + [rated[OUTCOME]]
         reused.append(_count(rated["reused"], "journal_hits_rate"))
-    clean = (examples, eval_index) | "DecontaminatePositives" >> T.DecontaminateExamples(decontam)
+    clean = (examples, eval_index) | "DecontaminatePositives" >> DecontaminateExamples(decontam)
     examples = clean.examples | "Example" >> beam.Map(lambda ep: ep[0])
     written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(unit_id(ep[1]), "written"))
 
-    examples | "WriteExamples" >> T.WriteRecords(TrainingExample, f"{output}/examples/part", opts.output_shards)
+    examples | "WriteExamples" >> WriteRecords(TrainingExample, f"{output}/examples/part", opts.output_shards)
 
-    final = ((read[T.OUTCOME], dedupe_outcomes, queries[T.OUTCOME], filter_outcomes, *late_outcomes,
-              clean[T.OUTCOME], written)
+    final = ((read[OUTCOME], dedupe_outcomes, queries[OUTCOME], filter_outcomes, *late_outcomes,
+              clean[OUTCOME], written)
              | "AllOutcomes" >> beam.Flatten()
-             | "ResolveOutcomes" >> T.ResolveOutcomes())
+             | "ResolveOutcomes" >> ResolveOutcomes())
     (final
      | "DeadOnly" >> beam.FlatMap(lambda o: [o.record] if o.status == "dead_lettered" else [])
-     | "WriteDeadLetters" >> T.WriteRecords(DeadLetter, f"{output}/dead_letters/part", opts.output_shards))
+     | "WriteDeadLetters" >> WriteRecords(DeadLetter, f"{output}/dead_letters/part", opts.output_shards))
     (final
      | "FilteredOnly" >> beam.FlatMap(lambda o: [o.record] if o.status == "filtered" else [])
-     | "WriteFiltered" >> T.WriteRecords(FilteredRecord, f"{output}/filtered/part", opts.output_shards))
+     | "WriteFiltered" >> WriteRecords(FilteredRecord, f"{output}/filtered/part", opts.output_shards))
 
-    units = ((read.passages, read[T.OUTCOME]) | "Units" >> beam.Flatten()
+    units = ((read.passages, read[OUTCOME]) | "Units" >> beam.Flatten()
              | "CountUnits" >> beam.combiners.Count.Globally())
-    stage_counts = ([_count(read.passages, "passages_after_split"), _count(read[T.OUTCOME], "unreadable_records"),
+    stage_counts = ([_count(read.passages, "passages_after_split"), _count(read[OUTCOME], "unreadable_records"),
                      _count(passages, "unique_passages"), _count(queries["queries"], "queries_generated"),
                      _count(kept_queries, "queries_after_filters"), _count(candidates, "queries_retrieved"), *reused]
                     | "StageCounts" >> beam.Flatten()
@@ -173,8 +180,8 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                 config=config, resumed=opts.resume,
                 ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals})
     (events
-     | "Summarize" >> beam.CombineGlobally(T._ManifestCombine())
-     | "WriteManifest" >> beam.Map(T.write_manifest, beam.pvalue.AsSingleton(stage_counts),
+     | "Summarize" >> beam.CombineGlobally(ManifestCombine())
+     | "WriteManifest" >> beam.Map(write_manifest, beam.pvalue.AsSingleton(stage_counts),
                                    beam.pvalue.AsSingleton(units), f"{output}/manifest.json", meta))
 
 

@@ -99,7 +99,8 @@ def main() -> None:
 
     import apache_beam as beam
 
-    from beam_jobs.transforms import GenerateQueries, RerankAndMine
+    from beam_jobs.generate import GenerateQueries
+    from beam_jobs.rerank import RerankAndMine
     from pipeline.generation import GenerationConfig
     from pipeline.mining import MiningConfig
     from pipeline.rerank import RerankConfig

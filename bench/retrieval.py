@@ -40,7 +40,7 @@ def beam_search(docs: np.ndarray, queries: np.ndarray, shard_size: int, expected
     from apache_beam.metrics import Metrics
     from apache_beam.metrics.metric import MetricsFilter
 
-    from beam_jobs.transforms import ShardedExactSearch
+    from beam_jobs.retrieve import ShardedExactSearch
     from pipeline.retrieval import Hit, merge_topk
     from schemas import Passage
 
@@ -102,7 +102,7 @@ def numpy_search(docs: np.ndarray, queries: np.ndarray) -> tuple[float, dict]:
 def embed_beam(texts_passages) -> float:
     import apache_beam as beam
 
-    from beam_jobs.transforms import Embed
+    from beam_jobs.retrieve import Embed
 
     start = time.perf_counter()
     with beam.Pipeline(runner="DirectRunner") as p:

@@ -70,7 +70,7 @@ def test_beam_scatter_gather_equals_one_exact_search(tmp_path):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from beam_jobs.transforms import RetrieveCandidates
+    from beam_jobs.retrieve import RetrieveCandidates
     from pipeline.embedding import Embedder, passage_text
     from pipeline.retrieval import exact_search
     from schemas import Passage, QueryKnobs, QueryRecord
@@ -139,7 +139,7 @@ def test_filter_queries_in_beam_keeps_a_chain_end_and_drops_exact_duplicates():
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from beam_jobs.transforms import FilterQueries
+    from beam_jobs.filters import FilterQueries
     from pipeline.decontamination import DecontamConfig, EvalIndex
     from pipeline.filtering import NearDupConfig
     from schemas import Passage, QueryKnobs, QueryRecord

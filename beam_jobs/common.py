@@ -1,0 +1,9 @@
+"""Names every transform module of the FRet job shares.
+
+Every transform that can reject elements returns a main output plus an OUTCOME output of
+pipeline.accounting.Outcome records, so the job can prove that every seed passage was written,
+filtered or dead-lettered.
+"""
+
+NS = "fret"  # the Beam metrics namespace
+OUTCOME = "outcome"  # the tag of every transform's outcome output

@@ -1,0 +1,136 @@
+"""The shape every LLM stage shares: pipelined batches to one client per worker, journaled."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.shared import Shared
+
+from beam_jobs.common import NS, OUTCOME
+from beam_jobs.journal import LookupJournal, write_entries
+from pipeline import journal
+from pipeline.llm.blocking import BlockingLLM
+from pipeline.llm.client import ClientConfig
+from pipeline.reliability import FailureGuard, FailurePolicy
+from schemas import DeadLetter
+
+
+class LLMBatchDoFn(beam.DoFn):
+    """Base: one BlockingLLM per worker process (shared across threads), batches pipelined.
+
+    A batch is submitted and process() returns at once, so the next batch's requests queue up
+    behind the client's semaphore while this one finishes: the server never idles at a batch
+    boundary. Finished batches are emitted in order; finish_bundle drains the rest. After each
+    batch its work goes to the journal (a crash loses at most the batches in flight) and the
+    failure guard (a dead server stops the job early). Outputs are in the global window."""
+
+    STAGE = ""
+    BATCHES_IN_FLIGHT = 4
+
+    def __init__(self, client: ClientConfig, shared: Shared, progress: bool, journal_folder: Optional[str],
+                 failure: FailurePolicy):
+        self._client_config, self._shared, self._progress = client, shared, progress
+        self._journal_folder, self._failure = journal_folder, failure
+        self.requests = Metrics.counter(NS, "llm_requests")
+        self.failures = Metrics.counter(NS, "llm_failures")
+        self.retries = Metrics.counter(NS, "llm_retries")
+        self.prompt_tokens = Metrics.counter(NS, "llm_prompt_tokens")
+        self.completion_tokens = Metrics.counter(NS, "llm_completion_tokens")
+        self.journaled = Metrics.counter(NS, f"journaled_{self.STAGE}")
+
+    def setup(self):
+        config = self._client_config
+        if config.local_server is not None:
+            from pipeline.llm.local_server import ensure_local_server
+
+            ensure_local_server(config.local_server)  # the machine's one server; started by the first caller
+        self._llm = self._shared.acquire(lambda: BlockingLLM(config),
+                                         tag=f"llm:{config.base_urls}:{config.model}").retain()
+        hint = (f"Check the LLM server ({', '.join(config.base_urls)}), then re-run with --resume: finished LLM "
+                f"work is kept in {self._journal_folder}." if self._journal_folder else "Check the LLM server.")
+        self._guard = FailureGuard(self.STAGE, self._failure, hint)
+        self._llm.wait_ready(timeout_s=max(60.0, config.timeout_s))  # before the first batch is sent
+        self._seen_stats = self._llm.stats.snapshot()
+
+    def teardown(self):
+        self._llm.release()
+
+    def start_bundle(self):
+        self._pending: collections.deque = collections.deque()
+
+    def process(self, batch):
+        self._pending.append((batch, self._llm.submit(self._request(batch))))
+        yield from self._finished(wait=len(self._pending) > self.BATCHES_IN_FLIGHT)
+
+    def finish_bundle(self):
+        while self._pending:
+            for out in self._finished(wait=True):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+                else:
+                    yield GlobalWindows.windowed_value(out)
+
+    def _finished(self, wait: bool):
+        """Journal and emit every batch that is done, in whatever order they finish: one slow
+        batch must not keep the finished ones out of the journal. With `wait`, block for one."""
+        if wait:
+            concurrent.futures.wait([f for _, f in self._pending], return_when=concurrent.futures.FIRST_COMPLETED)
+        for item in [item for item in self._pending if item[1].done()]:
+            self._pending.remove(item)
+            yield from self._complete(*item)
+
+    def _complete(self, batch, future):
+        results = future.result()
+        now = self._llm.stats.snapshot()
+        # Deltas of a client shared by threads are approximate per batch; the totals are right.
+        for counter, name in ((self.requests, "requests"), (self.failures, "failures"), (self.retries, "retries"),
+                              (self.prompt_tokens, "prompt_tokens"), (self.completion_tokens, "completion_tokens")):
+            counter.inc(max(0, now[name] - self._seen_stats[name]))
+        self._seen_stats = now
+        return self._outputs(batch, results)
+
+    def _request(self, batch):
+        """The batch's work: a function of the async client that returns one result per item."""
+        raise NotImplementedError
+
+    def _outputs(self, batch, results):
+        """Journal, judge and emit one finished batch."""
+        raise NotImplementedError
+
+    def _settle(self, finished: list[tuple[str, list, Optional[str]]]) -> None:
+        """(journal key, result records, failure reason or None) per item: journal first, then judge."""
+        if self._journal_folder:
+            entries = [journal.entry(self.STAGE, key, records) for key, records, _ in finished
+                       if records and journal.worth_keeping(records)]
+            write_entries(self._journal_folder, self.STAGE, entries)
+            self.journaled.inc(len(entries))
+        self._guard.record(reason for _, _, reason in finished)
+
+
+def fixed_batches(size: int) -> beam.BatchElements:
+    """Full batches from the start: BatchElements' adaptive sizing begins at 1, which starves
+    the server of concurrent requests; LLM latency, not Beam overhead, sets the pace here."""
+    return beam.BatchElements(min_batch_size=size, max_batch_size=size)
+
+
+def failure_reason(records) -> Optional[str]:
+    return next((r.reason for r in records if isinstance(r, DeadLetter)), None)
+
+
+def journaled_llm_stage(items, journal_folder, stage: str, key_fn, batch_size: int, label: str, dofn,
+                         main: str, replay, *replay_args) -> dict:
+    """The shape of every LLM stage: items whose work is in the journal are replayed from it, the
+    rest go to the LLM in fixed batches. Returns {main, "outcome", "reused": the replayed items}."""
+    split = items | "Journal" >> LookupJournal(journal_folder, stage, key_fn)
+    fresh = (split.todo
+             | "Batch" >> fixed_batches(batch_size)
+             | label >> beam.ParDo(dofn).with_outputs(OUTCOME, main=main))
+    replayed = split.done | "Replay" >> beam.FlatMap(replay, *replay_args).with_outputs(OUTCOME, main=main)
+    return {main: (fresh[main], replayed[main]) | f"Merge{main.title()}" >> beam.Flatten(),
+            OUTCOME: (fresh[OUTCOME], replayed[OUTCOME]) | "MergeOutcomes" >> beam.Flatten(),
+            "reused": split.done}

@@ -1,0 +1,170 @@
+"""Read seed passages from JSONL/Parquet, split them to the embedder's budget, and deduplicate."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.metrics import Metrics
+from apache_beam.utils.shared import Shared
+
+from beam_jobs.common import NS, OUTCOME
+from pipeline import ids, ingest
+from pipeline.accounting import Outcome, filtered, unit_id
+from pipeline.embedding import count_tokens
+from pipeline.ingest import SplitConfig, dead_letter
+from schemas import DeadLetter
+
+
+class _ReadLines(beam.DoFn):
+    """Yield (source 'path:line', raw bytes) for each non-blank line of a JSONL file."""
+
+    def __init__(self):
+        self.blank = Metrics.counter(NS, "blank_lines")
+
+    def process(self, readable: fileio.ReadableFile):
+        path = readable.metadata.path
+        with readable.open() as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    self.blank.inc()
+                    continue
+                yield f"{path}:{number}", line.rstrip(b"\r\n")
+
+
+class _ReadParquetRows(beam.DoFn):
+    def process(self, readable: fileio.ReadableFile):
+        import pyarrow.parquet as pq
+
+        path = readable.metadata.path
+        with readable.open() as f:
+            number = 0
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield f"{path}:row{number}", row
+
+
+class _ParseAndSplit(beam.DoFn):
+    """Raw record -> Passages (split by the embedder's token budget), or an outcome with a reason."""
+
+    def __init__(self, embedder: str, split: SplitConfig, shared: Shared, trust_remote_code: bool = False):
+        self._embedder, self._split, self._shared = embedder, split, shared
+        self._trust_remote_code = trust_remote_code
+        self.read = Metrics.counter(NS, "records_read")
+        self.bad = Metrics.counter(NS, "records_dead_lettered")
+        self.passages = Metrics.counter(NS, "passages")
+        self.split_records = Metrics.counter(NS, "records_split")
+
+    def setup(self):
+        from transformers import AutoTokenizer
+
+        from pipeline.embedding import resolve_model_path
+
+        path = resolve_model_path(self._embedder)
+        trust = self._trust_remote_code
+        self._tokenizer = self._shared.acquire(lambda: _Box(AutoTokenizer.from_pretrained(path, trust_remote_code=trust)),
+                                               tag=f"tokenizer:{path}").value
+
+    def _count(self, text: str) -> int:
+        return count_tokens(self._tokenizer, text)
+
+    def process(self, element):
+        source, raw = element
+        self.read.inc()
+        record = ingest.parse_jsonl_line(raw, source) if isinstance(raw, bytes) else ingest.validate_record(raw, source)
+        if isinstance(record, DeadLetter):
+            self.bad.inc()
+            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(source, "dead_lettered", record))
+            return
+        passages = ingest.split_passage(record, source, self._count, self._split)
+        if not passages:
+            self.bad.inc()
+            letter = dead_letter(record.id or source, "split", "empty_text",
+                                 "nothing is left of the text once control characters are removed",
+                                 record.model_dump(), source)
+            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(source, "dead_lettered", letter))
+            return
+        if len(passages) > 1:
+            self.split_records.inc()
+        self.passages.inc(len(passages))
+        yield from passages
+
+
+class _Box:
+    """Shared.acquire needs a weak-referenceable object."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class ReadSeedPassages(beam.PTransform):
+    """Seed passages from JSONL/Parquet globs -> Passage, plus outcomes for unreadable records."""
+
+    def __init__(self, patterns: str, input_format: str = "auto", embedder: str = "all-MiniLM-L6-v2",
+                 split: SplitConfig = SplitConfig(), trust_remote_code: bool = False):
+        super().__init__()
+        self.patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+        self.trust_remote_code = trust_remote_code
+        if not self.patterns:
+            raise ValueError("--input is empty: give one or more JSONL/Parquet paths or globs")
+        self.input_format, self.embedder, self.split = input_format, embedder, split
+
+    def expand(self, pbegin):
+        files = (pbegin
+                 | "Patterns" >> beam.Create(self.patterns)
+                 | "Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+                 | "Open" >> fileio.ReadMatches()
+                 | "ByFormat" >> beam.Partition(lambda f, n: 1 if _is_parquet(f.metadata.path, self.input_format)
+                                                else 0, 2))
+        lines = files[0] | "ReadJsonl" >> beam.ParDo(_ReadLines())
+        rows = files[1] | "ReadParquet" >> beam.ParDo(_ReadParquetRows())
+        return ((lines, rows)
+                | "Records" >> beam.Flatten()
+                | "Spread" >> beam.Reshuffle()
+                | "ParseSplit" >> beam.ParDo(_ParseAndSplit(self.embedder, self.split, Shared(), self.trust_remote_code))
+                .with_outputs(OUTCOME, main="passages"))
+
+
+def _is_parquet(path: str, input_format: str) -> bool:
+    if input_format != "auto":
+        return input_format == "parquet"
+    return path.endswith((".parquet", ".pq"))
+
+
+def _resolve_id_group(element):
+    passage_id, members = element
+    members = sorted(members, key=lambda m: m.source_id)
+    kept, conflicts, _ = ingest.resolve_duplicates(passage_id, [(m.source_id, m) for m in members])
+    if kept is None:
+        for passage, letter in zip(members, conflicts):
+            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", letter))
+        return
+    yield members[0]
+    for dup in members[1:]:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(dup), dup.id, "read", "duplicate_passage",
+                                                         f"same id and text as {members[0].source_id}"))
+
+
+def _resolve_content_group(element):
+    _, members = element
+    members = sorted(members, key=lambda m: (m.id, m.source_id))
+    yield members[0]
+    for dup in members[1:]:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(dup), dup.id, "read", "duplicate_passage",
+                                                         f"same text as passage {members[0].id}"))
+
+
+class DeduplicatePassages(beam.PTransform):
+    """One passage per id (conflicting texts under one id are dead-lettered) and per text."""
+
+    def expand(self, passages):
+        by_id = (passages
+                 | "KeyById" >> beam.Map(lambda p: (p.id, p))
+                 | "GroupById" >> beam.GroupByKey()
+                 | "ResolveIds" >> beam.FlatMap(_resolve_id_group).with_outputs(OUTCOME, main="passages"))
+        by_text = (by_id.passages
+                   | "KeyByText" >> beam.Map(lambda p: (ids.passage_id(p.title, p.text), p))
+                   | "GroupByText" >> beam.GroupByKey()
+                   | "ResolveTexts" >> beam.FlatMap(_resolve_content_group).with_outputs(OUTCOME, main="passages"))
+        outcomes = (by_id[OUTCOME], by_text[OUTCOME]) | "Outcomes" >> beam.Flatten()
+        return by_text.passages, outcomes

@@ -1,0 +1,100 @@
+"""LLM stage 2: rerank candidates by QL + RC fused by RRF, then relabel the positive and mine negatives."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils.shared import Shared
+
+from beam_jobs.common import NS, OUTCOME
+from beam_jobs.llm_stage import LLMBatchDoFn, failure_reason, journaled_llm_stage
+from pipeline import journal
+from pipeline.accounting import Outcome, unit_id
+from pipeline.examples import build_example
+from pipeline.llm.client import ClientConfig
+from pipeline.mining import MiningConfig
+from pipeline.progress import Progress
+from pipeline.prompts import load_prompt
+from pipeline.reliability import FailurePolicy
+from pipeline.rerank import RerankConfig, score_query
+from schemas import DeadLetter, Provenance
+
+
+def _emit_example(query, passage, records, mining: MiningConfig, provenance: Provenance, keep: bool):
+    if len(records) == 1 and isinstance(records[0], DeadLetter):
+        yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", records[0]))
+        return
+    yield build_example(query, records, mining, provenance, keep), passage
+
+
+class _RerankFn(LLMBatchDoFn):
+    STAGE = "rerank"
+
+    def __init__(self, client, shared, progress, journal_folder, failure, rerank: RerankConfig, mining: MiningConfig,
+                 provenance: Provenance, keep_candidates: bool):
+        super().__init__(client, shared, progress, journal_folder, failure)
+        self._rerank, self._mining, self._provenance, self._keep = rerank, mining, provenance, keep_candidates
+        self.scored = Metrics.counter(NS, "queries_reranked")
+        self.rerank_failures = Metrics.counter(NS, "rerank_failures")
+        self.relabelled = Metrics.counter(NS, "relabelled")
+        self.candidates = Metrics.distribution(NS, "candidates_per_query")
+
+    def _request(self, batch):
+        config, items = self._rerank, [item for _, item in batch]
+        return lambda client: _score_all(client, items, config)
+
+    def _outputs(self, batch, results):
+        items = [item for _, item in batch]
+        results = [journal.as_records(r) for r in results]
+        self._settle([(key, records, failure_reason(records)) for (key, _), records in zip(batch, results)])
+        Progress.add("rerank (queries)", len(batch), self._progress)
+        for (query, passage, cands), records in zip(items, results):
+            for out in _emit_example(query, passage, records, self._mining, self._provenance, self._keep):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    self.rerank_failures.inc()
+                else:
+                    self.candidates.update(len(cands))
+                    self.scored.inc()
+                    self.relabelled.inc(int(out[0].positive_changed))
+                yield out
+
+
+def _replay_rerank(done, mining, provenance, keep):
+    (query, passage, _), payload = done
+    yield from _emit_example(query, passage, journal.decode(payload), mining, provenance, keep)
+
+
+async def _score_all(client, batch, config):
+    return await asyncio.gather(*(score_query(client, q, cands, config) for q, _, cands in batch))
+
+
+class RerankAndMine(beam.PTransform):
+    """(query, seed, candidates) -> {"examples": (TrainingExample, seed Passage), "outcome", "reused"}
+    via QL + RC + RRF and mining."""
+
+    def __init__(self, client: ClientConfig, rerank: RerankConfig, mining: MiningConfig, provenance: Provenance,
+                 keep_candidates: bool = True, batch_size: int = 16, progress: bool = False,
+                 journal_folder: Optional[str] = None, failure: FailurePolicy = FailurePolicy()):
+        super().__init__()
+        self.client, self.rerank, self.mining, self.provenance = client, rerank, mining, provenance
+        self.keep_candidates, self.batch_size, self.progress = keep_candidates, batch_size, progress
+        self.journal_folder, self.failure = journal_folder, failure
+
+    def expand(self, candidates):
+        prompt_hashes = (load_prompt("query_likelihood", self.rerank.ql_prompt_version).hash,
+                         load_prompt("relevance_classification", self.rerank.rc_prompt_version).hash)
+        key_fn = functools.partial(_rerank_key, self.client.model, prompt_hashes, self.rerank)
+        dofn = _RerankFn(self.client, Shared(), self.progress, self.journal_folder, self.failure, self.rerank,
+                         self.mining, self.provenance, self.keep_candidates)
+        return journaled_llm_stage(candidates, self.journal_folder, "rerank", key_fn, self.batch_size, "Score",
+                                    dofn, "examples", _replay_rerank, self.mining, self.provenance,
+                                    self.keep_candidates)
+
+
+def _rerank_key(model, prompt_hashes, config, item):
+    query, _, cands = item
+    return journal.rerank_key(model, prompt_hashes, config, query, cands)
