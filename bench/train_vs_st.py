@@ -7,9 +7,13 @@ MatryoshkaLoss, plain text), on two real retrieval sets, several seeds, measured
 Sets: `pydoc` (samples/pydoc-retrieval) and `manpages` (scripts/make_manpages_retrieval.py,
 built here on first use). Each set's train split becomes the training pairs, its test split is
 evaluated at the full size and at 64 dimensions. A setting is `name:field=value,...` of
-TrainConfig overrides (`defaults` = none); every setting tried is kept in the results, with
-every run, not only the best. The peer trains on plain text with lr 5e-5 and warmup 10% as its
-documentation recommends. Prints a table per set and one JSON line; writes
+TrainConfig overrides (`defaults` = none), plus `negatives=lo-hi`: one hard negative per pair,
+mined by the base model at ranks lo..hi among the training documents (the job's retrieval and
+rank-window mining, without an LLM; default `none`). A setting whose name starts with `st` runs
+the peer instead: sentence-transformers' trainer, plain text, lr 5e-5 and warmup 10% as its
+documentation recommends (`st` itself, on the plain pairs, runs unless --no-peer). Every setting
+tried is kept with every run, not only the best; results of earlier invocations are merged by
+set and setting name. Prints a table per set and one JSON line; writes
 bench/results/train_vs_st.json.
 """
 
@@ -31,7 +35,7 @@ from common import CACHE, RESULTS, ROOT
 
 from pipeline.embedding import resolve_model_path
 from pipeline.text_format import PLAIN, resolve
-from pipeline.train.data import beir_to_triples, write_beir_as_examples
+from pipeline.train.data import beir_example_rows, row_to_triple
 from pipeline.train.evaluate import evaluate
 from pipeline.train.trainer import TrainConfig, train
 
@@ -56,6 +60,9 @@ def parse_setting(text: str) -> tuple[str, dict]:
     overrides = {}
     for pair in filter(None, body.split(",")):
         key, _, value = pair.partition("=")
+        if key == "negatives":  # the training data, not the trainer: none or base-model ranks lo-hi
+            overrides[key] = value
+            continue
         kind = hints[key]
         if key == "mrl_dims":
             overrides[key] = tuple(int(d) for d in value.split("/") if d)
@@ -73,13 +80,47 @@ def scores(model, folder: Path, task: str, text_format) -> dict:
     return {"full": metrics["full"]["ndcg@10"], "64": metrics["64"]["ndcg@10"], "format": metrics["format"]["name"]}
 
 
+def mine_base_negatives(rows: list[dict], window: tuple[int, int], k: int = 1) -> list[dict]:
+    """The job's mining without the LLM: the base model retrieves among the training split's own
+    documents (the test documents stay unseen), and the negatives are taken from ranks lo..hi of
+    what it found, the positive excluded, as `--mining rank_window` does with fused ranks."""
+    from pipeline.embedding import Embedder, passage_text
+    from pipeline.retrieval import exact_search
+
+    docs = {r["positive"]["id"]: r["positive"] for r in rows}
+    doc_ids = sorted(docs)
+    embedder = Embedder("all-MiniLM-L6-v2", max_seq_length=128)
+    doc_vectors = embedder.encode([passage_text(docs[d]["title"], docs[d]["text"]) for d in doc_ids])
+    hits = exact_search(embedder.encode([r["query"] for r in rows]), doc_vectors, doc_ids, window[1] + 1)
+    mined = []
+    for row, found in zip(rows, hits):
+        others = [h.passage_id for h in found if h.passage_id != row["positive"]["id"]]
+        chosen = others[window[0] - 1:window[1]][:k]
+        mined.append({**row, "hard_negatives": [dict(docs[d]) for d in chosen]})
+    return mined
+
+
+def training_data(folder: Path, task: str, negatives: str, path: Path) -> Path:
+    """`none`: the split's pairs as they are; `lo-hi`: one negative mined at base-model ranks lo..hi."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        rows = beir_example_rows(folder, "train", task)
+        if negatives != "none":
+            lo, hi = (int(x) for x in negatives.split("-"))
+            rows = mine_base_negatives(rows, (lo, hi))
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
 def ours(data: Path, out: Path, folder: Path, task: str, seed: int, overrides: dict) -> dict:
     config = TrainConfig(data=str(data), output=str(out), eval_task=task, seed=seed, progress=False, **overrides)
     summary = train(config)
     return {"pairs_per_s": summary["pairs_per_s"], **scores(summary["model"], folder, task, "auto")}
 
 
-def peer(folder: Path, task: str, out: Path, seed: int, args) -> dict:
+def peer(data: Path, folder: Path, task: str, out: Path, seed: int, args) -> dict:
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -89,10 +130,15 @@ def peer(folder: Path, task: str, out: Path, seed: int, args) -> dict:
     from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
-    triples = beir_to_triples(folder, "train", task, PLAIN)
+    import pyarrow.parquet as pq
+
+    triples = [row_to_triple(row, text_format=PLAIN) for row in pq.read_table(data).to_pylist()]
     model = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")
     model.max_seq_length = 128
-    dataset = Dataset.from_dict({"anchor": [t.query for t in triples], "positive": [t.positive for t in triples]})
+    columns = {"anchor": [t.query for t in triples], "positive": [t.positive for t in triples]}
+    if all(t.negatives for t in triples):
+        columns["negative"] = [t.negatives[0] for t in triples]
+    dataset = Dataset.from_dict(columns)
     dims = sorted({model.get_embedding_dimension(), 256, 128, 64}, reverse=True)
     loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model, scale=1 / 0.05), dims)
     training_args = SentenceTransformerTrainingArguments(
@@ -116,6 +162,31 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def merged(path: Path, result: dict) -> dict:
+    """The new runs over the stored ones, by set, setting and seed: a seed run again replaces its
+    old run, other seeds are kept, and each setting's summary is taken over all its runs."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return result
+    if old.get("bench") != result["bench"] or old.get("batch_size") != result["batch_size"]:
+        return result
+    for set_name, entry in result["sets"].items():
+        kept = old.setdefault("sets", {}).setdefault(set_name, {"settings": {}})
+        for key in ("train_pairs", "base"):
+            if key in entry:
+                kept[key] = entry[key]
+        for name, setting in entry["settings"].items():
+            runs = {r["seed"]: r for r in kept["settings"].get(name, {}).get("runs", [])}
+            runs.update({r["seed"]: r for r in setting["runs"]})
+            runs = [runs[seed] for seed in sorted(runs)]
+            kept["settings"][name] = {"overrides": setting["overrides"], "runs": runs, **summarise(runs)}
+    old["defaults"] = result["defaults"]
+    old["seeds"] = sorted({r["seed"] for e in old["sets"].values() for st in e["settings"].values()
+                           for r in st["runs"]})
+    return old
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="pydoc,manpages")
@@ -123,49 +194,66 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--settings", nargs="+", default=["defaults"])
     parser.add_argument("--no-peer", action="store_true", help="skip the sentence-transformers trainer")
+    parser.add_argument("--no-base", action="store_true", help="skip evaluating the base model (kept from before)")
+    parser.add_argument("--show", action="store_true", help="print the stored results' tables and stop")
     args = parser.parse_args(argv)
+    if args.show:
+        for set_name, entry in json.loads((RESULTS / "train_vs_st.json").read_text())["sets"].items():
+            _print_table(set_name, entry)
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="fret-bench-"))
     settings = [parse_setting(s) for s in args.settings]
     result = {"bench": "train_vs_st", "seeds": args.seeds, "batch_size": args.batch_size, "sets": {},
               "defaults": {f.name: f.default for f in dataclasses.fields(TrainConfig)
                            if f.default is not dataclasses.MISSING}}
+    if not args.no_peer:
+        settings.insert(0, ("st", {}))
     for set_name in args.sets.split(","):
         ensure_set(set_name)
         folder, task = SETS[set_name]
-        data = work / f"{set_name}.parquet"
-        write_beir_as_examples(folder, "train", task, data)
-        entry = {"train_pairs": len(beir_to_triples(folder, "train", task)),
-                 "base": {fmt: scores("all-MiniLM-L6-v2", folder, task, resolve(fmt, None, task))
-                          for fmt in ("plain", "gecko")},
-                 "settings": {}}
-        if not args.no_peer:
-            runs = [dict(seed=s, **peer(folder, task, work / f"{set_name}-st-{s}", s, args)) for s in args.seeds]
-            entry["sentence_transformers"] = {"runs": runs, **summarise(runs)}
+        entry = {"train_pairs": len(beir_example_rows(folder, "train", task)), "settings": {}}
+        if not args.no_base:
+            entry["base"] = {fmt: scores("all-MiniLM-L6-v2", folder, task, resolve(fmt, None, task))
+                             for fmt in ("plain", "gecko")}
         for name, overrides in settings:
-            overrides = {"batch_size": args.batch_size, **overrides}
-            runs = [dict(seed=s, **ours(data, work / f"{set_name}-{name}-{s}", folder, task, s, overrides))
-                    for s in args.seeds]
+            negatives = overrides.pop("negatives", "none")
+            data = training_data(folder, task, negatives, work / f"{set_name}-negatives-{negatives}.parquet")
+            if name.startswith("st"):  # the sentence-transformers trainer
+                runs = [dict(seed=s, **peer(data, folder, task, work / f"{set_name}-{name}-{s}", s, args))
+                        for s in args.seeds]
+                recorded = {"negatives": negatives}
+            else:
+                recorded = {"batch_size": args.batch_size, **overrides}
+                runs = [dict(seed=s, **ours(data, work / f"{set_name}-{name}-{s}", folder, task, s, recorded))
+                        for s in args.seeds]
+                recorded = {"negatives": negatives, **recorded}
             entry["settings"][name] = {"overrides": {k: list(v) if isinstance(v, tuple) else v
-                                                     for k, v in overrides.items()}, "runs": runs, **summarise(runs)}
-        result["sets"][set_name] = entry
+                                                     for k, v in recorded.items()}, "runs": runs, **summarise(runs)}
+            print(f"{set_name} {name}: {json.dumps(entry['settings'][name]['runs'])}", flush=True)
+            result["sets"][set_name] = entry
+            save(result)  # after every setting: a long sweep that stops keeps what it measured
         _print_table(set_name, entry)
     print(json.dumps(result))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_vs_st.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
+def save(result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "train_vs_st.json"
+    stored = merged(path, json.loads(json.dumps(result)))
+    path.write_text(json.dumps(stored, indent=2) + "\n")
+
+
 def _print_table(set_name: str, entry: dict) -> None:
-    print(f"\n{set_name}: {entry['train_pairs']} training pairs; nDCG@10 mean ± sd over seeds")
+    print(f"\n{set_name}: {entry['train_pairs']} training pairs; nDCG@10 mean ± sd over seeds (n)")
     print(f"{'':34}{'full':>16}{'64 dims':>16}{'pairs/s':>10}")
-    for fmt, s in entry["base"].items():
+    for fmt, s in entry.get("base", {}).items():
         print(f"{'base model, ' + fmt:34}{s['full']:16.4f}{s['64']:16.4f}")
-    rows = ([("sentence-transformers", entry["sentence_transformers"])] if "sentence_transformers" in entry else [])
-    rows += [(f"fret {name}", s) for name, s in entry["settings"].items()]
+    rows = [(name if name.startswith("st") else f"fret {name}", s) for name, s in entry["settings"].items()]
     for label, s in rows:
         print(f"{label:34}{s['full']['mean']:9.4f} ±{s['full']['sd']:.4f}{s['64']['mean']:9.4f} ±{s['64']['sd']:.4f}"
-              f"{s['pairs_per_s']['mean']:10.1f}")
+              f"{s['pairs_per_s']['mean']:10.1f}  ({len(s['runs'])})")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,15 @@ def test_infonce_each_term_switches(in_batch, same_tower, hard, others):
     assert loss.item() == pytest.approx(manual([(0.6, others), (0.6, others)]), rel=1e-6, abs=1e-7)
 
 
+def test_batch_negatives_add_the_other_queries_hard_negatives():
+    # q0 also meets q1's hard negative (1, 0): cosine 1.0; q1 meets q0's (0, 1): 1.0
+    loss = GeckoInfoNCE(TAU, batch_negatives=True)(Q, P, N)
+    assert loss.item() == pytest.approx(manual([(0.6, [0.8, 0.0, 0.0, 1.0]), (0.6, [0.8, 0.0, 0.0, 1.0])]), rel=1e-6)
+    masked = GeckoInfoNCE(TAU, batch_negatives=True)(Q, P, N, torch.tensor([[True], [False]]))
+    # q1's negative is padding: it counts for neither query
+    assert masked.item() == pytest.approx(manual([(0.6, [0.8, 0.0, 0.0]), (0.6, [0.8, 0.0, 1.0])]), rel=1e-6)
+
+
 def test_padding_negatives_are_masked():
     mask = torch.tensor([[True], [False]])
     loss = GeckoInfoNCE(TAU)(Q, P, N, mask)

@@ -15,14 +15,17 @@ class GeckoInfoNCE(nn.Module):
     For query q_i with positive p_i, the denominator sums exp(s/τ) over
       - the in-batch positives p_j (j = i is the numerator's own term),
       - the same-tower negatives q_j, j != i (other queries of the batch),
-      - the query's own hard negatives p_i^-.
-    Each of the three terms can be switched off; the positive always stays.
+      - the query's own hard negatives p_i^-,
+      - with batch_negatives, the other queries' hard negatives p_j^- as well (not in Gecko's
+        eq. 3; sentence-transformers' MultipleNegativesRankingLoss and NV-Retriever do this).
+    Each term can be switched off; the positive always stays.
 
     Args:
         temperature: τ (Gecko: 0.05).
         in_batch: include the other queries' positives.
         same_tower: include the other queries.
         hard_negatives: include the query's mined hard negatives.
+        batch_negatives: with hard_negatives, every hard negative of the batch counts for every query.
 
     Inputs: q (B, d), p (B, d), negatives (B, k, d) or None, negative_mask (B, k) bool or None.
 
@@ -31,12 +34,13 @@ class GeckoInfoNCE(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.05, in_batch: bool = True, same_tower: bool = True,
-                 hard_negatives: bool = True):
+                 hard_negatives: bool = True, batch_negatives: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ValueError("temperature must be > 0 (Gecko uses 0.05)")
         self.temperature = temperature
         self.in_batch, self.same_tower, self.hard_negatives = in_batch, same_tower, hard_negatives
+        self.batch_negatives = batch_negatives
 
     def forward(self, q: torch.Tensor, p: torch.Tensor, negatives: Optional[torch.Tensor] = None,
                 negative_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -53,11 +57,16 @@ class GeckoInfoNCE(nn.Module):
             columns.append(qq)
         if self.hard_negatives and negatives is not None and negatives.shape[1] > 0:
             n = F.normalize(negatives, dim=-1)  # (B, k, d)
-            qn = torch.einsum("bd,bkd->bk", q, n) / self.temperature  # (B, k): s(q_i, p_i^-)
-            if negative_mask is not None:
-                qn = qn.masked_fill(~negative_mask, float("-inf"))  # padding negatives do not count
+            if self.batch_negatives:
+                qn = q @ n.reshape(-1, n.shape[-1]).T / self.temperature  # (B, B*k): s(q_i, p_j^-)
+                mask = negative_mask.reshape(1, -1).expand_as(qn) if negative_mask is not None else None
+            else:
+                qn = torch.einsum("bd,bkd->bk", q, n) / self.temperature  # (B, k): s(q_i, p_i^-)
+                mask = negative_mask
+            if mask is not None:
+                qn = qn.masked_fill(~mask, float("-inf"))  # padding negatives do not count
             columns.append(qn)
-        logits = torch.cat(columns, dim=1)  # (B, B [+ B] [+ k])
+        logits = torch.cat(columns, dim=1)  # (B, B [+ B] [+ k or B*k])
         targets = torch.arange(batch, device=q.device)  # (B,): p_i sits in column i
         return F.cross_entropy(logits, targets)  # scalar
 

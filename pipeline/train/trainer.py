@@ -30,6 +30,7 @@ class TrainConfig:
     in_batch: bool = True  # other queries' positives as negatives
     same_tower: bool = True  # other queries as negatives
     hard_negatives: bool = True  # the mined hard negatives
+    batch_negatives: bool = False  # every hard negative of the batch counts for every query
     num_negatives: int = 1  # hard negatives per example taken from the shards
     mrl_dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka sizes trained besides the full size
     xtr_k_train: int = 128  # XTR: tokens each query token retrieves from the batch
@@ -94,7 +95,8 @@ def seed_everything(seed: int) -> None:
 def build_loss(config: TrainConfig, dim: int) -> torch.nn.Module:
     if config.objective == "xtr":
         return XTRLoss(k_train=config.xtr_k_train, temperature=config.temperature)
-    base = GeckoInfoNCE(config.temperature, config.in_batch, config.same_tower, config.hard_negatives)
+    base = GeckoInfoNCE(config.temperature, config.in_batch, config.same_tower, config.hard_negatives,
+                        config.batch_negatives)
     dims = sorted({dim, *(d for d in config.mrl_dims if d < dim)}, reverse=True)
     return MatryoshkaLoss(base, dims)
 
