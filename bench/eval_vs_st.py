@@ -3,7 +3,8 @@
 Both sides evaluate all-MiniLM-L6-v2 on the same BEIR folder with the same formatted texts, in
 one process, alternating, each twice (the faster run of each counts). fret's side is the whole
 `evaluate()` at the full size and three Matryoshka sizes; the peer's is one `encode` of queries
-and corpus and one exact top-100 search, the least any evaluation must do.
+and corpus and one exact top-100 search, the least any evaluation must do. Both truncate at the Encoder's
+max_seq_length (128 tokens; the model's own configuration says 256).
 
     .venv/bin/python bench/eval_vs_st.py [--beir samples/pydoc-retrieval] [--dims 256,128,64]
 """
@@ -51,8 +52,9 @@ def main() -> None:
     query_texts = [GECKO.query(TASK, queries[q]) for q in sorted(queries)]
     doc_texts = [GECKO.document(*corpus[d]) for d in sorted(corpus)]
     path = resolve_model_path("all-MiniLM-L6-v2")
-    st = SentenceTransformer(path, device="cpu")
     encoder = Encoder(path, device="cpu")
+    st = SentenceTransformer(path, device="cpu")
+    st.max_seq_length = encoder.st.max_seq_length  # both sides truncate the same texts at the same length
     dims = [None] + [int(d) for d in args.dims.split(",") if d.strip()]
     times = {"st": [], "fret_full_only": [], "fret_all_sizes": []}
     for _ in range(args.repeats):
