@@ -25,7 +25,7 @@ from beam_jobs.config import expand_config
 from beam_jobs.filters import DecontaminateExamples, FilterQueries, LoadEvalIndex
 from beam_jobs.generate import GenerateQueries
 from beam_jobs.journal import journal_dir
-from beam_jobs.outputs import ManifestCombine, ResolveOutcomes, WriteRecords, write_manifest
+from beam_jobs.write import ManifestCombine, ResolveOutcomes, WriteRecords, write_manifest
 from beam_jobs.rate import RateExamples
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
 from beam_jobs.rerank import RerankAndMine

@@ -1,67 +1,81 @@
-"""Write records as Parquet shards and the manifest that accounts for every seed passage."""
+"""Read and write a job's output folder on any Beam filesystem (local, gs://, s3://, ...).
+
+Glue for `fret inspect`, `fret report` and `fret export`; what they compute lives in pipeline/.
+"""
 
 from __future__ import annotations
 
-import apache_beam as beam
+import json
+from typing import Iterator, Optional, Sequence
 
-from pipeline import accounting
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
+from beam_jobs.journal import AtomicFile, write_atomically  # noqa: F401 - the writers of this module's users
 
-class ManifestCombine(beam.CombineFn):
-    def create_accumulator(self):
-        return accounting.ManifestAccumulator()
-
-    def add_input(self, acc, event):
-        kind, value = event
-        if kind == "outcome":
-            acc.add_outcome(value)
-        else:
-            acc.add_example(value)
-        return acc
-
-    def merge_accumulators(self, accs):
-        first, *rest = list(accs)
-        for other in rest:
-            first.merge(other)
-        return first
-
-    def extract_output(self, acc):
-        return acc
+PARTS = ("examples", "dead_letters", "filtered")
 
 
-class ResolveOutcomes(beam.PTransform):
-    """All per-query outcomes -> exactly one outcome per seed passage."""
-
-    def expand(self, outcomes):
-        return (outcomes
-                | "KeyByUnit" >> beam.Map(lambda o: (o.unit_id, o))
-                | "GroupByUnit" >> beam.GroupByKey()
-                | "OnePerUnit" >> beam.MapTuple(lambda _, unit_outcomes: accounting.resolve_unit(unit_outcomes)))
+def shards(output: str, part: str) -> list[str]:
+    """The committed Parquet shards of one output part, sorted (Beam's temporary files are not matched)."""
+    pattern = f"{output.rstrip('/')}/{part}/*.parquet"
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
-class WriteRecords(beam.PTransform):
-    """Records of one schema -> zstd Parquet shards with compliant nested types."""
+class BeamFiles:
+    """Training shards through Beam's filesystems (local, gs://, s3://...): `fret train` reads
+    through the same layer the job wrote with. Implements pipeline.train.data.Files."""
 
-    def __init__(self, model, prefix: str, num_shards: int = 0):
-        super().__init__()
-        self.model, self.prefix, self.num_shards = model, prefix, num_shards
+    def match(self, pattern: str) -> list[str]:
+        pattern = pattern.rstrip("/")
+        if not any(c in pattern for c in "*?["):
+            if pattern.endswith(".parquet") and FileSystems.exists(pattern):
+                return [pattern]
+            pattern += "/**"  # a folder: every shard below it
+        found = FileSystems.match([pattern])[0].metadata_list
+        return sorted(m.path for m in found if m.path.endswith(".parquet"))
 
-    def expand(self, records):
-        from schemas.arrow import to_row
-
-        return (records
-                | "ToRow" >> beam.Map(to_row)
-                | "Parquet" >> beam.io.WriteToParquet(
-                    self.prefix, schema=self.model.arrow_schema(), codec="zstd", use_compliant_nested_type=True,
-                    file_name_suffix=".parquet", num_shards=self.num_shards,
-                    shard_name_template="-SSSSS-of-NNNNN"))
+    def open(self, path: str):
+        return open_binary(path)
 
 
-def write_manifest(acc, stage_counts: dict, expected_inputs: int, path: str, meta: dict):
-    from apache_beam.io.filesystems import FileSystems
+def open_binary(path: str):
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
-    manifest = accounting.build_manifest(acc, stage_counts=stage_counts, expected_inputs=expected_inputs, **meta)
-    data = manifest.model_dump_json(indent=2).encode("utf-8")
-    with FileSystems.create(path) as f:
-        f.write(data)
-    return manifest
+
+def read_manifest(output: str) -> dict:
+    path = f"{output.rstrip('/')}/manifest.json"
+    if not FileSystems.exists(path):
+        raise ValueError(f"{output} has no manifest.json: is it the --output of a finished fret run?")
+    with open_binary(path) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def parquet_schema(path: str):
+    import pyarrow.parquet as pq
+
+    with open_binary(path) as f:
+        return pq.ParquetFile(f).schema_arrow
+
+
+def row_count(paths: Sequence[str]) -> int:
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in paths:
+        with open_binary(path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def iter_rows(paths: Sequence[str], columns: Optional[list[str]] = None, batch_size: int = 1024) -> Iterator[dict]:
+    """Rows as dicts, one batch in memory at a time."""
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        with open_binary(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+                yield from batch.to_pylist()
+
+
+

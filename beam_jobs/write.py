@@ -1,0 +1,67 @@
+"""Write records as Parquet shards and the manifest that accounts for every seed passage."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from pipeline import accounting
+
+
+class ManifestCombine(beam.CombineFn):
+    def create_accumulator(self):
+        return accounting.ManifestAccumulator()
+
+    def add_input(self, acc, event):
+        kind, value = event
+        if kind == "outcome":
+            acc.add_outcome(value)
+        else:
+            acc.add_example(value)
+        return acc
+
+    def merge_accumulators(self, accs):
+        first, *rest = list(accs)
+        for other in rest:
+            first.merge(other)
+        return first
+
+    def extract_output(self, acc):
+        return acc
+
+
+class ResolveOutcomes(beam.PTransform):
+    """All per-query outcomes -> exactly one outcome per seed passage."""
+
+    def expand(self, outcomes):
+        return (outcomes
+                | "KeyByUnit" >> beam.Map(lambda o: (o.unit_id, o))
+                | "GroupByUnit" >> beam.GroupByKey()
+                | "OnePerUnit" >> beam.MapTuple(lambda _, unit_outcomes: accounting.resolve_unit(unit_outcomes)))
+
+
+class WriteRecords(beam.PTransform):
+    """Records of one schema -> zstd Parquet shards with compliant nested types."""
+
+    def __init__(self, model, prefix: str, num_shards: int = 0):
+        super().__init__()
+        self.model, self.prefix, self.num_shards = model, prefix, num_shards
+
+    def expand(self, records):
+        from schemas.arrow import to_row
+
+        return (records
+                | "ToRow" >> beam.Map(to_row)
+                | "Parquet" >> beam.io.WriteToParquet(
+                    self.prefix, schema=self.model.arrow_schema(), codec="zstd", use_compliant_nested_type=True,
+                    file_name_suffix=".parquet", num_shards=self.num_shards,
+                    shard_name_template="-SSSSS-of-NNNNN"))
+
+
+def write_manifest(acc, stage_counts: dict, expected_inputs: int, path: str, meta: dict):
+    from apache_beam.io.filesystems import FileSystems
+
+    manifest = accounting.build_manifest(acc, stage_counts=stage_counts, expected_inputs=expected_inputs, **meta)
+    data = manifest.model_dump_json(indent=2).encode("utf-8")
+    with FileSystems.create(path) as f:
+        f.write(data)
+    return manifest
