@@ -64,6 +64,7 @@ def parse_setting(text: str) -> tuple[str, dict]:
             overrides[key] = value
             continue
         kind = hints[key]
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # Optional[X] -> X
         if key == "mrl_dims":
             overrides[key] = tuple(int(d) for d in value.split("/") if d)
         elif kind is bool:

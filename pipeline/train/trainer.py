@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ class TrainConfig:
     lr: float = 2e-5  # peak learning rate, reached after warmup
     min_lr: float = 0.0  # the linear decay ends here
     warmup_steps: int = 10  # optimizer steps of linear warmup
+    warmup_ratio: Optional[float] = None  # when set, warmup is ceil(ratio x all steps) instead
     weight_decay: float = 0.01  # AdamW decay on weight matrices (never on biases or norms)
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     epochs: int = 1  # passes over the data
@@ -76,13 +78,21 @@ def field_help() -> dict[str, str]:
     return found
 
 
+def warmup_steps(total_steps: int, config: TrainConfig) -> int:
+    """A ratio scales with the run: ten fixed steps are 43% of a 23-step epoch and 1% of 1,000."""
+    if config.warmup_ratio is not None:
+        return math.ceil(config.warmup_ratio * total_steps)
+    return config.warmup_steps
+
+
 def get_lr(step: int, total_steps: int, config: TrainConfig) -> float:
     """Linear warmup to lr, then linear decay to min_lr at total_steps."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+    warmup = warmup_steps(total_steps, config)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
     if step >= total_steps:
         return config.min_lr
-    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    progress = (step - warmup) / max(1, total_steps - warmup)
     return config.min_lr + (config.lr - config.min_lr) * (1 - progress)
 
 
