@@ -31,7 +31,7 @@ from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
 from beam_jobs.rerank import RerankAndMine
 from beam_jobs.retrieve import RetrieveCandidates
 from pipeline.accounting import Outcome, unit_id
-from pipeline.llm.client import ClientConfig
+from pipeline.llm.types import ClientConfig
 from pipeline.prompts import load_prompt
 from schemas import DeadLetter, FilteredRecord, Provenance, TrainingExample
 
@@ -57,7 +57,8 @@ def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0) ->
 
 def check_scoring_support(client: ClientConfig, rc_method: str) -> None:
     """Refuse to start against a server that cannot score, naming what it lacks."""
-    from pipeline.llm.client import SCORING_NEEDS, LLMClient, ProbeError, probe_scoring_support
+    from pipeline.llm.client import LLMClient
+    from pipeline.llm.probe import SCORING_NEEDS, ProbeError, probe_scoring_support
 
     async def probe():
         async with LLMClient(client) as llm:

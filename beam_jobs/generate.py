@@ -14,7 +14,7 @@ from beam_jobs.llm_stage import LLMBatchDoFn, failure_reason, journaled_llm_stag
 from pipeline import journal
 from pipeline.accounting import Outcome, unit_id
 from pipeline.generation import GenerationConfig, generate_queries
-from pipeline.llm.client import ClientConfig
+from pipeline.llm.types import ClientConfig
 from pipeline.progress import Progress
 from pipeline.prompts import load_prompt
 from pipeline.reliability import FailurePolicy

@@ -15,7 +15,7 @@ from beam_jobs.common import NS, OUTCOME
 from beam_jobs.journal import LookupJournal, write_entries
 from pipeline import journal
 from pipeline.llm.blocking import BlockingLLM
-from pipeline.llm.client import ClientConfig
+from pipeline.llm.types import ClientConfig
 from pipeline.reliability import FailureGuard, FailurePolicy
 from schemas import DeadLetter
 

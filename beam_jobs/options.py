@@ -12,7 +12,7 @@ from pipeline.decontamination import DecontamConfig
 from pipeline.filtering import NearDupConfig, RaterConfig
 from pipeline.generation import GenerationConfig
 from pipeline.ingest import SplitConfig
-from pipeline.llm.client import ClientConfig
+from pipeline.llm.types import ClientConfig
 from pipeline.llm.local_server import LocalServerSpec
 from pipeline.mining import MiningConfig
 from pipeline.reliability import FailurePolicy

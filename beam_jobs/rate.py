@@ -16,7 +16,7 @@ from pipeline import filtering, journal
 from pipeline.accounting import Outcome, filtered, unit_id
 from pipeline.generation import LLM_REASONS
 from pipeline.ingest import dead_letter
-from pipeline.llm.client import ClientConfig
+from pipeline.llm.types import ClientConfig
 from pipeline.prompts import load_prompt
 from pipeline.reliability import FailurePolicy
 from schemas import DeadLetter, QualityRating

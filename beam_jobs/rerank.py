@@ -15,7 +15,7 @@ from beam_jobs.llm_stage import LLMBatchDoFn, failure_reason, journaled_llm_stag
 from pipeline import journal
 from pipeline.accounting import Outcome, unit_id
 from pipeline.examples import build_example
-from pipeline.llm.client import ClientConfig
+from pipeline.llm.types import ClientConfig
 from pipeline.mining import MiningConfig
 from pipeline.progress import Progress
 from pipeline.prompts import load_prompt

@@ -28,7 +28,7 @@ def reset_cache(base_url: str) -> None:
 
 
 def client_config(base_url: str, concurrency: int):
-    from pipeline.llm.client import ClientConfig
+    from pipeline.llm.types import ClientConfig
 
     return ClientConfig(base_urls=(base_url,), model="tiny-llm", max_concurrency=concurrency, timeout_s=300)
 

@@ -45,7 +45,8 @@ def requests_in_job_order(items, kind: str):
 
 
 async def send(base_url: str, requests, concurrency: int) -> float:
-    from pipeline.llm.client import ClientConfig, LLMClient
+    from pipeline.llm.client import LLMClient
+    from pipeline.llm.types import ClientConfig
 
     config = ClientConfig(base_urls=(base_url,), model="tiny-llm", max_concurrency=concurrency, timeout_s=300)
     async with LLMClient(config) as client:

@@ -19,7 +19,8 @@ import sys
 from common import emit, rerank_items, tiny_vllm
 
 from pipeline.fusion import QL_DECIMALS, RC_DECIMALS
-from pipeline.llm.client import ClientConfig, LLMClient
+from pipeline.llm.client import LLMClient
+from pipeline.llm.types import ClientConfig
 from pipeline.prompts import load_prompt
 from pipeline.rerank import RerankConfig, ql_request, rc_prompt
 

@@ -9,7 +9,8 @@ import re
 import unicodedata
 from typing import Iterable, Sequence
 
-from pipeline.llm.client import GenerationResult, LLMClient
+from pipeline.llm.client import LLMClient
+from pipeline.llm.types import GenerationResult
 from pipeline.prompts import load_prompt
 from schemas import QualityRating
 

@@ -9,7 +9,8 @@ from typing import Optional, Sequence, Union
 
 from pipeline import ids
 from pipeline.ingest import dead_letter
-from pipeline.llm.client import GenerationResult, LLMClient
+from pipeline.llm.client import LLMClient
+from pipeline.llm.types import GenerationResult
 from pipeline.prompts import PromptTemplate, load_prompt
 from schemas import DeadLetter, GeneratedQuery, Passage, QueryKnobs, QueryRecord
 

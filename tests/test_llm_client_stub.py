@@ -8,7 +8,8 @@ import typing
 import pytest
 
 from pipeline.generation import LLM_REASONS
-from pipeline.llm.client import ClientConfig, FailureReason, LLMClient, RetriesExhaustedError
+from pipeline.llm.client import LLMClient
+from pipeline.llm.types import ClientConfig, FailureReason, RetriesExhaustedError
 from pipeline.testing.stub_llm import Fault, StubLLM, hashed_logprob
 from schemas import GeneratedQuery
 from schemas.records import DeadLetterReason

@@ -6,7 +6,8 @@ import math
 import aiohttp
 import pytest
 
-from pipeline.llm.client import ClientConfig, LLMClient
+from pipeline.llm.client import LLMClient
+from pipeline.llm.types import ClientConfig
 from pipeline.prompts import load_prompt
 from schemas import GeneratedQuery
 

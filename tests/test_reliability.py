@@ -14,7 +14,9 @@ import pytest
 
 from beam_jobs import fret_job
 from beam_jobs.journal import write_atomically
-from pipeline.llm.client import PROBE_PREFIX, ClientConfig, LLMClient
+from pipeline.llm.client import LLMClient
+from pipeline.llm.probe import PROBE_PREFIX
+from pipeline.llm.types import ClientConfig
 from pipeline.reliability import FailureGuard, FailurePolicy, FailureRateExceeded
 from pipeline.testing.stub_llm import Fault, StubLLM, hashed_logprob
 from schemas import GeneratedQuery
@@ -37,7 +39,7 @@ def distinct_queries(prompt: str) -> str:
 
 
 def is_probe(request: dict) -> bool:
-    """The start-up capability probe (see pipeline.llm.client.probe_scoring_support)."""
+    """The start-up capability probe (see pipeline.llm.probe.probe_scoring_support)."""
     return PROBE_PREFIX in str(request.get("prompt", "")) or request.get("prompt") in (" Yes", " No")
 
 

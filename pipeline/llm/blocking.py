@@ -12,7 +12,8 @@ import concurrent.futures
 import threading
 from typing import Any, Awaitable, Callable, TypeVar
 
-from pipeline.llm.client import ClientConfig, LLMClient
+from pipeline.llm.client import LLMClient
+from pipeline.llm.types import ClientConfig
 
 T = TypeVar("T")
 

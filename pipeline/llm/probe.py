@@ -1,0 +1,47 @@
+"""The start-up probe: does the server have what the job's scoring needs?"""
+
+from __future__ import annotations
+
+from pipeline.llm.client import LLMClient
+from pipeline.llm.types import LLMError
+
+SCORING_NEEDS = {
+    "echo": "prompt log-probabilities with echo=true on /v1/completions (query likelihood and --rc_method exact)",
+    "tokenize": "POST /tokenize (--rc_method first_token)",
+    "logprob_token_ids": "logprob_token_ids on /v1/completions (--rc_method first_token)",
+}
+
+
+PROBE_PREFIX = "fret capability probe. Paris is the capital of"
+
+
+class ProbeError(LLMError):
+    """The server did not answer the probe at all (down, refused the key, ...)."""
+
+
+async def probe_scoring_support(client: LLMClient, rc_method: str) -> list[str]:
+    """What the server lacks for the scoring the job will do: an empty list when it has it all.
+    Raises ProbeError when the server cannot be asked at all.
+
+    Generation only needs an OpenAI-compatible chat endpoint with json_schema response_format;
+    scoring needs vLLM's extensions, so other servers (SGLang, TGI, llama.cpp) are refused at
+    start-up with the feature named, not halfway through a paid run."""
+    missing = []
+    ql = await client.query_likelihood(PROBE_PREFIX, " France")
+    refused = ql.reason == "http_error" and not any(f"HTTP {code}" in ql.detail for code in (401, 403))
+    if not ql.ok and ql.reason != "bad_response" and not refused:  # down, timed out or the key was refused
+        raise ProbeError(ql.detail, ql.reason or "http_error")
+    if not ql.ok:
+        missing.append("echo")
+    if rc_method == "first_token":
+        try:
+            ids = await client.label_first_tokens([" Yes", " No"])
+        except LLMError as exc:
+            if exc.reason != "http_error":
+                raise ProbeError(str(exc), exc.reason) from None
+            missing.append("tokenize")
+        else:
+            labels = await client._label_first_token(PROBE_PREFIX + " France? Answer:", [" Yes", " No"])
+            if not labels.ok or not ids:
+                missing.append("logprob_token_ids")
+    return missing
