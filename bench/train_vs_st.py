@@ -242,7 +242,7 @@ def main(argv=None) -> int:
 def save(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "train_vs_st.json"
-    stored = merged(path, json.loads(json.dumps(result)))
+    stored = merged(path, result)  # merged() reads result, never changes it
     path.write_text(json.dumps(stored, indent=2) + "\n")
 
 
