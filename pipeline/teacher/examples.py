@@ -88,7 +88,8 @@ class TextRenderer:
             return self.chat(render_generation_prompt(self.qg, _passage(title, text), knobs, MAX_CHARS))
 
         shared, rest = _split(render, pair.title, pair.body, task, pair.summary)
-        answer = json.dumps({"task": task, "query": pair.summary}, ensure_ascii=False)
+        # Compact, as the server's JSON grammar allows no whitespace between tokens.
+        answer = json.dumps({"task": task, "query": pair.summary}, ensure_ascii=False, separators=(",", ":"))
         return TrainingText("query_generation", shared, rest, answer)
 
     def likelihood(self, pair: DocPair, task: str) -> TrainingText:
@@ -106,26 +107,45 @@ class TextRenderer:
         return TrainingText("relevance_classification", shared, rest, self.rc.labels[label]["text"])
 
 
-def training_texts(pairs: Sequence[DocPair], renderer: TextRenderer, seed: int) -> list[TrainingText]:
-    """For every pair: one generation, one likelihood and one relevance text. Relevance cycles
-    through the labels: the true passage, a passage of the same package, one of another package."""
-    rng = random.Random(seed)
+def _parent(title: str) -> str:
+    return title.rsplit(".", 1)[0]
+
+
+def distractor(pairs: Sequence[DocPair], i: int, siblings: dict[str, list[int]], by_package: dict[str, list[int]],
+               rng: random.Random) -> DocPair | None:
+    """A passage of the same package, as close as it comes: a sibling (same class or module) when
+    there is one. Retrieval's top candidates are that close, so the teacher must tell them apart."""
+    for group in (siblings[_parent(pairs[i].title)], by_package[pairs[i].package]):
+        others = [j for j in group if j != i]
+        if others:
+            return pairs[rng.choice(others)]
+    return None
+
+
+def groups(pairs: Sequence[DocPair]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    siblings: dict[str, list[int]] = {}
     by_package: dict[str, list[int]] = {}
     for i, pair in enumerate(pairs):
+        siblings.setdefault(_parent(pair.title), []).append(i)
         by_package.setdefault(pair.package, []).append(i)
+    return siblings, by_package
+
+
+def training_texts(pairs: Sequence[DocPair], renderer: TextRenderer, seed: int) -> list[TrainingText]:
+    """For every pair: one generation, one likelihood and one relevance text. Relevance cycles
+    through the labels: the true passage, a close passage of the same package, one of another package."""
+    rng = random.Random(seed)
+    siblings, by_package = groups(pairs)
     texts: list[TrainingText] = []
     for i, pair in enumerate(pairs):
         task = rng.choice(TASKS)
         texts.append(renderer.generation(pair, task, rng.choice(("easy", "medium", "hard"))))
         texts.append(renderer.likelihood(pair, task))
-        label = RELEVANCE[i % 3]
-        if label == "highly_relevant":
-            other = pair
-        elif label == "somewhat_relevant":
-            same = [j for j in by_package[pair.package] if j != i]
-            other = pairs[rng.choice(same)] if same else pair
-            label = label if same else "highly_relevant"
-        else:
+        label, other = RELEVANCE[i % 3], pair
+        if label == "somewhat_relevant":
+            other = distractor(pairs, i, siblings, by_package, rng)
+            label, other = ("somewhat_relevant", other) if other else ("highly_relevant", pair)
+        elif label == "not_relevant":
             other = pairs[rng.randrange(len(pairs))]
             while other.package == pair.package and len(by_package) > 1:
                 other = pairs[rng.randrange(len(pairs))]

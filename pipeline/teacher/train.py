@@ -22,7 +22,7 @@ from typing import Sequence
 
 from pipeline.testing.tiny_llm import CHAT_TEMPLATE, SPECIAL_TOKENS
 from pipeline.teacher.corpus import docstring_pairs, samples_held_out, site_packages_dirs
-from pipeline.teacher.examples import TextRenderer, TrainingText, training_texts
+from pipeline.teacher.examples import TASKS, TextRenderer, TrainingText, distractor, groups, training_texts
 
 ROOT = Path(__file__).resolve().parents[2]
 TEACHER_VERSION = 1
@@ -34,7 +34,7 @@ class TeacherConfig:
     hidden_size: int = 256
     layers: int = 4
     intermediate_size: int = 768
-    max_steps: int = 700
+    max_steps: int = 750
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 50
@@ -42,6 +42,9 @@ class TeacherConfig:
     per_package: int = 1500  # pairs per top-level package
     max_pairs: int = 12000  # pairs drawn (seeded) from the corpus; 3 texts each
     max_rest_tokens: int = 512  # longer pair-specific parts are skipped in training
+    text_share: float = 0.25  # share of each prompt's pair-specific tokens that also get a language-model loss
+    text_weight: float = 0.5
+    validation_pairs: int = 300  # held out from training: true passage vs a close one, by QL and by RC
     seed: int = 0
 
 
@@ -115,28 +118,81 @@ def batches(examples: Sequence[Encoded], batch_size: int, rng: random.Random) ->
     return out
 
 
-def batch_loss(model, batch: Sequence[Encoded], pad_id: int):
-    """Mean over examples of the mean cross-entropy of each answer's tokens."""
+def _answer_and_text_logits(model, batch: Sequence[Encoded], pad_id: int, text_positions: Sequence[Sequence[int]]):
+    """Log-probabilities of each answer token, and of the chosen rest tokens, for a batch of one
+    shared head: the head is encoded once and its keys/values repeated for every row."""
     import torch
 
-    shared = torch.tensor([batch[0].shared])
-    cache = model(shared, use_cache=True).past_key_values
+    cache = model.model(torch.tensor([batch[0].shared]), use_cache=True).cache
     cache.batch_repeat_interleave(len(batch))
     width = max(len(e.rest) + len(e.answer) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    rows, cols, targets, weights = [], [], [], []
+    rows, cols, targets, is_answer = [], [], [], []
     for b, e in enumerate(batch):
         seq = e.rest + e.answer
         ids[b, :len(seq)] = torch.tensor(seq)
-        for j in range(len(e.rest), len(seq)):  # the hidden state at j-1 predicts token j
+        for j in list(text_positions[b]) + list(range(len(e.rest), len(seq))):  # state j-1 predicts token j
             rows.append(b)
             cols.append(j - 1)
             targets.append(seq[j])
-            weights.append(1.0 / len(e.answer))
-    hidden = model.model(ids, past_key_values=cache).last_hidden_state
+            is_answer.append(j >= len(e.rest))
+    hidden = model.model(ids, cache=cache).last_hidden_state
     logits = model.lm_head(hidden[torch.tensor(rows), torch.tensor(cols)])
-    losses = torch.nn.functional.cross_entropy(logits, torch.tensor(targets), reduction="none")
-    return (losses * torch.tensor(weights)).sum() / len(batch)
+    token_logprobs = -torch.nn.functional.cross_entropy(logits, torch.tensor(targets), reduction="none")
+    return token_logprobs, torch.tensor(rows), torch.tensor(is_answer)
+
+
+def batch_loss(model, batch: Sequence[Encoded], pad_id: int, text_share: float = 0.0, text_weight: float = 0.0,
+               rng: random.Random | None = None):
+    """Mean over examples of the answer's mean cross-entropy, plus `text_weight` times the mean
+    cross-entropy of a `text_share` sample of the prompt's own pair-specific tokens (plain
+    language modelling on the docstrings: far more signal per step than the answers alone)."""
+    import torch
+
+    rng = rng or random.Random(0)
+    text_positions = [sorted(rng.sample(range(1, len(e.rest)), int(text_share * (len(e.rest) - 1))))
+                      if text_share > 0 and len(e.rest) > 1 else [] for e in batch]
+    logprobs, rows, is_answer = _answer_and_text_logits(model, batch, pad_id, text_positions)
+    answer_counts = torch.tensor([len(e.answer) for e in batch], dtype=torch.float32)
+    text_counts = torch.tensor([max(1, len(p)) for p in text_positions], dtype=torch.float32)
+    weights = torch.where(is_answer, 1.0 / answer_counts[rows], text_weight / text_counts[rows])
+    return -(logprobs * weights).sum() / len(batch)
+
+
+def answer_logprobs(model, batch: Sequence[Encoded], pad_id: int) -> list[float]:
+    """log P(answer | prompt) of each row, summed over the answer's tokens (what QL scores)."""
+    import torch
+
+    with torch.no_grad():
+        logprobs, rows, _ = _answer_and_text_logits(model, batch, pad_id, [[] for _ in batch])
+    return torch.zeros(len(batch)).index_add_(0, rows, logprobs).tolist()
+
+
+def pairwise_accuracy(model, tokenizer, renderer: TextRenderer, pool: Sequence, held_out: range,
+                      rng: random.Random, batch_size: int = 16) -> dict[str, float]:
+    """On pairs the teacher never saw (pool[i] for i in held_out): how often QL (log P(summary |
+    passage)) and RC (log P(top label)) score the true passage above a close passage of the
+    same package from the pool (a sibling where there is one)."""
+    siblings, by_package = groups(pool)
+    trials = [(pool[i], d) for i in held_out if (d := distractor(pool, i, siblings, by_package, rng))]
+    if not trials:
+        return {}
+    top = renderer.rc.labels["highly_relevant"]["text"]
+    # likelihood() pairs a passage with its own summary; here each passage is scored on the query's.
+    texts = {"ql": [dataclasses.replace(renderer.likelihood(p, TASKS[0]), answer=" " + q.summary)
+                    for q, d in trials for p in (q, d)],
+             "rc": [renderer.relevance(q, p, TASKS[0], "highly_relevant") for q, d in trials for p in (q, d)]}
+    assert all(t.answer == top for t in texts["rc"])
+    result = {"pairs": len(trials)}
+    for name, items in texts.items():
+        encoded, dropped = encode(items, tokenizer, max_rest_tokens=10**6)
+        if dropped:
+            raise ValueError(f"{dropped} validation texts do not tokenize in parts as whole")
+        scores: list[float] = []
+        for start in range(0, len(encoded), batch_size):
+            scores += answer_logprobs(model, encoded[start:start + batch_size], tokenizer.pad_token_id)
+        result[name] = round(sum(t > d for t, d in zip(scores[0::2], scores[1::2])) / len(trials), 4)
+    return result
 
 
 def lr_at(step: int, config: TeacherConfig) -> float:
@@ -156,6 +212,7 @@ def train_teacher(out_dir: str | Path, config: TeacherConfig = TeacherConfig(), 
     rng = random.Random(config.seed)
     pairs = docstring_pairs(site_packages_dirs(), samples_held_out(ROOT), config.per_package)
     rng.shuffle(pairs)
+    validation = pairs[config.max_pairs:config.max_pairs + config.validation_pairs]
     pairs = pairs[:config.max_pairs]
     log(f"[teacher] {len(pairs)} docstring pairs from {len({p.package for p in pairs})} packages")
 
@@ -166,7 +223,8 @@ def train_teacher(out_dir: str | Path, config: TeacherConfig = TeacherConfig(), 
         return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
                                              add_generation_prompt=True)
 
-    texts = training_texts(pairs, TextRenderer(chat), config.seed)
+    renderer = TextRenderer(chat)
+    texts = training_texts(pairs, renderer, config.seed)
     examples, dropped = encode(texts, tokenizer, config.max_rest_tokens)
     log(f"[teacher] {len(examples)} training texts ({dropped} dropped: too long or split across a token); "
         f"{time.perf_counter() - started:.0f}s")
@@ -190,7 +248,7 @@ def train_teacher(out_dir: str | Path, config: TeacherConfig = TeacherConfig(), 
         batch = schedule.pop()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        loss = batch_loss(model, batch, tokenizer.pad_token_id)
+        loss = batch_loss(model, batch, tokenizer.pad_token_id, config.text_share, config.text_weight, rng)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -203,6 +261,10 @@ def train_teacher(out_dir: str | Path, config: TeacherConfig = TeacherConfig(), 
             log(f"[teacher] step {step + 1}/{config.max_steps} loss {means} {time.perf_counter() - started:.0f}s")
             window = []
 
+    model.eval()
+    accuracy = pairwise_accuracy(model, tokenizer, renderer, pairs + validation,
+                                 range(len(pairs), len(pairs) + len(validation)), random.Random(config.seed))
+    log(f"[teacher] held-out pairs, true passage scored above a close one: {accuracy}")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -213,7 +275,7 @@ def train_teacher(out_dir: str | Path, config: TeacherConfig = TeacherConfig(), 
         "version": TEACHER_VERSION, "config": dataclasses.asdict(config), "pairs": len(pairs),
         "packages": sorted({p.package for p in pairs}), "texts": len(examples), "dropped": dropped,
         "parameters": sum(p.numel() for p in model.parameters()), "train_s": round(time.perf_counter() - started),
-        "curve": curve}, indent=1))
+        "validation": accuracy, "curve": curve}, indent=1))
     return out
 
 
