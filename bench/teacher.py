@@ -152,7 +152,7 @@ def main() -> int:
             summary["generation"] = gen_summary
             summary["generation_gate_passed"] = gen_summary["schema_valid_rate"] >= 0.95
     teacher = json.loads((Path(model) / "teacher.json").read_text()) if (Path(model) / "teacher.json").exists() else {}
-    summary["teacher"] = {k: teacher.get(k) for k in ("version", "config", "pairs", "parameters", "train_s")}
+    summary["teacher"] = {k: teacher.get(k) for k in ("version", "config", "pairs", "parameters", "train_s", "validation")}
     emit("teacher", rows, ["gate", "order", "ndcg@10", "rate"], summary)
     if "generation" in summary:
         for e in summary["generation"]["examples"]:
