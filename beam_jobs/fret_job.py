@@ -133,11 +133,14 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     kept_queries, filter_outcomes = ((queries["queries"], eval_index)
                                      | "FilterQueries" >> FilterQueries(opt.near_dup_config(opts), decontam))
     reused = [_count(queries["reused"], "journal_hits_generate")]
-    candidates = ((passages, kept_queries)
-                  | "RetrieveCandidates" >> RetrieveCandidates(opts.embedder, opts.num_neighbors,
-                                                                 opts.index_shard_size, opts.embed_batch_size,
-                                                                 progress=opts.progress,
-                                                                 trust_remote_code=opts.trust_remote_code))
+    retrieved = ((passages, kept_queries)
+                 | "RetrieveCandidates" >> RetrieveCandidates(opts.embedder, opts.num_neighbors,
+                                                                opts.index_shard_size, opts.embed_batch_size,
+                                                                progress=opts.progress,
+                                                                trust_remote_code=opts.trust_remote_code,
+                                                                journal_folder=journal))
+    candidates = retrieved["candidates"]
+    reused.append(_count(retrieved["reused"], "journal_hits_embed"))
     rerank = opt.rerank_config(opts)
     reranked = candidates | "RerankAndMine" >> RerankAndMine(
         client, rerank, opt.mining_config(opts), provenance, opts.keep_candidates,
@@ -171,7 +174,8 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
              | "CountUnits" >> beam.combiners.Count.Globally())
     stage_counts = ([_count(read.passages, "passages_after_split"), _count(read[OUTCOME], "unreadable_records"),
                      _count(passages, "unique_passages"), _count(queries["queries"], "queries_generated"),
-                     _count(kept_queries, "queries_after_filters"), _count(candidates, "queries_retrieved"), *reused]
+                     _count(kept_queries, "queries_after_filters"), _count(candidates, "queries_retrieved"),
+                     _count(retrieved["embedded"], "passages_embedded"), *reused]
                     | "StageCounts" >> beam.Flatten()
                     | "StageDict" >> beam.combiners.ToDict())
     events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),

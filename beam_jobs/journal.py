@@ -1,7 +1,8 @@
-"""Beam glue for the LLM work journal (pipeline/journal.py): atomic files and the lookup join.
+"""Beam glue for the work journal (pipeline/journal.py): atomic files and the lookup join.
 
 Layout: OUTPUT/_journal/<stage>/<uuid>.parquet, one file per finished batch, written to a
-hidden temporary name and renamed, so a killed job leaves whole files or none.
+hidden temporary name and renamed, so a killed job leaves whole files or none. LLM stages
+write JournalEntry rows; the passage embedder writes EmbeddingEntry rows under `embed`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas import JournalEntry
-from schemas.arrow import rows_to_table
+from schemas import EmbeddingEntry, JournalEntry
+from schemas.arrow import model_schema, rows_to_table
 
 JOURNAL_DIR = "_journal"
+EMBED_STAGE = "embed"
 
 
 def journal_dir(output: str) -> str:
@@ -62,13 +64,35 @@ def write_entries(folder: str, stage: str, entries: Sequence[JournalEntry]) -> O
     return path
 
 
+def write_vectors(folder: str, keys: Sequence[str], matrix) -> Optional[str]:
+    """One embedded block's vectors, as EmbeddingEntry rows (float32 bytes: exact on reuse)."""
+    if not len(keys):
+        return None
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = np.ascontiguousarray(matrix, dtype="<f4")
+    table = pa.table({"key": list(keys), "vector": [row.tobytes() for row in rows]},
+                     schema=model_schema(EmbeddingEntry))
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    path = f"{folder}/{EMBED_STAGE}/{uuid.uuid4().hex}.parquet"
+    write_atomically(path, buffer.getvalue())
+    return path
+
+
+
 class _ReadEntries(beam.DoFn):
+    def __init__(self, value_column: str):
+        self._value_column = value_column
+
     def process(self, readable: fileio.ReadableFile):
         import pyarrow.parquet as pq
 
         with readable.open() as f:
-            for row in pq.read_table(f, columns=["key", "payload"]).to_pylist():
-                yield row["key"], row["payload"]
+            table = pq.read_table(f, columns=["key", self._value_column])
+        yield from zip(table.column("key").to_pylist(), table.column(self._value_column).to_pylist())
 
 
 def _split(element):
@@ -82,11 +106,12 @@ def _split(element):
 
 
 class LookupJournal(beam.PTransform):
-    """items -> main output `todo` of (key, item) still to run, and `done` of (item, payload)."""
+    """items -> main output `todo` of (key, item) still to run, and `done` of (item, payload);
+    the payload is the journal's `value_column` (the embed stage keeps `vector`)."""
 
-    def __init__(self, folder: Optional[str], stage: str, key_fn: Callable):
+    def __init__(self, folder: Optional[str], stage: str, key_fn: Callable, value_column: str = "payload"):
         super().__init__()
-        self.folder, self.stage, self.key_fn = folder, stage, key_fn
+        self.folder, self.stage, self.key_fn, self.value_column = folder, stage, key_fn, value_column
 
     def expand(self, items):
         keyed = items | "Key" >> beam.Map(lambda item, fn: (fn(item), item), self.key_fn)
@@ -96,7 +121,7 @@ class LookupJournal(beam.PTransform):
                 | "JournalGlob" >> beam.Create([f"{self.folder}/{self.stage}/*.parquet"])
                 | "MatchJournal" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
                 | "OpenJournal" >> fileio.ReadMatches()
-                | "ReadJournal" >> beam.ParDo(_ReadEntries()))
+                | "ReadJournal" >> beam.ParDo(_ReadEntries(self.value_column)))
         return ({"item": keyed, "done": done}
                 | "JoinJournal" >> beam.CoGroupByKey()
                 | "Split" >> beam.FlatMap(_split).with_outputs("done", main="todo"))

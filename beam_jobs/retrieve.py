@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -11,7 +12,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS
+from beam_jobs.journal import EMBED_STAGE, LookupJournal, write_vectors
 from pipeline import retrieval
+from pipeline.journal import embedding_key
 from pipeline.embedding import Embedder, passage_text
 from pipeline.progress import Progress
 from pipeline.rerank import build_candidates
@@ -19,13 +22,14 @@ from pipeline.rerank import build_candidates
 
 class _EmbedFn(beam.DoFn):
     """A batch of passages -> one (passages, matrix) block; a batch of queries -> (item, vector) each.
-    Passage vectors travel as blocks: one pickled matrix per batch instead of one array per passage."""
+    Passage vectors travel as blocks: one pickled matrix per batch instead of one array per passage.
+    With a journal folder, each passage block's vectors are journaled before they go on."""
 
     def __init__(self, embedder: str, batch_size: int, shared: Shared, kind: str, progress: bool,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, journal_folder: Optional[str] = None):
         self._name, self._batch_size, self._shared, self._kind, self._progress = (
             embedder, batch_size, shared, kind, progress)
-        self._trust_remote_code = trust_remote_code
+        self._trust_remote_code, self._journal_folder = trust_remote_code, journal_folder
         self.embedded = Metrics.counter(NS, f"{kind}_embedded")
 
     def setup(self):
@@ -39,6 +43,8 @@ class _EmbedFn(beam.DoFn):
         else:
             texts = [q.query for q, _ in batch]
         vectors = np.asarray(self._embedder.encode(texts), dtype=np.float32)
+        if self._kind == "passages" and self._journal_folder:
+            write_vectors(self._journal_folder, [embedding_key(self._name, t) for t in texts], vectors)
         self.embedded.inc(len(batch))
         Progress.add(f"embed ({self._kind})", len(batch), self._progress)
         if self._kind == "passages":
@@ -55,17 +61,47 @@ class Embed(beam.PTransform):
     """Passages -> (passages, matrix) blocks, or (query, passage) pairs -> ((query, passage), vector)."""
 
     def __init__(self, embedder: str, batch_size: int, kind: str, shared: Optional[Shared] = None,
-                 progress: bool = False, trust_remote_code: bool = False):
+                 progress: bool = False, trust_remote_code: bool = False, journal_folder: Optional[str] = None):
         super().__init__()
         self.embedder, self.batch_size, self.kind, self.shared = embedder, batch_size, kind, shared or Shared()
-        self.progress, self.trust_remote_code = progress, trust_remote_code
+        self.progress, self.trust_remote_code, self.journal_folder = progress, trust_remote_code, journal_folder
 
     def expand(self, items):
         window = self.batch_size * EMBED_WINDOW
         return (items
                 | "Window" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
                 | "Encode" >> beam.ParDo(_EmbedFn(self.embedder, self.batch_size, self.shared, self.kind,
-                                                  self.progress, self.trust_remote_code)))
+                                                  self.progress, self.trust_remote_code, self.journal_folder)))
+
+
+def _passage_key(passage, embedder: str) -> str:
+    return embedding_key(embedder, passage_text(passage.title, passage.text))
+
+
+def _reused_block(batch):
+    """(passage, journaled float32 bytes) pairs -> one (passages, matrix) block, as Embed yields."""
+    return [p for p, _ in batch], np.stack([np.frombuffer(v, dtype="<f4") for _, v in batch]).astype(np.float32)
+
+
+class EmbedPassagesOnce(beam.PTransform):
+    """Passages -> {"blocks": (passages, matrix) blocks, "embedded": passages embedded now,
+    "reused": (passage, vector) pairs read back from the journal}. Vectors a killed run already
+    journaled are reused (keyed by embedder and text), so --resume embeds no passage twice."""
+
+    def __init__(self, embed: Embed, journal_folder: Optional[str]):
+        super().__init__()
+        self.embed, self.journal_folder = embed, journal_folder
+
+    def expand(self, passages):
+        key = functools.partial(_passage_key, embedder=self.embed.embedder)
+        lookup = passages | "LookupVectors" >> LookupJournal(self.journal_folder, EMBED_STAGE, key, "vector")
+        todo = lookup.todo | "ToEmbed" >> beam.Map(lambda kv: kv[1])
+        window = self.embed.batch_size * EMBED_WINDOW
+        reused_blocks = (lookup.done
+                         | "ReusedWindow" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
+                         | "ReusedBlock" >> beam.Map(_reused_block))
+        blocks = ((todo | "Embed" >> self.embed, reused_blocks) | "AllBlocks" >> beam.Flatten())
+        return {"blocks": blocks, "embedded": todo, "reused": lookup.done}
 
 
 def _to_shards(block, num_shards: int):
@@ -144,26 +180,31 @@ class RetrieveCandidates(beam.PTransform):
     """Embed passages and queries, then ShardedExactSearch, then merge the partial lists per query."""
 
     def __init__(self, embedder: str, num_neighbors: int = 20, shard_size: int = 50_000, embed_batch_size: int = 64,
-                 query_batch_size: int = 256, progress: bool = False, trust_remote_code: bool = False):
+                 query_batch_size: int = 256, progress: bool = False, trust_remote_code: bool = False,
+                 journal_folder: Optional[str] = None):
         super().__init__()
         if num_neighbors < 1 or shard_size < 1:
             raise ValueError("num_neighbors and index_shard_size must be >= 1")
         self.embedder, self.k, self.shard_size = embedder, num_neighbors, shard_size
         self.embed_batch_size, self.query_batch_size, self.progress = embed_batch_size, query_batch_size, progress
-        self.trust_remote_code = trust_remote_code
+        self.trust_remote_code, self.journal_folder = trust_remote_code, journal_folder
 
     def expand(self, pcolls):
+        """-> {"candidates": (query, passage, candidates), "embedded": passages embedded in this run,
+        "reused": passages whose journaled vectors were reused}."""
         passages, queries = pcolls
         shared = Shared()
-        passage_blocks = passages | "EmbedPassages" >> Embed(self.embedder, self.embed_batch_size, "passages", shared,
-                                                             self.progress, self.trust_remote_code)
+        embed = Embed(self.embedder, self.embed_batch_size, "passages", shared, self.progress,
+                      self.trust_remote_code, self.journal_folder)
+        vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed, self.journal_folder)
         query_vectors = (queries
                          | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", shared,
                                                    self.progress, self.trust_remote_code)
                          | "QueryVector" >> beam.Map(lambda qv: (qv[0][0].query_id, qv[1])))
-        partial = ((passage_blocks, query_vectors)
+        partial = ((vectors["blocks"], query_vectors)
                    | "Search" >> ShardedExactSearch(self.k, self.shard_size, self.query_batch_size))
         keyed_queries = queries | "KeyQueries" >> beam.Map(lambda qp: (qp[0].query_id, qp))
-        return ({"query": keyed_queries, "hits": partial}
-                | "GatherPerQuery" >> beam.CoGroupByKey()
-                | "MergeTopN" >> beam.FlatMap(_merge_candidates, self.k))
+        candidates = ({"query": keyed_queries, "hits": partial}
+                      | "GatherPerQuery" >> beam.CoGroupByKey()
+                      | "MergeTopN" >> beam.FlatMap(_merge_candidates, self.k))
+        return {"candidates": candidates, "embedded": vectors["embedded"], "reused": vectors["reused"]}

@@ -1,4 +1,4 @@
-"""What the LLM stages remember between runs: content keys and payloads of finished work.
+"""What the LLM stages (and the passage embedder) remember between runs: content keys and payloads of finished work.
 
 A journal entry is written as soon as a batch of LLM work finishes. Its key hashes every input
 the result depends on (model, prompt file, parameters, passage or query and candidates), so a
@@ -24,6 +24,11 @@ _TYPES: dict[str, type[Record]] = {t.__name__: t for t in (QueryRecord, DeadLett
 
 def _config_key(config) -> str:
     return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+
+
+def embedding_key(embedder: str, text: str) -> str:
+    """One passage's vector: the embedder as the job names it, and the exact text it embeds."""
+    return ids.content_id("je-", embedder, text, length=32)
 
 
 def generation_key(model: str, prompt_hash: str, config, passage) -> str:

@@ -286,6 +286,14 @@ class RunManifest(Record):
                                           "then passage id), so that float noise cannot change a ranking")
 
 
+class EmbeddingEntry(Record):
+    """One passage's vector, journaled as soon as its batch is embedded: --resume never embeds
+    that text with that embedder again."""
+
+    key: str = Field(..., description="hash of (embedder, the exact text it embedded)")
+    vector: bytes = Field(..., description="float32, little-endian, as the embedder returned it")
+
+
 class JournalEntry(Record):
     """One finished unit of LLM work, written as soon as it is done so a crashed job can resume.
 
@@ -314,5 +322,6 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     FilteredRecord,
     ScoreSummary,
     RunManifest,
+    EmbeddingEntry,
     JournalEntry,
 )

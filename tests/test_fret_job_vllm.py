@@ -187,9 +187,16 @@ def test_kill_9_mid_run_then_resume_gives_the_same_examples(tmp_path, resume_inp
     assert not list(out_dir.glob("examples/*.parquet")), "a killed job must not leave dataset shards"
     for f in out_dir.glob("_journal/*/*.parquet"):
         pq.read_table(f)  # whole files only: no half-written journal entry
+    # Reranking needs every passage's vector, so the killed run journaled all 24.
+    vectors = [pq.read_table(f) for f in out_dir.glob("_journal/embed/*.parquet")]
+    assert len({k for t in vectors for k in t.column("key").to_pylist()}) == 24
     out = run_job(resume_input, out_dir, vllm_server.base_url, *RESUME_FLAGS, "--resume")
     counts = out["manifest"]["counts"]
     assert counts["journal_hits_generate"] == 24 and counts["journal_hits_rerank"] == SCORED_BEFORE_CRASH
+    # No passage embedded twice: the resumed run read all 24 vectors back and embedded none.
+    assert counts["journal_hits_embed"] == 24 and counts["passages_embedded"] == 0
+    assert uninterrupted["manifest"]["counts"]["passages_embedded"] == 24
+    assert uninterrupted["manifest"]["counts"]["journal_hits_embed"] == 0
     assert out["manifest"]["inputs"] == 24
     assert decisions(out) == decisions(uninterrupted)
     assert len(out["examples"]) == len(shard_ids(out))  # no duplicates

@@ -13,6 +13,7 @@ from schemas import (
     GeneratedQuery,
     HardNegative,
     InputPassage,
+    EmbeddingEntry,
     JournalEntry,
     Passage,
     PassageRef,
@@ -62,6 +63,7 @@ SAMPLES = {
         dead_lettered=1, relabel_rate=0.5, task_mix={"t": 1}, scores={"ql": ScoreSummary(count=1, mean=-1.0)},
         llm_model="m", embedder="e", prompts={"a": "b"}, config="{}",
     )],
+    EmbeddingEntry: [EmbeddingEntry(key="je-1", vector=b"\x00\x00\x80?" * 3)],
     JournalEntry: [JournalEntry(key="k", stage="generate", payload='[["query", {}]]', created_at=NOW)],
 }
 
