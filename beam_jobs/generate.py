@@ -15,7 +15,6 @@ from pipeline import journal
 from pipeline.accounting import Outcome, unit_id
 from pipeline.generation import GenerationConfig, generate_queries
 from pipeline.llm.types import ClientConfig
-from pipeline.progress import Progress
 from pipeline.prompts import load_prompt
 from pipeline.reliability import FailurePolicy
 from schemas import DeadLetter, Passage
@@ -31,6 +30,7 @@ def _emit_generated(passage: Passage, records):
 
 class _GenerateFn(LLMBatchDoFn):
     STAGE = "generate"
+    PROGRESS = "generate (passages)"
 
     def __init__(self, client, shared, progress, journal_folder, failure, config: GenerationConfig):
         super().__init__(client, shared, progress, journal_folder, failure)
@@ -50,7 +50,6 @@ class _GenerateFn(LLMBatchDoFn):
             records = [r for _, r in results[i * per_passage:(i + 1) * per_passage]]
             finished.append((key, records, failure_reason(records)))
         self._settle(finished)
-        Progress.add("generate (passages)", len(batch), self._progress)
         for (_, passage), (_, records, _) in zip(batch, finished):
             for record in records:
                 (self.parse_failures if isinstance(record, DeadLetter) else self.generated).inc()

@@ -16,6 +16,7 @@ from beam_jobs.journal import LookupJournal, write_entries
 from pipeline import journal
 from pipeline.llm.blocking import BlockingLLM
 from pipeline.llm.types import ClientConfig
+from pipeline.progress import Progress
 from pipeline.reliability import FailureGuard, FailurePolicy
 from schemas import DeadLetter
 
@@ -30,6 +31,7 @@ class LLMBatchDoFn(beam.DoFn):
     failure guard (a dead server stops the job early). Outputs are in the global window."""
 
     STAGE = ""
+    PROGRESS = ""  # the console label, e.g. "rerank (queries)"
     BATCHES_IN_FLIGHT = 4
 
     def __init__(self, client: ClientConfig, shared: Shared, progress: bool, journal_folder: Optional[str],
@@ -42,6 +44,9 @@ class LLMBatchDoFn(beam.DoFn):
         self.prompt_tokens = Metrics.counter(NS, "llm_prompt_tokens")
         self.completion_tokens = Metrics.counter(NS, "llm_completion_tokens")
         self.journaled = Metrics.counter(NS, f"journaled_{self.STAGE}")
+        self.items_done = Metrics.counter(NS, f"{self.STAGE}_items_done")
+        self.items_total = Metrics.gauge(NS, f"{self.STAGE}_items_total")
+        self._total: Optional[int] = None
 
     def setup(self):
         config = self._client_config
@@ -63,7 +68,12 @@ class LLMBatchDoFn(beam.DoFn):
     def start_bundle(self):
         self._pending: collections.deque = collections.deque()
 
-    def process(self, batch):
+    def process(self, batch, total: Optional[int] = None):
+        """`total`: the stage's item count (a side input), for progress and its ETA."""
+        if total is not None and self._total is None:
+            self._total = total
+            self.items_total.set(total)
+        Progress.begin(self.PROGRESS, self._progress)
         self._pending.append((batch, self._llm.submit(self._request(batch))))
         yield from self._finished(wait=len(self._pending) > self.BATCHES_IN_FLIGHT)
 
@@ -92,6 +102,8 @@ class LLMBatchDoFn(beam.DoFn):
                               (self.prompt_tokens, "prompt_tokens"), (self.completion_tokens, "completion_tokens")):
             counter.inc(max(0, now[name] - self._seen_stats[name]))
         self._seen_stats = now
+        self.items_done.inc(len(batch))
+        Progress.add(self.PROGRESS, len(batch), self._progress, self._total)
         return self._outputs(batch, results)
 
     def _request(self, batch):
@@ -127,9 +139,10 @@ def journaled_llm_stage(items, journal_folder, stage: str, key_fn, batch_size: i
     """The shape of every LLM stage: items whose work is in the journal are replayed from it, the
     rest go to the LLM in fixed batches. Returns {main, "outcome", "reused": the replayed items}."""
     split = items | "Journal" >> LookupJournal(journal_folder, stage, key_fn)
+    total = split.todo | "CountTodo" >> beam.combiners.Count.Globally()
     fresh = (split.todo
              | "Batch" >> fixed_batches(batch_size)
-             | label >> beam.ParDo(dofn).with_outputs(OUTCOME, main=main))
+             | label >> beam.ParDo(dofn, total=beam.pvalue.AsSingleton(total)).with_outputs(OUTCOME, main=main))
     replayed = split.done | "Replay" >> beam.FlatMap(replay, *replay_args).with_outputs(OUTCOME, main=main)
     return {main: (fresh[main], replayed[main]) | f"Merge{main.title()}" >> beam.Flatten(),
             OUTCOME: (fresh[OUTCOME], replayed[OUTCOME]) | "MergeOutcomes" >> beam.Flatten(),

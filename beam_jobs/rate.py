@@ -43,6 +43,7 @@ def _rating_failure(example, result) -> DeadLetter:
 
 class _RateFn(LLMBatchDoFn):
     STAGE = "rate"
+    PROGRESS = "rate (examples)"
 
     def __init__(self, client, shared, progress, journal_folder, failure, config: filtering.RaterConfig):
         super().__init__(client, shared, progress, journal_folder, failure)

@@ -17,7 +17,6 @@ from pipeline.accounting import Outcome, unit_id
 from pipeline.examples import build_example
 from pipeline.llm.types import ClientConfig
 from pipeline.mining import MiningConfig
-from pipeline.progress import Progress
 from pipeline.prompts import load_prompt
 from pipeline.reliability import FailurePolicy
 from pipeline.rerank import RerankConfig, score_query
@@ -33,6 +32,7 @@ def _emit_example(query, passage, records, mining: MiningConfig, provenance: Pro
 
 class _RerankFn(LLMBatchDoFn):
     STAGE = "rerank"
+    PROGRESS = "rerank (queries)"
 
     def __init__(self, client, shared, progress, journal_folder, failure, rerank: RerankConfig, mining: MiningConfig,
                  provenance: Provenance, keep_candidates: bool):
@@ -51,7 +51,6 @@ class _RerankFn(LLMBatchDoFn):
         items = [item for _, item in batch]
         results = [journal.as_records(r) for r in results]
         self._settle([(key, records, failure_reason(records)) for (key, _), records in zip(batch, results)])
-        Progress.add("rerank (queries)", len(batch), self._progress)
         for (query, passage, cands), records in zip(items, results):
             for out in _emit_example(query, passage, records, self._mining, self._provenance, self._keep):
                 if isinstance(out, beam.pvalue.TaggedOutput):

@@ -37,7 +37,8 @@ class _EmbedFn(beam.DoFn):
         self._embedder = self._shared.acquire(lambda: Embedder(name, batch_size=batch_size, trust_remote_code=trust),
                                               tag=f"embedder:{name}")
 
-    def process(self, batch):
+    def process(self, batch, total: Optional[int] = None):
+        Progress.begin(f"embed ({self._kind})", self._progress)
         if self._kind == "passages":
             texts = [passage_text(p.title, p.text) for p in batch]
         else:
@@ -46,7 +47,7 @@ class _EmbedFn(beam.DoFn):
         if self._kind == "passages" and self._journal_folder:
             write_vectors(self._journal_folder, [embedding_key(self._name, t) for t in texts], vectors)
         self.embedded.inc(len(batch))
-        Progress.add(f"embed ({self._kind})", len(batch), self._progress)
+        Progress.add(f"embed ({self._kind})", len(batch), self._progress, total)
         if self._kind == "passages":
             yield list(batch), vectors
         else:
@@ -68,10 +69,13 @@ class Embed(beam.PTransform):
 
     def expand(self, items):
         window = self.batch_size * EMBED_WINDOW
-        return (items
-                | "Window" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
-                | "Encode" >> beam.ParDo(_EmbedFn(self.embedder, self.batch_size, self.shared, self.kind,
-                                                  self.progress, self.trust_remote_code, self.journal_folder)))
+        dofn = _EmbedFn(self.embedder, self.batch_size, self.shared, self.kind, self.progress,
+                        self.trust_remote_code, self.journal_folder)
+        batches = items | "Window" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
+        if not self.progress:
+            return batches | "Encode" >> beam.ParDo(dofn)
+        total = items | "CountItems" >> beam.combiners.Count.Globally()  # for the progress line's ETA
+        return batches | "Encode" >> beam.ParDo(dofn, total=beam.pvalue.AsSingleton(total))
 
 
 def _passage_key(passage, embedder: str) -> str:

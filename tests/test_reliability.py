@@ -257,3 +257,14 @@ def test_read_output_sees_only_committed_shards(tmp_path, stub_llm):
     (out / "examples" / ".temp-beam-crashed").mkdir()
     (out / "examples" / ".temp-beam-crashed" / "half.parquet").write_bytes(b"PAR1 half")
     assert read_output(out)["manifest"]["inputs"] == 3
+
+
+def test_progress_lines_show_done_of_total_and_an_eta():
+    from pipeline.progress import progress_line
+
+    assert progress_line("embed (passages)", 1200, 5000, 40.0) == \
+        "[fret] embed (passages): 1200/5000 (24%), 30.0/s, ETA 2m07s"
+    assert progress_line("rerank (queries)", 10, 1_000_000, 10.0) == \
+        "[fret] rerank (queries): 10/1000000 (0%), 1.0/s, ETA 277h46m"
+    assert progress_line("generate (passages)", 7, None, 2.0) == "[fret] generate (passages): 7 done (3.5/s)"
+    assert progress_line("rate (examples)", 0, 10, 0.0).endswith("ETA unknown")
