@@ -18,6 +18,14 @@ from pipeline.testing.tiny_llm import build_tiny_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("FRET_CACHE", Path.home() / ".cache" / "fret-distill"))
+NOTES = {
+    "random": "[fret] note: the demo's LLM has random weights. The job, retrieval, scoring protocol, accounting and "
+              "Parquet output are real; its tasks, queries, relabel rate and negatives are noise. Use --llm-url "
+              "with a real instruct model for data worth training on.",
+    "teacher": "[fret] note: the teacher is a 5.5M-parameter Llama trained here in about 21 minutes on Python "
+               "docstrings (bench/README.md, 'The teacher'). Its tasks and queries are readable, but it reranks at "
+               "chance: its relabel rate and negatives carry no signal. Use --llm-url with a real instruct model.",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,15 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[fret] vLLM is serving at {server.base_url}", flush=True)
             run_job(server.base_url)
     report(Path(args.output))
-    if args.llm_url:
-        pass
-    elif args.llm == "random":
-        print("[fret] note: the demo's LLM has random weights. The job, retrieval, scoring protocol, accounting "
-              "and Parquet output are real; its tasks, queries, relabel rate and negatives are noise.")
-    else:
-        print("[fret] note: the teacher is a 5.5M-parameter Llama trained here in about 21 minutes on Python "
-              "docstrings (bench/README.md, 'The teacher'). Its tasks and queries are readable, but it reranks "
-              "at chance: its relabel rate and negatives carry no signal. Use --llm-url with a real model.")
+    if not args.llm_url:
+        print(NOTES[args.llm])
     return 0
 
 
