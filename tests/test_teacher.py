@@ -111,10 +111,11 @@ def test_training_texts_are_exactly_what_the_job_sends_and_labels_follow_the_pai
 
 
 def test_the_texts_tokenize_in_parts_as_the_server_tokenizes_them_whole():
-    from pipeline.teacher.train import build_tokenizer, encode
+    from pipeline.llm.local_model import train_tokenizer
+    from pipeline.teacher.train import encode
 
     pairs = _pairs()
-    tokenizer = build_tokenizer([f"{p.title}\n{p.summary}\n{p.body}" for p in pairs]
+    tokenizer = train_tokenizer([f"{p.title}\n{p.summary}\n{p.body}" for p in pairs]
                                 + [load_prompt(n).body for n in ("query_generation", "query_likelihood",
                                                                 "relevance_classification")], 600)
 

