@@ -52,16 +52,21 @@ def write_atomically(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def write_entries(folder: str, stage: str, entries: Sequence[JournalEntry]) -> Optional[str]:
-    if not entries:
-        return None
+def _write_table(folder: str, stage: str, table) -> str:
+    """One journal file: a zstd Parquet table under the stage's folder, written atomically."""
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
-    pq.write_table(rows_to_table(JournalEntry, entries), buffer, compression="zstd")
+    pq.write_table(table, buffer, compression="zstd")
     path = f"{folder}/{stage}/{uuid.uuid4().hex}.parquet"
     write_atomically(path, buffer.getvalue())
     return path
+
+
+def write_entries(folder: str, stage: str, entries: Sequence[JournalEntry]) -> Optional[str]:
+    if not entries:
+        return None
+    return _write_table(folder, stage, rows_to_table(JournalEntry, entries))
 
 
 def write_vectors(folder: str, keys: Sequence[str], matrix) -> Optional[str]:
@@ -70,17 +75,10 @@ def write_vectors(folder: str, keys: Sequence[str], matrix) -> Optional[str]:
         return None
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rows = np.ascontiguousarray(matrix, dtype="<f4")
-    table = pa.table({"key": list(keys), "vector": [row.tobytes() for row in rows]},
-                     schema=model_schema(EmbeddingEntry))
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    path = f"{folder}/{EMBED_STAGE}/{uuid.uuid4().hex}.parquet"
-    write_atomically(path, buffer.getvalue())
-    return path
-
+    return _write_table(folder, EMBED_STAGE, pa.table({"key": list(keys), "vector": [r.tobytes() for r in rows]},
+                                                      schema=model_schema(EmbeddingEntry)))
 
 
 class _ReadEntries(beam.DoFn):

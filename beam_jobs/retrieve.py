@@ -92,13 +92,13 @@ class EmbedPassagesOnce(beam.PTransform):
     "reused": (passage, vector) pairs read back from the journal}. Vectors a killed run already
     journaled are reused (keyed by embedder and text), so --resume embeds no passage twice."""
 
-    def __init__(self, embed: Embed, journal_folder: Optional[str]):
+    def __init__(self, embed: Embed):
         super().__init__()
-        self.embed, self.journal_folder = embed, journal_folder
+        self.embed = embed  # its journal_folder is where vectors are looked up and written
 
     def expand(self, passages):
         key = functools.partial(_passage_key, embedder=self.embed.embedder)
-        lookup = passages | "LookupVectors" >> LookupJournal(self.journal_folder, EMBED_STAGE, key, "vector")
+        lookup = passages | "LookupVectors" >> LookupJournal(self.embed.journal_folder, EMBED_STAGE, key, "vector")
         todo = lookup.todo | "ToEmbed" >> beam.Map(lambda kv: kv[1])
         window = self.embed.batch_size * EMBED_WINDOW
         reused_blocks = (lookup.done
@@ -200,7 +200,7 @@ class RetrieveCandidates(beam.PTransform):
         shared = Shared()
         embed = Embed(self.embedder, self.embed_batch_size, "passages", shared, self.progress,
                       self.trust_remote_code, self.journal_folder)
-        vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed, self.journal_folder)
+        vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
         query_vectors = (queries
                          | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", shared,
                                                    self.progress, self.trust_remote_code)

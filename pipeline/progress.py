@@ -36,22 +36,26 @@ class Progress:
     _start: dict[str, float] = {}
 
     @classmethod
+    def _clock(cls, stage: str) -> float:
+        """Now; the stage's clock starts at its first call. Call with the lock held."""
+        t = time.monotonic()
+        cls._start.setdefault(stage, t)
+        cls._last.setdefault(stage, t)
+        return t
+
+    @classmethod
     def begin(cls, stage: str, enabled: bool) -> None:
         """The stage's clock starts at its first item, not its first finished batch."""
         if enabled:
             with cls._lock:
-                t = time.monotonic()
-                cls._start.setdefault(stage, t)
-                cls._last.setdefault(stage, t)
+                cls._clock(stage)
 
     @classmethod
     def add(cls, stage: str, n: int, enabled: bool, total: Optional[int] = None) -> None:
         if not enabled:
             return
         with cls._lock:
-            t = time.monotonic()
-            cls._start.setdefault(stage, t)
-            cls._last.setdefault(stage, t)
+            t = cls._clock(stage)
             cls._counts[stage] = cls._counts.get(stage, 0) + n
             finished = total is not None and cls._counts[stage] >= total
             if t - cls._last[stage] >= INTERVAL_S or finished:
