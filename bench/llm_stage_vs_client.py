@@ -9,7 +9,8 @@ concurrency in --concurrency and its best is kept; the Beam side runs GenerateQu
 RerankAndMine as the job does (BatchElements, shared BlockingLLM, journal and all), timed from
 pipeline start to finish. The server's prefix cache is reset before every run so that no side
 profits from the other's cached prefixes. --pin puts every thread of the vLLM server on CPU 0
-and this process (client, Beam runner) on CPU 1, so the two sides stop taking each other's CPU.
+and this process (client, Beam runner) on CPU 1, so the two sides stop taking each other's CPU;
+its result is kept apart, in results/llm_stage_vs_client_pinned.json.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def main() -> None:
             beam_row["ratio"] = beam_row["requests/s"] / best["requests/s"]
             rows.append(beam_row)
     ratios = {r["stage"]: r["ratio"] for r in rows if "ratio" in r}
-    emit("llm_stage_vs_client", rows, ["stage", "side", "seconds", "requests/s", "tokens/s", "ratio"],
+    emit("llm_stage_vs_client_pinned" if args.pin else "llm_stage_vs_client", rows, ["stage", "side", "seconds", "requests/s", "tokens/s", "ratio"],
          {"ratios": ratios, "passages": args.passages, "queries": args.queries, "candidates": args.candidates,
           "pinned": args.pin})
 

@@ -26,23 +26,18 @@ K = 10
 
 
 def retrieve(folder, n_candidates: int, limit: int | None):
-    """(query ids, query texts, qrels, {qid: [(doc id, title, text, score)]}) by MiniLM, plain text."""
-    import numpy as np
-
+    """(query ids, query texts, qrels, {qid: [(doc id, title, text)]}) by MiniLM, plain text, with
+    fret eval's exact search."""
     from pipeline.embedding import Embedder, passage_text
-    from pipeline.train.evaluate import load_beir
+    from pipeline.train.evaluate import load_beir, search
 
     corpus, queries, qrels = load_beir(folder, "test")
     qids = sorted(queries)[:limit] if limit else sorted(queries)
     doc_ids = sorted(corpus)
     embedder = Embedder()
-    docs = embedder.encode([passage_text(*corpus[d]) for d in doc_ids])
-    scores = embedder.encode([queries[q] for q in qids]) @ docs.T  # (Q, D)
-    hits = {}
-    for qi, qid in enumerate(qids):
-        order = sorted(range(len(doc_ids)), key=lambda j: (-float(scores[qi, j]), doc_ids[j]))[:n_candidates]
-        hits[qid] = [(doc_ids[j], *corpus[doc_ids[j]], float(scores[qi, j])) for j in order]
-    assert np.isfinite(scores).all()
+    ranked = search(embedder.encode, embedder.encode, [queries[q] for q in qids], doc_ids,
+                    [passage_text(*corpus[d]) for d in doc_ids], k=n_candidates)[None]
+    hits = {qid: [(d, *corpus[d]) for d in docs] for qid, docs in zip(qids, ranked)}
     return qids, queries, qrels, hits
 
 
@@ -58,8 +53,8 @@ async def rerank(base_url: str, qids, queries, hits, task: str, concurrency: int
             query = QueryRecord(query_id=qid, passage_id=qid, task=task, query=queries[qid],
                                 knobs=QueryKnobs(query_length="short", difficulty="easy"))
             candidates = [Candidate(passage_id=d, title=title, text=text, is_seed=False, retrieval_rank=rank,
-                                    retrieval_score=score)
-                          for rank, (d, title, text, score) in enumerate(hits[qid], start=1)]
+                                    retrieval_score=None)
+                          for rank, (d, title, text) in enumerate(hits[qid], start=1)]
             return qid, await score_query(client, query, candidates, RerankConfig())
         return dict(await asyncio.gather(*(one(q) for q in qids)))
 
