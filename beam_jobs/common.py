@@ -7,3 +7,4 @@ filtered or dead-lettered.
 
 NS = "fret"  # the Beam metrics namespace
 OUTCOME = "outcome"  # the tag of every transform's outcome output
+TOKENS = "tokens"  # the tag of every LLM stage's token usage output (one pipeline.llm.usage.UsageMeter per batch)

@@ -141,10 +141,10 @@ class DecontaminateExamples(beam.PTransform):
 
 
 def _decontaminate_positive(ep, eval_index, config):
-    example, passage = ep
+    example, unit = ep
     hit = decontamination.contamination([example.positive.title, example.positive.text], eval_index, config)
     if hit:
-        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), example.example_id, "filter",
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit, example.example_id, "filter",
                                                          "decontaminated", f"positive {hit}"))
     else:
         yield ep

@@ -20,17 +20,18 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TestOptions
 
 from beam_jobs import options as opt
-from beam_jobs.common import OUTCOME
+from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.config import expand_config
 from beam_jobs.filters import DecontaminateExamples, FilterQueries, LoadEvalIndex
 from beam_jobs.generate import GenerateQueries
 from beam_jobs.journal import journal_dir
-from beam_jobs.write import ManifestCombine, ResolveOutcomes, WriteRecords, write_manifest
+from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, WriteRecords, write_manifest
 from beam_jobs.rate import RateExamples
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
 from beam_jobs.rerank import RerankAndMine
 from beam_jobs.retrieve import RetrieveCandidates
-from pipeline.accounting import Outcome, unit_id
+from pipeline.accounting import Outcome, example_stats
+from pipeline.examples import stamp
 from pipeline.llm.types import ClientConfig
 from pipeline.prompts import load_prompt
 from schemas import DeadLetter, FilteredRecord, Provenance, TrainingExample
@@ -143,19 +144,21 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     reused.append(_count(retrieved["reused"], "journal_hits_embed"))
     rerank = opt.rerank_config(opts)
     reranked = candidates | "RerankAndMine" >> RerankAndMine(
-        client, rerank, opt.mining_config(opts), provenance, opts.keep_candidates,
+        client, rerank, opt.mining_config(opts), opts.keep_candidates,
         batch_size=max(1, opts.llm_batch_size // 4), progress=opts.progress, journal_folder=journal, failure=failure)
     examples, late_outcomes = reranked["examples"], [reranked[OUTCOME]]
+    token_usage = [queries[TOKENS], reranked[TOKENS]]
     reused.append(_count(reranked["reused"], "journal_hits_rerank"))
     rater = opt.rater_config(opts)
     if rater is not None:
         rated = examples | "RateExamples" >> RateExamples(client, rater, opts.llm_batch_size, opts.progress,
                                                             journal, failure)
         examples, late_outcomes = rated["examples"], late_outcomes + [rated[OUTCOME]]
+        token_usage.append(rated[TOKENS])
         reused.append(_count(rated["reused"], "journal_hits_rate"))
     clean = (examples, eval_index) | "DecontaminatePositives" >> DecontaminateExamples(decontam)
-    examples = clean.examples | "Example" >> beam.Map(lambda ep: ep[0])
-    written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(unit_id(ep[1]), "written"))
+    examples = clean.examples | "Stamp" >> beam.Map(lambda ep, prov: stamp(ep[0], prov), provenance)
+    written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(ep[1], "written"))
 
     examples | "WriteExamples" >> WriteRecords(TrainingExample, f"{output}/examples/part", opts.output_shards)
 
@@ -179,15 +182,17 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                     | "StageCounts" >> beam.Flatten()
                     | "StageDict" >> beam.combiners.ToDict())
     events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
-               examples | "ExampleEvents" >> beam.Map(lambda e: ("example", e)))
+               examples | "ExampleEvents" >> beam.Map(lambda e: ("example", example_stats(e))))
               | "Events" >> beam.Flatten())
     meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opts.embedder, prompts=prompts,
                 config=config, resumed=opts.resume,
                 ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals})
+    tokens = token_usage | "AllTokens" >> beam.Flatten() | "SumTokens" >> beam.CombineGlobally(SumTokens())
     (events
      | "Summarize" >> beam.CombineGlobally(ManifestCombine())
      | "WriteManifest" >> beam.Map(write_manifest, beam.pvalue.AsSingleton(stage_counts),
-                                   beam.pvalue.AsSingleton(units), f"{output}/manifest.json", meta))
+                                   beam.pvalue.AsSingleton(units), beam.pvalue.AsSingleton(tokens),
+                                   f"{output}/manifest.json", meta))
 
 
 def run(argv=None, save_main_session: bool = True, test_pipeline=None):

@@ -103,9 +103,22 @@ def _split(element):
             yield key, item
 
 
+def has_entries(folder: str, stage: str) -> bool:
+    """Whether the stage's journal holds any file now; True when that cannot be checked (a
+    Dataflow graph translated offline), so the lookup is kept rather than skipped."""
+    try:
+        return bool(FileSystems.match([f"{folder}/{stage}/*.parquet"])[0].metadata_list)
+    except Exception:  # noqa: BLE001 - e.g. gs:// without credentials: keep the join
+        return True
+
+
 class LookupJournal(beam.PTransform):
     """items -> main output `todo` of (key, item) still to run, and `done` of (item, payload);
-    the payload is the journal's `value_column` (the embed stage keeps `vector`)."""
+    the payload is the journal's `value_column` (the embed stage keeps `vector`).
+
+    With no journal file for the stage when the graph is built (every fresh run), the join is
+    left out: it would shuffle every item only to find nothing, and the DirectRunner holds a
+    shuffle's whole input in memory."""
 
     def __init__(self, folder: Optional[str], stage: str, key_fn: Callable, value_column: str = "payload"):
         super().__init__()
@@ -113,7 +126,7 @@ class LookupJournal(beam.PTransform):
 
     def expand(self, items):
         keyed = items | "Key" >> beam.Map(lambda item, fn: (fn(item), item), self.key_fn)
-        if self.folder is None:
+        if self.folder is None or not has_entries(self.folder, self.stage):
             return keyed | "NoJournal" >> beam.Map(lambda kv: kv).with_outputs("done", main="todo")
         done = (items.pipeline
                 | "JournalGlob" >> beam.Create([f"{self.folder}/{self.stage}/*.parquet"])

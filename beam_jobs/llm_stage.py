@@ -11,9 +11,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.shared import Shared
 
-from beam_jobs.common import NS, OUTCOME
+from beam_jobs.common import NS, OUTCOME, TOKENS
 from beam_jobs.journal import LookupJournal, write_entries
 from pipeline import journal
+from pipeline.llm import usage
 from pipeline.llm.blocking import BlockingLLM
 from pipeline.llm.types import ClientConfig
 from pipeline.progress import Progress
@@ -74,7 +75,8 @@ class LLMBatchDoFn(beam.DoFn):
             self._total = total
             self.items_total.set(total)
         Progress.begin(self.PROGRESS, self._progress)
-        self._pending.append((batch, self._llm.submit(self._request(batch))))
+        request, stage = self._request(batch), self.STAGE
+        self._pending.append((batch, self._llm.submit(lambda client: usage.measure(stage, request(client)))))
         yield from self._finished(wait=len(self._pending) > self.BATCHES_IN_FLIGHT)
 
     def finish_bundle(self):
@@ -95,7 +97,7 @@ class LLMBatchDoFn(beam.DoFn):
             yield from self._complete(*item)
 
     def _complete(self, batch, future):
-        results = future.result()
+        results, tokens = future.result()
         now = self._llm.stats.snapshot()
         # Deltas of a client shared by threads are approximate per batch; the totals are right.
         for counter, name in ((self.requests, "requests"), (self.failures, "failures"), (self.retries, "retries"),
@@ -104,7 +106,8 @@ class LLMBatchDoFn(beam.DoFn):
         self._seen_stats = now
         self.items_done.inc(len(batch))
         Progress.add(self.PROGRESS, len(batch), self._progress, self._total)
-        return self._outputs(batch, results)
+        yield from self._outputs(batch, results)
+        yield beam.pvalue.TaggedOutput(TOKENS, tokens)
 
     def _request(self, batch):
         """The batch's work: a function of the async client that returns one result per item."""
@@ -137,13 +140,14 @@ def failure_reason(records) -> Optional[str]:
 def journaled_llm_stage(items, journal_folder, stage: str, key_fn, batch_size: int, label: str, dofn,
                          main: str, replay, *replay_args) -> dict:
     """The shape of every LLM stage: items whose work is in the journal are replayed from it, the
-    rest go to the LLM in fixed batches. Returns {main, "outcome", "reused": the replayed items}."""
+    rest go to the LLM in fixed batches. Returns {main, "outcome", "reused": the replayed items,
+    "tokens": one UsageMeter per batch sent}."""
     split = items | "Journal" >> LookupJournal(journal_folder, stage, key_fn)
     total = split.todo | "CountTodo" >> beam.combiners.Count.Globally()
     fresh = (split.todo
              | "Batch" >> fixed_batches(batch_size)
-             | label >> beam.ParDo(dofn, total=beam.pvalue.AsSingleton(total)).with_outputs(OUTCOME, main=main))
+             | label >> beam.ParDo(dofn, total=beam.pvalue.AsSingleton(total)).with_outputs(OUTCOME, TOKENS, main=main))
     replayed = split.done | "Replay" >> beam.FlatMap(replay, *replay_args).with_outputs(OUTCOME, main=main)
     return {main: (fresh[main], replayed[main]) | f"Merge{main.title()}" >> beam.Flatten(),
             OUTCOME: (fresh[OUTCOME], replayed[OUTCOME]) | "MergeOutcomes" >> beam.Flatten(),
-            "reused": split.done}
+            "reused": split.done, TOKENS: fresh[TOKENS]}

@@ -13,7 +13,7 @@ from apache_beam.utils.shared import Shared
 from beam_jobs.common import NS, OUTCOME
 from beam_jobs.llm_stage import LLMBatchDoFn, journaled_llm_stage
 from pipeline import filtering, journal
-from pipeline.accounting import Outcome, filtered, unit_id
+from pipeline.accounting import Outcome, filtered
 from pipeline.generation import LLM_REASONS
 from pipeline.ingest import dead_letter
 from pipeline.llm.types import ClientConfig
@@ -22,18 +22,18 @@ from pipeline.reliability import FailurePolicy
 from schemas import DeadLetter, QualityRating
 
 
-def _apply_rating(example, passage, rating: Union[QualityRating, DeadLetter], config: filtering.RaterConfig):
+def _apply_rating(example, unit: str, rating: Union[QualityRating, DeadLetter], config: filtering.RaterConfig):
     if isinstance(rating, DeadLetter):
         if config.keep_unrated:
-            yield example, passage  # kept on request, with quality = null
+            yield example, unit  # kept on request, with quality = null
         else:  # an example nobody checked is not a checked example: it is not written
-            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", rating))
+            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit, "dead_lettered", rating))
     elif rating.score < config.min_score:
         yield beam.pvalue.TaggedOutput(OUTCOME, filtered(
-            unit_id(passage), example.example_id, "filter", "low_quality",
+            unit, example.example_id, "filter", "low_quality",
             f"auto-rater score {rating.score} < {config.min_score}: {rating.reason}"))
     else:
-        yield example.model_copy(update={"quality": float(rating.score)}), passage
+        yield example.model_copy(update={"quality": float(rating.score)}), unit
 
 
 def _rating_failure(example, result) -> DeadLetter:
@@ -61,18 +61,18 @@ class _RateFn(LLMBatchDoFn):
         ratings = [r.value if r.ok else _rating_failure(example, r) for (example, _), r in zip(items, results)]
         self._settle([(key, [rating], None if r.ok else rating.reason)
                       for (key, _), rating, r in zip(batch, ratings, results)])
-        for (example, passage), rating in zip(items, ratings):
+        for (example, unit), rating in zip(items, ratings):
             (self.rater_failures if isinstance(rating, DeadLetter) else self.rated).inc()
-            for out in _apply_rating(example, passage, rating, config):
+            for out in _apply_rating(example, unit, rating, config):
                 if isinstance(out, beam.pvalue.TaggedOutput) and not isinstance(rating, DeadLetter):
                     self.low_quality.inc()
                 yield out
 
 
 def _replay_rating(done, config):
-    (example, passage), payload = done
+    (example, unit), payload = done
     (rating,) = journal.decode(payload)
-    yield from _apply_rating(example, passage, rating, config)
+    yield from _apply_rating(example, unit, rating, config)
 
 
 async def _rate_all(client, batch, config):

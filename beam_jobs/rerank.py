@@ -20,14 +20,14 @@ from pipeline.mining import MiningConfig
 from pipeline.prompts import load_prompt
 from pipeline.reliability import FailurePolicy
 from pipeline.rerank import RerankConfig, score_query
-from schemas import DeadLetter, Provenance
+from schemas import DeadLetter
 
 
-def _emit_example(query, passage, records, mining: MiningConfig, provenance: Provenance, keep: bool):
+def _emit_example(query, passage, records, mining: MiningConfig, keep: bool):
     if len(records) == 1 and isinstance(records[0], DeadLetter):
         yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", records[0]))
         return
-    yield build_example(query, records, mining, provenance, keep), passage
+    yield build_example(query, records, mining, keep), unit_id(passage)  # the unit, not the text
 
 
 class _RerankFn(LLMBatchDoFn):
@@ -35,9 +35,9 @@ class _RerankFn(LLMBatchDoFn):
     PROGRESS = "rerank (queries)"
 
     def __init__(self, client, shared, progress, journal_folder, failure, rerank: RerankConfig, mining: MiningConfig,
-                 provenance: Provenance, keep_candidates: bool):
+                 keep_candidates: bool):
         super().__init__(client, shared, progress, journal_folder, failure)
-        self._rerank, self._mining, self._provenance, self._keep = rerank, mining, provenance, keep_candidates
+        self._rerank, self._mining, self._keep = rerank, mining, keep_candidates
         self.scored = Metrics.counter(NS, "queries_reranked")
         self.rerank_failures = Metrics.counter(NS, "rerank_failures")
         self.relabelled = Metrics.counter(NS, "relabelled")
@@ -52,7 +52,7 @@ class _RerankFn(LLMBatchDoFn):
         results = [journal.as_records(r) for r in results]
         self._settle([(key, records, failure_reason(records)) for (key, _), records in zip(batch, results)])
         for (query, passage, cands), records in zip(items, results):
-            for out in _emit_example(query, passage, records, self._mining, self._provenance, self._keep):
+            for out in _emit_example(query, passage, records, self._mining, self._keep):
                 if isinstance(out, beam.pvalue.TaggedOutput):
                     self.rerank_failures.inc()
                 else:
@@ -62,9 +62,9 @@ class _RerankFn(LLMBatchDoFn):
                 yield out
 
 
-def _replay_rerank(done, mining, provenance, keep):
+def _replay_rerank(done, mining, keep):
     (query, passage, _), payload = done
-    yield from _emit_example(query, passage, journal.decode(payload), mining, provenance, keep)
+    yield from _emit_example(query, passage, journal.decode(payload), mining, keep)
 
 
 async def _score_all(client, batch, config):
@@ -72,14 +72,14 @@ async def _score_all(client, batch, config):
 
 
 class RerankAndMine(beam.PTransform):
-    """(query, seed, candidates) -> {"examples": (TrainingExample, seed Passage), "outcome", "reused"}
-    via QL + RC + RRF and mining."""
+    """(query, seed, candidates) -> {"examples": (TrainingExample, seed's unit id), "outcome", "reused"}
+    via QL + RC + RRF and mining. The examples carry no provenance until pipeline.examples.stamp."""
 
-    def __init__(self, client: ClientConfig, rerank: RerankConfig, mining: MiningConfig, provenance: Provenance,
+    def __init__(self, client: ClientConfig, rerank: RerankConfig, mining: MiningConfig,
                  keep_candidates: bool = True, batch_size: int = 16, progress: bool = False,
                  journal_folder: Optional[str] = None, failure: FailurePolicy = FailurePolicy()):
         super().__init__()
-        self.client, self.rerank, self.mining, self.provenance = client, rerank, mining, provenance
+        self.client, self.rerank, self.mining = client, rerank, mining
         self.keep_candidates, self.batch_size, self.progress = keep_candidates, batch_size, progress
         self.journal_folder, self.failure = journal_folder, failure
 
@@ -88,10 +88,9 @@ class RerankAndMine(beam.PTransform):
                          load_prompt("relevance_classification", self.rerank.rc_prompt_version).hash)
         key_fn = functools.partial(_rerank_key, self.client.model, prompt_hashes, self.rerank)
         dofn = _RerankFn(self.client, Shared(), self.progress, self.journal_folder, self.failure, self.rerank,
-                         self.mining, self.provenance, self.keep_candidates)
+                         self.mining, self.keep_candidates)
         return journaled_llm_stage(candidates, self.journal_folder, "rerank", key_fn, self.batch_size, "Score",
-                                    dofn, "examples", _replay_rerank, self.mining, self.provenance,
-                                    self.keep_candidates)
+                                    dofn, "examples", _replay_rerank, self.mining, self.keep_candidates)
 
 
 def _rerank_key(model, prompt_hashes, config, item):

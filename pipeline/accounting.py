@@ -12,9 +12,9 @@ import datetime as dt
 import math
 import random
 from collections import Counter
-from typing import Iterable, Literal, Optional, Sequence, Union
+from typing import Iterable, Literal, NamedTuple, Optional, Sequence, Union
 
-from schemas import DeadLetter, FilteredRecord, Passage, RunManifest, ScoreSummary, TrainingExample
+from schemas import DeadLetter, FilteredRecord, Passage, RunManifest, ScoreSummary, TokenUsage, TrainingExample
 
 Status = Literal["written", "filtered", "dead_lettered"]
 _PRIORITY = {"written": 0, "filtered": 1, "dead_lettered": 2}
@@ -53,6 +53,22 @@ class AccountingError(RuntimeError):
     pass
 
 
+class ExampleStats(NamedTuple):
+    """What the manifest needs from one written example; about 1/40 of the example's bytes, so the
+    runner does not hold every example a second time on its way to the manifest."""
+    task: str
+    relabelled: bool
+    ql: float
+    rc: float
+    fused: float
+    query_words: float
+
+
+def example_stats(example: TrainingExample) -> ExampleStats:
+    return ExampleStats(example.task, example.positive_changed, example.positive_ql, example.positive_rc,
+                        example.positive_fused, float(len(example.query.split())))
+
+
 RESERVOIR = 10_000  # score samples kept for the distribution summary
 TOP_TASKS = 50
 
@@ -74,12 +90,12 @@ class ManifestAccumulator:
         if outcome.record is not None:
             self.reasons[f"{outcome.status}:{outcome.record.reason}"] += 1
 
-    def add_example(self, example: TrainingExample) -> None:
+    def add_example(self, stats: ExampleStats) -> None:
         self.examples += 1
-        self.relabelled += int(example.positive_changed)
-        self.tasks[example.task] += 1
-        for name, value in (("ql", example.positive_ql), ("rc", example.positive_rc),
-                            ("fused", example.positive_fused), ("query_words", float(len(example.query.split())))):
+        self.relabelled += int(stats.relabelled)
+        self.tasks[stats.task] += 1
+        for name, value in (("ql", stats.ql), ("rc", stats.rc), ("fused", stats.fused),
+                            ("query_words", stats.query_words)):
             self._sample(name, value)
 
     def _sample(self, name: str, value: float) -> None:
@@ -123,7 +139,8 @@ def summarize(values: Sequence[float]) -> ScoreSummary:
 def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.datetime, stage_counts: dict[str, int],
                    llm_model: str, embedder: str, prompts: dict[str, str], config: str,
                    expected_inputs: Optional[int] = None, resumed: bool = False,
-                   ranking_precision: Optional[dict[str, int]] = None) -> RunManifest:
+                   ranking_precision: Optional[dict[str, int]] = None,
+                   tokens: Optional[dict[str, TokenUsage]] = None) -> RunManifest:
     written, filtered, dead = (acc.status[s] for s in ("written", "filtered", "dead_lettered"))
     inputs = written + filtered + dead
     if expected_inputs is not None and inputs != expected_inputs:
@@ -145,5 +162,5 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
         llm_model=llm_model, embedder=embedder, prompts=prompts, config=config,
         accounting=f"{inputs} inputs = {written} written + {filtered} filtered + {dead} dead-lettered"
                    + (" (checked against the input count)" if expected_inputs is not None else ""),
-        resumed=resumed, ranking_precision=ranking_precision or {},
+        resumed=resumed, ranking_precision=ranking_precision or {}, tokens=tokens or {},
     )

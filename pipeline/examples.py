@@ -10,12 +10,14 @@ from schemas import CandidateScore, HardNegative, PassageRef, Provenance, QueryR
 
 
 def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: MiningConfig,
-                  provenance: Provenance, keep_candidates: bool = True,
-                  quality: Optional[float] = None) -> TrainingExample:
+                  keep_candidates: bool = True, quality: Optional[float] = None) -> TrainingExample:
+    """The example without its provenance, which `stamp` adds when it is written: provenance is the
+    same for every row of a run and a third of an example's bytes, and a runner that holds the
+    examples between stages (the DirectRunner) would hold it once per example."""
     positive = choose_positive(scored)
     negatives = mine_negatives(scored, positive, query.query_id, mining)
     ordered = sorted(scored, key=lambda c: c.fused_rank)
-    return TrainingExample(
+    return TrainingExample.model_construct(  # validated whole by stamp()
         example_id=ids.example_id(query.query_id, positive.passage_id),
         query_id=query.query_id,
         task=query.task,
@@ -34,5 +36,9 @@ def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: 
         candidates=ordered if keep_candidates else None,
         knobs=query.knobs,
         quality=quality,
-        provenance=provenance,
     )
+
+
+def stamp(example: TrainingExample, provenance: Provenance) -> TrainingExample:
+    """The written record: the example with the run's provenance, validated."""
+    return TrainingExample.model_validate({**dict(example), "provenance": provenance})

@@ -75,6 +75,40 @@ def render_example(row: dict, width: int = 100) -> str:
     return "\n".join(lines)
 
 
+KIND_ORDER = ("generate", "ql", "rc", "rate")
+
+
+def token_bill(manifest: dict) -> list[dict]:
+    """Tokens per written example by request kind (from the manifest's `tokens`), plus a total row.
+    Empty for manifests written before tokens were counted."""
+    tokens, written = manifest.get("tokens") or {}, manifest.get("written") or 0
+    per = written or 1
+    kinds = sorted(tokens, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), k))
+    rows = []
+    for kind in kinds + (["total"] if tokens else []):
+        usages = [tokens[kind]] if kind != "total" else list(tokens.values())
+        sent, computed, completion, requests, reported = (sum(u.get(f, 0) for u in usages) for f in (
+            "prompt_sent", "prompt_computed", "completion", "requests", "cache_reported"))
+        rows.append({"kind": kind, "requests": requests, "prompt_sent": sent / per, "prompt_computed": computed / per,
+                     "completion": completion / per, "computed_share": computed / sent if sent else None,
+                     "cache_reported": reported == requests})
+    return rows
+
+
+def format_token_bill(manifest: dict) -> list[str]:
+    rows = token_bill(manifest)
+    if not rows:
+        return ["  LLM tokens: not recorded in this manifest"]
+    lines = [f"  LLM tokens per written example ({manifest.get('written') or 0} examples; journal replays cost none):",
+             f"    {'kind':<9}{'requests':>10}{'prompt sent':>13}{'computed':>11}{'share':>7}{'completion':>12}"]
+    for r in rows:
+        share = "" if r["computed_share"] is None else f"{r['computed_share']:.0%}"
+        lines.append(f"    {r['kind']:<9}{r['requests']:>10}{r['prompt_sent']:>13.1f}{r['prompt_computed']:>11.1f}"
+                     f"{share:>7}{r['completion']:>12.1f}" + ("" if r["cache_reported"] else "  (no cache counts: "
+                                                               "computed = sent)"))
+    return lines
+
+
 def format_summary(output: str, manifest: dict, shard_counts: dict, row_counts: dict, schema_text: str,
                    stats: DatasetStats, examples: list[dict], top_tasks: int = 10) -> str:
     parts = [f"{output}",
@@ -83,6 +117,7 @@ def format_summary(output: str, manifest: dict, shard_counts: dict, row_counts: 
     for part, shards in shard_counts.items():
         parts.append(f"  {part:<13} {row_counts[part]:>9} rows in {shards} shard(s)")
     parts.append(f"  relabel rate  {stats.relabel_rate:.1%} ({stats.relabelled} of {stats.rows})")
+    parts.extend(format_token_bill(manifest))
     parts.append("  task mix:")
     for task, n in stats.tasks.most_common(top_tasks):
         parts.append(f"    {n:>7}  {_clip(task, 90)}")

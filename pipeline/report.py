@@ -11,7 +11,7 @@ from typing import Optional
 
 import yaml
 
-from pipeline.inspection import DatasetStats
+from pipeline.inspection import DatasetStats, token_bill
 
 PLOTS = ("scores.png", "query_length.png", "task_mix.png", "negative_ranks.png")
 
@@ -121,6 +121,15 @@ def dataset_card(manifest: dict, stats: DatasetStats, row_counts: dict[str, int]
               "- Prompts (sha256, first 16 hex digits):", "",
               "| prompt | hash |", "|---|---|",
               *(f"| {name} | `{h}` |" for name, h in sorted((manifest.get("prompts") or {}).items())), "",
+              "### LLM tokens per written example", "",
+              "Prompt tokens sent, prompt tokens the server computed (sent minus its prefix-cache hits) and "
+              "completion tokens, by request kind; work replayed from the journal costs none.", "",
+              "| kind | requests | prompt sent | prompt computed | computed share | completion |",
+              "|---|---|---|---|---|---|",
+              *(f"| {r['kind']} | {r['requests']} | {r['prompt_sent']:.1f} | {r['prompt_computed']:.1f} | "
+                f"{'' if r['computed_share'] is None else format(r['computed_share'], '.0%')}"
+                f"{'' if r['cache_reported'] else ' (no cache counts)'} | {r['completion']:.1f} |"
+                for r in token_bill(manifest)), "",
               "### Counts per stage", "", "| stage | count |", "|---|---|",
               *(f"| {k} | {v} |" for k, v in counts.items()), "",
               "### Parameters", "", "```json", json.dumps(config, indent=2, sort_keys=True), "```", ""]

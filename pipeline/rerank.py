@@ -11,6 +11,7 @@ from pipeline.fusion import QL_DECIMALS, RC_DECIMALS, expected_relevance, quanti
 from pipeline.generation import LLM_REASONS
 from pipeline.ingest import dead_letter
 from pipeline.llm.client import LLMClient
+from pipeline.llm.usage import metered
 from pipeline.prompts import PromptTemplate, load_prompt
 from pipeline.retrieval import Hit, merge_topk
 from schemas import CandidateScore, DeadLetter, Passage, QueryRecord
@@ -103,10 +104,10 @@ async def score_query(client: LLMClient, query: QueryRecord, candidates: Sequenc
     label_values = {n: float(rc_template.labels[n]["value"]) for n in label_names}
     top_label = max(label_values, key=label_values.get)
 
-    rc_jobs = [client.label_logprobs(rc_prompt(rc_template, query, c, config.max_passage_chars), label_texts,
-                                     config.rc_method)
+    rc_jobs = [metered("rc", client.label_logprobs(rc_prompt(rc_template, query, c, config.max_passage_chars),
+                                                   label_texts, config.rc_method))
                for c in candidates]
-    ql_jobs = [client.query_likelihood(*ql_request(ql_prompt, query, c, config.max_passage_chars))
+    ql_jobs = [metered("ql", client.query_likelihood(*ql_request(ql_prompt, query, c, config.max_passage_chars)))
                for c in candidates]
     results = await asyncio.gather(*rc_jobs, *ql_jobs)
     rc_results, ql_results = results[:len(candidates)], results[len(candidates):]

@@ -261,6 +261,18 @@ class ScoreSummary(Record):
     max: Optional[float] = None
 
 
+class TokenUsage(Record):
+    """The LLM tokens one kind of request cost in this run, as the server counted them."""
+
+    requests: int = 0
+    prompt_sent: int = Field(0, description="prompt tokens sent (the server's usage.prompt_tokens)")
+    prompt_computed: int = Field(0, description="prompt tokens the server computed: sent minus its prefix-cache "
+                                                "hits (usage.prompt_tokens_details.cached_tokens)")
+    completion: int = Field(0, description="completion tokens generated")
+    cache_reported: int = Field(0, description="requests whose server reported cached tokens; for the others "
+                                               "computed = sent (vLLM reports them with --enable-prompt-tokens-details)")
+
+
 class RunManifest(Record):
     """Run-level summary written next to the shards."""
 
@@ -284,6 +296,9 @@ class RunManifest(Record):
     ranking_precision: dict[str, int] = Field(
         default_factory=dict, description="decimals QL and RC are rounded to before ranking (ties: retrieval rank, "
                                           "then passage id), so that float noise cannot change a ranking")
+    tokens: dict[str, TokenUsage] = Field(
+        default_factory=dict, description="LLM tokens by request kind (generate, ql, rc, rate) in this run; work "
+                                          "replayed from the journal costs none")
 
 
 class EmbeddingEntry(Record):
@@ -321,6 +336,7 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     DeadLetter,
     FilteredRecord,
     ScoreSummary,
+    TokenUsage,
     RunManifest,
     EmbeddingEntry,
     JournalEntry,

@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import aiohttp
 from pydantic import ValidationError
 
+from pipeline.llm.usage import cached_tokens, record as record_usage
 from pipeline.llm.types import (
     RETRYABLE_STATUS,
     ClientConfig,
@@ -146,6 +147,7 @@ class LLMClient:
             result.completion_tokens = int(usage.get("completion_tokens") or 0)
             self.stats.prompt_tokens += result.prompt_tokens
             self.stats.completion_tokens += result.completion_tokens
+            record_usage(result.prompt_tokens, cached_tokens(usage), result.completion_tokens)
         result.latency_s = time.perf_counter() - start
         if payload is None:
             self.stats.failures += 1

