@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.llm.server import VLLMServer
 from pipeline.llm.vllm_venv import ensure_vllm_venv
-from pipeline.teacher.train import build_teacher
+from pipeline.teacher.train import TEACHER_DIR, build_teacher
 from pipeline.testing.tiny_llm import build_tiny_llm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[fret] preparing the vLLM server's virtualenv (installed once, then cached)", flush=True)
         python = ensure_vllm_venv()
         if args.llm == "teacher":
-            model, name = build_teacher(CACHE / "teacher-v1"), "fret-teacher"
+            model, name = build_teacher(CACHE / TEACHER_DIR), "fret-teacher"
             print(f"[fret] starting vLLM on the teacher {model} (about 1-2 minutes on 2 cores)", flush=True)
         else:
             model, name = build_tiny_llm(CACHE / "tiny-llm-v1"), "tiny-llm"

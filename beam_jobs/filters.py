@@ -50,7 +50,7 @@ class FilterQueries(beam.PTransform):
                     | "ApplyNearDup" >> beam.FlatMap(_apply_drop).with_outputs(OUTCOME, main="queries"))
             kept, outcomes = near.queries, outcomes + [near[OUTCOME]]
         clean = kept | "Decontaminate" >> beam.FlatMap(
-            _decontaminate_query, beam.pvalue.AsSingleton(eval_index), self.decontam
+            _decontaminate, beam.pvalue.AsSingleton(eval_index), self.decontam, "query"
         ).with_outputs(OUTCOME, main="queries")
         return clean.queries, (outcomes + [clean[OUTCOME]]) | "Outcomes" >> beam.Flatten()
 
@@ -75,14 +75,19 @@ def _apply_drop(element):
             yield query, passage
 
 
-def _decontaminate_query(qp, eval_index, config):
-    query, passage = qp
-    hit = decontamination.contamination([query.query], eval_index, config, whole_text=True)
-    if hit:
-        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), query.query_id, "filter",
-                                                         "decontaminated", f"query {hit}"))
+def _decontaminate(item, eval_index, config, part: str):
+    """Pass `item` on unless its `part` quotes the evaluation set: a generated query, matched as a
+    whole text, in (query, passage); the positive's title and text in (example, unit)."""
+    record, owner = item
+    if part == "query":
+        texts, whole, unit, record_id = [record.query], True, unit_id(owner), record.query_id
     else:
-        yield qp
+        texts, whole, unit, record_id = [record.positive.title, record.positive.text], False, owner, record.example_id
+    hit = decontamination.contamination(texts, eval_index, config, whole_text=whole)
+    if hit:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit, record_id, "filter", "decontaminated", f"{part} {hit}"))
+    else:
+        yield item
 
 
 class LoadEvalIndex(beam.PTransform):
@@ -136,15 +141,5 @@ class DecontaminateExamples(beam.PTransform):
     def expand(self, pcolls):
         examples, eval_index = pcolls
         return examples | "DropContaminated" >> beam.FlatMap(
-            _decontaminate_positive, beam.pvalue.AsSingleton(eval_index), self.config
+            _decontaminate, beam.pvalue.AsSingleton(eval_index), self.config, "positive"
         ).with_outputs(OUTCOME, main="examples")
-
-
-def _decontaminate_positive(ep, eval_index, config):
-    example, unit = ep
-    hit = decontamination.contamination([example.positive.title, example.positive.text], eval_index, config)
-    if hit:
-        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit, example.example_id, "filter",
-                                                         "decontaminated", f"positive {hit}"))
-    else:
-        yield ep

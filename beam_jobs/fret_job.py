@@ -25,6 +25,7 @@ from beam_jobs.config import expand_config
 from beam_jobs.filters import DecontaminateExamples, FilterQueries, LoadEvalIndex
 from beam_jobs.generate import GenerateQueries
 from beam_jobs.journal import journal_dir
+from beam_jobs.llm_stage import StageSettings
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, WriteRecords, write_manifest
 from beam_jobs.rate import RateExamples
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
@@ -118,7 +119,9 @@ def _count(pcoll, name: str):
 def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, started_at: dt.datetime) -> None:
     output = opts.output.rstrip("/")
     client = opt.client_config(opts, model)
-    prompts = {name: load_prompt(name).hash for name in PROMPTS}
+    rerank = opt.rerank_config(opts)
+    versions = {"query_likelihood": rerank.ql_prompt_version, "relevance_classification": rerank.rc_prompt_version}
+    prompts = {name: load_prompt(name, versions.get(name)).hash for name in PROMPTS}  # the versions this run uses
     config = opt.effective_config(opts, model)
     decontam = opt.decontam_config(opts)
     provenance = Provenance(llm_model=model, embedder=opts.embedder, prompts=prompts, params=config,
@@ -127,9 +130,9 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
                                                          opt.split_config(opts), opts.trust_remote_code)
     passages, dedupe_outcomes = read.passages | "DeduplicatePassages" >> DeduplicatePassages()
-    journal, failure = journal_dir(output), opt.failure_policy(opts)
-    queries = passages | "GenerateQueries" >> GenerateQueries(client, opt.generation_config(opts),
-                                                                 opts.llm_batch_size, opts.progress, journal, failure)
+    journal = journal_dir(output)
+    llm = StageSettings(client, opts.llm_batch_size, opts.progress, journal, opt.failure_policy(opts))
+    queries = passages | "GenerateQueries" >> GenerateQueries(llm, opt.generation_config(opts))
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, decontam)
     kept_queries, filter_outcomes = ((queries["queries"], eval_index)
                                      | "FilterQueries" >> FilterQueries(opt.near_dup_config(opts), decontam))
@@ -142,17 +145,15 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                                                 journal_folder=journal))
     candidates = retrieved["candidates"]
     reused.append(_count(retrieved["reused"], "journal_hits_embed"))
-    rerank = opt.rerank_config(opts)
+    # A rerank item is one query with N+1 candidates (2N+2 requests): a quarter of the batch size.
     reranked = candidates | "RerankAndMine" >> RerankAndMine(
-        client, rerank, opt.mining_config(opts), opts.keep_candidates,
-        batch_size=max(1, opts.llm_batch_size // 4), progress=opts.progress, journal_folder=journal, failure=failure)
+        llm.batched(max(1, opts.llm_batch_size // 4)), rerank, opt.mining_config(opts), opts.keep_candidates)
     examples, late_outcomes = reranked["examples"], [reranked[OUTCOME]]
     token_usage = [queries[TOKENS], reranked[TOKENS]]
     reused.append(_count(reranked["reused"], "journal_hits_rerank"))
     rater = opt.rater_config(opts)
     if rater is not None:
-        rated = examples | "RateExamples" >> RateExamples(client, rater, opts.llm_batch_size, opts.progress,
-                                                            journal, failure)
+        rated = examples | "RateExamples" >> RateExamples(llm, rater)
         examples, late_outcomes = rated["examples"], late_outcomes + [rated[OUTCOME]]
         token_usage.append(rated[TOKENS])
         reused.append(_count(rated["reused"], "journal_hits_rate"))

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS, OUTCOME
-from beam_jobs.llm_stage import LLMBatchDoFn, failure_reason, journaled_llm_stage
+from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, failure_reason, journaled_llm_stage
 from pipeline import journal
 from pipeline.accounting import Outcome, unit_id
 from pipeline.generation import GenerationConfig, generate_queries
-from pipeline.llm.types import ClientConfig
 from pipeline.prompts import load_prompt
-from pipeline.reliability import FailurePolicy
 from schemas import DeadLetter, Passage
 
 
@@ -32,8 +29,8 @@ class _GenerateFn(LLMBatchDoFn):
     STAGE = "generate"
     PROGRESS = "generate (passages)"
 
-    def __init__(self, client, shared, progress, journal_folder, failure, config: GenerationConfig):
-        super().__init__(client, shared, progress, journal_folder, failure)
+    def __init__(self, settings: StageSettings, shared, config: GenerationConfig):
+        super().__init__(settings, shared)
         self._config = config
         self.generated = Metrics.counter(NS, "queries_generated")
         self.parse_failures = Metrics.counter(NS, "generation_failures")
@@ -64,15 +61,13 @@ def _replay_generated(done):
 class GenerateQueries(beam.PTransform):
     """Passage -> {"queries": (QueryRecord, seed Passage), "outcome": dead letters, "reused": journal hits}."""
 
-    def __init__(self, client: ClientConfig, config: GenerationConfig, batch_size: int = 64, progress: bool = False,
-                 journal_folder: Optional[str] = None, failure: FailurePolicy = FailurePolicy()):
+    def __init__(self, settings: StageSettings, config: GenerationConfig):
         super().__init__()
-        self.client, self.config, self.batch_size, self.progress = client, config, batch_size, progress
-        self.journal_folder, self.failure = journal_folder, failure
+        self.settings, self.config = settings, config
 
     def expand(self, passages):
-        key_fn = functools.partial(journal.generation_key, self.client.model,
+        key_fn = functools.partial(journal.generation_key, self.settings.client.model,
                                    load_prompt("query_generation", self.config.prompt_version).hash, self.config)
-        dofn = _GenerateFn(self.client, Shared(), self.progress, self.journal_folder, self.failure, self.config)
-        return journaled_llm_stage(passages, self.journal_folder, "generate", key_fn, self.batch_size, "Generate",
-                                    dofn, "queries", _replay_generated)
+        dofn = _GenerateFn(self.settings, Shared(), self.config)
+        return journaled_llm_stage(passages, self.settings, "generate", key_fn, "Generate", dofn, "queries",
+                                   _replay_generated)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 from typing import Optional
 
 import apache_beam as beam
@@ -22,6 +23,21 @@ from pipeline.reliability import FailureGuard, FailurePolicy
 from schemas import DeadLetter
 
 
+@dataclasses.dataclass(frozen=True)
+class StageSettings:
+    """What every LLM stage takes: the client, its batch size, whether to print progress, the
+    journal folder (None: no journal) and when to give up on a failing server."""
+
+    client: ClientConfig
+    batch_size: int = 16
+    progress: bool = False
+    journal_folder: Optional[str] = None
+    failure: FailurePolicy = FailurePolicy()
+
+    def batched(self, batch_size: int) -> "StageSettings":
+        return dataclasses.replace(self, batch_size=batch_size)
+
+
 class LLMBatchDoFn(beam.DoFn):
     """Base: one BlockingLLM per worker process (shared across threads), batches pipelined.
 
@@ -35,10 +51,9 @@ class LLMBatchDoFn(beam.DoFn):
     PROGRESS = ""  # the console label, e.g. "rerank (queries)"
     BATCHES_IN_FLIGHT = 4
 
-    def __init__(self, client: ClientConfig, shared: Shared, progress: bool, journal_folder: Optional[str],
-                 failure: FailurePolicy):
-        self._client_config, self._shared, self._progress = client, shared, progress
-        self._journal_folder, self._failure = journal_folder, failure
+    def __init__(self, settings: StageSettings, shared: Shared):
+        self._client_config, self._shared, self._progress = settings.client, shared, settings.progress
+        self._journal_folder, self._failure = settings.journal_folder, settings.failure
         self.requests = Metrics.counter(NS, "llm_requests")
         self.failures = Metrics.counter(NS, "llm_failures")
         self.retries = Metrics.counter(NS, "llm_retries")
@@ -137,15 +152,15 @@ def failure_reason(records) -> Optional[str]:
     return next((r.reason for r in records if isinstance(r, DeadLetter)), None)
 
 
-def journaled_llm_stage(items, journal_folder, stage: str, key_fn, batch_size: int, label: str, dofn,
-                         main: str, replay, *replay_args) -> dict:
+def journaled_llm_stage(items, settings: StageSettings, stage: str, key_fn, label: str, dofn, main: str, replay,
+                        *replay_args) -> dict:
     """The shape of every LLM stage: items whose work is in the journal are replayed from it, the
     rest go to the LLM in fixed batches. Returns {main, "outcome", "reused": the replayed items,
     "tokens": one UsageMeter per batch sent}."""
-    split = items | "Journal" >> LookupJournal(journal_folder, stage, key_fn)
+    split = items | "Journal" >> LookupJournal(settings.journal_folder, stage, key_fn)
     total = split.todo | "CountTodo" >> beam.combiners.Count.Globally()
     fresh = (split.todo
-             | "Batch" >> fixed_batches(batch_size)
+             | "Batch" >> fixed_batches(settings.batch_size)
              | label >> beam.ParDo(dofn, total=beam.pvalue.AsSingleton(total)).with_outputs(OUTCOME, TOKENS, main=main))
     replayed = split.done | "Replay" >> beam.FlatMap(replay, *replay_args).with_outputs(OUTCOME, main=main)
     return {main: (fresh[main], replayed[main]) | f"Merge{main.title()}" >> beam.Flatten(),

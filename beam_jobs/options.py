@@ -82,6 +82,9 @@ class FretOptions(PipelineOptions):
         _add(rr, "rc_method", default="first_token", choices=["first_token", "exact"],
              help="first_token: each label's first-token log-probability in one prefix-cached request "
                   "(vLLM's logprob_token_ids); exact: the whole label's log-likelihood via echo (any server)")
+        _add(rr, "rc_prompt_version", type=int, default=None,
+             help="relevance_classification prompt version (default: the newest, 2; 1 has no examples in its head)")
+        _add(rr, "ql_prompt_version", type=int, default=None, help="query_likelihood prompt version (default: newest)")
         _add(rr, "negative_strategy", default="lowest", choices=["lowest", "random", "rank_window", "margin"])
         _add(rr, "num_negatives", type=int, default=1)
         _add(rr, "negative_window", default="10,20", help="rank_window: fused ranks lo,hi")
@@ -161,7 +164,8 @@ def split_config(opts: FretOptions) -> SplitConfig:
 
 
 def rerank_config(opts: FretOptions) -> RerankConfig:
-    return RerankConfig(rrf_k=opts.rrf_k, rc_score=opts.rc_score, rc_method=opts.rc_method)
+    return RerankConfig(rrf_k=opts.rrf_k, rc_score=opts.rc_score, rc_method=opts.rc_method,
+                        ql_prompt_version=opts.ql_prompt_version, rc_prompt_version=opts.rc_prompt_version)
 
 
 def mining_config(opts: FretOptions) -> MiningConfig:
@@ -187,7 +191,7 @@ CONFIG_FIELDS = (
     "input", "input_format", "output", "output_shards", "keep_candidates", "llm_url", "llm_model",
     "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage", "temperature",
     "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
-    "index_shard_size", "rrf_k", "rc_score", "rc_method", "negative_strategy", "num_negatives", "negative_window",
+    "index_shard_size", "rrf_k", "rc_score", "rc_method", "rc_prompt_version", "ql_prompt_version", "negative_strategy", "num_negatives", "negative_window",
     "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated",
     "decontaminate", "decontam_ngram", "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args",
     "llm_serve_port", "llm_serve_memory", "llm_serve_max_model_len",

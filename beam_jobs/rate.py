@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Optional, Union
+from typing import Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS, OUTCOME
-from beam_jobs.llm_stage import LLMBatchDoFn, journaled_llm_stage
+from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, journaled_llm_stage
 from pipeline import filtering, journal
 from pipeline.accounting import Outcome, filtered
 from pipeline.generation import LLM_REASONS
 from pipeline.ingest import dead_letter
-from pipeline.llm.types import ClientConfig
 from pipeline.prompts import load_prompt
-from pipeline.reliability import FailurePolicy
 from schemas import DeadLetter, QualityRating
 
 
@@ -45,8 +43,8 @@ class _RateFn(LLMBatchDoFn):
     STAGE = "rate"
     PROGRESS = "rate (examples)"
 
-    def __init__(self, client, shared, progress, journal_folder, failure, config: filtering.RaterConfig):
-        super().__init__(client, shared, progress, journal_folder, failure)
+    def __init__(self, settings: StageSettings, shared, config: filtering.RaterConfig):
+        super().__init__(settings, shared)
         self._config = config
         self.rated = Metrics.counter(NS, "examples_rated")
         self.rater_failures = Metrics.counter(NS, "rater_failures")
@@ -83,18 +81,16 @@ async def _rate_all(client, batch, config):
 class RateExamples(beam.PTransform):
     """Gemini Embedding's LLM auto-rater: drop examples rated below a threshold, keeping the reason."""
 
-    def __init__(self, client: ClientConfig, config: filtering.RaterConfig, batch_size: int = 64,
-                 progress: bool = False, journal_folder: Optional[str] = None,
-                 failure: FailurePolicy = FailurePolicy()):
+    def __init__(self, settings: StageSettings, config: filtering.RaterConfig):
         super().__init__()
-        self.client, self.config, self.batch_size, self.progress = client, config, batch_size, progress
-        self.journal_folder, self.failure = journal_folder, failure
+        self.settings, self.config = settings, config
 
     def expand(self, examples):
-        key_fn = functools.partial(_rate_key, self.client.model, load_prompt("quality_rater").hash, self.config)
-        dofn = _RateFn(self.client, Shared(), self.progress, self.journal_folder, self.failure, self.config)
-        return journaled_llm_stage(examples, self.journal_folder, "rate", key_fn, self.batch_size, "Rate", dofn,
-                                    "examples", _replay_rating, self.config)
+        key_fn = functools.partial(_rate_key, self.settings.client.model, load_prompt("quality_rater").hash,
+                                   self.config)
+        dofn = _RateFn(self.settings, Shared(), self.config)
+        return journaled_llm_stage(examples, self.settings, "rate", key_fn, "Rate", dofn, "examples", _replay_rating,
+                                   self.config)
 
 
 def _rate_key(model, prompt_hash, config, item):

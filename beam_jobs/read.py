@@ -131,7 +131,15 @@ def _is_parquet(path: str, input_format: str) -> bool:
     return path.endswith((".parquet", ".pq"))
 
 
+def _keep_first(members, detail: str):
+    """The first of a sorted group goes on; the rest are filtered as duplicates of it."""
+    yield members[0]
+    for dup in members[1:]:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(dup), dup.id, "read", "duplicate_passage", detail))
+
+
 def _resolve_id_group(element):
+    """Passages sharing an id: one is kept when their texts agree, all are dead-lettered when not."""
     passage_id, members = element
     members = sorted(members, key=lambda m: m.source_id)
     kept, conflicts, _ = ingest.resolve_duplicates(passage_id, [(m.source_id, m) for m in members])
@@ -139,19 +147,14 @@ def _resolve_id_group(element):
         for passage, letter in zip(members, conflicts):
             yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", letter))
         return
-    yield members[0]
-    for dup in members[1:]:
-        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(dup), dup.id, "read", "duplicate_passage",
-                                                         f"same id and text as {members[0].source_id}"))
+    yield from _keep_first(members, f"same id and text as {members[0].source_id}")
 
 
 def _resolve_content_group(element):
+    """Passages sharing a text (under different ids): the smallest id is kept."""
     _, members = element
     members = sorted(members, key=lambda m: (m.id, m.source_id))
-    yield members[0]
-    for dup in members[1:]:
-        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(dup), dup.id, "read", "duplicate_passage",
-                                                         f"same text as passage {members[0].id}"))
+    yield from _keep_first(members, f"same text as passage {members[0].id}")
 
 
 class DeduplicatePassages(beam.PTransform):

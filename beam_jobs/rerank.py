@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS, OUTCOME
-from beam_jobs.llm_stage import LLMBatchDoFn, failure_reason, journaled_llm_stage
+from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, failure_reason, journaled_llm_stage
 from pipeline import journal
 from pipeline.accounting import Outcome, unit_id
 from pipeline.examples import build_example
-from pipeline.llm.types import ClientConfig
 from pipeline.mining import MiningConfig
 from pipeline.prompts import load_prompt
-from pipeline.reliability import FailurePolicy
 from pipeline.rerank import RerankConfig, score_query
 from schemas import DeadLetter
 
@@ -34,9 +31,9 @@ class _RerankFn(LLMBatchDoFn):
     STAGE = "rerank"
     PROGRESS = "rerank (queries)"
 
-    def __init__(self, client, shared, progress, journal_folder, failure, rerank: RerankConfig, mining: MiningConfig,
+    def __init__(self, settings: StageSettings, shared, rerank: RerankConfig, mining: MiningConfig,
                  keep_candidates: bool):
-        super().__init__(client, shared, progress, journal_folder, failure)
+        super().__init__(settings, shared)
         self._rerank, self._mining, self._keep = rerank, mining, keep_candidates
         self.scored = Metrics.counter(NS, "queries_reranked")
         self.rerank_failures = Metrics.counter(NS, "rerank_failures")
@@ -75,22 +72,18 @@ class RerankAndMine(beam.PTransform):
     """(query, seed, candidates) -> {"examples": (TrainingExample, seed's unit id), "outcome", "reused"}
     via QL + RC + RRF and mining. The examples carry no provenance until pipeline.examples.stamp."""
 
-    def __init__(self, client: ClientConfig, rerank: RerankConfig, mining: MiningConfig,
-                 keep_candidates: bool = True, batch_size: int = 16, progress: bool = False,
-                 journal_folder: Optional[str] = None, failure: FailurePolicy = FailurePolicy()):
+    def __init__(self, settings: StageSettings, rerank: RerankConfig, mining: MiningConfig,
+                 keep_candidates: bool = True):
         super().__init__()
-        self.client, self.rerank, self.mining = client, rerank, mining
-        self.keep_candidates, self.batch_size, self.progress = keep_candidates, batch_size, progress
-        self.journal_folder, self.failure = journal_folder, failure
+        self.settings, self.rerank, self.mining, self.keep_candidates = settings, rerank, mining, keep_candidates
 
     def expand(self, candidates):
         prompt_hashes = (load_prompt("query_likelihood", self.rerank.ql_prompt_version).hash,
                          load_prompt("relevance_classification", self.rerank.rc_prompt_version).hash)
-        key_fn = functools.partial(_rerank_key, self.client.model, prompt_hashes, self.rerank)
-        dofn = _RerankFn(self.client, Shared(), self.progress, self.journal_folder, self.failure, self.rerank,
-                         self.mining, self.keep_candidates)
-        return journaled_llm_stage(candidates, self.journal_folder, "rerank", key_fn, self.batch_size, "Score",
-                                    dofn, "examples", _replay_rerank, self.mining, self.keep_candidates)
+        key_fn = functools.partial(_rerank_key, self.settings.client.model, prompt_hashes, self.rerank)
+        dofn = _RerankFn(self.settings, Shared(), self.rerank, self.mining, self.keep_candidates)
+        return journaled_llm_stage(candidates, self.settings, "rerank", key_fn, "Score", dofn, "examples",
+                                   _replay_rerank, self.mining, self.keep_candidates)
 
 
 def _rerank_key(model, prompt_hashes, config, item):

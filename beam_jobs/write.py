@@ -8,7 +8,19 @@ from pipeline import accounting
 from pipeline.llm.usage import UsageMeter
 
 
-class ManifestCombine(beam.CombineFn):
+class _MergingCombine(beam.CombineFn):
+    """A CombineFn over accumulators that merge in place (`first.merge(other)`)."""
+
+    def merge_accumulators(self, accs):
+        first, *rest = list(accs)
+        for other in rest:
+            first.merge(other)
+        return first
+
+
+class ManifestCombine(_MergingCombine):
+    """Outcome and example events -> the manifest's accumulator."""
+
     def create_accumulator(self):
         return accounting.ManifestAccumulator()
 
@@ -20,17 +32,11 @@ class ManifestCombine(beam.CombineFn):
             acc.add_example(value)
         return acc
 
-    def merge_accumulators(self, accs):
-        first, *rest = list(accs)
-        for other in rest:
-            first.merge(other)
-        return first
-
     def extract_output(self, acc):
         return acc
 
 
-class SumTokens(beam.CombineFn):
+class SumTokens(_MergingCombine):
     """UsageMeters of every LLM batch -> {request kind: TokenUsage} for the manifest."""
 
     def create_accumulator(self):
@@ -38,12 +44,6 @@ class SumTokens(beam.CombineFn):
 
     def add_input(self, acc, meter):
         return acc.merge(meter)
-
-    def merge_accumulators(self, accs):
-        first, *rest = list(accs)
-        for other in rest:
-            first.merge(other)
-        return first
 
     def extract_output(self, acc):
         return acc.usage()

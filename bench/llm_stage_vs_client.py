@@ -107,19 +107,17 @@ def main() -> None:
     import apache_beam as beam
 
     from beam_jobs.generate import GenerateQueries
+    from beam_jobs.llm_stage import StageSettings
     from beam_jobs.rerank import RerankAndMine
     from pipeline.generation import GenerationConfig
     from pipeline.mining import MiningConfig
     from pipeline.rerank import RerankConfig
-    from schemas import Provenance
 
     passages = sample_passages(args.passages)
     items = rerank_items(args.queries, args.candidates)
     gen = GenerationConfig(temperature=0.0, max_tokens=1500)
     rerank = RerankConfig()
     levels = [int(c) for c in args.concurrency.split(",")]
-    provenance = Provenance(llm_model="tiny-llm", embedder="-", prompts={}, params="{}",
-                            created_at=__import__("datetime").datetime.now(__import__("datetime").timezone.utc))
     rows = []
     with tiny_vllm_dev() as server:
         url = server.base_url
@@ -132,12 +130,12 @@ def main() -> None:
         for stage, bare, build, n_requests in (
             ("generate", lambda c: bare_generation(url, passages, gen, c),
              lambda p, j, c, n=len(passages): (p | beam.Create(passages[:n])
-                                               | GenerateQueries(client_config(url, c), gen, 64, journal_folder=j)),
+                                               | GenerateQueries(StageSettings(client_config(url, c), 64, journal_folder=j), gen)),
              len(passages)),
             ("rerank", lambda c: bare_scoring(url, items, rerank, c),
              lambda p, j, c, n=len(items): (p | beam.Create(items[:n])
-                                            | RerankAndMine(client_config(url, c), rerank, MiningConfig(), provenance,
-                                                            batch_size=16, journal_folder=j)),
+                                            | RerankAndMine(StageSettings(client_config(url, c), 16, journal_folder=j), rerank,
+                                                            MiningConfig())),
              2 * sum(len(c) for _, _, c in items)),
         ):
             if stage not in args.stages.split(","):

@@ -1,6 +1,6 @@
 """Scale curve of the whole job: wall time per passage and peak RSS at growing corpus sizes.
 
-    .venv/bin/python bench/scale.py [--sizes 1000,10000,100000] [--num-neighbors 4]
+    .venv/bin/python bench/scale.py [--sizes 30000,300000] [--num-neighbors 4]
 
 The LLM is the scripted stub (instant answers, its own process) and the embedder a tiny
 random-weight BERT, so that the pipeline itself is measured, not the models. Each size runs the
@@ -43,7 +43,7 @@ from pipeline.testing.stub_llm import StubLLM
 def gen(prompt):
     digest = hashlib.sha1(prompt.rsplit("<passage>", 1)[1].encode()).hexdigest()[:12]
     return json.dumps({{"task": "Given a query, find the passage", "query": "query " + digest}})
-stub = StubLLM(generate_fn=gen, port={port}).start()
+stub = StubLLM(generate_fn=gen, port={port}, record=False).start()  # millions of requests: keep none
 print("ready", flush=True)
 while True:
     time.sleep(3600)
@@ -89,7 +89,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--sizes", default="30000,300000")
     parser.add_argument("--num-neighbors", type=int, default=4)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))

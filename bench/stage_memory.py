@@ -21,7 +21,7 @@ import weakref
 from collections import defaultdict
 from pathlib import Path
 
-from common import CACHE, RESULTS, emit
+from common import CACHE, emit
 
 LIVE: "weakref.WeakSet" = weakref.WeakSet()
 SAMPLE = 200

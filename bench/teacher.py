@@ -126,7 +126,7 @@ def generation_gate(base_url: str, args) -> tuple[list[dict], dict]:
 def main() -> int:
     from pipeline.llm.server import VLLMServer
     from pipeline.llm.vllm_venv import ensure_vllm_venv
-    from pipeline.teacher.train import build_teacher
+    from pipeline.teacher.train import TEACHER_DIR, build_teacher
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="", help="a teacher folder (default: build or reuse the cached one)")
@@ -135,7 +135,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--skip-generation", action="store_true")
     args = parser.parse_args()
-    model = args.model or str(build_teacher(CACHE / "teacher-v1"))
+    model = args.model or str(build_teacher(CACHE / TEACHER_DIR))
     with VLLMServer(model, python=ensure_vllm_venv(), served_model_name="fret-teacher",
                     extra_args=("--dtype", "float32")) as server:
         rows, summary = reranking_gate(server.base_url, args)

@@ -38,6 +38,12 @@ def test_inspect(job_output, capsys):
     assert "positive_changed: bool" in text and text.count("example e-") == 2
     assert any(e["query"] in text for e in out["examples"]) and "negative  [" in text
     assert first["example_id"] in text or out["examples"][1]["example_id"] in text
+    # The token bill, per written example: the stub reports no cache counts, so computed = sent.
+    tokens = out["manifest"]["tokens"]
+    rc_per_example = tokens["rc"]["prompt_sent"] / 12
+    assert "LLM tokens per written example (12 examples" in text
+    rc_line = next(line for line in text.splitlines() if line.strip().startswith("rc "))
+    assert f"{rc_per_example:.1f}" in rc_line and "100%" in rc_line and "no cache counts" in rc_line
 
 
 def test_report_card_loads_with_hf_datasets(job_output, tmp_path):
@@ -56,6 +62,8 @@ def test_report_card_loads_with_hf_datasets(job_output, tmp_path):
     assert out["manifest"]["llm_model"] in body and out["manifest"]["accounting"] in body
     for name, value in out["manifest"]["prompts"].items():
         assert f"| {name} | `{value}` |" in body
+    ql = out["manifest"]["tokens"]["ql"]
+    assert f"| ql | {ql['requests']} | {ql['prompt_sent'] / 12:.1f} | {ql['prompt_computed'] / 12:.1f} | 100%" in body
     for png in ("scores.png", "query_length.png", "task_mix.png", "negative_ranks.png"):
         data = (copy / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24])[0] > 100  # width

@@ -98,6 +98,14 @@ def test_job_relabels_when_the_llm_prefers_a_neighbour(tmp_path, preferring_llm)
     prompts = {e["key"]: e["value"] for e in provenance["prompts"]}
     assert set(prompts) >= {"query_generation", "query_likelihood", "relevance_classification"}
     assert prompts == manifest["prompts"]
+    # The token bill: one QL and one RC request per scored candidate, one generation per passage;
+    # the stub reports no prefix-cache counts, so computed = sent and the manifest says so.
+    tokens = manifest["tokens"]
+    scored = sum(len(e["candidates"]) for e in out["examples"])
+    assert tokens["ql"]["requests"] == tokens["rc"]["requests"] == scored
+    assert tokens["generate"]["requests"] == len(PASSAGES) and tokens["generate"]["completion"] > 0
+    for usage in tokens.values():
+        assert usage["cache_reported"] == 0 and usage["prompt_computed"] == usage["prompt_sent"] > 0
 
 
 def eligible_negatives(example):

@@ -55,6 +55,16 @@ def test_full_job_accounts_for_every_input(tmp_path, vllm_server):
             assert c["ql"] == pytest.approx(ql, abs=1e-3)
             stored = {e["key"]: e["value"] for e in c["rc_label_logprobs"]}
             assert stored == pytest.approx(labels, abs=1e-3)
+    # The token bill, from vLLM's own per-request counts: RC prompts share their head (instruction,
+    # examples, task, query), which the prefix cache computes once per query; QL asks for prompt
+    # log-probabilities, which vLLM computes without the cache.
+    tokens = manifest["tokens"]
+    assert set(tokens) == {"generate", "ql", "rc"}
+    for usage in tokens.values():
+        assert usage["cache_reported"] == usage["requests"] > 0
+    assert tokens["rc"]["requests"] >= sum(len(e["candidates"]) for e in out["examples"])
+    assert tokens["ql"]["prompt_computed"] == tokens["ql"]["prompt_sent"]
+    assert tokens["rc"]["prompt_computed"] < 0.75 * tokens["rc"]["prompt_sent"]
     # The shards load as one dataset with pyarrow and with Hugging Face datasets.
     table = ds.dataset(tmp_path / "out" / "examples", format="parquet").to_table()
     assert table.num_rows == manifest["written"]

@@ -248,3 +248,46 @@ def test_concurrent_label_requests_share_one_tokenize_lookup(stub_llm):
     assert all(r.ok for r in run(go()))
     tokenize = [r for r in stub_llm.requests if "add_special_tokens" in r]
     assert len(tokenize) == len(labels)  # not 50 x 3
+
+
+def test_token_usage_is_metered_per_kind_under_concurrency(stub_llm):
+    from pipeline.llm import usage
+
+    labels = [" Highly Relevant", " Somewhat Relevant", " Not Relevant"]
+
+    async def go():
+        async with make_client(stub_llm.base_url) as c:
+            async def batch():
+                rc = [usage.metered("rc", c.label_logprobs(f"Query {i}\nRelevance:", labels, "first_token"))
+                      for i in range(6)]
+                ql = [usage.metered("ql", c.query_likelihood(f"Passage {i} text", " a query")) for i in range(4)]
+                gen = [c.generate(f"write {i}", GeneratedQuery) for i in range(3)]  # the stage's own kind
+                return await asyncio.gather(*rc, *ql, *gen)
+
+            # Two batches at once on one client: each meter sees only its own requests.
+            return await asyncio.gather(usage.measure("generate", batch()), usage.measure("generate", batch()))
+
+    for results, meter in run(go()):
+        counts = meter.usage()
+        assert set(counts) == {"rc", "ql", "generate"}
+        for kind, picked in (("rc", results[:6]), ("ql", results[6:10]), ("generate", results[10:])):
+            assert counts[kind].requests == len(picked)
+            assert counts[kind].prompt_sent == sum(r.prompt_tokens for r in picked) > 0
+            assert counts[kind].completion == sum(r.completion_tokens for r in picked)
+            # The stub reports no cached tokens: computed = sent, and no request counts as reported.
+            assert counts[kind].prompt_computed == counts[kind].prompt_sent and counts[kind].cache_reported == 0
+
+
+def test_cached_tokens_come_from_the_usage_details():
+    from pipeline.llm.usage import UsageMeter, cached_tokens
+
+    assert cached_tokens({"prompt_tokens": 90, "prompt_tokens_details": {"cached_tokens": 64}}) == 64
+    assert cached_tokens({"prompt_tokens": 90, "prompt_tokens_details": None}) is None
+    assert cached_tokens({"prompt_tokens": 90}) is None
+    meter = UsageMeter()
+    meter.add("rc", 90, 64, 1)
+    meter.add("rc", 90, None, 1)
+    other = UsageMeter()
+    other.add("rc", 10, 0, 1)
+    rc = meter.merge(other).usage()["rc"]
+    assert (rc.requests, rc.prompt_sent, rc.prompt_computed, rc.completion, rc.cache_reported) == (3, 190, 126, 3, 2)

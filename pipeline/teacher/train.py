@@ -26,7 +26,8 @@ from pipeline.teacher.corpus import docstring_pairs, samples_held_out, site_pack
 from pipeline.teacher.examples import TASKS, TextRenderer, TrainingText, distractor, groups, training_texts
 
 ROOT = Path(__file__).resolve().parents[2]
-TEACHER_VERSION = 1
+TEACHER_VERSION = 2  # 2: trained on the RC prompt v2 (graded examples in the head)
+TEACHER_DIR = f"teacher-v{TEACHER_VERSION}"  # its folder in the cache: a new version never reuses an old teacher
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,6 +60,7 @@ class StubLLM:
         api_key: Optional[str] = None,
         port: Optional[int] = None,
         features: frozenset[str] = frozenset({"echo", "tokenize", "logprob_token_ids"}),
+        record: bool = True,
     ):
         self.model = model
         self.api_key = api_key  # when set, requests without "Authorization: Bearer <key>" get 401
@@ -67,7 +68,9 @@ class StubLLM:
         self.generate_fn = generate_fn or (lambda prompt: json.dumps({"task": "stub task", "query": "stub query"}))
         self.logprob_fn = logprob_fn
         self.faults: collections.deque[Fault] = collections.deque()
-        self.requests: list[dict[str, Any]] = []  # every JSON body received, for assertions
+        # Every JSON body received, for assertions; a benchmark sending millions turns it off.
+        self.record = record
+        self.requests: list[dict[str, Any]] = []
         self.vocab: dict[str, int] = {}  # token text <-> id, assigned on first sight
         self.port = port or free_port()
         self._lock = threading.Lock()
@@ -75,6 +78,10 @@ class StubLLM:
         self._runner: Optional[web.AppRunner] = None
         self._thread: Optional[threading.Thread] = None
         self._started = threading.Event()
+
+    def _record(self, body: dict[str, Any]) -> None:
+        if self.record:
+            self.requests.append(body)
 
     @property
     def base_url(self) -> str:
@@ -106,7 +113,7 @@ class StubLLM:
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.requests.append(body)
+        self._record(body)
         if "tokenize" not in self.features:
             return web.json_response({"error": {"message": "Not Found"}}, status=404)
         ids = [self.token_id(t) for t, _ in tokenize(body["prompt"])]
@@ -148,7 +155,7 @@ class StubLLM:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(body)
+        self._record(body)
         fault = await self._apply_fault(request, "completions")
         if fault is not None:
             return fault
@@ -193,7 +200,7 @@ class StubLLM:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(body)
+        self._record(body)
         unauthorized = self._unauthorized(request)
         if unauthorized is not None:
             return unauthorized

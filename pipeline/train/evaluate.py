@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pipeline import retrieval
 from pipeline.text_format import ResolvedFormat, resolve
 
 CHUNK = 4096
@@ -69,13 +70,15 @@ def search(encode_queries, encode_docs, query_texts: list[str], doc_ids: list[st
     scanned one chunk at a time, so memory holds one chunk and the running top-k lists."""
     q_full = encode_queries(query_texts)  # (Q, d)
     queries = {dim: _truncate(q_full, dim) for dim in dims}
-    heaps = {dim: [[] for _ in query_texts] for dim in dims}
+    best: dict = {dim: [[] for _ in query_texts] for dim in dims}
     for start in range(0, len(doc_texts), CHUNK):
         d_full = encode_docs(doc_texts[start:start + CHUNK])  # (c, d)
+        chunk_ids = doc_ids[start:start + CHUNK]
         for dim in dims:
-            scores = queries[dim] @ _truncate(d_full, dim).T  # (Q, c)
-            _push_top(heaps[dim], scores, doc_ids, start, k)
-    return {dim: [[d for _, d in sorted(h, key=lambda x: (-x[0], x[1]))] for h in heaps[dim]] for dim in dims}
+            # The job's own search and merge: the same scores and the same tie-break (score, then id).
+            hits = retrieval.search_shard(queries[dim], _truncate(d_full, dim), chunk_ids, k)
+            best[dim] = [retrieval.merge_topk([kept, new], k) for kept, new in zip(best[dim], hits)]
+    return {dim: [[h.passage_id for h in hits] for hits in best[dim]] for dim in dims}
 
 
 def _truncate(vectors: np.ndarray, dim: Optional[int]) -> np.ndarray:
@@ -83,18 +86,6 @@ def _truncate(vectors: np.ndarray, dim: Optional[int]) -> np.ndarray:
         return vectors
     cut = vectors[:, :dim]  # (n, dim)
     return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
-
-
-def _push_top(heaps, scores: np.ndarray, doc_ids: list[str], offset: int, k: int) -> None:
-    take = min(k, scores.shape[1])
-    top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-    for qi, cols in enumerate(top):
-        for c in cols:
-            item = (float(scores[qi, c]), doc_ids[offset + c])
-            if len(heaps[qi]) < k:
-                heapq.heappush(heaps[qi], item)
-            else:
-                heapq.heappushpop(heaps[qi], item)
 
 
 def evaluate(model, folder: str | Path, split: str = "test", task: Optional[str] = None,
