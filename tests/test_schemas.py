@@ -24,6 +24,7 @@ from schemas import (
     RecordValidationError,
     RunManifest,
     ScoreSummary,
+    TokenUsage,
     TrainingExample,
 )
 from schemas.arrow import rows_to_table, schema_description, table_to_records
@@ -58,10 +59,13 @@ SAMPLES = {
     DeadLetter: [DeadLetter(record_id="r", stage="read", reason="empty_text", created_at=NOW)],
     FilteredRecord: [FilteredRecord(record_id="r", stage="filter", reason="duplicate_query", created_at=NOW)],
     ScoreSummary: [ScoreSummary(count=0), ScoreSummary(count=2, mean=1.0, std=0.0, min=1.0, p50=1.0, max=1.0)],
+    TokenUsage: [TokenUsage(), TokenUsage(requests=2, prompt_sent=90, prompt_computed=40, completion=2,
+                                          cache_reported=2)],
     RunManifest: [RunManifest(
         run_id="r", started_at=NOW, finished_at=NOW, counts={"read": 3}, inputs=3, written=1, filtered=1,
         dead_lettered=1, relabel_rate=0.5, task_mix={"t": 1}, scores={"ql": ScoreSummary(count=1, mean=-1.0)},
         llm_model="m", embedder="e", prompts={"a": "b"}, config="{}",
+        tokens={"rc": TokenUsage(requests=1, prompt_sent=9, prompt_computed=4, completion=1, cache_reported=1)},
     )],
     EmbeddingEntry: [EmbeddingEntry(key="je-1", vector=b"\x00\x00\x80?" * 3)],
     JournalEntry: [JournalEntry(key="k", stage="generate", payload='[["query", {}]]', created_at=NOW)],
