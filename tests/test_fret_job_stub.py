@@ -39,9 +39,14 @@ def generate(prompt: str) -> str:
                        "query": query_for(title)})
 
 
+RC_TOKENS = (" Highly", " Somewhat", " Not", " Relevant")
+
+
 def scorer(text_before: str, token: str) -> float:
     """Relevance = the passage is the one the query is about (the neighbour, for the seed's query)."""
-    if text_before.rstrip().endswith("Relevance:") or "\nRelevance:" in text_before[-40:]:
+    # A label token after "Relevance:" (RC v2 also has graded examples in its head; with echo
+    # their tokens are scored too, and ignored by the client).
+    if token in RC_TOKENS and (text_before.rstrip().endswith("Relevance:") or "\nRelevance:" in text_before[-40:]):
         title = text_before.rsplit("<passage>\nTitle: ", 1)[1].split("\n", 1)[0]
         query = text_before.rsplit("\nQuery: ", 1)[1].split("\n", 1)[0]
         good = title.lower() == preferred_title(query).lower()
