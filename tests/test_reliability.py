@@ -268,3 +268,26 @@ def test_progress_lines_show_done_of_total_and_an_eta():
         "[fret] rerank (queries): 10/1000000 (0%), 1.0/s, ETA 277h46m"
     assert progress_line("generate (passages)", 7, None, 2.0) == "[fret] generate (passages): 7 done (3.5/s)"
     assert progress_line("rate (examples)", 0, 10, 0.0).endswith("ETA unknown")
+
+
+def test_journal_lookup_joins_only_when_the_stage_has_a_journal(tmp_path):
+    """A fresh run has no journal: the lookup leaves its join (a shuffle of every item) out. Once
+    a file exists, the join finds the finished work."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from beam_jobs.journal import LookupJournal, write_entries
+    from pipeline import journal
+    from schemas import GeneratedQuery as Answer
+
+    def lookup(todo, done):
+        with TestPipeline() as p:
+            split = p | beam.Create(["a", "b", "c"]) | "Lookup" >> LookupJournal(str(tmp_path), "generate", str.upper)
+            assert_that(split.todo | beam.Map(lambda kv: kv[1]), equal_to(todo), label="Todo")
+            assert_that(split.done | beam.Map(lambda kv: kv[0]), equal_to(done), label="Done")
+        return [t.unique_name for t in p.to_runner_api().components.transforms.values()]
+
+    assert not any("JoinJournal" in name for name in lookup(["a", "b", "c"], []))
+    write_entries(str(tmp_path), "generate", [journal.entry("generate", "B", [Answer(task="t", query="q")])])
+    assert any("JoinJournal" in name for name in lookup(["a", "c"], ["b"]))
