@@ -52,8 +52,7 @@ class LLMBatchDoFn(beam.DoFn):
     BATCHES_IN_FLIGHT = 4
 
     def __init__(self, settings: StageSettings, shared: Shared):
-        self._client_config, self._shared, self._progress = settings.client, shared, settings.progress
-        self._journal_folder, self._failure = settings.journal_folder, settings.failure
+        self._settings, self._shared = settings, shared
         self.requests = Metrics.counter(NS, "llm_requests")
         self.failures = Metrics.counter(NS, "llm_failures")
         self.retries = Metrics.counter(NS, "llm_retries")
@@ -65,16 +64,17 @@ class LLMBatchDoFn(beam.DoFn):
         self._total: Optional[int] = None
 
     def setup(self):
-        config = self._client_config
+        config = self._settings.client
         if config.local_server is not None:
             from pipeline.llm.local_server import ensure_local_server
 
             ensure_local_server(config.local_server)  # the machine's one server; started by the first caller
         self._llm = self._shared.acquire(lambda: BlockingLLM(config),
                                          tag=f"llm:{config.base_urls}:{config.model}").retain()
+        journal = self._settings.journal_folder
         hint = (f"Check the LLM server ({', '.join(config.base_urls)}), then re-run with --resume: finished LLM "
-                f"work is kept in {self._journal_folder}." if self._journal_folder else "Check the LLM server.")
-        self._guard = FailureGuard(self.STAGE, self._failure, hint)
+                f"work is kept in {journal}." if journal else "Check the LLM server.")
+        self._guard = FailureGuard(self.STAGE, self._settings.failure, hint)
         self._llm.wait_ready(timeout_s=max(60.0, config.timeout_s))  # before the first batch is sent
         self._seen_stats = self._llm.stats.snapshot()
 
@@ -89,7 +89,7 @@ class LLMBatchDoFn(beam.DoFn):
         if total is not None and self._total is None:
             self._total = total
             self.items_total.set(total)
-        Progress.begin(self.PROGRESS, self._progress)
+        Progress.begin(self.PROGRESS, self._settings.progress)
         request, stage = self._request(batch), self.STAGE
         self._pending.append((batch, self._llm.submit(lambda client: usage.measure(stage, request(client)))))
         yield from self._finished(wait=len(self._pending) > self.BATCHES_IN_FLIGHT)
@@ -120,7 +120,7 @@ class LLMBatchDoFn(beam.DoFn):
             counter.inc(max(0, now[name] - self._seen_stats[name]))
         self._seen_stats = now
         self.items_done.inc(len(batch))
-        Progress.add(self.PROGRESS, len(batch), self._progress, self._total)
+        Progress.add(self.PROGRESS, len(batch), self._settings.progress, self._total)
         yield from self._outputs(batch, results)
         yield beam.pvalue.TaggedOutput(TOKENS, tokens)
 
@@ -134,10 +134,10 @@ class LLMBatchDoFn(beam.DoFn):
 
     def _settle(self, finished: list[tuple[str, list, Optional[str]]]) -> None:
         """(journal key, result records, failure reason or None) per item: journal first, then judge."""
-        if self._journal_folder:
+        if self._settings.journal_folder:
             entries = [journal.entry(self.STAGE, key, records) for key, records, _ in finished
                        if records and journal.worth_keeping(records)]
-            write_entries(self._journal_folder, self.STAGE, entries)
+            write_entries(self._settings.journal_folder, self.STAGE, entries)
             self.journaled.inc(len(entries))
         self._guard.record(reason for _, _, reason in finished)
 

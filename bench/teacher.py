@@ -134,6 +134,7 @@ def main() -> int:
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--result", default="teacher", help="bench/results/RESULT.json (default: teacher)")
     args = parser.parse_args()
     model = args.model or str(build_teacher(CACHE / TEACHER_DIR))
     with VLLMServer(model, python=ensure_vllm_venv(), served_model_name="fret-teacher",
@@ -147,8 +148,10 @@ def main() -> int:
             summary["generation"] = gen_summary
             summary["generation_gate_passed"] = gen_summary["schema_valid_rate"] >= 0.95
     teacher = json.loads((Path(model) / "teacher.json").read_text()) if (Path(model) / "teacher.json").exists() else {}
-    summary["teacher"] = {k: teacher.get(k) for k in ("version", "config", "pairs", "parameters", "train_s", "validation")}
-    emit("teacher", rows, ["gate", "order", "ndcg@10", "rate"], summary)
+    summary["teacher"] = {k: teacher.get(k) for k in ("version", "config", "pairs", "parameters", "train_s", "validation",
+                                                      "steps", "epochs", "device", "best_validation_rrf")
+                          if k in teacher}
+    emit(args.result, rows, ["gate", "order", "ndcg@10", "rate"], summary)
     if "generation" in summary:
         for e in summary["generation"]["examples"]:
             print(f"  {e['title']:<24} [{e['length']}] {e['query']}   (task: {e['task']})")

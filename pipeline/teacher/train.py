@@ -23,6 +23,7 @@ from typing import Sequence
 
 from pipeline.llm.local_model import train_tokenizer, write_generation_config
 from pipeline.teacher.corpus import docstring_pairs, samples_held_out, site_packages_dirs
+from pipeline.teacher.model import llama_config
 from pipeline.teacher.examples import TASKS, TextRenderer, TrainingText, distractor, groups, training_texts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +65,9 @@ def _prompts():
     return [load_prompt(name, version) for name, versions in available().items() for version in versions]
 
 
-def encode(texts: Sequence[TrainingText], tokenizer, max_rest_tokens: int) -> tuple[list[Encoded], int]:
-    """Token ids per text; a text whose parts do not tokenize as the whole would is dropped
-    (the server tokenizes the whole prompt), and counted."""
+def encode_aligned(texts: Sequence[TrainingText], tokenizer, max_rest_tokens: int) -> list[Encoded | None]:
+    """Token ids per text, None where a text is too long or its parts do not tokenize as the
+    whole would (the server tokenizes the whole prompt)."""
     backend = tokenizer.backend_tokenizer
 
     def ids(strings: list[str]) -> list[list[int]]:
@@ -77,15 +78,20 @@ def encode(texts: Sequence[TrainingText], tokenizer, max_rest_tokens: int) -> tu
     rests = ids([t.rest for t in texts])
     answers = ids([t.answer for t in texts])
     wholes = ids([t.shared + t.rest for t in texts])
-    out, dropped = [], 0
+    out: list[Encoded | None] = []
     for t, rest, answer, whole in zip(texts, rests, answers, wholes):
         if t.job == "query_generation":
             answer = answer + [tokenizer.eos_token_id]
-        if len(rest) > max_rest_tokens or list(shared_ids[t.shared]) + rest != whole:
-            dropped += 1
-            continue
-        out.append(Encoded(t.job, shared_ids[t.shared], rest, answer))
-    return out, dropped
+        fits = len(rest) <= max_rest_tokens and list(shared_ids[t.shared]) + rest == whole
+        out.append(Encoded(t.job, shared_ids[t.shared], rest, answer) if fits else None)
+    return out
+
+
+def encode(texts: Sequence[TrainingText], tokenizer, max_rest_tokens: int) -> tuple[list[Encoded], int]:
+    """The texts that encode (see encode_aligned), and how many were dropped."""
+    aligned = encode_aligned(texts, tokenizer, max_rest_tokens)
+    kept = [e for e in aligned if e is not None]
+    return kept, len(aligned) - len(kept)
 
 
 def batches(examples: Sequence[Encoded], batch_size: int, rng: random.Random) -> list[list[Encoded]]:
@@ -190,7 +196,7 @@ def lr_at(step: int, config: TeacherConfig) -> float:
 
 def train_teacher(out_dir: str | Path, config: TeacherConfig = TeacherConfig(), log=print) -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     out = Path(out_dir)
     started = time.perf_counter()
@@ -215,12 +221,7 @@ def train_teacher(out_dir: str | Path, config: TeacherConfig = TeacherConfig(), 
     log(f"[teacher] {len(examples)} training texts ({dropped} dropped: too long or split across a token); "
         f"{time.perf_counter() - started:.0f}s")
 
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.layers, num_attention_heads=config.hidden_size // 64,
-        num_key_value_heads=config.hidden_size // 64, head_dim=64, max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, torch_dtype="float32"))
+    model = LlamaForCausalLM(llama_config(tokenizer, config.hidden_size, config.layers, config.intermediate_size))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
