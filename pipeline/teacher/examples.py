@@ -122,6 +122,15 @@ def distractor(pairs: Sequence[DocPair], i: int, siblings: dict[str, list[int]],
     return None
 
 
+def other_package_passage(pairs: Sequence[DocPair], pair: DocPair, by_package: dict[str, list[int]],
+                          rng: random.Random) -> DocPair:
+    """A random passage of another package (any passage when there is only one package)."""
+    other = pairs[rng.randrange(len(pairs))]
+    while other.package == pair.package and len(by_package) > 1:
+        other = pairs[rng.randrange(len(pairs))]
+    return other
+
+
 def groups(pairs: Sequence[DocPair]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     siblings: dict[str, list[int]] = {}
     by_package: dict[str, list[int]] = {}
@@ -146,8 +155,6 @@ def training_texts(pairs: Sequence[DocPair], renderer: TextRenderer, seed: int) 
             other = distractor(pairs, i, siblings, by_package, rng)
             label, other = ("somewhat_relevant", other) if other else ("highly_relevant", pair)
         elif label == "not_relevant":
-            other = pairs[rng.randrange(len(pairs))]
-            while other.package == pair.package and len(by_package) > 1:
-                other = pairs[rng.randrange(len(pairs))]
+            other = other_package_passage(pairs, pair, by_package, rng)
         texts.append(renderer.relevance(pair, other, task, label))
     return texts

@@ -26,7 +26,8 @@ from typing import Sequence
 
 from pipeline.teacher.corpus import DocPair
 from pipeline.teacher.model import llama_config
-from pipeline.teacher.examples import RELEVANCE, TASKS, TextRenderer, TrainingText, distractor, groups
+from pipeline.teacher.examples import (MAX_CHARS, RELEVANCE, TASKS, TextRenderer, TrainingText, distractor, groups,
+                                      other_package_passage)
 from pipeline.teacher.pack import TOKENIZER_DIR, read_pairs, read_probes
 from pipeline.teacher.train import Encoded, encode_aligned
 
@@ -96,9 +97,7 @@ def render_texts(pack_dir: str, pairs: Sequence[DocPair], seed: int, processes: 
     siblings, by_package = groups(pairs)
     jobs = []
     for i, pair in enumerate(pairs):
-        other = pairs[rng.randrange(len(pairs))]
-        while other.package == pair.package and len(by_package) > 1:
-            other = pairs[rng.randrange(len(pairs))]
+        other = other_package_passage(pairs, pair, by_package, rng)
         jobs.append((pair, distractor(pairs, i, siblings, by_package, rng), other, rng.choice(TASKS),
                      rng.choice(DIFFICULTIES)))
     if processes <= 1:
@@ -215,11 +214,11 @@ def prepare_probe(tokenizer, probe: dict) -> PreparedProbe:
         for rank, d in enumerate(probe["candidates"][qid], start=1):
             c = Candidate(passage_id=d, title=probe["docs"][d][0], text=probe["docs"][d][1], is_seed=False,
                           retrieval_rank=rank, retrieval_score=None)
-            prefix, continuation = ql_request(ql_template, query, c, 4000)
+            prefix, continuation = ql_request(ql_template, query, c, MAX_CHARS)
             enc = tokenizer(prefix + continuation, add_special_tokens=False, return_offsets_mapping=True)
             first = next(j for j, (_, end) in enumerate(enc["offset_mapping"]) if end > len(prefix))
             items.append((len(items), enc["input_ids"], first))
-            items.append((len(items), tokenizer(rc_prompt(rc_template, query, c, 4000),
+            items.append((len(items), tokenizer(rc_prompt(rc_template, query, c, MAX_CHARS),
                                                 add_special_tokens=False)["input_ids"], None))
             index.append((query, c))
     return PreparedProbe(sorted(items, key=lambda e: len(e[1])), index, names,
