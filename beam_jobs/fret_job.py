@@ -24,6 +24,7 @@ from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.config import expand_config
 from beam_jobs.filters import DecontaminateExamples, FilterQueries, LoadEvalIndex
 from beam_jobs.generate import GenerateQueries
+from beam_jobs.index_files import INDEX_DIR, index_dir, remove_index
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, WriteRecords, write_manifest
@@ -99,7 +100,7 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False, apply: bo
     if resume and not apply:
         return
     if resume:
-        stale = [f"{output}/{part}" for part in OUTPUT_PARTS if FileSystems.exists(f"{output}/{part}")]
+        stale = [f"{output}/{part}" for part in (*OUTPUT_PARTS, INDEX_DIR) if FileSystems.exists(f"{output}/{part}")]
         if stale:
             FileSystems.delete(stale)
         return
@@ -138,7 +139,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                      | "FilterQueries" >> FilterQueries(opt.near_dup_config(opts), decontam))
     reused = [_count(queries["reused"], "journal_hits_generate")]
     retrieved = ((passages, kept_queries)
-                 | "RetrieveCandidates" >> RetrieveCandidates(opts.embedder, opts.num_neighbors,
+                 | "RetrieveCandidates" >> RetrieveCandidates(opts.embedder, index_dir(output), opts.num_neighbors,
                                                                 opts.index_shard_size, opts.embed_batch_size,
                                                                 progress=opts.progress,
                                                                 trust_remote_code=opts.trust_remote_code,
@@ -225,6 +226,8 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     build(p, opts, model, run_id, started_at)
     result = p.run()
     result.wait_until_finish()
+    if not dry_run:
+        remove_index(opts.output)  # the search's shard files: scratch, not part of the dataset
     return result
 
 

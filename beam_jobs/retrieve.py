@@ -1,4 +1,4 @@
-"""Embed passages and queries, then a sharded exact top-N search."""
+"""Embed passages and queries, then an exact top-N search over index shard files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS
+from beam_jobs.index_files import IndexShard, read_shard, write_shard
 from beam_jobs.journal import EMBED_STAGE, LookupJournal, write_vectors
 from pipeline import retrieval
 from pipeline.journal import embedding_key
@@ -119,43 +120,59 @@ def _to_shards(block, num_shards: int):
                       [passages[r].text for r in rows], matrix[rows])
 
 
-class _SearchShard(beam.DoFn):
-    """One index shard against every query batch routed to it -> (query_id, partial top-N)."""
+class _SearchIndex(beam.DoFn):
+    """A batch of (key, vector) -> (key, top-k of (score, id, title, text)) over every index shard file.
 
-    def __init__(self, k: int):
-        self._k = k
+    Shards are read one at a time and each query's top-k is merged as they go, so the worker
+    holds one shard and the batch; the last shard read is kept for the next batch (with one
+    shard, the usual case below --index_shard_size passages, it is read once per worker)."""
 
-    def process(self, element):
-        _, grouped = element
-        blocks = list(grouped["index"])
-        if not blocks:
-            return
-        ids = [pid for b in blocks for pid in b[0]]
-        titles = [t for b in blocks for t in b[1]]
-        texts = [t for b in blocks for t in b[2]]
-        matrix = np.concatenate([b[3] for b in blocks]) if len(blocks) > 1 else blocks[0][3]
-        row_of = {pid: i for i, pid in enumerate(ids)}
-        for qids, vectors in grouped["queries"]:
-            for qid, hits in zip(qids, retrieval.search_shard(vectors, matrix, ids, self._k)):
-                yield qid, [(h.score, h.passage_id, titles[row_of[h.passage_id]], texts[row_of[h.passage_id]])
-                            for h in hits]
+    def __init__(self, k: int, progress: bool):
+        self._k, self._progress = k, progress
+        self.searched = Metrics.counter(NS, "queries_searched")
 
+    def setup(self):
+        self._cached: Optional[tuple[str, IndexShard]] = None
 
-def _query_block(batch):
-    """Query vectors batched for search: (ids, one matrix)."""
-    return [qid for qid, _ in batch], np.stack([v for _, v in batch]).astype(np.float32)
+    def _shard(self, path: str) -> IndexShard:
+        if self._cached is None or self._cached[0] != path:
+            self._cached = None  # let the old shard go before the next is read
+            self._cached = (path, read_shard(path))
+        return self._cached[1]
+
+    def process(self, batch, shard_paths, total: Optional[int] = None):
+        Progress.begin("search", self._progress)
+        keys = [key for key, _ in batch]
+        vectors = np.stack([v for _, v in batch]).astype(np.float32)
+        best: list[list[retrieval.Hit]] = [[] for _ in keys]
+        texts: list[dict[str, tuple[str, str]]] = [{} for _ in keys]
+        for path in shard_paths:
+            shard = self._shard(path)
+            for i, hits in enumerate(retrieval.search_shard(vectors, shard.matrix, shard.ids, self._k)):
+                best[i] = retrieval.merge_topk([best[i], hits], self._k)
+                kept = {h.passage_id for h in best[i]}
+                texts[i] = {pid: tt for pid, tt in texts[i].items() if pid in kept}
+                texts[i].update((h.passage_id, shard.title_text(h.passage_id)) for h in hits if h.passage_id in kept)
+        self.searched.inc(len(keys))
+        Progress.add("search", len(keys), self._progress, total)
+        for key, top, found in zip(keys, best, texts):
+            yield key, [(h.score, h.passage_id, *found[h.passage_id]) for h in top]
 
 
 class ShardedExactSearch(beam.PTransform):
-    """Scatter-gather exact top-N. Input: (passage blocks of (passages, matrix), (query_id, vector)).
-    Output: (query_id, partial top-N of (score, id, title, text)) once per index shard.
+    """Exact top-N over an index kept as shard files. Input: (passage blocks of (passages, matrix),
+    (key, query vector)). Output: (key, top-N of (score, id, title, text)), one per query.
 
-    The corpus is cut into shards of at most ~shard_size passages by a hash of the id; every query
-    batch is searched against every shard, so a worker holds one shard and one query batch."""
+    The corpus is cut into shards of at most ~shard_size passages by a hash of the id and written
+    to `index_folder` (beam_jobs.index_files); every query batch is then searched against every
+    shard file in one step. A query is never copied per shard, and no per-query gather is held:
+    the search's memory is linear in the corpus however many shards it has."""
 
-    def __init__(self, k: int, shard_size: int, query_batch_size: int = 256):
+    def __init__(self, k: int, shard_size: int, index_folder: str, query_batch_size: int = 4096,
+                 progress: bool = False):
         super().__init__()
-        self.k, self.shard_size, self.query_batch_size = k, shard_size, query_batch_size
+        self.k, self.shard_size, self.index_folder = k, shard_size, index_folder
+        self.query_batch_size, self.progress = query_batch_size, progress
 
     def expand(self, pcolls):
         passage_blocks, query_vectors = pcolls
@@ -163,33 +180,38 @@ class ShardedExactSearch(beam.PTransform):
                       | "BlockSizes" >> beam.Map(lambda b: len(b[0]))
                       | "CountCorpus" >> beam.CombineGlobally(sum)
                       | "NumShards" >> beam.Map(lambda n, size: max(1, math.ceil(n / size)), self.shard_size))
-        index = passage_blocks | "ToShards" >> beam.FlatMap(_to_shards, beam.pvalue.AsSingleton(num_shards))
-        routed = (query_vectors
-                  | "BatchForSearch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.query_batch_size)
-                  | "QueryBlock" >> beam.Map(_query_block)
-                  | "ToEveryShard" >> beam.FlatMap(lambda block, n: [(s, block) for s in range(n)],
-                                                   beam.pvalue.AsSingleton(num_shards)))
-        return ({"index": index, "queries": routed}
-                | "JoinShards" >> beam.CoGroupByKey()
-                | "SearchShards" >> beam.ParDo(_SearchShard(self.k)))
+        shard_paths = (passage_blocks
+                       | "ToShards" >> beam.FlatMap(_to_shards, beam.pvalue.AsSingleton(num_shards))
+                       | "GroupShards" >> beam.GroupByKey()
+                       | "WriteShards" >> beam.Map(write_shard, self.index_folder, beam.pvalue.AsSingleton(num_shards))
+                       | "ShardPaths" >> beam.combiners.ToList()
+                       | "SortPaths" >> beam.Map(sorted))
+        batches = query_vectors | "BatchForSearch" >> beam.BatchElements(min_batch_size=self.query_batch_size,
+                                                                           max_batch_size=self.query_batch_size)
+        search = _SearchIndex(self.k, self.progress)
+        if not self.progress:
+            return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths))
+        total = query_vectors | "CountQueries" >> beam.combiners.Count.Globally()
+        return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths),
+                                                     total=beam.pvalue.AsSingleton(total))
 
 
-def _merge_candidates(element, k: int):
-    _, grouped = element
-    (query, passage), = grouped["query"]
-    yield query, passage, build_candidates(passage, list(grouped["hits"]), k)
+def _candidates(item_top, k: int):
+    (query, passage), top = item_top
+    return query, passage, build_candidates(passage, [top], k)
 
 
 class RetrieveCandidates(beam.PTransform):
-    """Embed passages and queries, then ShardedExactSearch, then merge the partial lists per query."""
+    """Embed passages and queries, search the index shards, and add each query's seed to its
+    candidates (Gecko's argmax runs over the neighbours with the seed)."""
 
-    def __init__(self, embedder: str, num_neighbors: int = 20, shard_size: int = 50_000, embed_batch_size: int = 64,
-                 query_batch_size: int = 256, progress: bool = False, trust_remote_code: bool = False,
-                 journal_folder: Optional[str] = None):
+    def __init__(self, embedder: str, index_folder: str, num_neighbors: int = 20, shard_size: int = 50_000,
+                 embed_batch_size: int = 64, query_batch_size: int = 4096, progress: bool = False,
+                 trust_remote_code: bool = False, journal_folder: Optional[str] = None):
         super().__init__()
         if num_neighbors < 1 or shard_size < 1:
             raise ValueError("num_neighbors and index_shard_size must be >= 1")
-        self.embedder, self.k, self.shard_size = embedder, num_neighbors, shard_size
+        self.embedder, self.index_folder, self.k, self.shard_size = embedder, index_folder, num_neighbors, shard_size
         self.embed_batch_size, self.query_batch_size, self.progress = embed_batch_size, query_batch_size, progress
         self.trust_remote_code, self.journal_folder = trust_remote_code, journal_folder
 
@@ -203,12 +225,10 @@ class RetrieveCandidates(beam.PTransform):
         vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
         query_vectors = (queries
                          | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", shared,
-                                                   self.progress, self.trust_remote_code)
-                         | "QueryVector" >> beam.Map(lambda qv: (qv[0][0].query_id, qv[1])))
-        partial = ((vectors["blocks"], query_vectors)
-                   | "Search" >> ShardedExactSearch(self.k, self.shard_size, self.query_batch_size))
-        keyed_queries = queries | "KeyQueries" >> beam.Map(lambda qp: (qp[0].query_id, qp))
-        candidates = ({"query": keyed_queries, "hits": partial}
-                      | "GatherPerQuery" >> beam.CoGroupByKey()
-                      | "MergeTopN" >> beam.FlatMap(_merge_candidates, self.k))
+                                                   self.progress, self.trust_remote_code))
+        # ((query, passage), vector) pairs: the query's record and seed travel with it through the search
+        top = ((vectors["blocks"], query_vectors)
+               | "Search" >> ShardedExactSearch(self.k, self.shard_size, self.index_folder, self.query_batch_size,
+                                                self.progress))
+        candidates = top | "Candidates" >> beam.Map(_candidates, self.k)
         return {"candidates": candidates, "embedded": vectors["embedded"], "reused": vectors["reused"]}

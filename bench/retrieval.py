@@ -4,8 +4,8 @@
 
 Retrieval: unit vectors (dim 384, seeded Gaussian: the search does not care where vectors come
 from) for N passages and N x query-ratio queries. The Beam side runs ShardedExactSearch on the
-DirectRunner (blocks of 64 passages, the job's --index-shard-size, per-query merge) from an
-in-memory PCollection to merged top-20 lists; the reference is pipeline.retrieval.exact_search
+DirectRunner (blocks of 64 passages, the job's --index-shard-size, index shards written as
+files and searched one at a time per query batch) to merged top-20 lists; the reference is pipeline.retrieval.exact_search
 over one matrix. Both return the same lists (checked on every query).
 
 Embedding: the job's embed DoFn (BatchElements + Embedder) on the DirectRunner vs
@@ -41,7 +41,6 @@ def beam_search(docs: np.ndarray, queries: np.ndarray, shard_size: int, expected
     from apache_beam.metrics.metric import MetricsFilter
 
     from beam_jobs.retrieve import ShardedExactSearch
-    from pipeline.retrieval import Hit, merge_topk
     from schemas import Passage
 
     tmp = tempfile.mkdtemp()
@@ -69,10 +68,9 @@ def beam_search(docs: np.ndarray, queries: np.ndarray, shard_size: int, expected
                 self.expected = json.load(f)
 
         def process(self, kv):
-            qid, partials = kv
-            top = merge_topk([[Hit(-score, pid) for score, pid, _, _ in part] for part in partials], K)
+            qid, top = kv
             self.checked.inc()
-            self.wrong.inc(int([h.passage_id for h in top] != self.expected[qid]))
+            self.wrong.inc(int([pid for _, pid, _, _ in top] != self.expected[qid]))
 
     start = time.perf_counter()
     p = beam.Pipeline(runner="DirectRunner")
@@ -80,7 +78,7 @@ def beam_search(docs: np.ndarray, queries: np.ndarray, shard_size: int, expected
              | "LoadBlocks" >> beam.Map(passage_block, tmp))
     qs = (p | "QueryStarts" >> beam.Create(list(range(0, len(queries), BLOCK)))
           | "LoadQueries" >> beam.FlatMap(query_vectors, tmp))
-    ((index, qs) | ShardedExactSearch(K, shard_size) | beam.GroupByKey() | beam.ParDo(Check(tmp)))
+    ((index, qs) | ShardedExactSearch(K, shard_size, f"{tmp}/index") | beam.ParDo(Check(tmp)))
     result = p.run()
     result.wait_until_finish()
     elapsed = time.perf_counter() - start

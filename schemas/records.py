@@ -309,6 +309,16 @@ class EmbeddingEntry(Record):
     vector: bytes = Field(..., description="float32, little-endian, as the embedder returned it")
 
 
+class IndexEntry(Record):
+    """One passage of an index shard file (OUTPUT/_index/, removed when the job ends): the search
+    reads the shards from disk one at a time, so no query is copied once per shard."""
+
+    passage_id: str
+    title: str = ""
+    text: str
+    vector: bytes = Field(..., description="float32, little-endian, as the embedder returned it")
+
+
 class JournalEntry(Record):
     """One finished unit of LLM work, written as soon as it is done so a crashed job can resume.
 
@@ -339,5 +349,6 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     TokenUsage,
     RunManifest,
     EmbeddingEntry,
+    IndexEntry,
     JournalEntry,
 )

@@ -89,8 +89,8 @@ def test_beam_scatter_gather_equals_one_exact_search(tmp_path):
 
     with TestPipeline() as p:
         candidates = ((p | "Passages" >> beam.Create(passages), p | "Queries" >> beam.Create(queries))
-                      | RetrieveCandidates("all-MiniLM-L6-v2", num_neighbors=10, shard_size=7,
-                                           query_batch_size=5))["candidates"]
+                      | RetrieveCandidates("all-MiniLM-L6-v2", str(tmp_path / "index"), num_neighbors=10,
+                                           shard_size=7, query_batch_size=5))["candidates"]
         got = candidates | beam.Map(lambda qpc: (qpc[0].query_id, [c.passage_id for c in qpc[2]
                                                                    if c.retrieval_rank > 0]))
         assert_that(got, equal_to(expected))

@@ -14,6 +14,7 @@ from schemas import (
     HardNegative,
     InputPassage,
     EmbeddingEntry,
+    IndexEntry,
     JournalEntry,
     Passage,
     PassageRef,
@@ -68,6 +69,8 @@ SAMPLES = {
         tokens={"rc": TokenUsage(requests=1, prompt_sent=9, prompt_computed=4, completion=1, cache_reported=1)},
     )],
     EmbeddingEntry: [EmbeddingEntry(key="je-1", vector=b"\x00\x00\x80?" * 3)],
+    IndexEntry: [IndexEntry(passage_id="p1", text="t", vector=b"\x00\x00\x80?" * 3),
+                 IndexEntry(passage_id="p2", title="T", text="u", vector=b"\x00\x00\x00\x00" * 3)],
     JournalEntry: [JournalEntry(key="k", stage="generate", payload='[["query", {}]]', created_at=NOW)],
 }
 
