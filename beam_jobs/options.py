@@ -74,7 +74,7 @@ class FretOptions(PipelineOptions):
                          help="longer inputs are split into passages of at most this many embedder tokens")
         _add(ret, "num_neighbors", type=int, default=20, help="N, the neighbours retrieved per query")
         _add(ret, "index_shard_size", type=int, default=50_000,
-                         help="passages per index shard; bounds memory per worker")
+                         help="passages per index shard file; the search holds one shard at a time")
 
         rr = parser.add_argument_group("reranking and mining")
         _add(rr, "rrf_k", type=float, default=0.0, help="RRF constant (Gecko: 0)")

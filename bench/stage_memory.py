@@ -1,6 +1,7 @@
 """What the DirectRunner holds, stage by stage, while the whole job runs.
 
-    .venv/bin/python bench/stage_memory.py [--passages 100000] [--num-neighbors 4]
+    .venv/bin/python bench/stage_memory.py [--passages 100000] [--num-neighbors 4] [--index-shard-size 50000]
+        [--result stage_memory]
 
 The job (stub LLM in its own process, the tiny random encoder, as bench/scale.py) runs in this
 process on the DirectRunner (FnApiRunner). Before and after every bundle it records the process
@@ -114,6 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--passages", type=int, default=100_000)
     parser.add_argument("--num-neighbors", type=int, default=4)
+    parser.add_argument("--index-shard-size", type=int, default=50_000,
+                        help="the job's --index_shard_size: smaller gives many shards at a small corpus")
+    parser.add_argument("--result", default="stage_memory", help="bench/results/<result>.json")
     args = parser.parse_args()
     from scale import stub_process, write_corpus
 
@@ -133,7 +137,8 @@ def main() -> None:
             start = time.perf_counter()
             run(["--input", str(corpus), "--output", f"{tmp}/out", "--llm_url", f"http://127.0.0.1:{port}",
                  "--llm_model", "stub-llm", "--embedder", str(encoder), "--num_neighbors", str(args.num_neighbors),
-                 "--progress", "false", "--near_dup_threshold", "0"], save_main_session=False)
+                 "--progress", "false", "--near_dup_threshold", "0",
+                 "--index_shard_size", str(args.index_shard_size)], save_main_session=False)
             elapsed = time.perf_counter() - start
     finally:
         stub.kill()
@@ -145,11 +150,12 @@ def main() -> None:
                      "held MiB": round(total / 2**20, 1),
                      "largest held": "; ".join(f"{k.split(':', 1)[1][:50]} {v / 2**20:.1f}" for k, v in top)})
     peak = max(records, key=lambda r: r["rss_mib"])
-    summary = {"passages": args.passages, "num_neighbors": args.num_neighbors, "seconds": elapsed,
+    summary = {"passages": args.passages, "num_neighbors": args.num_neighbors,
+               "index_shard_size": args.index_shard_size, "seconds": elapsed,
                "peak_rss_mib": peak["rss_mib"], "peak_after_stage": peak["stage"],
                "held_at_peak_mib": {k: v / 2**20 for k, v in sorted(peak["held"].items(), key=lambda kv: -kv[1])},
                "max_held_mib": max(sum(r["held"].values()) for r in records) / 2**20}
-    emit("stage_memory", rows, ["after stage", "s", "RSS MiB", "held MiB", "largest held"], summary)
+    emit(args.result, rows, ["after stage", "s", "RSS MiB", "held MiB", "largest held"], summary)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,23 @@ def test_job_relabels_when_the_llm_prefers_a_neighbour(tmp_path, preferring_llm)
         assert usage["cache_reported"] == 0 and usage["prompt_computed"] == usage["prompt_sent"] > 0
 
 
+def test_index_shard_files_change_nothing_and_are_removed(tmp_path, preferring_llm):
+    """Three passages per shard file (three files) write the same examples as one shard, and the
+    search's _index folder is gone when the job ends."""
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    one = run_job(inp, tmp_path / "one", preferring_llm.base_url, "--num_neighbors", "4")
+    many = run_job(inp, tmp_path / "many", preferring_llm.base_url, "--num_neighbors", "4", "--index_shard_size", "3")
+
+    def lists(out):
+        return {e["seed_passage_id"]: ([(c["passage_id"], c["retrieval_rank"]) for c in e["candidates"]],
+                                       e["positive"]["id"], [n["id"] for n in e["hard_negatives"]])
+                for e in out["examples"]}
+
+    assert lists(many) == lists(one) and len(lists(one)) == len(PASSAGES)
+    assert all(len(e["candidates"]) >= 4 for e in many["examples"])  # 4 neighbours (+ the seed when not among them)
+    assert not (tmp_path / "one" / "_index").exists() and not (tmp_path / "many" / "_index").exists()
+
+
 def eligible_negatives(example):
     """The candidates mining may choose from, hardest first: neighbours other than the positive and the seed."""
     return sorted((c for c in example["candidates"] if c["retrieval_rank"] > 0
