@@ -9,12 +9,11 @@ The driver removes the folder when the job has finished.
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.journal import write_atomically
+from beam_jobs.journal import write_parquet_atomically
 from schemas import IndexEntry
 from schemas.arrow import model_schema
 
@@ -33,7 +32,6 @@ def write_shard(element, folder: str, num_shards: int) -> str:
     """(shard, [(ids, titles, texts, matrix), ...]) -> the path of its file, sorted by id so that
     a retried bundle writes the same bytes."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     shard, blocks = element
     blocks = list(blocks)
@@ -45,11 +43,7 @@ def write_shard(element, folder: str, num_shards: int) -> str:
     table = pa.table({"passage_id": [ids[i] for i in order], "title": [titles[i] for i in order],
                       "text": [texts[i] for i in order], "vector": [matrix[i].tobytes() for i in order]},
                      schema=model_schema(IndexEntry))
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    path = shard_path(folder, shard, num_shards)
-    write_atomically(path, buffer.getvalue())
-    return path
+    return write_parquet_atomically(shard_path(folder, shard, num_shards), table)
 
 
 @dataclasses.dataclass
@@ -74,9 +68,9 @@ def read_shard(path: str) -> IndexShard:
 
     with FileSystems.open(path) as f:
         table = pq.read_table(f)
-    vectors = table.column("vector").combine_chunks()
-    matrix = (np.frombuffer(b"".join(vectors.to_pylist()), dtype="<f4").reshape(len(vectors), -1)
-              if len(vectors) else np.zeros((0, 0), dtype=np.float32))
+    vectors = table.column("vector").to_pylist()
+    matrix = (np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(vectors), -1)
+              if vectors else np.zeros((0, 0), dtype=np.float32))
     return IndexShard(table.column("passage_id").to_pylist(), matrix.astype(np.float32, copy=False),
                       table.column("title").combine_chunks(), table.column("text").combine_chunks())
 

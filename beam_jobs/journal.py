@@ -52,15 +52,19 @@ def write_atomically(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def _write_table(folder: str, stage: str, table) -> str:
-    """One journal file: a zstd Parquet table under the stage's folder, written atomically."""
+def write_parquet_atomically(path: str, table) -> str:
+    """A zstd Parquet file that readers see whole or not at all."""
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    path = f"{folder}/{stage}/{uuid.uuid4().hex}.parquet"
     write_atomically(path, buffer.getvalue())
     return path
+
+
+def _write_table(folder: str, stage: str, table) -> str:
+    """One journal file under the stage's folder."""
+    return write_parquet_atomically(f"{folder}/{stage}/{uuid.uuid4().hex}.parquet", table)
 
 
 def write_entries(folder: str, stage: str, entries: Sequence[JournalEntry]) -> Optional[str]:

@@ -124,8 +124,9 @@ class _SearchIndex(beam.DoFn):
     """A batch of (key, vector) -> (key, top-k of (score, id, title, text)) over every index shard file.
 
     Shards are read one at a time and each query's top-k is merged as they go, so the worker
-    holds one shard and the batch; the last shard read is kept for the next batch (with one
-    shard, the usual case below --index_shard_size passages, it is read once per worker)."""
+    holds one shard and the batch. The last shard read stays in memory and the next batch starts
+    with it (the merge does not depend on shard order), so a batch reads one shard fewer; with
+    one shard, the usual case below --index_shard_size passages, it is read once per worker."""
 
     def __init__(self, k: int, progress: bool):
         self._k, self._progress = k, progress
@@ -146,7 +147,8 @@ class _SearchIndex(beam.DoFn):
         vectors = np.stack([v for _, v in batch]).astype(np.float32)
         best: list[list[retrieval.Hit]] = [[] for _ in keys]
         texts: list[dict[str, tuple[str, str]]] = [{} for _ in keys]
-        for path in shard_paths:
+        in_memory = self._cached[0] if self._cached else None
+        for path in sorted(shard_paths, key=lambda p: p != in_memory):  # the shard in memory first
             shard = self._shard(path)
             for i, hits in enumerate(retrieval.search_shard(vectors, shard.matrix, shard.ids, self._k)):
                 best[i] = retrieval.merge_topk([best[i], hits], self._k)

@@ -5,8 +5,9 @@
 Retrieval: unit vectors (dim 384, seeded Gaussian: the search does not care where vectors come
 from) for N passages and N x query-ratio queries. The Beam side runs ShardedExactSearch on the
 DirectRunner (blocks of 64 passages, the job's --index-shard-size, index shards written as
-files and searched one at a time per query batch) to merged top-20 lists; the reference is pipeline.retrieval.exact_search
-over one matrix. Both return the same lists (checked on every query).
+files and searched one at a time per query batch) to merged top-20 lists; the reference is
+pipeline.retrieval.exact_search over one matrix. Both return the same lists (checked on every
+query).
 
 Embedding: the job's embed DoFn (BatchElements + Embedder) on the DirectRunner vs
 SentenceTransformer.encode on the same texts and batch size, both all-MiniLM-L6-v2.
