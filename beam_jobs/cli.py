@@ -54,7 +54,7 @@ def _train(argv: list[str]) -> int:
         default = None if required else field.default
         kind = _base_type(hints[field.name])
         help_text = helps[field.name]
-        if field.name == "mrl_dims":
+        if field.name in ("mrl_dims", "mrl_weights"):
             parser.add_argument(flag, dest=field.name, default=",".join(map(str, default)),
                                 help=help_text + "; comma-separated, empty for none")
         elif kind is bool:
@@ -66,6 +66,7 @@ def _train(argv: list[str]) -> int:
             parser.add_argument(flag, dest=field.name, type=kind, default=default, required=required, help=help_text)
     args = vars(parser.parse_args(argv))
     args["mrl_dims"] = tuple(int(d) for d in str(args["mrl_dims"]).split(",") if d.strip())
+    args["mrl_weights"] = tuple(float(w) for w in str(args["mrl_weights"]).split(",") if w.strip())
     summary = train(TrainConfig(**args), files=BeamFiles())
     print(json.dumps(summary, indent=2))
     return 0

@@ -65,8 +65,9 @@ def parse_setting(text: str) -> tuple[str, dict]:
             continue
         kind = hints[key]
         kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # Optional[X] -> X
-        if key == "mrl_dims":
-            overrides[key] = tuple(int(d) for d in value.split("/") if d)
+        if key in ("mrl_dims", "mrl_weights"):
+            number = int if key == "mrl_dims" else float
+            overrides[key] = tuple(number(d) for d in value.split("/") if d)
         elif kind is bool:
             overrides[key] = value.lower() in ("1", "true", "yes")
         elif kind in (int, float):

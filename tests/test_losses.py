@@ -70,6 +70,21 @@ def test_matryoshka_is_the_sum_over_truncated_dims():
         MatryoshkaLoss(base, (16,))(q, p, n)
 
 
+def test_train_config_weights_pair_with_the_full_size_then_mrl_dims():
+    from pipeline.train.trainer import TrainConfig, build_loss
+
+    config = TrainConfig(data="d", output="o", mrl_dims=(4, 2), mrl_weights=(1.0, 0.5, 2.0))
+    loss = build_loss(config, dim=8)
+    assert loss.dims == (8, 4, 2) and loss.weights == (1.0, 0.5, 2.0)
+    # A size at or above the model's is dropped with its weight: the full size keeps the first.
+    loss = build_loss(TrainConfig(data="d", output="o", mrl_dims=(16, 4), mrl_weights=(3.0, 9.0, 0.5)), dim=8)
+    assert loss.dims == (8, 4) and loss.weights == (3.0, 0.5)
+    assert build_loss(TrainConfig(data="d", output="o", mrl_dims=(4,)), dim=8).weights == (1.0, 1.0)
+    for bad in [(1.0,), (1.0, -1.0, 1.0), (0.0, 0.0, 0.0)]:
+        with pytest.raises(ValueError):
+            TrainConfig(data="d", output="o", mrl_dims=(4, 2), mrl_weights=bad)
+
+
 def test_xtr_score_with_z_normalisation():
     # One query with two tokens; two documents with two tokens each (vectors already unit).
     q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])

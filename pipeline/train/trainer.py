@@ -34,6 +34,7 @@ class TrainConfig:
     batch_negatives: bool = False  # every hard negative of the batch counts for every query
     num_negatives: int = 1  # hard negatives per example taken from the shards
     mrl_dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka sizes trained besides the full size
+    mrl_weights: tuple[float, ...] = ()  # loss weight per size, the full size first, then mrl_dims; empty: 1 each
     xtr_k_train: int = 128  # XTR: tokens each query token retrieves from the batch
     batch_size: int = 32  # examples per micro-batch: each query's in-batch negatives are the others
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -64,6 +65,12 @@ class TrainConfig:
         if self.grad_accum < 1 or self.epochs < 1:
             raise ValueError("grad_accum and epochs must be >= 1")
         self.mrl_dims = tuple(self.mrl_dims)
+        self.mrl_weights = tuple(float(w) for w in self.mrl_weights)
+        if self.mrl_weights and len(self.mrl_weights) != 1 + len(self.mrl_dims):
+            raise ValueError(f"mrl_weights needs {1 + len(self.mrl_dims)} weights, one for the full size and one "
+                             f"per mrl_dims size {self.mrl_dims}; got {len(self.mrl_weights)}")
+        if any(w < 0 for w in self.mrl_weights) or (self.mrl_weights and not any(self.mrl_weights)):
+            raise ValueError("mrl_weights must be >= 0, and not all 0")
 
 
 def field_help() -> dict[str, str]:
@@ -107,8 +114,13 @@ def build_loss(config: TrainConfig, dim: int) -> torch.nn.Module:
         return XTRLoss(k_train=config.xtr_k_train, temperature=config.temperature)
     base = GeckoInfoNCE(config.temperature, config.in_batch, config.same_tower, config.hard_negatives,
                         config.batch_negatives)
-    dims = sorted({dim, *(d for d in config.mrl_dims if d < dim)}, reverse=True)
-    return MatryoshkaLoss(base, dims)
+    weights = config.mrl_weights or (1.0,) * (1 + len(config.mrl_dims))
+    by_size = {dim: weights[0]}
+    for size, weight in zip(config.mrl_dims, weights[1:]):
+        if size < dim:  # a size at or above the model's is the full size, trained once
+            by_size.setdefault(size, weight)
+    dims = sorted(by_size, reverse=True)
+    return MatryoshkaLoss(base, dims, [by_size[d] for d in dims])
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
