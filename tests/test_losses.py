@@ -57,6 +57,14 @@ def test_padding_negatives_are_masked():
     assert loss.item() == pytest.approx(manual([(0.6, [0.8, 0.0, 0.0]), (0.6, [0.8, 0.0])]), rel=1e-6)
 
 
+def test_symmetric_adds_the_positive_to_query_direction():
+    # Reverse direction: p_1 = (0.6, 0.8) scores q_1 0.6 and q_2 0.8; p_2 = (0.8, 0.6) scores q_1 0.8, q_2 0.6.
+    forward = manual([(0.6, [0.8, 0.0]), (0.6, [0.8, 0.0])])  # in-batch positive, hard negative
+    backward = manual([(0.6, [0.8]), (0.6, [0.8])])
+    loss = GeckoInfoNCE(TAU, same_tower=False, symmetric=True)(Q, P, N)
+    assert loss.item() == pytest.approx((forward + backward) / 2, rel=1e-6)
+
+
 def test_matryoshka_is_the_sum_over_truncated_dims():
     torch.manual_seed(0)
     q, p, n = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 2, 8)

@@ -18,7 +18,9 @@ class GeckoInfoNCE(nn.Module):
       - the query's own hard negatives p_i^-,
       - with batch_negatives, the other queries' hard negatives p_j^- as well (not in Gecko's
         eq. 3; sentence-transformers' MultipleNegativesRankingLoss and NV-Retriever do this).
-    Each term can be switched off; the positive always stays.
+    Each term can be switched off; the positive always stays. With symmetric, the loss is the mean of
+    that and the reverse direction: each positive p_i picks its query q_i among the batch's queries
+    (sentence-transformers' MultipleNegativesSymmetricRankingLoss; not in Gecko).
 
     Args:
         temperature: τ (Gecko: 0.05).
@@ -26,6 +28,7 @@ class GeckoInfoNCE(nn.Module):
         same_tower: include the other queries.
         hard_negatives: include the query's mined hard negatives.
         batch_negatives: with hard_negatives, every hard negative of the batch counts for every query.
+        symmetric: add the positive-to-query direction and average the two.
 
     Inputs: q (B, d), p (B, d), negatives (B, k, d) or None, negative_mask (B, k) bool or None.
 
@@ -34,13 +37,13 @@ class GeckoInfoNCE(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.05, in_batch: bool = True, same_tower: bool = True,
-                 hard_negatives: bool = True, batch_negatives: bool = False):
+                 hard_negatives: bool = True, batch_negatives: bool = False, symmetric: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ValueError("temperature must be > 0 (Gecko uses 0.05)")
         self.temperature = temperature
         self.in_batch, self.same_tower, self.hard_negatives = in_batch, same_tower, hard_negatives
-        self.batch_negatives = batch_negatives
+        self.batch_negatives, self.symmetric = batch_negatives, symmetric
 
     def forward(self, q: torch.Tensor, p: torch.Tensor, negatives: Optional[torch.Tensor] = None,
                 negative_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -68,7 +71,10 @@ class GeckoInfoNCE(nn.Module):
             columns.append(qn)
         logits = torch.cat(columns, dim=1)  # (B, B [+ B] [+ k or B*k])
         targets = torch.arange(batch, device=q.device)  # (B,): p_i sits in column i
-        return F.cross_entropy(logits, targets)  # scalar
+        loss = F.cross_entropy(logits, targets)  # scalar
+        if self.symmetric:
+            loss = (loss + F.cross_entropy(qp.T, targets)) / 2  # qp.T (B, B): s(p_i, q_j)
+        return loss
 
 
 class MatryoshkaLoss(nn.Module):

@@ -32,6 +32,7 @@ class TrainConfig:
     same_tower: bool = True  # other queries as negatives
     hard_negatives: bool = True  # the mined hard negatives
     batch_negatives: bool = False  # every hard negative of the batch counts for every query
+    symmetric: bool = False  # also each positive picks its query among the batch's queries; the two averaged
     num_negatives: int = 1  # hard negatives per example taken from the shards
     mrl_dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka sizes trained besides the full size
     mrl_weights: tuple[float, ...] = ()  # loss weight per size, the full size first, then mrl_dims; empty: 1 each
@@ -113,7 +114,7 @@ def build_loss(config: TrainConfig, dim: int) -> torch.nn.Module:
     if config.objective == "xtr":
         return XTRLoss(k_train=config.xtr_k_train, temperature=config.temperature)
     base = GeckoInfoNCE(config.temperature, config.in_batch, config.same_tower, config.hard_negatives,
-                        config.batch_negatives)
+                        config.batch_negatives, config.symmetric)
     weights = config.mrl_weights or (1.0,) * (1 + len(config.mrl_dims))
     by_size = {dim: weights[0]}
     for size, weight in zip(config.mrl_dims, weights[1:]):
