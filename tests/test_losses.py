@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.train.losses import GeckoInfoNCE, MatryoshkaLoss, XTRLoss, xtr_scores
+from pipeline.train.losses import GeckoInfoNCE, MatryoshkaLoss, TextKeys, XTRLoss, xtr_scores
 
 # Unit vectors, so cosine = dot product.
 Q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -63,6 +63,39 @@ def test_symmetric_adds_the_positive_to_query_direction():
     backward = manual([(0.6, [0.8]), (0.6, [0.8])])
     loss = GeckoInfoNCE(TAU, same_tower=False, symmetric=True)(Q, P, N)
     assert loss.item() == pytest.approx((forward + backward) / 2, rel=1e-6)
+
+
+def test_a_rows_own_positive_text_is_never_its_negative():
+    # N[1] = (1, 0) is, by key, the same text as P[0]: q0 must not treat it as a negative.
+    keys = TextKeys(query=torch.tensor([0, 1]), positive=torch.tensor([0, 1]), negatives=torch.tensor([[2], [0]]))
+    loss = GeckoInfoNCE(TAU, same_tower=False, batch_negatives=True)(Q, P, N, keys=keys)
+    # q0: in-batch p1 0.8, negatives n0 0.0 (n1 left out); q1: p0 0.8, n0 1.0, n1 0.0.
+    assert loss.item() == pytest.approx(manual([(0.6, [0.8, 0.0]), (0.6, [0.8, 1.0, 0.0])]), rel=1e-6)
+    unmasked = GeckoInfoNCE(TAU, same_tower=False, batch_negatives=True)(Q, P, N)
+    assert unmasked.item() == pytest.approx(manual([(0.6, [0.8, 0.0, 1.0]), (0.6, [0.8, 1.0, 0.0])]), rel=1e-6)
+    # Per-query negatives: q1's own negative is q0's positive text, which is not q1's positive: kept.
+    per_query = GeckoInfoNCE(TAU, same_tower=False)(Q, P, N, keys=keys)
+    assert per_query.item() == pytest.approx(manual([(0.6, [0.8, 0.0]), (0.6, [0.8, 0.0])]), rel=1e-6)
+
+
+def test_duplicate_positives_and_queries_are_not_negatives():
+    same_docs = TextKeys(query=torch.tensor([0, 1]), positive=torch.tensor([0, 0]))
+    loss = GeckoInfoNCE(TAU, same_tower=False, hard_negatives=False)(Q, P, keys=same_docs)
+    assert loss.item() == pytest.approx(manual([(0.6, []), (0.6, [])]), abs=1e-6)
+    same_queries = TextKeys(query=torch.tensor([0, 0]), positive=torch.tensor([0, 1]))
+    loss = GeckoInfoNCE(TAU, hard_negatives=False)(Q, P, keys=same_queries)  # same-tower q1 left out
+    assert loss.item() == pytest.approx(manual([(0.6, [0.8]), (0.6, [0.8])]), rel=1e-6)
+    symmetric = GeckoInfoNCE(TAU, same_tower=False, hard_negatives=False, symmetric=True)(Q, P, keys=same_queries)
+    assert symmetric.item() == pytest.approx((manual([(0.6, [0.8])] * 2) + manual([(0.6, [])] * 2)) / 2, rel=1e-6)
+
+
+def test_trainer_text_keys_number_equal_texts_alike():
+    from pipeline.train.trainer import text_keys
+
+    keys = text_keys(["a", "b", "a"], ["x", "y", "z"], ["y", "w", "x", "x", "z", "v"], 2, "cpu")
+    assert keys.query.tolist() == [0, 1, 0]
+    assert keys.positive.tolist() == [0, 1, 2]
+    assert keys.negatives.tolist() == [[1, 3], [0, 0], [2, 4]]
 
 
 def test_matryoshka_is_the_sum_over_truncated_dims():

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class TextKeys(NamedTuple):
+    """One integer per text of a batch; equal keys mean equal texts.
+
+    query (B,), positive (B,), negatives (B, k) or None.
+    """
+
+    query: torch.Tensor
+    positive: torch.Tensor
+    negatives: Optional[torch.Tensor] = None
 
 
 class GeckoInfoNCE(nn.Module):
@@ -18,7 +29,10 @@ class GeckoInfoNCE(nn.Module):
       - the query's own hard negatives p_i^-,
       - with batch_negatives, the other queries' hard negatives p_j^- as well (not in Gecko's
         eq. 3; sentence-transformers' MultipleNegativesRankingLoss and NV-Retriever do this).
-    Each term can be switched off; the positive always stays. With symmetric, the loss is the mean of
+    Each term can be switched off; the positive always stays. Given TextKeys, a column whose text
+    is the row's own positive (a duplicate positive, or a mined negative that is another query's
+    positive) or the row's own query is left out: it is no negative, as sentence-transformers'
+    no-duplicates batches ensure. With symmetric, the loss is the mean of
     that and the reverse direction: each positive p_i picks its query q_i among the batch's queries
     (sentence-transformers' MultipleNegativesSymmetricRankingLoss; not in Gecko).
 
@@ -30,7 +44,8 @@ class GeckoInfoNCE(nn.Module):
         batch_negatives: with hard_negatives, every hard negative of the batch counts for every query.
         symmetric: add the positive-to-query direction and average the two.
 
-    Inputs: q (B, d), p (B, d), negatives (B, k, d) or None, negative_mask (B, k) bool or None.
+    Inputs: q (B, d), p (B, d), negatives (B, k, d) or None, negative_mask (B, k) bool or None,
+    keys: TextKeys or None.
 
     Example:
         >>> loss = GeckoInfoNCE(0.05)(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 1, 8))
@@ -46,17 +61,23 @@ class GeckoInfoNCE(nn.Module):
         self.batch_negatives, self.symmetric = batch_negatives, symmetric
 
     def forward(self, q: torch.Tensor, p: torch.Tensor, negatives: Optional[torch.Tensor] = None,
-                negative_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                negative_mask: Optional[torch.Tensor] = None, keys: Optional[TextKeys] = None) -> torch.Tensor:
         q = F.normalize(q, dim=-1)  # (B, d)
         p = F.normalize(p, dim=-1)  # (B, d)
         batch = q.shape[0]
         eye = torch.eye(batch, dtype=torch.bool, device=q.device)  # (B, B)
+        same_positive = (keys.positive[:, None] == keys.positive[None, :]) & ~eye if keys else None  # (B, B)
+        same_query = (keys.query[:, None] == keys.query[None, :]) & ~eye if keys else None  # (B, B)
         qp = q @ p.T / self.temperature  # (B, B): s(q_i, p_j)
         if not self.in_batch:
             qp = qp.masked_fill(~eye, float("-inf"))  # keep only s(q_i, p_i)
+        elif keys:
+            qp = qp.masked_fill(same_positive, float("-inf"))  # p_j is q_i's own positive text
         columns = [qp]
         if self.same_tower:
             qq = (q @ q.T / self.temperature).masked_fill(eye, float("-inf"))  # (B, B): s(q_i, q_j), j != i
+            if keys:
+                qq = qq.masked_fill(same_query, float("-inf"))  # q_j is q_i's own text
             columns.append(qq)
         if self.hard_negatives and negatives is not None and negatives.shape[1] > 0:
             n = F.normalize(negatives, dim=-1)  # (B, k, d)
@@ -66,14 +87,19 @@ class GeckoInfoNCE(nn.Module):
             else:
                 qn = torch.einsum("bd,bkd->bk", q, n) / self.temperature  # (B, k): s(q_i, p_i^-)
                 mask = negative_mask
+            if keys and keys.negatives is not None:
+                own = (keys.negatives.reshape(1, -1) == keys.positive[:, None] if self.batch_negatives
+                       else keys.negatives == keys.positive[:, None])  # (B, B*k) or (B, k)
+                mask = ~own if mask is None else mask & ~own
             if mask is not None:
-                qn = qn.masked_fill(~mask, float("-inf"))  # padding negatives do not count
+                qn = qn.masked_fill(~mask, float("-inf"))  # padding, and a row's own positive, do not count
             columns.append(qn)
         logits = torch.cat(columns, dim=1)  # (B, B [+ B] [+ k or B*k])
         targets = torch.arange(batch, device=q.device)  # (B,): p_i sits in column i
         loss = F.cross_entropy(logits, targets)  # scalar
         if self.symmetric:
-            loss = (loss + F.cross_entropy(qp.T, targets)) / 2  # qp.T (B, B): s(p_i, q_j)
+            pq = qp.T if not keys else qp.T.masked_fill(same_query, float("-inf"))  # (B, B): s(p_i, q_j)
+            loss = (loss + F.cross_entropy(pq, targets)) / 2
         return loss
 
 
@@ -101,13 +127,13 @@ class MatryoshkaLoss(nn.Module):
         self.weights = tuple(weights) if weights is not None else (1.0,) * len(dims)
 
     def forward(self, q: torch.Tensor, p: torch.Tensor, negatives: Optional[torch.Tensor] = None,
-                negative_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                negative_mask: Optional[torch.Tensor] = None, keys: Optional[TextKeys] = None) -> torch.Tensor:
         if max(self.dims) > q.shape[-1]:
             raise ValueError(f"MRL dimension {max(self.dims)} exceeds the embedding size {q.shape[-1]}")
         total = q.new_zeros(())  # scalar
         for dim, weight in zip(self.dims, self.weights):
             n = negatives[..., :dim] if negatives is not None else None  # (B, k, dim)
-            total = total + weight * self.base(q[:, :dim], p[:, :dim], n, negative_mask)  # scalar
+            total = total + weight * self.base(q[:, :dim], p[:, :dim], n, negative_mask, keys)  # scalar
         return total
 
 

@@ -15,7 +15,7 @@ import torch
 
 from pipeline import text_format as formats
 from pipeline.train.data import Files, count_examples, epoch_batches
-from pipeline.train.losses import GeckoInfoNCE, MatryoshkaLoss, XTRLoss
+from pipeline.train.losses import GeckoInfoNCE, MatryoshkaLoss, TextKeys, XTRLoss
 from pipeline.train.model import Encoder
 
 
@@ -33,6 +33,7 @@ class TrainConfig:
     hard_negatives: bool = True  # the mined hard negatives
     batch_negatives: bool = False  # every hard negative of the batch counts for every query
     symmetric: bool = False  # also each positive picks its query among the batch's queries; the two averaged
+    mask_duplicates: bool = True  # a text equal to a row's own positive or query is not its negative
     num_negatives: int = 1  # hard negatives per example taken from the shards
     mrl_dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka sizes trained besides the full size
     mrl_weights: tuple[float, ...] = ()  # loss weight per size, the full size first, then mrl_dims; empty: 1 each
@@ -156,7 +157,20 @@ def batch_loss(model: Encoder, loss_fn: torch.nn.Module, batch, config: TrainCon
     p = docs[:len(batch)]  # (B, d)
     n = docs[len(batch):].reshape(len(batch), k, -1) if k else None  # (B, k, d)
     mask = torch.tensor([[j < len(t.negatives) for j in range(k)] for t in batch], device=q.device) if k else None
-    return loss_fn(q, p, n, mask)
+    keys = text_keys(queries, positives, negatives, k, q.device) if config.mask_duplicates else None
+    return loss_fn(q, p, n, mask, keys)
+
+
+def text_keys(queries: list[str], positives: list[str], negatives: list[str], k: int, device) -> TextKeys:
+    """Equal texts get equal keys: documents share one numbering, queries have their own."""
+    documents: dict[str, int] = {}
+    doc_keys = [documents.setdefault(text, len(documents)) for text in positives + negatives]
+    query_numbers: dict[str, int] = {}
+    query_keys = [query_numbers.setdefault(text, len(query_numbers)) for text in queries]
+    doc_tensor = torch.tensor(doc_keys, device=device)  # (B + B*k,)
+    batch = len(queries)
+    return TextKeys(torch.tensor(query_keys, device=device), doc_tensor[:batch],
+                    doc_tensor[batch:].reshape(batch, k) if k else None)
 
 
 def checkpoint_dirs(output: Path) -> list[Path]:
