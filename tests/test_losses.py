@@ -109,6 +109,8 @@ def test_matryoshka_is_the_sum_over_truncated_dims():
                                             rel=1e-6)
     with pytest.raises(ValueError):
         MatryoshkaLoss(base, (16,))(q, p, n)
+    split = MatryoshkaLoss(base, (8, 4), negatives_min_dim=8)(q, p, n)  # the 4-dim slice without negatives
+    assert split.item() == pytest.approx((base(q, p, n) + base(q[:, :4], p[:, :4])).item(), rel=1e-6)
 
 
 def test_train_config_weights_pair_with_the_full_size_then_mrl_dims():

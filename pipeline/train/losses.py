@@ -111,13 +111,15 @@ class MatryoshkaLoss(nn.Module):
         dims: embedding sizes to train, e.g. (384, 256, 128, 64); each slice is re-normalised
             by the base loss (cosine).
         weights: one weight per dimension (default 1 each).
+        negatives_min_dim: sizes below this train without the hard negatives (in-batch terms only).
 
     Example:
         >>> mrl = MatryoshkaLoss(GeckoInfoNCE(), dims=(8, 4))
         >>> loss = mrl(torch.randn(4, 8), torch.randn(4, 8))
     """
 
-    def __init__(self, base: nn.Module, dims: Sequence[int], weights: Optional[Sequence[float]] = None):
+    def __init__(self, base: nn.Module, dims: Sequence[int], weights: Optional[Sequence[float]] = None,
+                 negatives_min_dim: int = 0):
         super().__init__()
         if not dims or any(d < 1 for d in dims):
             raise ValueError("dims must be positive embedding sizes, e.g. (384, 256, 128, 64)")
@@ -125,6 +127,7 @@ class MatryoshkaLoss(nn.Module):
             raise ValueError("give one weight per dimension")
         self.base, self.dims = base, tuple(dims)
         self.weights = tuple(weights) if weights is not None else (1.0,) * len(dims)
+        self.negatives_min_dim = negatives_min_dim
 
     def forward(self, q: torch.Tensor, p: torch.Tensor, negatives: Optional[torch.Tensor] = None,
                 negative_mask: Optional[torch.Tensor] = None, keys: Optional[TextKeys] = None) -> torch.Tensor:
@@ -132,7 +135,7 @@ class MatryoshkaLoss(nn.Module):
             raise ValueError(f"MRL dimension {max(self.dims)} exceeds the embedding size {q.shape[-1]}")
         total = q.new_zeros(())  # scalar
         for dim, weight in zip(self.dims, self.weights):
-            n = negatives[..., :dim] if negatives is not None else None  # (B, k, dim)
+            n = negatives[..., :dim] if negatives is not None and dim >= self.negatives_min_dim else None  # (B, k, dim)
             total = total + weight * self.base(q[:, :dim], p[:, :dim], n, negative_mask, keys)  # scalar
         return total
 

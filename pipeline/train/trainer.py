@@ -37,6 +37,7 @@ class TrainConfig:
     num_negatives: int = 1  # hard negatives per example taken from the shards
     mrl_dims: tuple[int, ...] = (256, 128, 64)  # Matryoshka sizes trained besides the full size
     mrl_weights: tuple[float, ...] = ()  # loss weight per size, the full size first, then mrl_dims; empty: 1 each
+    negatives_min_dim: int = 0  # Matryoshka sizes below this train without hard negatives (in-batch terms only)
     xtr_k_train: int = 128  # XTR: tokens each query token retrieves from the batch
     batch_size: int = 32  # examples per micro-batch: each query's in-batch negatives are the others
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -122,7 +123,7 @@ def build_loss(config: TrainConfig, dim: int) -> torch.nn.Module:
         if size < dim:  # a size at or above the model's is the full size, trained once
             by_size.setdefault(size, weight)
     dims = sorted(by_size, reverse=True)
-    return MatryoshkaLoss(base, dims, [by_size[d] for d in dims])
+    return MatryoshkaLoss(base, dims, [by_size[d] for d in dims], config.negatives_min_dim)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
