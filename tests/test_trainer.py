@@ -41,8 +41,10 @@ def test_metrics_hand_computed():
 def test_lr_schedule_is_a_pure_function():
     config = TrainConfig(data="x", output="y", lr=1.0, warmup_steps=4, min_lr=0.0)
     assert [get_lr(s, 12, config) for s in (0, 3, 4, 8, 12)] == pytest.approx([0.25, 1.0, 1.0, 0.5, 0.0])
-    by_ratio = TrainConfig(data="x", output="y", lr=1.0, warmup_steps=4, warmup_ratio=0.25, min_lr=0.0)
-    # ceil(0.25 x 10) = 3 warmup steps, whatever warmup_steps says; then linear decay over 7
+    both = TrainConfig(data="x", output="y", lr=1.0, warmup_steps=4, warmup_ratio=0.5, min_lr=0.0)
+    assert [get_lr(s, 12, both) for s in (0, 3, 4)] == pytest.approx([0.25, 1.0, 1.0])  # steps win
+    by_ratio = TrainConfig(data="x", output="y", lr=1.0, warmup_ratio=0.25, min_lr=0.0)
+    # ceil(0.25 x 10) = 3 warmup steps; then linear decay over 7
     assert [get_lr(s, 10, by_ratio) for s in (0, 2, 3, 10)] == pytest.approx([1 / 3, 1.0, 1.0, 0.0])
 
 

@@ -29,9 +29,9 @@ class TrainConfig:
     objective: Literal["infonce", "xtr"] = "infonce"  # Gecko single-vector, or XTR multi-vector
     temperature: float = 0.05  # τ of the softmax (Gecko: 0.05)
     in_batch: bool = True  # other queries' positives as negatives
-    same_tower: bool = True  # other queries as negatives
+    same_tower: bool = False  # other queries as negatives (Gecko's eq. 3 has them; off measured better, bench/README)
     hard_negatives: bool = True  # the mined hard negatives
-    batch_negatives: bool = False  # every hard negative of the batch counts for every query
+    batch_negatives: bool = True  # every hard negative of the batch counts for every query
     symmetric: bool = False  # also each positive picks its query among the batch's queries; the two averaged
     mask_duplicates: bool = True  # a text equal to a row's own positive or query is not its negative
     num_negatives: int = 1  # hard negatives per example taken from the shards
@@ -41,11 +41,11 @@ class TrainConfig:
     xtr_k_train: int = 128  # XTR: tokens each query token retrieves from the batch
     batch_size: int = 32  # examples per micro-batch: each query's in-batch negatives are the others
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 2e-5  # peak learning rate, reached after warmup
+    lr: float = 5e-5  # peak learning rate, reached after warmup
     min_lr: float = 0.0  # the linear decay ends here
-    warmup_steps: int = 10  # optimizer steps of linear warmup
-    warmup_ratio: Optional[float] = None  # when set, warmup is ceil(ratio x all steps) instead
-    weight_decay: float = 0.01  # AdamW decay on weight matrices (never on biases or norms)
+    warmup_steps: Optional[int] = None  # when set, this many steps of linear warmup, whatever warmup_ratio says
+    warmup_ratio: float = 0.1  # linear warmup over ceil(ratio x all optimizer steps)
+    weight_decay: float = 0.0  # AdamW decay on weight matrices (never on biases or norms)
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     epochs: int = 1  # passes over the data
     max_steps: Optional[int] = None  # stop early after this many optimizer steps
@@ -90,9 +90,9 @@ def field_help() -> dict[str, str]:
 
 def warmup_steps(total_steps: int, config: TrainConfig) -> int:
     """A ratio scales with the run: ten fixed steps are 43% of a 23-step epoch and 1% of 1,000."""
-    if config.warmup_ratio is not None:
-        return math.ceil(config.warmup_ratio * total_steps)
-    return config.warmup_steps
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    return math.ceil(config.warmup_ratio * total_steps)
 
 
 def get_lr(step: int, total_steps: int, config: TrainConfig) -> float:
