@@ -1,4 +1,4 @@
-"""Sharded scatter-gather retrieval (the job's stage) vs one exact numpy search; embed stage vs ST.
+"""The search over index shard files (the job's stage) vs one exact numpy search; embed stage vs ST.
 
     .venv/bin/python bench/retrieval.py [--sizes 10000,100000] [--query-ratio 0.1] [--embed-texts 512]
 

@@ -1,5 +1,5 @@
 """Job options end to end with the stub LLM: Parquet input, several queries per passage,
-decontamination, the auto-rater, and the Beam scatter-gather retrieval itself."""
+decontamination, the auto-rater, and the Beam search over index shard files itself."""
 
 import json
 
@@ -65,7 +65,7 @@ def test_decontamination_drops_examples_that_quote_the_eval_set(tmp_path, llm):
     assert out["manifest"]["filtered"] == 2 and out["manifest"]["written"] == len(PASSAGES) - 2
 
 
-def test_beam_scatter_gather_equals_one_exact_search(tmp_path):
+def test_beam_search_over_index_shards_equals_one_exact_search(tmp_path):
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to

@@ -1,4 +1,4 @@
-"""Sharded scatter-gather retrieval equals one exact search over the whole corpus."""
+"""Search over index shards, merged per query, equals one exact search over the whole corpus."""
 
 import numpy as np
 import pytest
