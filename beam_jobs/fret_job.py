@@ -35,6 +35,7 @@ from beam_jobs.retrieve import RetrieveCandidates
 from pipeline.accounting import Outcome, example_stats
 from pipeline.examples import stamp
 from pipeline.llm.types import ClientConfig
+from pipeline.progress import Progress
 from pipeline.prompts import load_prompt
 from schemas import DeadLetter, FilteredRecord, Provenance, TrainingExample
 
@@ -223,6 +224,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     run_id = uuid.uuid4().hex[:12]
     started_at = dt.datetime.now(dt.timezone.utc)
     p = test_pipeline or beam.Pipeline(options=pipeline_options)
+    Progress.reset()
     build(p, opts, model, run_id, started_at)
     result = p.run()
     result.wait_until_finish()

@@ -63,10 +63,12 @@ class Embed(beam.PTransform):
     """Passages -> (passages, matrix) blocks, or (query, passage) pairs -> ((query, passage), vector)."""
 
     def __init__(self, embedder: str, batch_size: int, kind: str, shared: Optional[Shared] = None,
-                 progress: bool = False, trust_remote_code: bool = False, journal_folder: Optional[str] = None):
+                 progress: bool = False, trust_remote_code: bool = False, journal_folder: Optional[str] = None,
+                 total: Optional[beam.PCollection] = None):
         super().__init__()
         self.embedder, self.batch_size, self.kind, self.shared = embedder, batch_size, kind, shared or Shared()
         self.progress, self.trust_remote_code, self.journal_folder = progress, trust_remote_code, journal_folder
+        self.total = total  # the items' count when the caller has it already (progress ETAs)
 
     def expand(self, items):
         window = self.batch_size * EMBED_WINDOW
@@ -75,7 +77,9 @@ class Embed(beam.PTransform):
         batches = items | "Window" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
         if not self.progress:
             return batches | "Encode" >> beam.ParDo(dofn)
-        total = items | "CountItems" >> beam.combiners.Count.Globally()  # for the progress line's ETA
+        total = self.total
+        if total is None:
+            total = items | "CountItems" >> beam.combiners.Count.Globally()  # for the progress line's ETA
         return batches | "Encode" >> beam.ParDo(dofn, total=beam.pvalue.AsSingleton(total))
 
 
@@ -171,10 +175,11 @@ class ShardedExactSearch(beam.PTransform):
     the search's memory is linear in the corpus however many shards it has."""
 
     def __init__(self, k: int, shard_size: int, index_folder: str, query_batch_size: int = 4096,
-                 progress: bool = False):
+                 progress: bool = False, total: Optional[beam.PCollection] = None):
         super().__init__()
         self.k, self.shard_size, self.index_folder = k, shard_size, index_folder
         self.query_batch_size, self.progress = query_batch_size, progress
+        self.total = total  # the queries' count when the caller has it already (progress ETAs)
 
     def expand(self, pcolls):
         passage_blocks, query_vectors = pcolls
@@ -193,7 +198,9 @@ class ShardedExactSearch(beam.PTransform):
         search = _SearchIndex(self.k, self.progress)
         if not self.progress:
             return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths))
-        total = query_vectors | "CountQueries" >> beam.combiners.Count.Globally()
+        total = self.total
+        if total is None:
+            total = query_vectors | "CountQueries" >> beam.combiners.Count.Globally()
         return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths),
                                                      total=beam.pvalue.AsSingleton(total))
 
@@ -225,12 +232,14 @@ class RetrieveCandidates(beam.PTransform):
         embed = Embed(self.embedder, self.embed_batch_size, "passages", shared, self.progress,
                       self.trust_remote_code, self.journal_folder)
         vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
+        # One count of the queries serves both progress lines: embedding them and searching for them.
+        total = queries | "CountQueries" >> beam.combiners.Count.Globally() if self.progress else None
         query_vectors = (queries
                          | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", shared,
-                                                   self.progress, self.trust_remote_code))
+                                                   self.progress, self.trust_remote_code, total=total))
         # ((query, passage), vector) pairs: the query's record and seed travel with it through the search
         top = ((vectors["blocks"], query_vectors)
                | "Search" >> ShardedExactSearch(self.k, self.shard_size, self.index_folder, self.query_batch_size,
-                                                self.progress))
+                                                self.progress, total))
         candidates = top | "Candidates" >> beam.Map(_candidates, self.k)
         return {"candidates": candidates, "embedded": vectors["embedded"], "reused": vectors["reused"]}

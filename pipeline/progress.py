@@ -44,6 +44,14 @@ class Progress:
         return t
 
     @classmethod
+    def reset(cls) -> None:
+        """A new job counts from zero (several jobs can run in one process, as the tests do)."""
+        with cls._lock:
+            cls._last.clear()
+            cls._counts.clear()
+            cls._start.clear()
+
+    @classmethod
     def begin(cls, stage: str, enabled: bool) -> None:
         """The stage's clock starts at its first item, not its first finished batch."""
         if enabled:

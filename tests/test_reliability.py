@@ -259,6 +259,22 @@ def test_read_output_sees_only_committed_shards(tmp_path, stub_llm):
     assert read_output(out)["manifest"]["inputs"] == 3
 
 
+def test_job_progress_counts_each_query_once_per_stage_and_each_job_from_zero(tmp_path, stub_llm, capsys):
+    """Embedding the queries and searching for them share one count, and a second job in the
+    same process does not carry on from the first one's counts."""
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:4])
+    for run in ("a", "b"):
+        fret_job.run(["--input", str(inp), "--output", str(tmp_path / run), "--llm_url", stub_llm.base_url,
+                      "--progress", "true"], save_main_session=False)
+        lines = capsys.readouterr().out.splitlines()
+        finals = {m.group(1): (int(m.group(2)), int(m.group(3)))
+                  for m in (re.match(r"\[fret\] (.+?): (\d+)/(\d+) \(", line) for line in lines) if m}
+        manifest = read_output(tmp_path / run)["manifest"]
+        queries = manifest["counts"]["queries_retrieved"]
+        assert queries >= 1 and finals["embed (queries)"] == finals["search"] == (queries, queries), lines
+        assert finals["embed (passages)"] == (4, 4), lines
+
+
 def test_progress_lines_show_done_of_total_and_an_eta():
     from pipeline.progress import progress_line
 
