@@ -29,12 +29,13 @@ class GeckoInfoNCE(nn.Module):
       - the query's own hard negatives p_i^-,
       - with batch_negatives, the other queries' hard negatives p_j^- as well (not in Gecko's
         eq. 3; sentence-transformers' MultipleNegativesRankingLoss and NV-Retriever do this).
-    Each term can be switched off; the positive always stays. Given TextKeys, a column whose text
-    is the row's own positive (a duplicate positive, or a mined negative that is another query's
-    positive) or the row's own query is left out: it is no negative, as sentence-transformers'
-    no-duplicates batches ensure. With symmetric, the loss is the mean of
-    that and the reverse direction: each positive p_i picks its query q_i among the batch's queries
-    (sentence-transformers' MultipleNegativesSymmetricRankingLoss; not in Gecko).
+    Each term can be switched off; the positive always stays.
+
+    Given TextKeys, a column whose text is the row's own positive (a duplicate positive, or a
+    mined negative that is another query's positive) or the row's own query is left out: it is no
+    negative, as sentence-transformers' no-duplicates batches ensure. With symmetric, the loss is
+    the mean of that and the reverse direction, where each positive p_i picks its query q_i among
+    the batch's queries (sentence-transformers' MultipleNegativesSymmetricRankingLoss; not Gecko).
 
     Args:
         temperature: τ (Gecko: 0.05).
