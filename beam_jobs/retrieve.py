@@ -77,10 +77,14 @@ class Embed(beam.PTransform):
         batches = items | "Window" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
         if not self.progress:
             return batches | "Encode" >> beam.ParDo(dofn)
-        total = self.total
-        if total is None:
-            total = items | "CountItems" >> beam.combiners.Count.Globally()  # for the progress line's ETA
-        return batches | "Encode" >> beam.ParDo(dofn, total=beam.pvalue.AsSingleton(total))
+        total = _count_unless_given(self.total, items, "CountItems")
+        return batches | "Encode" >> beam.ParDo(dofn, total=total)
+
+
+def _count_unless_given(given: Optional[beam.PCollection], items: beam.PCollection, label: str):
+    """The items' count as a side input for a progress line's ETA; the caller's count when it has one."""
+    total = given if given is not None else items | label >> beam.combiners.Count.Globally()
+    return beam.pvalue.AsSingleton(total)
 
 
 def _passage_key(passage, embedder: str) -> str:
@@ -198,11 +202,8 @@ class ShardedExactSearch(beam.PTransform):
         search = _SearchIndex(self.k, self.progress)
         if not self.progress:
             return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths))
-        total = self.total
-        if total is None:
-            total = query_vectors | "CountQueries" >> beam.combiners.Count.Globally()
-        return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths),
-                                                     total=beam.pvalue.AsSingleton(total))
+        total = _count_unless_given(self.total, query_vectors, "CountQueries")
+        return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths), total=total)
 
 
 def _candidates(item_top, k: int):

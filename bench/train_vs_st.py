@@ -10,8 +10,8 @@ evaluated at the full size and at 64 dimensions. A setting is `name:field=value,
 TrainConfig overrides (`defaults` = none), plus `negatives=lo-hi`: one hard negative per pair,
 mined by the base model at ranks lo..hi among the training documents (the job's retrieval and
 rank-window mining, without an LLM; default `none`). A setting whose name starts with `st` runs
-the peer instead: sentence-transformers' trainer, plain text, lr 5e-5 and warmup 10% as its
-documentation recommends (`st` itself, on the plain pairs, runs unless --no-peer). Every setting
+the peer instead: sentence-transformers' trainer, plain text, lr 5e-5 (or its `lr=`) and warmup
+10% as its documentation recommends (`st` itself, on the plain pairs, runs unless --no-peer). Every setting
 tried is kept with every run, not only the best; results of earlier invocations are merged by
 set and setting name. Prints a table per set and one JSON line; writes
 bench/results/train_vs_st.json.
@@ -122,7 +122,7 @@ def ours(data: Path, out: Path, folder: Path, task: str, seed: int, overrides: d
     return {"pairs_per_s": summary["pairs_per_s"], **scores(summary["model"], folder, task, "auto")}
 
 
-def peer(data: Path, folder: Path, task: str, out: Path, seed: int, args) -> dict:
+def peer(data: Path, folder: Path, task: str, out: Path, seed: int, args, lr: float = 5e-5) -> dict:
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -145,7 +145,7 @@ def peer(data: Path, folder: Path, task: str, out: Path, seed: int, args) -> dic
     loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model, scale=1 / 0.05), dims)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "work"), num_train_epochs=1, per_device_train_batch_size=args.batch_size,
-        learning_rate=5e-5, warmup_ratio=0.1, batch_sampler=BatchSamplers.NO_DUPLICATES,
+        learning_rate=lr, warmup_ratio=0.1, batch_sampler=BatchSamplers.NO_DUPLICATES,
         report_to=[], save_strategy="no", logging_steps=10, seed=seed, dataloader_drop_last=True, use_cpu=True)
     trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=dataset, loss=loss)
     start = time.perf_counter()
@@ -222,9 +222,12 @@ def main(argv=None) -> int:
             negatives = overrides.pop("negatives", "none")
             data = training_data(folder, task, negatives, work / f"{set_name}-negatives-{negatives}.parquet")
             if name.startswith("st"):  # the sentence-transformers trainer
-                runs = [dict(seed=s, **peer(data, folder, task, work / f"{set_name}-{name}-{s}", s, args))
+                lr = overrides.pop("lr", 5e-5)  # the one peer setting a name may change
+                if overrides:
+                    raise SystemExit(f"{name}: the peer takes only negatives= and lr=, not {sorted(overrides)}")
+                runs = [dict(seed=s, **peer(data, folder, task, work / f"{set_name}-{name}-{s}", s, args, lr))
                         for s in args.seeds]
-                recorded = {"negatives": negatives}
+                recorded = {"negatives": negatives, **({"lr": lr} if lr != 5e-5 else {})}
             else:
                 recorded = {"batch_size": args.batch_size, **overrides}
                 runs = [dict(seed=s, **ours(data, work / f"{set_name}-{name}-{s}", folder, task, s, recorded))

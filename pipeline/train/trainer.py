@@ -41,7 +41,7 @@ class TrainConfig:
     xtr_k_train: int = 128  # XTR: tokens each query token retrieves from the batch
     batch_size: int = 32  # examples per micro-batch: each query's in-batch negatives are the others
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 5e-5  # peak learning rate, reached after warmup
+    lr: float = 1e-4  # peak learning rate, reached after warmup (chosen on short runs; bench/README)
     min_lr: float = 0.0  # the linear decay ends here
     warmup_steps: Optional[int] = None  # when set, this many steps of linear warmup, whatever warmup_ratio says
     warmup_ratio: float = 0.1  # linear warmup over ceil(ratio x all optimizer steps)
