@@ -44,6 +44,7 @@ SETS = {
     "manpages": (CACHE / "manpages-retrieval", "Given a one-line summary, find the manual page it summarises"),
 }
 DIMS = [None, 64]
+PEER_LR = 5e-5  # sentence-transformers' documented lr; the issue's peer
 
 
 def ensure_set(name: str) -> Path:
@@ -122,7 +123,7 @@ def ours(data: Path, out: Path, folder: Path, task: str, seed: int, overrides: d
     return {"pairs_per_s": summary["pairs_per_s"], **scores(summary["model"], folder, task, "auto")}
 
 
-def peer(data: Path, folder: Path, task: str, out: Path, seed: int, args, lr: float = 5e-5) -> dict:
+def peer(data: Path, folder: Path, task: str, out: Path, seed: int, args, lr: float = PEER_LR) -> dict:
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -222,12 +223,12 @@ def main(argv=None) -> int:
             negatives = overrides.pop("negatives", "none")
             data = training_data(folder, task, negatives, work / f"{set_name}-negatives-{negatives}.parquet")
             if name.startswith("st"):  # the sentence-transformers trainer
-                lr = overrides.pop("lr", 5e-5)  # the one peer setting a name may change
+                lr = overrides.pop("lr", PEER_LR)  # the one peer setting a name may change
                 if overrides:
                     raise SystemExit(f"{name}: the peer takes only negatives= and lr=, not {sorted(overrides)}")
                 runs = [dict(seed=s, **peer(data, folder, task, work / f"{set_name}-{name}-{s}", s, args, lr))
                         for s in args.seeds]
-                recorded = {"negatives": negatives, **({"lr": lr} if lr != 5e-5 else {})}
+                recorded = {"negatives": negatives, **({"lr": lr} if lr != PEER_LR else {})}
             else:
                 recorded = {"batch_size": args.batch_size, **overrides}
                 runs = [dict(seed=s, **ours(data, work / f"{set_name}-{name}-{s}", folder, task, s, recorded))
