@@ -17,7 +17,7 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TestOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, TestOptions
 
 from beam_jobs import options as opt
 from beam_jobs.common import OUTCOME, TOKENS
@@ -27,19 +27,16 @@ from beam_jobs.generate import GenerateQueries
 from beam_jobs.index_files import INDEX_DIR, index_dir, remove_index
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
-from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, WriteRecords, write_manifest
-from beam_jobs.rate import RateExamples
+from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
+from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, write_manifest
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
-from beam_jobs.rerank import RerankAndMine
 from beam_jobs.retrieve import RetrieveCandidates
-from pipeline.accounting import Outcome, example_stats
-from pipeline.examples import stamp
+from beam_jobs.scratch import SCRATCH_DIR, remove_scratch
+from beam_jobs.waves import run_in_waves
+from pipeline.accounting import example_stats
 from pipeline.llm.types import ClientConfig
 from pipeline.progress import Progress
-from pipeline.prompts import load_prompt
-from schemas import DeadLetter, FilteredRecord, Provenance, TrainingExample
 
-PROMPTS = ("query_generation", "query_likelihood", "relevance_classification", "quality_rater")
 OUTPUT_PARTS = ("examples", "dead_letters", "filtered", "manifest.json")
 
 
@@ -101,7 +98,7 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False, apply: bo
     if resume and not apply:
         return
     if resume:
-        stale = [f"{output}/{part}" for part in (*OUTPUT_PARTS, INDEX_DIR) if FileSystems.exists(f"{output}/{part}")]
+        stale = [f"{output}/{part}" for part in (*OUTPUT_PARTS, INDEX_DIR, SCRATCH_DIR) if FileSystems.exists(f"{output}/{part}")]
         if stale:
             FileSystems.delete(stale)
         return
@@ -122,12 +119,8 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     output = opts.output.rstrip("/")
     client = opt.client_config(opts, model)
     rerank = opt.rerank_config(opts)
-    versions = {"query_likelihood": rerank.ql_prompt_version, "relevance_classification": rerank.rc_prompt_version}
-    prompts = {name: load_prompt(name, versions.get(name)).hash for name in PROMPTS}  # the versions this run uses
-    config = opt.effective_config(opts, model)
     decontam = opt.decontam_config(opts)
-    provenance = Provenance(llm_model=model, embedder=opts.embedder, prompts=prompts, params=config,
-                            created_at=started_at)
+    provenance, meta = run_metadata(opts, model, run_id, started_at)
 
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
                                                          opt.split_config(opts), opts.trust_remote_code)
@@ -147,34 +140,13 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                                                 journal_folder=journal))
     candidates = retrieved["candidates"]
     reused.append(_count(retrieved["reused"], "journal_hits_embed"))
-    # A rerank item is one query with N+1 candidates (2N+2 requests): a quarter of the batch size.
-    reranked = candidates | "RerankAndMine" >> RerankAndMine(
-        llm.batched(max(1, opts.llm_batch_size // 4)), rerank, opt.mining_config(opts), opts.keep_candidates)
-    examples, late_outcomes = reranked["examples"], [reranked[OUTCOME]]
-    token_usage = [queries[TOKENS], reranked[TOKENS]]
-    reused.append(_count(reranked["reused"], "journal_hits_rerank"))
-    rater = opt.rater_config(opts)
-    if rater is not None:
-        rated = examples | "RateExamples" >> RateExamples(llm, rater)
-        examples, late_outcomes = rated["examples"], late_outcomes + [rated[OUTCOME]]
-        token_usage.append(rated[TOKENS])
-        reused.append(_count(rated["reused"], "journal_hits_rate"))
-    clean = (examples, eval_index) | "DecontaminatePositives" >> DecontaminateExamples(decontam)
-    examples = clean.examples | "Stamp" >> beam.Map(lambda ep, prov: stamp(ep[0], prov), provenance)
-    written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(ep[1], "written"))
-
-    examples | "WriteExamples" >> WriteRecords(TrainingExample, f"{output}/examples/part", opts.output_shards)
-
-    final = ((read[OUTCOME], dedupe_outcomes, queries[OUTCOME], filter_outcomes, *late_outcomes,
-              clean[OUTCOME], written)
+    tail = rerank_to_examples(candidates, eval_index, opts, llm, rerank, provenance)
+    examples, token_usage = tail["examples"], [queries[TOKENS], *tail["tokens"]]
+    reused.extend(_count(hits, name) for name, hits in tail["reused"].items())
+    final = ((read[OUTCOME], dedupe_outcomes, queries[OUTCOME], filter_outcomes, *tail["outcomes"])
              | "AllOutcomes" >> beam.Flatten()
              | "ResolveOutcomes" >> ResolveOutcomes())
-    (final
-     | "DeadOnly" >> beam.FlatMap(lambda o: [o.record] if o.status == "dead_lettered" else [])
-     | "WriteDeadLetters" >> WriteRecords(DeadLetter, f"{output}/dead_letters/part", opts.output_shards))
-    (final
-     | "FilteredOnly" >> beam.FlatMap(lambda o: [o.record] if o.status == "filtered" else [])
-     | "WriteFiltered" >> WriteRecords(FilteredRecord, f"{output}/filtered/part", opts.output_shards))
+    write_records(examples, final, output, opts.output_shards)
 
     units = ((read.passages, read[OUTCOME]) | "Units" >> beam.Flatten()
              | "CountUnits" >> beam.combiners.Count.Globally())
@@ -187,9 +159,6 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
                examples | "ExampleEvents" >> beam.Map(lambda e: ("example", example_stats(e))))
               | "Events" >> beam.Flatten())
-    meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opts.embedder, prompts=prompts,
-                config=config, resumed=opts.resume,
-                ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals})
     tokens = token_usage | "AllTokens" >> beam.Flatten() | "SumTokens" >> beam.CombineGlobally(SumTokens())
     (events
      | "Summarize" >> beam.CombineGlobally(ManifestCombine())
@@ -223,14 +192,30 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
         prepare_output(opts.output, opts.overwrite, opts.resume)
     run_id = uuid.uuid4().hex[:12]
     started_at = dt.datetime.now(dt.timezone.utc)
-    p = test_pipeline or beam.Pipeline(options=pipeline_options)
-    Progress.reset()
-    build(p, opts, model, run_id, started_at)
-    result = p.run()
-    result.wait_until_finish()
+    if opts.wave_size:
+        check_waves(pipeline_options, dry_run or test_pipeline is not None)
+        result = run_in_waves(pipeline_options, opts, model, run_id, started_at)
+    else:
+        p = test_pipeline or beam.Pipeline(options=pipeline_options)
+        Progress.reset()
+        build(p, opts, model, run_id, started_at)
+        result = p.run()
+        result.wait_until_finish()
     if not dry_run:
         remove_index(opts.output)  # the search's shard files: scratch, not part of the dataset
+        remove_scratch(opts.output)
     return result
+
+
+def check_waves(pipeline_options: PipelineOptions, translating: bool) -> None:
+    """Waves run one pipeline after another from this process: a local runner's way to bound
+    memory. A distributed runner spreads the one pipeline over workers instead."""
+    runner = (pipeline_options.view_as(StandardOptions).runner or "DirectRunner")
+    runner = runner if isinstance(runner, str) else type(runner).__name__
+    if translating or runner not in ("DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner"):
+        raise ValueError(f"--wave_size runs the job as a sequence of local pipelines; it needs the DirectRunner, "
+                         f"not {runner}{' (or a dry run)' if translating else ''}. Drop --wave_size: on a "
+                         "distributed runner the workers bound memory")
 
 
 def abort_message(exc: BaseException) -> str | None:

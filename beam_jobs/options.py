@@ -32,6 +32,9 @@ class FretOptions(PipelineOptions):
         _add(io, "overwrite", action="store_true", help="replace an existing non-empty output folder")
         _add(io, "resume", action="store_true",
              help="finish a run in the same --output: LLM work kept in its _journal is reused, the rest is done")
+        _add(io, "wave_size", type=int, default=0,
+             help="DirectRunner: run the job in waves of about this many input records, one after another, so "
+                  "memory stays bounded however large the corpus (0: one pipeline). Same output")
         _add(io, "keep_candidates", type=parse_bool, default=True,
                         help="store every scored candidate in each example (true/false)")
 

@@ -187,23 +187,37 @@ class ShardedExactSearch(beam.PTransform):
 
     def expand(self, pcolls):
         passage_blocks, query_vectors = pcolls
-        num_shards = (passage_blocks
-                      | "BlockSizes" >> beam.Map(lambda b: len(b[0]))
-                      | "CountCorpus" >> beam.CombineGlobally(sum)
-                      | "NumShards" >> beam.Map(lambda n, size: max(1, math.ceil(n / size)), self.shard_size))
-        shard_paths = (passage_blocks
-                       | "ToShards" >> beam.FlatMap(_to_shards, beam.pvalue.AsSingleton(num_shards))
-                       | "GroupShards" >> beam.GroupByKey()
-                       | "WriteShards" >> beam.Map(write_shard, self.index_folder, beam.pvalue.AsSingleton(num_shards))
-                       | "ShardPaths" >> beam.combiners.ToList()
-                       | "SortPaths" >> beam.Map(sorted))
-        batches = query_vectors | "BatchForSearch" >> beam.BatchElements(min_batch_size=self.query_batch_size,
-                                                                           max_batch_size=self.query_batch_size)
-        search = _SearchIndex(self.k, self.progress)
-        if not self.progress:
-            return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths))
-        total = _count_unless_given(self.total, query_vectors, "CountQueries")
-        return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths), total=total)
+        shard_paths = write_index_shards(passage_blocks, self.shard_size, self.index_folder)
+        return search_index_files(query_vectors, shard_paths, self.k, self.query_batch_size, self.progress,
+                                  self.total)
+
+
+def write_index_shards(passage_blocks, shard_size: int, index_folder: str):
+    """(passages, matrix) blocks -> one element: the sorted paths of the shard files written.
+    Applied in the caller's scope, so the step names stay the caller's."""
+    num_shards = (passage_blocks
+                  | "BlockSizes" >> beam.Map(lambda b: len(b[0]))
+                  | "CountCorpus" >> beam.CombineGlobally(sum)
+                  | "NumShards" >> beam.Map(lambda n, size: max(1, math.ceil(n / size)), shard_size))
+    return (passage_blocks
+            | "ToShards" >> beam.FlatMap(_to_shards, beam.pvalue.AsSingleton(num_shards))
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShards" >> beam.Map(write_shard, index_folder, beam.pvalue.AsSingleton(num_shards))
+            | "ShardPaths" >> beam.combiners.ToList()
+            | "SortPaths" >> beam.Map(sorted))
+
+
+def search_index_files(query_vectors, shard_paths, k: int, query_batch_size: int = 4096, progress: bool = False,
+                       total: Optional[beam.PCollection] = None):
+    """(key, vector) -> (key, top-k of (score, id, title, text)) against the shard files whose
+    paths are the one element of `shard_paths`. Applied in the caller's scope."""
+    batches = query_vectors | "BatchForSearch" >> beam.BatchElements(min_batch_size=query_batch_size,
+                                                                       max_batch_size=query_batch_size)
+    search = _SearchIndex(k, progress)
+    if not progress:
+        return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths))
+    total = _count_unless_given(total, query_vectors, "CountQueries")
+    return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths), total=total)
 
 
 def _candidates(item_top, k: int):
@@ -244,3 +258,24 @@ class RetrieveCandidates(beam.PTransform):
                                                 self.progress, total))
         candidates = top | "Candidates" >> beam.Map(_candidates, self.k)
         return {"candidates": candidates, "embedded": vectors["embedded"], "reused": vectors["reused"]}
+
+
+class RetrieveForQueries(beam.PTransform):
+    """(query, passage) pairs -> (query, passage, candidates), searching index shard files that
+    exist already (a job run in waves writes every wave's shards before any wave searches)."""
+
+    def __init__(self, embedder: str, shard_paths: list[str], num_neighbors: int = 20, embed_batch_size: int = 64,
+                 query_batch_size: int = 4096, progress: bool = False, trust_remote_code: bool = False):
+        super().__init__()
+        self.embedder, self.shard_paths, self.k = embedder, sorted(shard_paths), num_neighbors
+        self.embed_batch_size, self.query_batch_size, self.progress = embed_batch_size, query_batch_size, progress
+        self.trust_remote_code = trust_remote_code
+
+    def expand(self, queries):
+        total = queries | "CountQueries" >> beam.combiners.Count.Globally() if self.progress else None
+        query_vectors = (queries
+                         | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", Shared(),
+                                                   self.progress, self.trust_remote_code, total=total))
+        shard_paths = queries.pipeline | "ShardPaths" >> beam.Create([self.shard_paths])
+        top = search_index_files(query_vectors, shard_paths, self.k, self.query_batch_size, self.progress, total)
+        return top | "Candidates" >> beam.Map(_candidates, self.k)

@@ -53,10 +53,11 @@ while True:
     return proc
 
 
-def run_job(corpus: Path, out: Path, url: str, encoder: Path, neighbors: int) -> tuple[float, int, dict]:
+def run_job(corpus: Path, out: Path, url: str, encoder: Path, neighbors: int,
+            wave_size: int = 0) -> tuple[float, int, dict]:
     cmd = [sys.executable, "-m", "beam_jobs.fret_job", "--input", str(corpus), "--output", str(out),
            "--llm_url", url, "--llm_model", "stub-llm", "--embedder", str(encoder), "--num_neighbors",
-           str(neighbors), "--progress", "false", "--near_dup_threshold", "0"]
+           str(neighbors), "--progress", "false", "--near_dup_threshold", "0", "--wave_size", str(wave_size)]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -91,6 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="30000,300000")
     parser.add_argument("--num-neighbors", type=int, default=4)
+    parser.add_argument("--wave-size", type=int, default=0, help="the job's --wave_size (0: one pipeline)")
+    parser.add_argument("--result", default="scale", help="name of the JSON and PNG in bench/results/")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from pipeline.llm.server import free_port
@@ -106,7 +109,7 @@ def main() -> None:
                 corpus = Path(tmp) / f"corpus-{n}.jsonl"
                 write_corpus(corpus, n)
                 elapsed, rss, manifest = run_job(corpus, Path(tmp) / f"out-{n}", f"http://127.0.0.1:{port}",
-                                                 encoder, args.num_neighbors)
+                                                 encoder, args.num_neighbors, args.wave_size)
                 assert manifest["inputs"] == n, manifest["accounting"]
                 rows.append({"passages": n, "seconds": elapsed, "ms/passage": 1000 * elapsed / n,
                              "peak RSS MiB": rss / 2**20, "written": manifest["written"]})
@@ -114,12 +117,12 @@ def main() -> None:
     finally:
         stub.kill()
     per = [r["ms/passage"] for r in rows]
-    summary = {"num_neighbors": args.num_neighbors,
+    summary = {"num_neighbors": args.num_neighbors, "wave_size": args.wave_size,
                "ms_per_passage_ratio_last_to_previous": per[-1] / per[-2] if len(per) > 1 else None,
                "rss_ratio_last_to_previous": rows[-1]["peak RSS MiB"] / rows[-2]["peak RSS MiB"]
                if len(rows) > 1 else None}
-    emit("scale", rows, ["passages", "seconds", "ms/passage", "peak RSS MiB", "written"], summary)
-    plot(rows, RESULTS / "scale.png")
+    emit(args.result, rows, ["passages", "seconds", "ms/passage", "peak RSS MiB", "written"], summary)
+    plot(rows, RESULTS / f"{args.result}.png")
 
 
 if __name__ == "__main__":

@@ -175,8 +175,12 @@ def resolve_duplicates(passage_id: str, records: Iterable[tuple[str, Passage]]
     letters = []
     for key, sources in sorted(by_text.items(), key=lambda kv: kv[1][0]):
         for source in sources:
-            letters.append(dead_letter(
-                passage_id, "read", "duplicate_id_conflict",
-                f"id {passage_id!r} is used by {len(by_text)} different texts; give each text its own id",
-                {"title": key[0], "text": key[1]}, source))
+            letters.append(conflict_letter(passage_id, len(by_text), key[0], key[1], source))
     return None, letters, 0
+
+
+def conflict_letter(passage_id: str, texts: int, title: str, text: str, source: str) -> DeadLetter:
+    """The dead letter of one version of an id that `texts` different texts share."""
+    return dead_letter(passage_id, "read", "duplicate_id_conflict",
+                       f"id {passage_id!r} is used by {texts} different texts; give each text its own id",
+                       {"title": title, "text": text}, source)

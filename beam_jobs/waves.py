@@ -1,0 +1,273 @@
+"""The job in waves (--wave_size): one machine, bounded memory, the same output as one pipeline.
+
+The DirectRunner holds every PCollection a later stage reads, so one pipeline's memory grows
+with the corpus. In waves the corpus is cut by a hash of each record's source
+(pipeline.waves) and the job runs as a sequence of ordinary Beam pipelines:
+
+1. plan: read everything once; each wave's passages go to chunk files; duplicate passages are
+   decided on small keys (id, source, text hash) over the whole corpus.
+2. prepare, per wave: drop the duplicates, embed the passages into that wave's index shard
+   files, generate queries (to chunk files).
+3. filter: exact and near-duplicate queries and decontamination, over every wave's queries
+   reduced to (query, accounting unit).
+4. finish, per wave: search every wave's index shards, rerank, rate, decontaminate, write the
+   wave's shards, and keep the wave's part of the manifest.
+
+The driver then merges the manifest parts. Every pipeline holds one wave or small keys, never
+the corpus. Records pass between pipelines as files under OUTPUT/_waves (beam_jobs.scratch).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import options as opt
+from beam_jobs.common import OUTCOME, TOKENS
+from beam_jobs.filters import FilterQueries, LoadEvalIndex
+from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
+from beam_jobs.generate import GenerateQueries
+from beam_jobs.index_files import index_dir
+from beam_jobs.journal import journal_dir
+from beam_jobs.llm_stage import StageSettings
+from beam_jobs.read import ReadSeedPassages
+from beam_jobs.retrieve import Embed, EmbedPassagesOnce, RetrieveForQueries, write_index_shards
+from beam_jobs.scratch import ReadWaveChunks, WriteWaveChunks, read_pickled, save, scratch_dir, wave_files
+from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, write_manifest
+from pipeline import waves as w
+from pipeline.accounting import Outcome, example_stats, filtered, unit_id
+from pipeline.ingest import conflict_letter
+from pipeline.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+def count_records(patterns: str, input_format: str = "auto") -> int:
+    """Input records, counted cheaply (non-blank JSONL lines, Parquet row counts): the number of
+    waves is fixed before anything is read."""
+    import pyarrow.parquet as pq
+
+    from beam_jobs.read import _is_parquet
+
+    total = 0
+    for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
+        for meta in FileSystems.match([pattern])[0].metadata_list:
+            with FileSystems.open(meta.path) as f:
+                if _is_parquet(meta.path, input_format):
+                    total += pq.ParquetFile(f).metadata.num_rows
+                else:
+                    total += sum(1 for line in f if line.strip())
+    return total
+
+
+def _count(pcoll, name: str):
+    return pcoll | f"Count{name}" >> beam.combiners.Count.Globally() | f"Name{name}" >> beam.Map(lambda n: (name, n))
+
+
+def _write_counts(counts: list, path: str) -> None:
+    (counts | "Counts" >> beam.Flatten() | "CountDict" >> beam.combiners.ToDict()
+     | "WriteCounts" >> beam.Map(save, path))
+
+
+class _MeterCombine(SumTokens):
+    """Token meters of one pipeline, kept as a meter so the driver can add the waves'."""
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _write_tokens(meters: list, path: str) -> None:
+    (meters | "AllTokens" >> beam.Flatten() | "SumTokens" >> beam.CombineGlobally(_MeterCombine())
+     | "WriteTokens" >> beam.Map(save, path))
+
+
+def _chunks(pcoll, label: str, folder: str, kind: str) -> None:
+    pcoll | label >> beam.ParDo(WriteWaveChunks(folder, kind))
+
+
+# --- 1. plan ---------------------------------------------------------------------------------
+
+def _resolve(element, resolver):
+    _, members = element
+    kept, drops = resolver(members)
+    yield from kept
+    for key, drop in drops:
+        yield beam.pvalue.TaggedOutput("drops", (key, drop))
+
+
+def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
+    read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
+                                                         opt.split_config(opts), opts.trust_remote_code)
+    _chunks(read.passages | "PassageWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
+            "WritePassages", folder, "passages")
+    by_id = (read.passages
+             | "Keys" >> beam.Map(w.passage_key)
+             | "KeyById" >> beam.Map(lambda k: (k.id, k))
+             | "GroupById" >> beam.GroupByKey()
+             | "ResolveIds" >> beam.FlatMap(_resolve, w.resolve_id_group).with_outputs("drops", main="kept"))
+    by_text = (by_id.kept
+               | "KeyByText" >> beam.Map(lambda k: (k.content, k))
+               | "GroupByText" >> beam.GroupByKey()
+               | "ResolveTexts" >> beam.FlatMap(_resolve, w.resolve_content_group).with_outputs("drops", main="kept"))
+    drops = ((by_id.drops, by_text.drops)
+             | "Drops" >> beam.Flatten()
+             | "DropWave" >> beam.Map(lambda kd: (w.wave_of(kd[0].source_id, waves), (kd[0].unit, kd[1]))))
+    _chunks(drops, "WriteDrops", folder, "drops")
+    # an unreadable record's unit is its source
+    _chunks(read[OUTCOME] | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id, waves), o)),
+            "WriteReadOutcomes", folder, "outcomes")
+    units = ((read.passages, read[OUTCOME]) | "Units" >> beam.Flatten())
+    _write_counts([_count(read.passages, "passages_after_split"), _count(read[OUTCOME], "unreadable_records"),
+                   _count(units, "units")], f"{folder}/counts/plan.pkl")
+
+
+# --- 2. prepare, per wave --------------------------------------------------------------------
+
+def _apply_drops(passage, drops: dict):
+    drop = drops.get(unit_id(passage))
+    if drop is None:
+        yield passage
+    elif drop.kind == "conflict":
+        letter = conflict_letter(passage.id, drop.texts, passage.title, passage.text, passage.source_id)
+        yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", letter))
+    else:
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), passage.id, "read", "duplicate_passage",
+                                                         drop.detail))
+
+
+def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) -> None:
+    output = opts.output.rstrip("/")
+    journal = f"{journal_dir(output)}/w{wave:05d}"  # per wave: a lookup reads its own wave's work only
+    drops = p | "ReadDrops" >> ReadWaveChunks(wave_files(folder, "drops", wave))
+    sorted_out = (p
+                  | "ReadPassages" >> ReadWaveChunks(wave_files(folder, "passages", wave))
+                  | "ApplyDrops" >> beam.FlatMap(_apply_drops, beam.pvalue.AsDict(drops))
+                  .with_outputs(OUTCOME, main="passages"))
+    passages = sorted_out.passages
+    llm = StageSettings(opt.client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
+                        opt.failure_policy(opts))
+    queries = passages | "GenerateQueries" >> GenerateQueries(llm, opt.generation_config(opts))
+    embed = Embed(opts.embedder, opts.embed_batch_size, "passages", progress=opts.progress,
+                  trust_remote_code=opts.trust_remote_code, journal_folder=journal)
+    vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
+    write_index_shards(vectors["blocks"], opts.index_shard_size, f"{index_dir(output)}/w{wave:05d}")
+    _chunks(queries["queries"] | "QueryWave" >> beam.Map(lambda qp: (wave, qp)), "WriteQueries", folder, "queries")
+    _chunks(queries["queries"] | "QueryKeys" >> beam.Map(lambda qp: (wave, (qp[0], w.UnitRef(qp[1].source_id,
+                                                                                              qp[1].chunk)))),
+            "WriteQueryKeys", folder, "query_keys")
+    outcomes = (sorted_out[OUTCOME], queries[OUTCOME]) | "Outcomes" >> beam.Flatten()
+    _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (wave, o)), "WriteOutcomes", folder, "outcomes")
+    _write_counts([_count(passages, "unique_passages"), _count(queries["queries"], "queries_generated"),
+                   _count(vectors["embedded"], "passages_embedded"),
+                   _count(queries["reused"], "journal_hits_generate"), _count(vectors["reused"], "journal_hits_embed")],
+                  f"{folder}/counts/prepare-w{wave:05d}.pkl")
+    _write_tokens([queries[TOKENS]], f"{folder}/tokens/prepare-w{wave:05d}.pkl")
+
+
+# --- 3. filter -------------------------------------------------------------------------------
+
+def build_filter(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
+    decontam = opt.decontam_config(opts)
+    queries = p | "ReadQueryKeys" >> ReadWaveChunks(wave_files(folder, "query_keys"))
+    eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, decontam)
+    kept, outcomes = ((queries, eval_index) | "FilterQueries" >> FilterQueries(opt.near_dup_config(opts), decontam))
+    _chunks(kept | "KeptWave" >> beam.Map(lambda qu: (w.wave_of(qu[1].source_id, waves), qu[0].query_id)),
+            "WriteKept", folder, "kept")
+    # these outcomes' units are passages: "<source>#<chunk>"
+    _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id.rsplit("#", 1)[0], waves), o)),
+            "WriteOutcomes", folder, "outcomes")
+    _write_counts([_count(kept, "queries_after_filters")], f"{folder}/counts/filter.pkl")
+
+
+# --- 4. finish, per wave ---------------------------------------------------------------------
+
+def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, shard_paths: list[str],
+                 provenance) -> None:
+    output = opts.output.rstrip("/")
+    journal = f"{journal_dir(output)}/w{wave:05d}"
+    kept_ids = (p | "ReadKept" >> ReadWaveChunks(wave_files(folder, "kept", wave))
+                | "KeptKeys" >> beam.Map(lambda qid: (qid, True)))
+    queries = (p
+               | "ReadQueries" >> ReadWaveChunks(wave_files(folder, "queries", wave))
+               | "KeepFiltered" >> beam.Filter(lambda qp, kept: qp[0].query_id in kept, beam.pvalue.AsDict(kept_ids)))
+    candidates = queries | "RetrieveCandidates" >> RetrieveForQueries(
+        opts.embedder, shard_paths, opts.num_neighbors, opts.embed_batch_size, progress=opts.progress,
+        trust_remote_code=opts.trust_remote_code)
+    eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, opt.decontam_config(opts))
+    llm = StageSettings(opt.client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
+                        opt.failure_policy(opts))
+    tail = rerank_to_examples(candidates, eval_index, opts, llm, opt.rerank_config(opts), provenance)
+    earlier = p | "ReadOutcomes" >> ReadWaveChunks(wave_files(folder, "outcomes", wave))
+    final = ((earlier, *tail["outcomes"]) | "AllOutcomes" >> beam.Flatten() | "ResolveOutcomes" >> ResolveOutcomes())
+    write_records(tail["examples"], final, output, opts.output_shards, part=f"part-w{wave:05d}")
+    events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
+               tail["examples"] | "ExampleEvents" >> beam.Map(lambda e: ("example", example_stats(e))))
+              | "Events" >> beam.Flatten())
+    (events | "Summarize" >> beam.CombineGlobally(ManifestCombine())
+     | "WriteSummary" >> beam.Map(save, f"{folder}/summary/w{wave:05d}.pkl"))
+    _write_counts([_count(candidates, "queries_retrieved"),
+                   *(_count(hits, name) for name, hits in tail["reused"].items())],
+                  f"{folder}/counts/finish-w{wave:05d}.pkl")
+    _write_tokens(tail["tokens"], f"{folder}/tokens/finish-w{wave:05d}.pkl")
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+def _merged_counts(folder: str) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for path in sorted(m.path for m in FileSystems.match([f"{folder}/counts/*.pkl"])[0].metadata_list):
+        for name, n in read_pickled(path).items():
+            total[name] = total.get(name, 0) + n
+    return total
+
+
+def _merged(folder: str, kind: str):
+    paths = sorted(m.path for m in FileSystems.match([f"{folder}/{kind}/*.pkl"])[0].metadata_list)
+    first, *rest = [read_pickled(path) for path in paths]
+    for other in rest:
+        first.merge(other)
+    return first
+
+
+def run_in_waves(pipeline_options: PipelineOptions, opts: opt.FretOptions, model: str, run_id: str,
+                 started_at: dt.datetime):
+    """Run the job as 2 x waves + 2 pipelines; returns the last one's result. The manifest is
+    the one-pipeline job's, with the number of waves in its counts."""
+    output = opts.output.rstrip("/")
+    folder = scratch_dir(output)
+    waves = w.num_waves(count_records(opts.input, opts.input_format), opts.wave_size)
+    provenance, meta = run_metadata(opts, model, run_id, started_at)
+
+    def run_one(name: str, build, *args):
+        if opts.progress:
+            print(f"[fret] {name}", flush=True)
+        Progress.reset()
+        start = time.monotonic()
+        p = beam.Pipeline(options=pipeline_options)
+        build(p, opts, *args)
+        result = p.run()
+        result.wait_until_finish()
+        if opts.progress:
+            print(f"[fret] {name}: done in {time.monotonic() - start:.0f} s", flush=True)
+        return result
+
+    run_one(f"plan: {waves} wave(s) of about {opts.wave_size} records", build_plan, folder, waves)
+    for wave in range(waves):
+        run_one(f"wave {wave + 1}/{waves}: embed and generate", build_prepare, model, folder, wave)
+    run_one("filter queries over every wave", build_filter, folder, waves)
+    shard_paths = sorted(m.path for m in FileSystems.match([f"{index_dir(output)}/*/shard-*.parquet"])[0].metadata_list)
+    result = None
+    for wave in range(waves):
+        result = run_one(f"wave {wave + 1}/{waves}: search, rerank, write", build_finish, model, folder, wave,
+                         shard_paths, provenance)
+    counts = _merged_counts(folder)
+    units = counts.pop("units")
+    counts["waves"] = waves
+    tokens = _merged(folder, "tokens").usage()
+    write_manifest(_merged(folder, "summary"), counts, units, tokens, f"{output}/manifest.json", meta)
+    return result
