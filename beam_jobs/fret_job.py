@@ -28,7 +28,7 @@ from beam_jobs.index_files import INDEX_DIR, index_dir, remove_index
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
-from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, write_manifest
+from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
 from beam_jobs.retrieve import RetrieveCandidates
 from beam_jobs.scratch import SCRATCH_DIR, remove_scratch
@@ -98,7 +98,8 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False, apply: bo
     if resume and not apply:
         return
     if resume:
-        stale = [f"{output}/{part}" for part in (*OUTPUT_PARTS, INDEX_DIR, SCRATCH_DIR) if FileSystems.exists(f"{output}/{part}")]
+        stale = [f"{output}/{part}" for part in (*OUTPUT_PARTS, INDEX_DIR, SCRATCH_DIR)
+                 if FileSystems.exists(f"{output}/{part}")]
         if stale:
             FileSystems.delete(stale)
         return
@@ -110,9 +111,6 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False, apply: bo
     if apply:
         FileSystems.delete([output])
 
-
-def _count(pcoll, name: str):
-    return pcoll | f"Count{name}" >> beam.combiners.Count.Globally() | f"Name{name}" >> beam.Map(lambda n: (name, n))
 
 
 def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, started_at: dt.datetime) -> None:
@@ -131,7 +129,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, decontam)
     kept_queries, filter_outcomes = ((queries["queries"], eval_index)
                                      | "FilterQueries" >> FilterQueries(opt.near_dup_config(opts), decontam))
-    reused = [_count(queries["reused"], "journal_hits_generate")]
+    reused = [count_as(queries["reused"], "journal_hits_generate")]
     retrieved = ((passages, kept_queries)
                  | "RetrieveCandidates" >> RetrieveCandidates(opts.embedder, index_dir(output), opts.num_neighbors,
                                                                 opts.index_shard_size, opts.embed_batch_size,
@@ -139,10 +137,10 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                                                 trust_remote_code=opts.trust_remote_code,
                                                                 journal_folder=journal))
     candidates = retrieved["candidates"]
-    reused.append(_count(retrieved["reused"], "journal_hits_embed"))
+    reused.append(count_as(retrieved["reused"], "journal_hits_embed"))
     tail = rerank_to_examples(candidates, eval_index, opts, llm, rerank, provenance)
     examples, token_usage = tail["examples"], [queries[TOKENS], *tail["tokens"]]
-    reused.extend(_count(hits, name) for name, hits in tail["reused"].items())
+    reused.extend(count_as(hits, name) for name, hits in tail["reused"].items())
     final = ((read[OUTCOME], dedupe_outcomes, queries[OUTCOME], filter_outcomes, *tail["outcomes"])
              | "AllOutcomes" >> beam.Flatten()
              | "ResolveOutcomes" >> ResolveOutcomes())
@@ -150,10 +148,10 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
 
     units = ((read.passages, read[OUTCOME]) | "Units" >> beam.Flatten()
              | "CountUnits" >> beam.combiners.Count.Globally())
-    stage_counts = ([_count(read.passages, "passages_after_split"), _count(read[OUTCOME], "unreadable_records"),
-                     _count(passages, "unique_passages"), _count(queries["queries"], "queries_generated"),
-                     _count(kept_queries, "queries_after_filters"), _count(candidates, "queries_retrieved"),
-                     _count(retrieved["embedded"], "passages_embedded"), *reused]
+    stage_counts = ([count_as(read.passages, "passages_after_split"), count_as(read[OUTCOME], "unreadable_records"),
+                     count_as(passages, "unique_passages"), count_as(queries["queries"], "queries_generated"),
+                     count_as(kept_queries, "queries_after_filters"), count_as(candidates, "queries_retrieved"),
+                     count_as(retrieved["embedded"], "passages_embedded"), *reused]
                     | "StageCounts" >> beam.Flatten()
                     | "StageDict" >> beam.combiners.ToDict())
     events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),

@@ -38,7 +38,7 @@ from beam_jobs.llm_stage import StageSettings
 from beam_jobs.read import ReadSeedPassages
 from beam_jobs.retrieve import Embed, EmbedPassagesOnce, RetrieveForQueries, write_index_shards
 from beam_jobs.scratch import ReadWaveChunks, WriteWaveChunks, read_pickled, save, scratch_dir, wave_files
-from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, write_manifest
+from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from pipeline import waves as w
 from pipeline.accounting import Outcome, example_stats, filtered, unit_id
 from pipeline.ingest import conflict_letter
@@ -64,9 +64,6 @@ def count_records(patterns: str, input_format: str = "auto") -> int:
                     total += sum(1 for line in f if line.strip())
     return total
 
-
-def _count(pcoll, name: str):
-    return pcoll | f"Count{name}" >> beam.combiners.Count.Globally() | f"Name{name}" >> beam.Map(lambda n: (name, n))
 
 
 def _write_counts(counts: list, path: str) -> None:
@@ -122,8 +119,8 @@ def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     _chunks(read[OUTCOME] | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id, waves), o)),
             "WriteReadOutcomes", folder, "outcomes")
     units = ((read.passages, read[OUTCOME]) | "Units" >> beam.Flatten())
-    _write_counts([_count(read.passages, "passages_after_split"), _count(read[OUTCOME], "unreadable_records"),
-                   _count(units, "units")], f"{folder}/counts/plan.pkl")
+    _write_counts([count_as(read.passages, "passages_after_split"), count_as(read[OUTCOME], "unreadable_records"),
+                   count_as(units, "units")], f"{folder}/counts/plan.pkl")
 
 
 # --- 2. prepare, per wave --------------------------------------------------------------------
@@ -162,9 +159,10 @@ def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) 
             "WriteQueryKeys", folder, "query_keys")
     outcomes = (sorted_out[OUTCOME], queries[OUTCOME]) | "Outcomes" >> beam.Flatten()
     _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (wave, o)), "WriteOutcomes", folder, "outcomes")
-    _write_counts([_count(passages, "unique_passages"), _count(queries["queries"], "queries_generated"),
-                   _count(vectors["embedded"], "passages_embedded"),
-                   _count(queries["reused"], "journal_hits_generate"), _count(vectors["reused"], "journal_hits_embed")],
+    _write_counts([count_as(passages, "unique_passages"), count_as(queries["queries"], "queries_generated"),
+                   count_as(vectors["embedded"], "passages_embedded"),
+                   count_as(queries["reused"], "journal_hits_generate"),
+                   count_as(vectors["reused"], "journal_hits_embed")],
                   f"{folder}/counts/prepare-w{wave:05d}.pkl")
     _write_tokens([queries[TOKENS]], f"{folder}/tokens/prepare-w{wave:05d}.pkl")
 
@@ -181,7 +179,7 @@ def build_filter(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     # these outcomes' units are passages: "<source>#<chunk>"
     _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id.rsplit("#", 1)[0], waves), o)),
             "WriteOutcomes", folder, "outcomes")
-    _write_counts([_count(kept, "queries_after_filters")], f"{folder}/counts/filter.pkl")
+    _write_counts([count_as(kept, "queries_after_filters")], f"{folder}/counts/filter.pkl")
 
 
 # --- 4. finish, per wave ---------------------------------------------------------------------
@@ -210,8 +208,8 @@ def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, s
               | "Events" >> beam.Flatten())
     (events | "Summarize" >> beam.CombineGlobally(ManifestCombine())
      | "WriteSummary" >> beam.Map(save, f"{folder}/summary/w{wave:05d}.pkl"))
-    _write_counts([_count(candidates, "queries_retrieved"),
-                   *(_count(hits, name) for name, hits in tail["reused"].items())],
+    _write_counts([count_as(candidates, "queries_retrieved"),
+                   *(count_as(hits, name) for name, hits in tail["reused"].items())],
                   f"{folder}/counts/finish-w{wave:05d}.pkl")
     _write_tokens(tail["tokens"], f"{folder}/tokens/finish-w{wave:05d}.pkl")
 

@@ -49,6 +49,12 @@ class SumTokens(_MergingCombine):
         return acc.usage()
 
 
+def count_as(pcoll, name: str):
+    """The manifest's count `name`: one (name, number of elements) pair."""
+    return (pcoll | f"Count{name}" >> beam.combiners.Count.Globally()
+            | f"Name{name}" >> beam.Map(lambda n, name: (name, n), name))
+
+
 class ResolveOutcomes(beam.PTransform):
     """All per-query outcomes -> exactly one outcome per seed passage."""
 
