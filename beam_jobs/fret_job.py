@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from beam_jobs import options as opt
 from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.config import expand_config
-from beam_jobs.filters import DecontaminateExamples, FilterQueries, LoadEvalIndex
+from beam_jobs.filters import FilterQueries, LoadEvalIndex
 from beam_jobs.generate import GenerateQueries
 from beam_jobs.index_files import INDEX_DIR, index_dir, remove_index
 from beam_jobs.journal import journal_dir
@@ -110,7 +110,6 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False, apply: bo
         raise ValueError(f"output folder {output} is not empty ({len(existing)} files); {hint}")
     if apply:
         FileSystems.delete([output])
-
 
 
 def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, started_at: dt.datetime) -> None:

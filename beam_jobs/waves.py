@@ -20,7 +20,6 @@ the corpus. Records pass between pipelines as files under OUTPUT/_waves (beam_jo
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 
 import apache_beam as beam
@@ -44,8 +43,6 @@ from pipeline.accounting import Outcome, example_stats, filtered, unit_id
 from pipeline.ingest import conflict_letter
 from pipeline.progress import Progress
 
-log = logging.getLogger(__name__)
-
 
 def count_records(patterns: str, input_format: str = "auto") -> int:
     """Input records, counted cheaply (non-blank JSONL lines, Parquet row counts): the number of
@@ -63,7 +60,6 @@ def count_records(patterns: str, input_format: str = "auto") -> int:
                 else:
                     total += sum(1 for line in f if line.strip())
     return total
-
 
 
 def _write_counts(counts: list, path: str) -> None:
