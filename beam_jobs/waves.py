@@ -237,31 +237,36 @@ def run_in_waves(pipeline_options: PipelineOptions, opts: opt.FretOptions, model
     waves = w.num_waves(count_records(opts.input, opts.input_format), opts.wave_size)
     provenance, meta = run_metadata(opts, model, run_id, started_at)
 
-    def run_one(name: str, build, *args):
+    seconds: dict[str, float] = {}
+
+    def run_one(phase: str, message: str, build, *args):
         if opts.progress:
-            print(f"[fret] {name}", flush=True)
+            print(f"[fret] {message}", flush=True)
         Progress.reset()
         start = time.monotonic()
         p = beam.Pipeline(options=pipeline_options)
         build(p, opts, *args)
         result = p.run()
         result.wait_until_finish()
+        seconds[phase] = round(time.monotonic() - start, 1)
         if opts.progress:
-            print(f"[fret] {name}: done in {time.monotonic() - start:.0f} s", flush=True)
+            print(f"[fret] {message}: done in {seconds[phase]:.0f} s", flush=True)
         return result
 
-    run_one(f"plan: {waves} wave(s) of about {opts.wave_size} records", build_plan, folder, waves)
+    run_one("plan", f"plan: {waves} wave(s) of about {opts.wave_size} records", build_plan, folder, waves)
     for wave in range(waves):
-        run_one(f"wave {wave + 1}/{waves}: embed and generate", build_prepare, model, folder, wave)
-    run_one("filter queries over every wave", build_filter, folder, waves)
+        run_one(f"prepare-w{wave:05d}", f"wave {wave + 1}/{waves}: embed and generate", build_prepare, model, folder,
+                wave)
+    run_one("filter", "filter queries over every wave", build_filter, folder, waves)
     shard_paths = sorted(m.path for m in FileSystems.match([f"{index_dir(output)}/*/shard-*.parquet"])[0].metadata_list)
     result = None
     for wave in range(waves):
-        result = run_one(f"wave {wave + 1}/{waves}: search, rerank, write", build_finish, model, folder, wave,
-                         shard_paths, provenance)
+        result = run_one(f"finish-w{wave:05d}", f"wave {wave + 1}/{waves}: search, rerank, write", build_finish, model,
+                         folder, wave, shard_paths, provenance)
     counts = _merged_counts(folder)
     units = counts.pop("units")
     counts["waves"] = waves
     tokens = _merged(folder, "tokens").usage()
-    write_manifest(_merged(folder, "summary"), counts, units, tokens, f"{output}/manifest.json", meta)
+    write_manifest(_merged(folder, "summary"), counts, units, tokens, f"{output}/manifest.json",
+                   {**meta, "phase_seconds": seconds})
     return result

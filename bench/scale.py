@@ -69,6 +69,15 @@ def run_job(corpus: Path, out: Path, url: str, encoder: Path, neighbors: int,
     return elapsed, usage.ru_maxrss * 1024, manifest  # ru_maxrss is in KiB on Linux
 
 
+def phase_totals(phase_seconds: dict[str, float]) -> dict[str, float]:
+    """A run in waves: seconds per phase, summed over its waves ("finish-w00003" counts as finish)."""
+    totals: dict[str, float] = {}
+    for name, seconds in phase_seconds.items():
+        key = f"{name.split('-w')[0]} s"
+        totals[key] = totals.get(key, 0.0) + seconds
+    return totals
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -112,7 +121,9 @@ def main() -> None:
                                                  encoder, args.num_neighbors, args.wave_size)
                 assert manifest["inputs"] == n, manifest["accounting"]
                 rows.append({"passages": n, "seconds": elapsed, "ms/passage": 1000 * elapsed / n,
-                             "peak RSS MiB": rss / 2**20, "written": manifest["written"]})
+                             "peak RSS MiB": rss / 2**20, "written": manifest["written"],
+                             **phase_totals(manifest.get("phase_seconds", {})),
+                             "phases": manifest.get("phase_seconds", {})})
                 print(rows[-1], flush=True)
     finally:
         stub.kill()
@@ -121,7 +132,8 @@ def main() -> None:
                "ms_per_passage_ratio_last_to_previous": per[-1] / per[-2] if len(per) > 1 else None,
                "rss_ratio_last_to_previous": rows[-1]["peak RSS MiB"] / rows[-2]["peak RSS MiB"]
                if len(rows) > 1 else None}
-    emit(args.result, rows, ["passages", "seconds", "ms/passage", "peak RSS MiB", "written"], summary)
+    phases = [k for k in ("plan s", "prepare s", "filter s", "finish s") if k in rows[0]]
+    emit(args.result, rows, ["passages", "seconds", "ms/passage", "peak RSS MiB", "written", *phases], summary)
     plot(rows, RESULTS / f"{args.result}.png")
 
 

@@ -12,8 +12,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-QUERY_BLOCK = 256  # queries scored per matrix product: the scores and argpartition's int64 indices take
-# 12 B x 256 x shard size (154 MB at a 50k shard); 1024 rows with a negated copy took 819 MB
+QUERY_BLOCK = 256  # queries scored per matrix product: 4 B x 256 x shard size of scores (51 MB at a 50k
+# shard). torch.topk picks a row's best without numpy argpartition's int64 index of every column,
+# and ran 1.5x faster on 2 cores (4096 queries x 30k passages: 0.60-0.76 s against 0.99-1.15 s).
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -37,17 +38,17 @@ def search_shard(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: Se
     """Top-k by inner product (cosine for unit vectors) of each query within one shard."""
     if len(doc_ids) == 0 or len(query_vectors) == 0:
         return [[] for _ in range(len(query_vectors))]
+    import torch
+
     k_here = min(k, len(doc_ids))
+    # Take a few extra by score so ties at the cut can still break on id.
+    extra = min(len(doc_ids), k_here + 8)
     out: list[list[Hit]] = []
     for start in range(0, len(query_vectors), QUERY_BLOCK):
-        neg_scores = query_vectors[start:start + QUERY_BLOCK] @ doc_vectors.T
-        np.negative(neg_scores, out=neg_scores)  # in place: argpartition takes the smallest
-        # Take a few extra by score so ties at the cut can still break on id.
-        extra = min(len(doc_ids), k_here + 8)
-        part = np.argpartition(neg_scores, extra - 1, axis=1)[:, :extra] if extra < len(doc_ids) else \
-            np.tile(np.arange(len(doc_ids)), (len(neg_scores), 1))
-        for row, cols in zip(neg_scores, part):
-            hits = sorted(Hit(float(row[c]), doc_ids[c]) for c in cols)
+        scores = torch.from_numpy(np.ascontiguousarray(query_vectors[start:start + QUERY_BLOCK] @ doc_vectors.T))
+        values, columns = torch.topk(scores, extra, dim=1, sorted=False)
+        for row_values, row_columns in zip(values.tolist(), columns.tolist()):
+            hits = sorted(Hit(-v, doc_ids[c]) for v, c in zip(row_values, row_columns))
             out.append(hits[:k_here])
     return out
 

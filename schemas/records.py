@@ -299,6 +299,10 @@ class RunManifest(Record):
     tokens: dict[str, TokenUsage] = Field(
         default_factory=dict, description="LLM tokens by request kind (generate, ql, rc, rate) in this run; work "
                                           "replayed from the journal costs none")
+    phase_seconds: dict[str, float] = Field(
+        default_factory=dict, description="a run in waves (--wave_size): wall seconds of each of its pipelines "
+                                          "(plan, prepare-w00000, ..., filter, finish-w00000, ...); empty for one "
+                                          "pipeline")
 
 
 class EmbeddingEntry(Record):

@@ -47,6 +47,10 @@ def test_waves_write_what_one_pipeline_writes(tmp_path_factory, preferring_llm):
     assert manifest["inputs"] == manifest["written"] + manifest["filtered"] + manifest["dead_lettered"]
     assert "duplicate_query" in {f["reason"] for f in waves["filtered"]}  # decided across waves
     assert not any((tmp_path / "waves" / part).exists() for part in ("_waves", "_index"))
+    # where the time went: every pipeline of the run, in the order it ran
+    phases = ["plan", *(f"prepare-w{i:05d}" for i in range(5)), "filter", *(f"finish-w{i:05d}" for i in range(5))]
+    assert list(manifest["phase_seconds"]) == phases and all(s >= 0 for s in manifest["phase_seconds"].values())
+    assert one["manifest"]["phase_seconds"] == {}
 
 
 def test_resume_in_waves_reuses_every_waves_journal(tmp_path_factory, preferring_llm):  # noqa: F811
