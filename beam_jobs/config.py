@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import functools
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, create_model
 
 
 class ConfigError(ValueError):
@@ -31,12 +31,14 @@ def _flag_actions() -> list[argparse.Action]:
 
 @functools.lru_cache(maxsize=None)
 def config_model() -> type[BaseModel]:
-    from beam_jobs.options import parse_bool
+    from beam_jobs.options import parse_bool, parse_wave_size
 
     fields: dict[str, Any] = {}
     for action in _flag_actions():
         if isinstance(action, argparse._StoreTrueAction) or action.type is parse_bool:
             kind: Any = bool
+        elif action.type is parse_wave_size:
+            kind = Annotated[Union[int, str], PlainValidator(parse_wave_size)]
         elif action.choices:
             kind = Literal[tuple(action.choices)]
         else:

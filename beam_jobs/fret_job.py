@@ -32,7 +32,8 @@ from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_a
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
 from beam_jobs.retrieve import RetrieveCandidates
 from beam_jobs.scratch import SCRATCH_DIR, remove_scratch
-from beam_jobs.waves import run_in_waves
+from beam_jobs.waves import count_records, run_in_waves
+from pipeline import waves
 from pipeline.accounting import example_stats
 from pipeline.llm.types import ClientConfig
 from pipeline.progress import Progress
@@ -189,9 +190,9 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
         prepare_output(opts.output, opts.overwrite, opts.resume)
     run_id = uuid.uuid4().hex[:12]
     started_at = dt.datetime.now(dt.timezone.utc)
-    if opts.wave_size:
-        check_waves(pipeline_options, dry_run or test_pipeline is not None)
-        result = run_in_waves(pipeline_options, opts, model, run_id, started_at)
+    wave_size = resolve_wave_size(opts, pipeline_options, dry_run or test_pipeline is not None)
+    if wave_size:
+        result = run_in_waves(pipeline_options, opts, wave_size, model, run_id, started_at)
     else:
         p = test_pipeline or beam.Pipeline(options=pipeline_options)
         Progress.reset()
@@ -204,14 +205,41 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     return result
 
 
+def resolve_wave_size(opts: opt.FretOptions, pipeline_options: PipelineOptions, translating: bool) -> int:
+    """--wave_size as a number (0: one pipeline). auto counts the input on a local runner only
+    (up to the threshold): a distributed runner bounds memory with its workers."""
+    if opts.wave_size != "auto":
+        if opts.wave_size:
+            check_waves(pipeline_options, translating)
+        return opts.wave_size
+    if translating or not _is_local(pipeline_options):
+        return 0
+    records = count_records(opts.input, opts.input_format, stop_after=waves.AUTO_ABOVE)
+    size = waves.auto_wave_size(records)
+    if size and opts.progress:
+        print(f"[fret] more than {waves.AUTO_ABOVE:,} input records on the DirectRunner: running in waves of "
+              f"{size:,} to bound memory (--wave_size auto; 0 for one pipeline)", flush=True)
+    return size
+
+
+LOCAL_RUNNERS = ("DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner")
+
+
+def _runner_name(pipeline_options: PipelineOptions) -> str:
+    runner = pipeline_options.view_as(StandardOptions).runner or "DirectRunner"
+    return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def _is_local(pipeline_options: PipelineOptions) -> bool:
+    return _runner_name(pipeline_options) in LOCAL_RUNNERS
+
+
 def check_waves(pipeline_options: PipelineOptions, translating: bool) -> None:
     """Waves run one pipeline after another from this process: a local runner's way to bound
     memory. A distributed runner spreads the one pipeline over workers instead."""
-    runner = (pipeline_options.view_as(StandardOptions).runner or "DirectRunner")
-    runner = runner if isinstance(runner, str) else type(runner).__name__
-    if translating or runner not in ("DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner"):
+    if translating or not _is_local(pipeline_options):
         raise ValueError(f"--wave_size runs the job as a sequence of local pipelines; it needs the DirectRunner, "
-                         f"not {runner}{' (or a dry run)' if translating else ''}. Drop --wave_size: on a "
+                         f"not {_runner_name(pipeline_options)}{' (or a dry run)' if translating else ''}. Drop --wave_size: on a "
                          "distributed runner the workers bound memory")
 
 

@@ -32,9 +32,10 @@ class FretOptions(PipelineOptions):
         _add(io, "overwrite", action="store_true", help="replace an existing non-empty output folder")
         _add(io, "resume", action="store_true",
              help="finish a run in the same --output: LLM work kept in its _journal is reused, the rest is done")
-        _add(io, "wave_size", type=int, default=0,
+        _add(io, "wave_size", type=parse_wave_size, default="auto",
              help="DirectRunner: run the job in waves of about this many input records, one after another, so "
-                  "memory stays bounded however large the corpus (0: one pipeline). Same output")
+                  "memory stays bounded however large the corpus; same output. auto: waves of 30000 above "
+                  "100000 input records, else one pipeline; 0: always one pipeline")
         _add(io, "keep_candidates", type=parse_bool, default=True,
                         help="store every scored candidate in each example (true/false)")
 
@@ -118,6 +119,19 @@ def _add(group, name: str, **kwargs) -> None:
     """Add --name_with_underscores (Beam's style) and its --name-with-dashes alias."""
     flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
     group.add_argument(*flags, dest=name, **kwargs)
+
+
+def parse_wave_size(value) -> int | str:
+    """`auto` or a whole number >= 0 (the flag and the config file's `wave_size`)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = -1
+    if size < 0 or isinstance(value, (bool, float)):
+        raise ValueError(f"--wave_size takes auto or a whole number >= 0 (0: one pipeline), got {value!r}")
+    return size
 
 
 def parse_bool(value: str) -> bool:

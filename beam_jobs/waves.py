@@ -44,9 +44,9 @@ from pipeline.ingest import conflict_letter
 from pipeline.progress import Progress
 
 
-def count_records(patterns: str, input_format: str = "auto") -> int:
+def count_records(patterns: str, input_format: str = "auto", stop_after: int | None = None) -> int:
     """Input records, counted cheaply (non-blank JSONL lines, Parquet row counts): the number of
-    waves is fixed before anything is read."""
+    waves is fixed before anything is read. With stop_after, counting stops once past it."""
     import pyarrow.parquet as pq
 
     from beam_jobs.read import _is_parquet
@@ -56,9 +56,14 @@ def count_records(patterns: str, input_format: str = "auto") -> int:
         for meta in FileSystems.match([pattern])[0].metadata_list:
             with FileSystems.open(meta.path) as f:
                 if _is_parquet(meta.path, input_format):
-                    total += pq.ParquetFile(f).metadata.num_rows
+                    try:
+                        total += pq.ParquetFile(f).metadata.num_rows
+                    except Exception as exc:  # noqa: BLE001 - arrow raises several kinds for a bad file
+                        raise ValueError(f"input {meta.path} is not a readable Parquet file: {exc}") from None
                 else:
                     total += sum(1 for line in f if line.strip())
+            if stop_after is not None and total > stop_after:
+                return total
     return total
 
 
@@ -228,13 +233,13 @@ def _merged(folder: str, kind: str):
     return first
 
 
-def run_in_waves(pipeline_options: PipelineOptions, opts: opt.FretOptions, model: str, run_id: str,
+def run_in_waves(pipeline_options: PipelineOptions, opts: opt.FretOptions, wave_size: int, model: str, run_id: str,
                  started_at: dt.datetime):
     """Run the job as 2 x waves + 2 pipelines; returns the last one's result. The manifest is
     the one-pipeline job's, with the number of waves in its counts."""
     output = opts.output.rstrip("/")
     folder = scratch_dir(output)
-    waves = w.num_waves(count_records(opts.input, opts.input_format), opts.wave_size)
+    waves = w.num_waves(count_records(opts.input, opts.input_format), wave_size)
     provenance, meta = run_metadata(opts, model, run_id, started_at)
 
     seconds: dict[str, float] = {}
@@ -253,7 +258,7 @@ def run_in_waves(pipeline_options: PipelineOptions, opts: opt.FretOptions, model
             print(f"[fret] {message}: done in {seconds[phase]:.0f} s", flush=True)
         return result
 
-    run_one("plan", f"plan: {waves} wave(s) of about {opts.wave_size} records", build_plan, folder, waves)
+    run_one("plan", f"plan: {waves} wave(s) of about {wave_size} records", build_plan, folder, waves)
     for wave in range(waves):
         run_one(f"prepare-w{wave:05d}", f"wave {wave + 1}/{waves}: embed and generate", build_prepare, model, folder,
                 wave)

@@ -94,3 +94,58 @@ def test_wave_of_is_stable_and_spreads_sources():
     assert waves.num_waves(3000, 1000) == 3 and waves.num_waves(3001, 1000) == 4 and waves.num_waves(0, 1000) == 1
     with pytest.raises(ValueError):
         waves.num_waves(10, 0)
+
+
+def test_wave_size_takes_auto_or_a_whole_number_on_the_flag_and_in_config_files(tmp_path):
+    from beam_jobs.config import ConfigError, config_to_argv, load_config
+    from beam_jobs.options import parse_wave_size
+
+    assert [parse_wave_size(v) for v in ("auto", "AUTO", "0", "30000")] == ["auto", "auto", 0, 30000]
+    for bad in ("-1", "lots", "1.5", ""):
+        with pytest.raises(ValueError, match="auto or a whole number"):
+            parse_wave_size(bad)
+    for value, flag in (("auto", "auto"), ("30000", "30000"), ("0", "0")):
+        (tmp_path / "job.yaml").write_text(f"wave_size: {value}\n")
+        assert config_to_argv(load_config(str(tmp_path / "job.yaml"))) == ["--wave_size", flag]
+    for bad in ("-2", "lots", "2.5", "true"):
+        (tmp_path / "job.yaml").write_text(f"wave_size: {bad}\n")
+        with pytest.raises(ConfigError, match="wave_size"):
+            load_config(str(tmp_path / "job.yaml"))
+
+
+def test_auto_runs_waves_only_for_a_large_input_on_the_directrunner(tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_jobs.fret_job import resolve_wave_size
+    from beam_jobs.options import FretOptions
+    from pipeline import waves
+
+    small = write_jsonl(tmp_path / "small.jsonl", [{"text": f"passage {i}"} for i in range(50)])
+    large = tmp_path / "large.jsonl"
+    large.write_text("".join(f'{{"text": "p{i}"}}\n' for i in range(waves.AUTO_ABOVE + 1)))
+
+    def resolved(path, *flags, translating=False):
+        options = PipelineOptions(["--input", str(path), "--output", str(tmp_path / "out"), *flags])
+        return resolve_wave_size(options.view_as(FretOptions), options, translating)
+
+    assert resolved(small) == 0  # auto is the default
+    assert resolved(large) == waves.AUTO_WAVE_SIZE
+    assert resolved(large, "--wave_size", "0") == 0
+    assert resolved(large, "--wave_size", "5000") == 5000
+    assert resolved(large, "--runner", "DataflowRunner") == 0  # auto: the workers bound memory
+    assert resolved(large, translating=True) == 0
+    with pytest.raises(ValueError, match="needs the DirectRunner"):
+        resolved(large, "--runner", "DataflowRunner", "--wave_size", "5000")
+
+
+def test_count_records_stops_past_the_limit_and_names_a_bad_parquet_file(tmp_path):
+    from beam_jobs.waves import count_records
+
+    for name in ("a", "b"):
+        write_jsonl(tmp_path / f"{name}.jsonl", [{"text": f"{name} {i}"} for i in range(20)])
+    pattern = str(tmp_path / "*.jsonl")
+    assert count_records(pattern) == 40
+    assert count_records(pattern, stop_after=5) == 20  # the first file's records: no further file is read
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(ValueError, match="broken.parquet is not a readable Parquet file"):
+        count_records(str(tmp_path / "broken.parquet"))
