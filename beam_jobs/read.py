@@ -8,8 +8,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS, OUTCOME
-from pipeline import ids, ingest
-from pipeline.accounting import Outcome, filtered, unit_id
+from pipeline import ids, ingest, passage_dedupe
+from pipeline.accounting import Outcome
 from pipeline.embedding import count_tokens
 from pipeline.ingest import SplitConfig, dead_letter
 from schemas import DeadLetter
@@ -101,10 +101,12 @@ class ReadSeedPassages(beam.PTransform):
     """Seed passages from JSONL/Parquet globs -> Passage, plus outcomes for unreadable records."""
 
     def __init__(self, patterns: str, input_format: str = "auto", embedder: str = "all-MiniLM-L6-v2",
-                 split: SplitConfig = SplitConfig(), trust_remote_code: bool = False):
+                 split: SplitConfig = SplitConfig(), trust_remote_code: bool = False, spread: bool = True):
         super().__init__()
         self.patterns = [p.strip() for p in patterns.split(",") if p.strip()]
-        self.trust_remote_code = trust_remote_code
+        # spread: reshuffle the records over workers (one file is one reader). The DirectRunner
+        # holds a reshuffled PCollection whole, so a plan of waves streams instead.
+        self.trust_remote_code, self.spread = trust_remote_code, spread
         if not self.patterns:
             raise ValueError("--input is empty: give one or more JSONL/Parquet paths or globs")
         self.input_format, self.embedder, self.split = input_format, embedder, split
@@ -118,9 +120,10 @@ class ReadSeedPassages(beam.PTransform):
                                                 else 0, 2))
         lines = files[0] | "ReadJsonl" >> beam.ParDo(_ReadLines())
         rows = files[1] | "ReadParquet" >> beam.ParDo(_ReadParquetRows())
-        return ((lines, rows)
-                | "Records" >> beam.Flatten()
-                | "Spread" >> beam.Reshuffle()
+        records = (lines, rows) | "Records" >> beam.Flatten()
+        if self.spread:
+            records = records | "Spread" >> beam.Reshuffle()
+        return (records
                 | "ParseSplit" >> beam.ParDo(_ParseAndSplit(self.embedder, self.split, Shared(), self.trust_remote_code))
                 .with_outputs(OUTCOME, main="passages"))
 
@@ -131,43 +134,29 @@ def _is_parquet(path: str, input_format: str) -> bool:
     return path.endswith((".parquet", ".pq"))
 
 
-def _keep_first(members, detail: str):
-    """The first of a sorted group goes on; the rest are filtered as duplicates of it."""
-    yield members[0]
-    for dup in members[1:]:
-        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(dup), dup.id, "read", "duplicate_passage", detail))
-
-
-def _resolve_id_group(element):
-    """Passages sharing an id: one is kept when their texts agree, all are dead-lettered when not."""
-    passage_id, members = element
-    members = sorted(members, key=lambda m: m.source_id)
-    kept, conflicts, _ = ingest.resolve_duplicates(passage_id, [(m.source_id, m) for m in members])
-    if kept is None:
-        for passage, letter in zip(members, conflicts):
-            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", letter))
-        return
-    yield from _keep_first(members, f"same id and text as {members[0].source_id}")
-
-
-def _resolve_content_group(element):
-    """Passages sharing a text (under different ids): the smallest id is kept."""
+def _resolve(element, resolver):
+    """Passages sharing an id or a text -> the kept ones, and an outcome for each one dropped."""
     _, members = element
-    members = sorted(members, key=lambda m: (m.id, m.source_id))
-    yield from _keep_first(members, f"same text as passage {members[0].id}")
+    kept, drops = resolver(members, key=passage_dedupe.passage_key)
+    yield from kept
+    for passage, drop in drops:
+        yield beam.pvalue.TaggedOutput(OUTCOME, passage_dedupe.drop_outcome(passage, drop))
 
 
 class DeduplicatePassages(beam.PTransform):
-    """One passage per id (conflicting texts under one id are dead-lettered) and per text."""
+    """One passage per id (conflicting texts under one id are dead-lettered) and per text
+    (pipeline.passage_dedupe's rule)."""
 
     def expand(self, passages):
         by_id = (passages
                  | "KeyById" >> beam.Map(lambda p: (p.id, p))
                  | "GroupById" >> beam.GroupByKey()
-                 | "ResolveIds" >> beam.FlatMap(_resolve_id_group).with_outputs(OUTCOME, main="passages"))
+                 | "ResolveIds" >> beam.FlatMap(_resolve, passage_dedupe.resolve_id_group)
+                 .with_outputs(OUTCOME, main="passages"))
         by_text = (by_id.passages
                    | "KeyByText" >> beam.Map(lambda p: (ids.passage_id(p.title, p.text), p))
                    | "GroupByText" >> beam.GroupByKey()
-                   | "ResolveTexts" >> beam.FlatMap(_resolve_content_group).with_outputs(OUTCOME, main="passages"))
+                   | "ResolveTexts" >> beam.FlatMap(_resolve, passage_dedupe.resolve_content_group)
+                   .with_outputs(OUTCOME, main="passages"))
         outcomes = (by_id[OUTCOME], by_text[OUTCOME]) | "Outcomes" >> beam.Flatten()
         return by_text.passages, outcomes

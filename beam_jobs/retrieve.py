@@ -225,9 +225,33 @@ def _candidates(item_top, k: int):
     return query, passage, build_candidates(passage, [top], k)
 
 
-class RetrieveCandidates(beam.PTransform):
-    """Embed passages and queries, search the index shards, and add each query's seed to its
+class SearchQueries(beam.PTransform):
+    """((query, passage) pairs, the index's shard paths as one element) -> (query, passage,
+    candidates): embed the queries, search the shard files, and add each query's seed to its
     candidates (Gecko's argmax runs over the neighbours with the seed)."""
+
+    def __init__(self, embedder: str, num_neighbors: int = 20, embed_batch_size: int = 64,
+                 query_batch_size: int = 4096, progress: bool = False, trust_remote_code: bool = False,
+                 shared: Optional[Shared] = None):
+        super().__init__()
+        self.embedder, self.k, self.embed_batch_size = embedder, num_neighbors, embed_batch_size
+        self.query_batch_size, self.progress, self.trust_remote_code = query_batch_size, progress, trust_remote_code
+        self.shared = shared or Shared()  # the passages' embedder, when this job loaded it already
+
+    def expand(self, pcolls):
+        queries, shard_paths = pcolls
+        # One count of the queries serves both progress lines: embedding them and searching for them.
+        total = queries | "CountQueries" >> beam.combiners.Count.Globally() if self.progress else None
+        # ((query, passage), vector) pairs: the query's record and seed travel with it through the search
+        query_vectors = (queries
+                         | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", self.shared,
+                                                   self.progress, self.trust_remote_code, total=total))
+        top = search_index_files(query_vectors, shard_paths, self.k, self.query_batch_size, self.progress, total)
+        return top | "Candidates" >> beam.Map(_candidates, self.k)
+
+
+class RetrieveCandidates(beam.PTransform):
+    """Embed passages into index shard files, then SearchQueries over them."""
 
     def __init__(self, embedder: str, index_folder: str, num_neighbors: int = 20, shard_size: int = 50_000,
                  embed_batch_size: int = 64, query_batch_size: int = 4096, progress: bool = False,
@@ -247,35 +271,8 @@ class RetrieveCandidates(beam.PTransform):
         embed = Embed(self.embedder, self.embed_batch_size, "passages", shared, self.progress,
                       self.trust_remote_code, self.journal_folder)
         vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
-        # One count of the queries serves both progress lines: embedding them and searching for them.
-        total = queries | "CountQueries" >> beam.combiners.Count.Globally() if self.progress else None
-        query_vectors = (queries
-                         | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", shared,
-                                                   self.progress, self.trust_remote_code, total=total))
-        # ((query, passage), vector) pairs: the query's record and seed travel with it through the search
-        top = ((vectors["blocks"], query_vectors)
-               | "Search" >> ShardedExactSearch(self.k, self.shard_size, self.index_folder, self.query_batch_size,
-                                                self.progress, total))
-        candidates = top | "Candidates" >> beam.Map(_candidates, self.k)
+        shard_paths = write_index_shards(vectors["blocks"], self.shard_size, self.index_folder)
+        candidates = (queries, shard_paths) | "Search" >> SearchQueries(
+            self.embedder, self.k, self.embed_batch_size, self.query_batch_size, self.progress,
+            self.trust_remote_code, shared)
         return {"candidates": candidates, "embedded": vectors["embedded"], "reused": vectors["reused"]}
-
-
-class RetrieveForQueries(beam.PTransform):
-    """(query, passage) pairs -> (query, passage, candidates), searching index shard files that
-    exist already (a job run in waves writes every wave's shards before any wave searches)."""
-
-    def __init__(self, embedder: str, shard_paths: list[str], num_neighbors: int = 20, embed_batch_size: int = 64,
-                 query_batch_size: int = 4096, progress: bool = False, trust_remote_code: bool = False):
-        super().__init__()
-        self.embedder, self.shard_paths, self.k = embedder, sorted(shard_paths), num_neighbors
-        self.embed_batch_size, self.query_batch_size, self.progress = embed_batch_size, query_batch_size, progress
-        self.trust_remote_code = trust_remote_code
-
-    def expand(self, queries):
-        total = queries | "CountQueries" >> beam.combiners.Count.Globally() if self.progress else None
-        query_vectors = (queries
-                         | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", Shared(),
-                                                   self.progress, self.trust_remote_code, total=total))
-        shard_paths = queries.pipeline | "ShardPaths" >> beam.Create([self.shard_paths])
-        top = search_index_files(query_vectors, shard_paths, self.k, self.query_batch_size, self.progress, total)
-        return top | "Candidates" >> beam.Map(_candidates, self.k)

@@ -39,10 +39,14 @@ def read_pickled(path: str):
         return pickle.loads(f.read())
 
 
+def scratch_files(folder: str, kind: str, name: str = "*") -> list[str]:
+    """The sorted paths of OUTPUT/_waves/<kind>/<name>.pkl (name may be a glob)."""
+    return sorted(m.path for m in FileSystems.match([f"{folder}/{kind}/{name}.pkl"])[0].metadata_list)
+
+
 def wave_files(folder: str, kind: str, wave: int | None = None) -> list[str]:
     """The chunk files of one kind, of one wave or of all."""
-    pattern = f"{folder}/{kind}/" + (f"w{wave:05d}-*.pkl" if wave is not None else "w*.pkl")
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    return scratch_files(folder, kind, f"w{wave:05d}-*" if wave is not None else "w*")
 
 
 def remove_scratch(output: str) -> None:

@@ -35,12 +35,13 @@ from beam_jobs.index_files import index_dir
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.read import ReadSeedPassages
-from beam_jobs.retrieve import Embed, EmbedPassagesOnce, RetrieveForQueries, write_index_shards
-from beam_jobs.scratch import ReadWaveChunks, WriteWaveChunks, read_pickled, save, scratch_dir, wave_files
+from beam_jobs.retrieve import Embed, EmbedPassagesOnce, SearchQueries, write_index_shards
+from beam_jobs.scratch import (ReadWaveChunks, WriteWaveChunks, read_pickled, save, scratch_dir, scratch_files,
+                               wave_files)
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
+from pipeline import passage_dedupe as dedupe
 from pipeline import waves as w
-from pipeline.accounting import Outcome, example_stats, filtered, unit_id
-from pipeline.ingest import conflict_letter
+from pipeline.accounting import example_stats, unit_id
 from pipeline.progress import Progress
 
 
@@ -100,18 +101,18 @@ def _resolve(element, resolver):
 
 def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
-                                                         opt.split_config(opts), opts.trust_remote_code)
+                                                         opt.split_config(opts), opts.trust_remote_code, spread=False)
     _chunks(read.passages | "PassageWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
             "WritePassages", folder, "passages")
     by_id = (read.passages
-             | "Keys" >> beam.Map(w.passage_key)
+             | "Keys" >> beam.Map(dedupe.passage_key)
              | "KeyById" >> beam.Map(lambda k: (k.id, k))
              | "GroupById" >> beam.GroupByKey()
-             | "ResolveIds" >> beam.FlatMap(_resolve, w.resolve_id_group).with_outputs("drops", main="kept"))
+             | "ResolveIds" >> beam.FlatMap(_resolve, dedupe.resolve_id_group).with_outputs("drops", main="kept"))
     by_text = (by_id.kept
                | "KeyByText" >> beam.Map(lambda k: (k.content, k))
                | "GroupByText" >> beam.GroupByKey()
-               | "ResolveTexts" >> beam.FlatMap(_resolve, w.resolve_content_group).with_outputs("drops", main="kept"))
+               | "ResolveTexts" >> beam.FlatMap(_resolve, dedupe.resolve_content_group).with_outputs("drops", main="kept"))
     drops = ((by_id.drops, by_text.drops)
              | "Drops" >> beam.Flatten()
              | "DropWave" >> beam.Map(lambda kd: (w.wave_of(kd[0].source_id, waves), (kd[0].unit, kd[1]))))
@@ -130,12 +131,8 @@ def _apply_drops(passage, drops: dict):
     drop = drops.get(unit_id(passage))
     if drop is None:
         yield passage
-    elif drop.kind == "conflict":
-        letter = conflict_letter(passage.id, drop.texts, passage.title, passage.text, passage.source_id)
-        yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", letter))
     else:
-        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), passage.id, "read", "duplicate_passage",
-                                                         drop.detail))
+        yield beam.pvalue.TaggedOutput(OUTCOME, dedupe.drop_outcome(passage, drop))
 
 
 def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) -> None:
@@ -155,8 +152,7 @@ def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) 
     vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
     write_index_shards(vectors["blocks"], opts.index_shard_size, f"{index_dir(output)}/w{wave:05d}")
     _chunks(queries["queries"] | "QueryWave" >> beam.Map(lambda qp: (wave, qp)), "WriteQueries", folder, "queries")
-    _chunks(queries["queries"] | "QueryKeys" >> beam.Map(lambda qp: (wave, (qp[0], w.UnitRef(qp[1].source_id,
-                                                                                              qp[1].chunk)))),
+    _chunks(queries["queries"] | "QueryKeys" >> beam.Map(lambda qp: (wave, w.query_key(qp))),
             "WriteQueryKeys", folder, "query_keys")
     outcomes = (sorted_out[OUTCOME], queries[OUTCOME]) | "Outcomes" >> beam.Flatten()
     _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (wave, o)), "WriteOutcomes", folder, "outcomes")
@@ -194,8 +190,10 @@ def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, s
     queries = (p
                | "ReadQueries" >> ReadWaveChunks(wave_files(folder, "queries", wave))
                | "KeepFiltered" >> beam.Filter(lambda qp, kept: qp[0].query_id in kept, beam.pvalue.AsDict(kept_ids)))
-    candidates = queries | "RetrieveCandidates" >> RetrieveForQueries(
-        opts.embedder, shard_paths, opts.num_neighbors, opts.embed_batch_size, progress=opts.progress,
+    # every wave's shard files exist already: the prepare pipelines wrote them
+    paths = p | "ShardPaths" >> beam.Create([sorted(shard_paths)])
+    candidates = (queries, paths) | "RetrieveCandidates" >> SearchQueries(
+        opts.embedder, opts.num_neighbors, opts.embed_batch_size, progress=opts.progress,
         trust_remote_code=opts.trust_remote_code)
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, opt.decontam_config(opts))
     llm = StageSettings(opt.client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
@@ -219,15 +217,14 @@ def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, s
 
 def _merged_counts(folder: str) -> dict[str, int]:
     total: dict[str, int] = {}
-    for path in sorted(m.path for m in FileSystems.match([f"{folder}/counts/*.pkl"])[0].metadata_list):
+    for path in scratch_files(folder, "counts"):
         for name, n in read_pickled(path).items():
             total[name] = total.get(name, 0) + n
     return total
 
 
 def _merged(folder: str, kind: str):
-    paths = sorted(m.path for m in FileSystems.match([f"{folder}/{kind}/*.pkl"])[0].metadata_list)
-    first, *rest = [read_pickled(path) for path in paths]
+    first, *rest = [read_pickled(path) for path in scratch_files(folder, kind)]
     for other in rest:
         first.merge(other)
     return first

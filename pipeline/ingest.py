@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import re
 import unicodedata
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Union
 
 from pipeline import ids
 from schemas import DeadLetter, InputPassage, Passage, RecordValidationError
@@ -154,29 +154,6 @@ def _split_words(sentence: str, count_tokens: Callable[[str], int], max_tokens: 
 
 def whitespace_token_count(text: str) -> int:
     return len(text.split())
-
-
-def resolve_duplicates(passage_id: str, records: Iterable[tuple[str, Passage]]
-                       ) -> tuple[Optional[Passage], list[DeadLetter], int]:
-    """All records that share one passage id -> (the kept passage, conflicts, exact duplicates).
-
-    Identical text under one id is a duplicate (dropped, counted); different text under one id
-    is a conflict: every version goes to the dead letters, since we cannot tell which is right.
-    """
-    by_text: dict[tuple[str, str], list[str]] = {}
-    passages: dict[tuple[str, str], Passage] = {}
-    for source, passage in records:
-        key = (passage.title, passage.text)
-        by_text.setdefault(key, []).append(source)
-        passages.setdefault(key, passage)
-    if len(by_text) == 1:
-        (key, sources), = by_text.items()
-        return passages[key], [], len(sources) - 1
-    letters = []
-    for key, sources in sorted(by_text.items(), key=lambda kv: kv[1][0]):
-        for source in sources:
-            letters.append(conflict_letter(passage_id, len(by_text), key[0], key[1], source))
-    return None, letters, 0
 
 
 def conflict_letter(passage_id: str, texts: int, title: str, text: str, source: str) -> DeadLetter:

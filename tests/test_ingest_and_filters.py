@@ -4,12 +4,11 @@ import json
 
 import pytest
 
-from pipeline import filtering, ids
+from pipeline import filtering, ids, passage_dedupe
 from pipeline.ingest import (
     SplitConfig,
     normalize_text,
     parse_jsonl_line,
-    resolve_duplicates,
     split_passage,
     whitespace_token_count,
 )
@@ -76,13 +75,26 @@ def test_normalize_text_removes_control_characters():
 
 
 def test_duplicates_and_conflicts():
-    p = Passage(id="x", title="", text="same", source_id="f:1")
-    kept, letters, dups = resolve_duplicates("x", [("f:1", p), ("f:2", p.model_copy(update={"source_id": "f:2"}))])
-    assert kept is not None and letters == [] and dups == 1
+    key = passage_dedupe.passage_key
+    p = Passage(id="x", title="", text="same", source_id="f:2")
+    copy = p.model_copy(update={"source_id": "f:1"})
+    kept, drops = passage_dedupe.resolve_id_group([p, copy], key=key)
+    assert kept == [copy] and [(d[0].source_id, d[1].kind) for d in drops] == [("f:2", "duplicate")]
+    outcome = passage_dedupe.drop_outcome(*drops[0])
+    assert (outcome.unit_id, outcome.status, outcome.record.reason) == ("f:2#0", "filtered", "duplicate_passage")
+    assert "same id and text as f:1" in outcome.record.detail
     other = p.model_copy(update={"text": "different", "source_id": "f:3"})
-    kept, letters, _ = resolve_duplicates("x", [("f:1", p), ("f:3", other)])
-    assert kept is None and [d.reason for d in letters] == ["duplicate_id_conflict"] * 2
-    assert {d.source for d in letters} == {"f:1", "f:3"}
+    kept, drops = passage_dedupe.resolve_id_group([p, other], key=key)
+    assert kept == [] and [d.kind for _, d in drops] == ["conflict"] * 2
+    letters = [passage_dedupe.drop_outcome(*d).record for d in drops]
+    assert [d.reason for d in letters] == ["duplicate_id_conflict"] * 2
+    assert {d.source for d in letters} == {"f:2", "f:3"} and "2 different texts" in letters[0].detail
+    # the same text under other ids: the smallest id is kept, on keys or on passages alike
+    twins = [p.model_copy(update={"id": i, "source_id": f"f:{n}"}) for n, i in enumerate(["b", "a", "c"])]
+    kept, drops = passage_dedupe.resolve_content_group(twins, key=key)
+    assert [k.id for k in kept] == ["a"] and sorted(d[0].id for d in drops) == ["b", "c"]
+    kept_keys, _ = passage_dedupe.resolve_content_group([key(t) for t in twins])
+    assert [k.id for k in kept_keys] == ["a"]
 
 
 def test_query_normalisation_and_near_duplicates():
