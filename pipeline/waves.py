@@ -14,7 +14,7 @@ import math
 from typing import NamedTuple
 
 AUTO_ABOVE = 100_000  # input records: one pipeline peaked at about 2 GiB at 100k passages, 5.8 GiB at 300k
-AUTO_WAVE_SIZE = 30_000  # the size bench/scale.py measured: 1.5 GiB at 30k, 1.7 GiB at 300k
+AUTO_WAVE_SIZE = 30_000  # the size bench/scale.py measured: 1.5 GiB at 30k, 1.6 GiB at 300k
 
 
 def auto_wave_size(records: int) -> int:
