@@ -238,9 +238,9 @@ def check_waves(pipeline_options: PipelineOptions, translating: bool) -> None:
     """Waves run one pipeline after another from this process: a local runner's way to bound
     memory. A distributed runner spreads the one pipeline over workers instead."""
     if translating or not _is_local(pipeline_options):
+        where = f"{_runner_name(pipeline_options)}{' (or a dry run)' if translating else ''}"
         raise ValueError(f"--wave_size runs the job as a sequence of local pipelines; it needs the DirectRunner, "
-                         f"not {_runner_name(pipeline_options)}{' (or a dry run)' if translating else ''}. Drop --wave_size: on a "
-                         "distributed runner the workers bound memory")
+                         f"not {where}. Drop --wave_size: on a distributed runner the workers bound memory")
 
 
 def abort_message(exc: BaseException) -> str | None:

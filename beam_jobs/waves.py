@@ -112,7 +112,8 @@ def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     by_text = (by_id.kept
                | "KeyByText" >> beam.Map(lambda k: (k.content, k))
                | "GroupByText" >> beam.GroupByKey()
-               | "ResolveTexts" >> beam.FlatMap(_resolve, dedupe.resolve_content_group).with_outputs("drops", main="kept"))
+               | "ResolveTexts" >> beam.FlatMap(_resolve, dedupe.resolve_content_group)
+               .with_outputs("drops", main="kept"))
     drops = ((by_id.drops, by_text.drops)
              | "Drops" >> beam.Flatten()
              | "DropWave" >> beam.Map(lambda kd: (w.wave_of(kd[0].source_id, waves), (kd[0].unit, kd[1]))))
@@ -191,7 +192,7 @@ def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, s
                | "ReadQueries" >> ReadWaveChunks(wave_files(folder, "queries", wave))
                | "KeepFiltered" >> beam.Filter(lambda qp, kept: qp[0].query_id in kept, beam.pvalue.AsDict(kept_ids)))
     # every wave's shard files exist already: the prepare pipelines wrote them
-    paths = p | "ShardPaths" >> beam.Create([sorted(shard_paths)])
+    paths = p | "ShardPaths" >> beam.Create([shard_paths])  # sorted by run_in_waves
     candidates = (queries, paths) | "RetrieveCandidates" >> SearchQueries(
         opts.embedder, opts.num_neighbors, opts.embed_batch_size, progress=opts.progress,
         trust_remote_code=opts.trust_remote_code)
