@@ -111,11 +111,13 @@ async def score_query(client: LLMClient, query: QueryRecord, candidates: Sequenc
                for c in candidates]
     results = await asyncio.gather(*rc_jobs, *ql_jobs)
     rc_results, ql_results = results[:len(candidates)], results[len(candidates):]
-    for c, r in zip(candidates, list(rc_results) + list(ql_results)):
-        if not r.ok:
-            return dead_letter(query.passage_id, "rerank", LLM_REASONS.get(r.reason or "", "llm_bad_response"),
-                               f"query {query.query_id}: scoring candidate {c.passage_id} failed: {r.detail}",
-                               query.query)
+    # Each kind's results against their own candidates: one zip over both stopped after RC.
+    for kind, kind_results in (("RC", rc_results), ("QL", ql_results)):
+        for c, r in zip(candidates, kind_results, strict=True):
+            if not r.ok:
+                return dead_letter(query.passage_id, "rerank", LLM_REASONS.get(r.reason or "", "llm_bad_response"),
+                                   f"query {query.query_id}: {kind} scoring of candidate {c.passage_id} failed: "
+                                   f"{r.detail}", query.query)
     rc_labels = [{n: r.logprobs[t] for n, t in zip(label_names, label_texts)} for r in rc_results]
     if config.rc_score == "expected_relevance":
         rc = [expected_relevance(lp, label_values) for lp in rc_labels]

@@ -46,6 +46,9 @@ class Fault:
     retry_after: Optional[float] = None
     seconds: float = 0.0
     path: Optional[str] = None  # only requests to this path (e.g. "completions"); None = any
+    message: str = "injected fault"  # the error body's message, for a "status" fault
+    when: Optional[Callable[[dict], bool]] = None  # only requests whose JSON body it accepts; None = any
+    repeat: bool = False  # stays in place for every matching request instead of being used up
 
 
 class StubLLM:
@@ -91,11 +94,12 @@ class StubLLM:
         with self._lock:
             self.faults.extend(faults)
 
-    def _next_fault(self, path: str) -> Optional[Fault]:
+    def _next_fault(self, path: str, body: Optional[dict] = None) -> Optional[Fault]:
         with self._lock:
             for i, fault in enumerate(self.faults):
-                if fault.path is None or fault.path == path:
-                    del self.faults[i]
+                if (fault.path is None or fault.path == path) and (fault.when is None or fault.when(body or {})):
+                    if not fault.repeat:
+                        del self.faults[i]
                     return fault
         return None
 
@@ -133,16 +137,17 @@ class StubLLM:
             return web.json_response({"error": {"message": "invalid API key"}}, status=401)
         return None
 
-    async def _apply_fault(self, request: web.Request, path: str) -> Optional[web.StreamResponse]:
+    async def _apply_fault(self, request: web.Request, path: str, body: Optional[dict] = None
+                           ) -> Optional[web.StreamResponse]:
         unauthorized = self._unauthorized(request)
         if unauthorized is not None:
             return unauthorized
-        fault = self._next_fault(path)
+        fault = self._next_fault(path, body)
         if fault is None:
             return None
         if fault.kind == "status":
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
-            return web.json_response({"error": {"message": "injected fault", "code": fault.status}},
+            return web.json_response({"error": {"message": fault.message, "code": fault.status}},
                                      status=fault.status, headers=headers)
         if fault.kind == "hang":
             await asyncio.sleep(fault.seconds)
@@ -156,7 +161,7 @@ class StubLLM:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self._record(body)
-        fault = await self._apply_fault(request, "completions")
+        fault = await self._apply_fault(request, "completions", body)
         if fault is not None:
             return fault
         prompt = body["prompt"]
@@ -204,14 +209,15 @@ class StubLLM:
         unauthorized = self._unauthorized(request)
         if unauthorized is not None:
             return unauthorized
-        fault = self._next_fault("chat/completions")
+        fault = self._next_fault("chat/completions", body)
         prompt = "\n".join(m["content"] for m in body["messages"])
         text = self.generate_fn(prompt)
         finish_reason = "stop"
         if fault is not None:
             if fault.kind in ("status", "hang", "reset"):
-                self.faults.appendleft(fault)  # let _apply_fault handle transport-level faults
-                response = await self._apply_fault(request, "chat/completions")
+                if not fault.repeat:
+                    self.faults.appendleft(fault)  # let _apply_fault handle transport-level faults
+                response = await self._apply_fault(request, "chat/completions", body)
                 assert response is not None
                 return response
             if fault.kind == "truncate":
