@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 import random
 from collections import Counter
 from typing import Iterable, Literal, NamedTuple, Optional, Sequence, Union
 
+from pipeline.score_sketch import ScoreSketch
 from schemas import DeadLetter, FilteredRecord, Passage, RunManifest, ScoreSummary, TokenUsage, TrainingExample
 
 Status = Literal["written", "filtered", "dead_lettered"]
@@ -69,8 +69,8 @@ def example_stats(example: TrainingExample) -> ExampleStats:
                         example.positive_fused, float(len(example.query.split())))
 
 
-RESERVOIR = 10_000  # score samples kept for the distribution summary
 TOP_TASKS = 50
+SCORES = ("ql", "rc", "fused", "query_words")
 
 
 @dataclasses.dataclass
@@ -82,8 +82,7 @@ class ManifestAccumulator:
     examples: int = 0
     relabelled: int = 0
     tasks: Counter = dataclasses.field(default_factory=Counter)
-    scores: dict = dataclasses.field(default_factory=lambda: {"ql": [], "rc": [], "fused": [], "query_words": []})
-    seen: dict = dataclasses.field(default_factory=lambda: {"ql": 0, "rc": 0, "fused": 0, "query_words": 0})
+    scores: dict = dataclasses.field(default_factory=lambda: {name: ScoreSketch() for name in SCORES})
 
     def add_outcome(self, outcome: Outcome) -> None:
         self.status[outcome.status] += 1
@@ -94,14 +93,8 @@ class ManifestAccumulator:
         self.examples += 1
         self.relabelled += int(stats.relabelled)
         self.tasks[stats.task] += 1
-        for name, value in (("ql", stats.ql), ("rc", stats.rc), ("fused", stats.fused),
-                            ("query_words", stats.query_words)):
-            self._sample(name, value)
-
-    def _sample(self, name: str, value: float) -> None:
-        self.seen[name] += 1
-        # Seeded by the count, so merged accumulators sample the same way on every run.
-        reservoir_add(self.scores[name], value, self.seen[name], RESERVOIR, random.Random(self.seen[name]))
+        for name in SCORES:
+            self.scores[name].add(getattr(stats, name))
 
     def merge(self, other: "ManifestAccumulator") -> "ManifestAccumulator":
         self.status.update(other.status)
@@ -109,10 +102,8 @@ class ManifestAccumulator:
         self.examples += other.examples
         self.relabelled += other.relabelled
         self.tasks.update(other.tasks)
-        for name in self.scores:
-            for value in other.scores[name]:
-                self._sample(name, value)
-            self.seen[name] += other.seen[name] - len(other.scores[name])
+        for name in SCORES:
+            self.scores[name].merge(other.scores[name])
         return self
 
 
@@ -126,14 +117,11 @@ def reservoir_add(bucket: list, value, seen: int, capacity: int, rng: random.Ran
             bucket[j] = value
 
 
-def summarize(values: Sequence[float]) -> ScoreSummary:
-    if not values:
+def summarize(sketch: ScoreSketch) -> ScoreSummary:
+    if not sketch.count:
         return ScoreSummary(count=0)
-    ordered = sorted(values)
-    mean = math.fsum(ordered) / len(ordered)
-    var = math.fsum((v - mean) ** 2 for v in ordered) / len(ordered)
-    return ScoreSummary(count=len(ordered), mean=mean, std=math.sqrt(var), min=ordered[0],
-                        p50=ordered[len(ordered) // 2], max=ordered[-1])
+    return ScoreSummary(count=sketch.count, mean=sketch.mean, std=sketch.std, min=sketch.min,
+                        p50=sketch.quantile(0.5), max=sketch.max)
 
 
 def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.datetime, stage_counts: dict[str, int],
