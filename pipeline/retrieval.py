@@ -41,13 +41,18 @@ def search_shard(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: Se
     import torch
 
     k_here = min(k, len(doc_ids))
-    # Take a few extra by score so ties at the cut can still break on id.
+    # Take a few extra by score so ties at the cut can still break on id; a tie that fills the
+    # whole pool may reach past it, and that row is widened to every column tied at the cut.
     extra = min(len(doc_ids), k_here + 8)
     out: list[list[Hit]] = []
     for start in range(0, len(query_vectors), QUERY_BLOCK):
         scores = torch.from_numpy(np.ascontiguousarray(query_vectors[start:start + QUERY_BLOCK] @ doc_vectors.T))
-        values, columns = torch.topk(scores, extra, dim=1, sorted=False)
-        for row_values, row_columns in zip(values.tolist(), columns.tolist()):
+        values, columns = torch.topk(scores, extra, dim=1, sorted=True)
+        for row, (row_values, row_columns) in enumerate(zip(values.tolist(), columns.tolist())):
+            cut = row_values[k_here - 1]
+            if row_values[-1] == cut and extra < len(doc_ids):
+                row_columns = torch.nonzero(scores[row] >= cut).flatten().tolist()
+                row_values = scores[row, row_columns].tolist()
             hits = sorted(Hit(-v, doc_ids[c]) for v, c in zip(row_values, row_columns))
             out.append(hits[:k_here])
     return out

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from pipeline import filtering, ids, passage_dedupe
 from pipeline.ingest import (
@@ -141,3 +142,30 @@ def test_lsh_banding_follows_the_threshold(threshold):
         assert threshold <= filtering.jaccard(filtering.shingles(a), filtering.shingles(b)) < threshold + 0.05
         found += bool(set(filtering.minhash_bands(a, config)) & set(filtering.minhash_bands(b, config)))
     assert found / 150 >= 0.95, found
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), threshold=st.sampled_from([0.5, 0.8]))
+def test_our_lsh_bands_find_exactly_what_datasketch_minhashlsh_finds(seed, threshold):
+    """The same MinHash signatures banded our way (keys for Beam's GroupByKey) and indexed by
+    datasketch's MinHashLSH with the same (bands, rows): the same candidate pairs."""
+    import random
+
+    from datasketch import MinHashLSH
+
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(12)]
+    base = [" ".join(rng.choice(vocab) for _ in range(rng.randint(3, 9))) for _ in range(15)]
+    queries = {f"q{i:02d}": q for i, q in enumerate(base + [b + " " + rng.choice(vocab) for b in base])}
+    config = filtering.NearDupConfig(threshold=threshold)
+    lsh = MinHashLSH(num_perm=config.bands * config.rows, params=(config.bands, config.rows))
+    bands: dict[str, set[str]] = {}
+    for qid, text in queries.items():
+        lsh.insert(qid, filtering.minhash_signature(text, config.bands * config.rows, config.shingle))
+        for band in filtering.minhash_bands(text, config):
+            bands.setdefault(band, set()).add(qid)
+    ours = {(a, b) for members in bands.values() for a in members for b in members if a < b}
+    theirs = {tuple(sorted((qid, other))) for qid, text in queries.items()
+              for other in lsh.query(filtering.minhash_signature(text, config.bands * config.rows, config.shingle))
+              if other != qid}
+    assert ours == theirs

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from pipeline.retrieval import exact_search, merge_topk, search_shard, shard_of
 
@@ -43,3 +44,70 @@ def test_small_shards_and_empty_inputs():
     assert all(len(h) == 3 for h in search_shard(queries, docs, ["a", "b", "c"], 20))
     assert search_shard(queries, docs[:0], [], 5) == [[], []]
     assert merge_topk([[], []], 5) == []
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 4, 9])
+def test_a_tie_wider_than_the_pool_still_breaks_on_id(num_shards):
+    """40 identical vectors, k = 3: every index and every sharding returns p00, p01, p02. The
+    per-shard pool of k + 8 once cut the tie at an arbitrary 11 of the 40 (p01, p09, p10)."""
+    docs = np.ones((40, 8), dtype=np.float32) / np.sqrt(8, dtype=np.float32)
+    ids = [f"p{i:02d}" for i in range(40)]
+    order = np.random.default_rng(num_shards).permutation(40)  # ids in no particular order in the matrix
+    docs, ids = docs[order], [ids[i] for i in order]
+    shards = {}
+    for i, pid in enumerate(ids):
+        shards.setdefault(shard_of(pid, num_shards), []).append(i)
+    partials = [search_shard(docs[:1], docs[rows], [ids[r] for r in rows], 3)[0] for rows in shards.values()]
+    assert [h.passage_id for h in merge_topk(partials, 3)] == ["p00", "p01", "p02"]
+    assert [h.passage_id for h in exact_search(docs[:1], docs, ids, 3)[0]] == ["p00", "p01", "p02"]
+
+
+def test_ties_in_the_middle_of_random_scores_match_a_full_sort():
+    """Random scores with many exact ties (vectors drawn from a few values): the sharded search
+    equals numpy's full sort by (score descending, id)."""
+    rng = np.random.default_rng(11)
+    docs = rng.integers(0, 3, size=(300, 6)).astype(np.float32)
+    queries = rng.integers(0, 3, size=(20, 6)).astype(np.float32)
+    ids = [f"d{i:03d}" for i in rng.permutation(300)]
+    full = queries @ docs.T
+    for q in range(len(queries)):
+        expected = sorted(range(300), key=lambda j: (-full[q, j], ids[j]))[:15]
+        for num_shards in (1, 5):
+            shards = {}
+            for i, pid in enumerate(ids):
+                shards.setdefault(shard_of(pid, num_shards), []).append(i)
+            partials = [search_shard(queries[q:q + 1], docs[rows], [ids[r] for r in rows], 15)[0]
+                        for rows in shards.values()]
+            assert [h.passage_id for h in merge_topk(partials, 15)] == [ids[j] for j in expected]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 120), d=st.sampled_from([4, 16, 48]), k=st.integers(1, 30), seed=st.integers(0, 2**16),
+       levels=st.sampled_from([0, 2, 3]))
+def test_search_against_faiss_and_a_float64_brute_force(n, d, k, seed, levels):
+    """Random vectors (levels > 0: drawn from a few values, so exact ties abound). Ours equals a
+    float64 brute force ordered by (score desc, id) wherever neighbouring scores are more than
+    float noise apart, and faiss IndexFlatIP finds the same top-k scores."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    draw = (lambda m: rng.integers(0, levels, size=(m, d)).astype(np.float32)) if levels else (lambda m: unit(rng, m, d))
+    docs, queries = draw(n), draw(5)
+    ids = [f"x{i:03d}" for i in rng.permutation(n)]
+    ours = exact_search(queries, docs, ids, k)
+    exact = queries.astype(np.float64) @ docs.astype(np.float64).T
+    index = faiss.IndexFlatIP(d)
+    index.add(docs)
+    faiss_scores, _ = index.search(queries, min(k, n))
+    for q, hits in enumerate(ours):
+        assert len(hits) == min(k, n)
+        expected = sorted(range(n), key=lambda j: (-exact[q, j], ids[j]))[:len(hits)]
+        assert np.allclose([h.score for h in hits], exact[q, expected], atol=1e-5)
+        assert np.allclose([h.score for h in hits], faiss_scores[q], atol=1e-5)
+        if levels:  # small whole numbers: every score is exact in float32, so ties are exact too
+            assert [h.passage_id for h in hits] == [ids[j] for j in expected]
+            continue
+        for rank, (h, j) in enumerate(zip(hits, expected)):
+            near = np.abs(exact[q] - exact[q, j]) < 1e-5
+            if near.sum() == 1:  # no other score within float noise: the same passage, at the same rank
+                assert h.passage_id == ids[j], (q, rank)
