@@ -52,15 +52,31 @@ def load_beir(folder: str | Path, split: str = "test"):
 
 
 def ndcg_at_k(ranked: Sequence[str], relevant: dict[str, int], k: int = 10) -> float:
-    dcg = sum((2 ** relevant.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    """nDCG@k as trec_eval, BEIR and MTEB compute it: the gain is the relevance grade itself
+    (not 2^rel - 1). For one query in a loop; `_metrics` scores whole runs with pytrec_eval."""
+    dcg = sum(max(relevant.get(d, 0), 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
     ideal = sorted((r for r in relevant.values() if r > 0), reverse=True)[:k]
-    idcg = sum((2 ** r - 1) / math.log2(i + 2) for i, r in enumerate(ideal))
+    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
 
 
 def recall_at_k(ranked: Sequence[str], relevant: dict[str, int], k: int) -> float:
     positives = {d for d, r in relevant.items() if r > 0}
     return len(positives & set(ranked[:k])) / len(positives) if positives else 0.0
+
+
+def trec_metrics(qids: Sequence[str], ranked: Sequence[Sequence[str]], qrels: dict) -> dict[str, list[float]]:
+    """Per-query nDCG@10, Recall@10 and Recall@100 from pytrec_eval (trec_eval's code, as BEIR
+    uses it). The run gives each list descending scores, so trec_eval keeps our order; a query
+    that retrieved nothing scores 0, as it does in BEIR."""
+    import pytrec_eval
+
+    measures = {"ndcg_cut.10", "recall.10,100"}
+    run = {q: {d: float(len(r) - i) for i, d in enumerate(r)} for q, r in zip(qids, ranked) if r}
+    judged = {q: {d: int(g) for d, g in qrels[q].items()} for q in qids}
+    scores = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(run) if run else {}
+    names = {"ndcg@10": "ndcg_cut_10", "recall@10": "recall_10", "recall@100": "recall_100"}
+    return {name: [scores.get(q, {}).get(key, 0.0) for q in qids] for name, key in names.items()}
 
 
 def search(encode_queries, encode_docs, query_texts: list[str], doc_ids: list[str], doc_texts: list[str],
@@ -119,12 +135,9 @@ def evaluate(model, folder: str | Path, split: str = "test", task: Optional[str]
 
 
 def _metrics(qids: list[str], ranked: list[list[str]], qrels: dict) -> dict[str, float]:
-    return {
-        "ndcg@10": float(np.mean([ndcg_at_k(r, qrels[q]) for q, r in zip(qids, ranked)])),
-        "recall@10": float(np.mean([recall_at_k(r, qrels[q], 10) for q, r in zip(qids, ranked)])),
-        "recall@100": float(np.mean([recall_at_k(r, qrels[q], 100) for q, r in zip(qids, ranked)])),
-        "queries": len(qids),
-    }
+    per_query = trec_metrics(qids, ranked, qrels)
+    return {**{name: float(np.mean(values)) if values else 0.0 for name, values in per_query.items()},
+            "queries": len(qids)}
 
 
 def xtr_search(encoder, query_texts: list[str], doc_ids: list[str], doc_texts: list[str], k_prime: int = 1000,
