@@ -1,23 +1,25 @@
 """Scratch files of a job run in waves: records that pass from one wave's pipeline to the next.
 
-Layout: OUTPUT/_waves/<kind>/w<wave>-<uuid>.pkl, each a pickled list of records written
-atomically; OUTPUT/_waves/<kind>/<name>.pkl for one-off values (counts, token meters, manifest
-parts). Everything under _waves is removed when the job ends.
+Layout: OUTPUT/_waves/<kind>/w<wave>-<shard>-of-<n>.pkl, each a stream of pickled records
+written by Beam's WriteToFiles (to a temporary file, then moved into place once the bundle that
+wrote it is committed: a retried bundle's records are never kept twice); OUTPUT/_waves/<kind>/
+<name>.pkl for one-off values (counts, token meters, manifest parts), written atomically.
+Everything under _waves is removed when the job ends.
 """
 
 from __future__ import annotations
 
 import pickle
-import uuid
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.value_provider import StaticValueProvider
 
 from beam_jobs.journal import write_atomically
 
 SCRATCH_DIR = "_waves"
-CHUNK_RECORDS = 2_000  # records per chunk file: small enough that a writer holds little per wave
 
 
 def scratch_dir(output: str) -> str:
@@ -55,31 +57,47 @@ def remove_scratch(output: str) -> None:
         FileSystems.delete([folder])
 
 
-class WriteWaveChunks(beam.DoFn):
-    """(wave, record) -> chunk files of `kind`, one wave per file. A writer holds at most
-    CHUNK_RECORDS records per wave, so the runner never holds the records after this step."""
+class _PickleStreamSink(fileio.FileSink):
+    """(wave, record) elements -> one pickled record after another: written and read streaming."""
 
-    def __init__(self, folder: str, kind: str):
-        self._folder, self._kind = folder, kind
+    def open(self, fh):
+        self._fh = fh
 
-    def start_bundle(self):
-        self._buffers: dict[int, list] = {}
+    def write(self, element):
+        pickle.dump(element[1], self._fh, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def process(self, element):
-        wave, record = element
-        buffer = self._buffers.setdefault(wave, [])
-        buffer.append(record)
-        if len(buffer) >= CHUNK_RECORDS:
-            self._flush(wave)
+    def flush(self):
+        self._fh.flush()
 
-    def finish_bundle(self):
-        for wave in list(self._buffers):
-            self._flush(wave)
 
-    def _flush(self, wave: int):
-        records = self._buffers.pop(wave, [])
-        if records:
-            write_pickled(f"{self._folder}/{self._kind}/w{wave:05d}-{uuid.uuid4().hex}.pkl", records)
+def read_records(path: str) -> Iterator:
+    """The records of one chunk file, one at a time."""
+    with FileSystems.open(path) as f:
+        while True:
+            try:
+                yield pickle.load(f)
+            except EOFError:
+                return
+
+
+class WriteWaveChunks(beam.PTransform):
+    """(wave, record) -> chunk files of `kind`, one wave per file, through Beam's WriteToFiles.
+
+    A bundle's records go to temporary files that are moved into place only once the bundle is
+    committed, so a retried bundle (the BundleBasedDirectRunner retries, as Dataflow does) leaves
+    no second copy, where a file named in process() did. `waves` bounds the files a bundle keeps
+    open: WriteToFiles sends what does not fit through a GroupByKey, which the runner holds."""
+
+    def __init__(self, folder: str, kind: str, waves: int = 1):
+        super().__init__()
+        self._folder, self._kind, self._waves = folder, kind, max(1, waves)
+
+    def expand(self, pcoll):
+        folder = f"{self._folder}/{self._kind}"
+        return pcoll | "Files" >> fileio.WriteToFiles(
+            folder, destination=lambda element: f"w{element[0]:05d}", sink=lambda _: _PickleStreamSink(),
+            file_naming=fileio.destination_prefix_naming(".pkl"), temp_directory=StaticValueProvider(str, f"{folder}/.tmp"),
+            max_writers_per_bundle=self._waves + 1)
 
 
 class ReadWaveChunks(beam.PTransform):
@@ -93,4 +111,4 @@ class ReadWaveChunks(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "Paths" >> beam.Create(self.paths)
-                | "Read" >> beam.FlatMap(read_pickled))
+                | "Read" >> beam.FlatMap(read_records))

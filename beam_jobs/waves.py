@@ -85,8 +85,8 @@ def _write_tokens(meters: list, path: str) -> None:
      | "WriteTokens" >> beam.Map(save, path))
 
 
-def _chunks(pcoll, label: str, folder: str, kind: str) -> None:
-    pcoll | label >> beam.ParDo(WriteWaveChunks(folder, kind))
+def _chunks(pcoll, label: str, folder: str, kind: str, waves: int = 1) -> None:
+    pcoll | label >> WriteWaveChunks(folder, kind, waves)
 
 
 # --- 1. plan ---------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
                                                          opt.split_config(opts), opts.trust_remote_code, spread=False)
     _chunks(read.passages | "PassageWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
-            "WritePassages", folder, "passages")
+            "WritePassages", folder, "passages", waves)
     by_id = (read.passages
              | "Keys" >> beam.Map(dedupe.passage_key)
              | "KeyById" >> beam.Map(lambda k: (k.id, k))
@@ -117,10 +117,10 @@ def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     drops = ((by_id.drops, by_text.drops)
              | "Drops" >> beam.Flatten()
              | "DropWave" >> beam.Map(lambda kd: (w.wave_of(kd[0].source_id, waves), (kd[0].unit, kd[1]))))
-    _chunks(drops, "WriteDrops", folder, "drops")
+    _chunks(drops, "WriteDrops", folder, "drops", waves)
     # an unreadable record's unit is its source
     _chunks(read[OUTCOME] | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id, waves), o)),
-            "WriteReadOutcomes", folder, "outcomes")
+            "WriteReadOutcomes", folder, "outcomes", waves)
     units = ((read.passages, read[OUTCOME]) | "Units" >> beam.Flatten())
     _write_counts([count_as(read.passages, "passages_after_split"), count_as(read[OUTCOME], "unreadable_records"),
                    count_as(units, "units")], f"{folder}/counts/plan.pkl")
@@ -173,10 +173,10 @@ def build_filter(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, decontam)
     kept, outcomes = ((queries, eval_index) | "FilterQueries" >> FilterQueries(opt.near_dup_config(opts), decontam))
     _chunks(kept | "KeptWave" >> beam.Map(lambda qu: (w.wave_of(qu[1].source_id, waves), qu[0].query_id)),
-            "WriteKept", folder, "kept")
+            "WriteKept", folder, "kept", waves)
     # these outcomes' units are passages: "<source>#<chunk>"
     _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id.rsplit("#", 1)[0], waves), o)),
-            "WriteOutcomes", folder, "outcomes")
+            "WriteOutcomes", folder, "outcomes", waves)
     _write_counts([count_as(kept, "queries_after_filters")], f"{folder}/counts/filter.pkl")
 
 
