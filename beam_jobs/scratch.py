@@ -1,6 +1,6 @@
 """Scratch files of a job run in waves: records that pass from one wave's pipeline to the next.
 
-Layout: OUTPUT/_waves/<kind>/w<wave>-<shard>-of-<n>.pkl, each a stream of pickled records
+Layout: OUTPUT/_waves/<kind>/w<wave>-<writer>-<shard>-of-<n>.pkl, each a stream of pickled records
 written by Beam's WriteToFiles (to a temporary file, then moved into place once the bundle that
 wrote it is committed: a retried bundle's records are never kept twice); OUTPUT/_waves/<kind>/
 <name>.pkl for one-off values (counts, token meters, manifest parts), written atomically.
@@ -88,14 +88,14 @@ class WriteWaveChunks(beam.PTransform):
     no second copy, where a file named in process() did. `waves` bounds the files a bundle keeps
     open: WriteToFiles sends what does not fit through a GroupByKey, which the runner holds."""
 
-    def __init__(self, folder: str, kind: str, waves: int = 1):
+    def __init__(self, folder: str, kind: str, waves: int = 1, writer: str = "chunks"):
         super().__init__()
-        self._folder, self._kind, self._waves = folder, kind, max(1, waves)
+        self._folder, self._kind, self._waves, self._writer = folder, kind, max(1, waves), writer
 
     def expand(self, pcoll):
-        folder = f"{self._folder}/{self._kind}"
+        folder, writer = f"{self._folder}/{self._kind}", self._writer
         return pcoll | "Files" >> fileio.WriteToFiles(
-            folder, destination=lambda element: f"w{element[0]:05d}", sink=lambda _: _PickleStreamSink(),
+            folder, destination=lambda element: f"w{element[0]:05d}-{writer}", sink=lambda _: _PickleStreamSink(),
             file_naming=fileio.destination_prefix_naming(".pkl"), temp_directory=StaticValueProvider(str, f"{folder}/.tmp"),
             max_writers_per_bundle=self._waves + 1)
 

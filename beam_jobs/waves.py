@@ -86,7 +86,9 @@ def _write_tokens(meters: list, path: str) -> None:
 
 
 def _chunks(pcoll, label: str, folder: str, kind: str, waves: int = 1) -> None:
-    pcoll | label >> WriteWaveChunks(folder, kind, waves)
+    """Several pipelines write one kind (outcomes: plan, prepare, filter): each step's label is
+    unique over the pipelines of a run, and names its files apart from the others'."""
+    pcoll | label >> WriteWaveChunks(folder, kind, waves, writer=label)
 
 
 # --- 1. plan ---------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ def build_filter(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
             "WriteKept", folder, "kept", waves)
     # these outcomes' units are passages: "<source>#<chunk>"
     _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id.rsplit("#", 1)[0], waves), o)),
-            "WriteOutcomes", folder, "outcomes", waves)
+            "WriteFilterOutcomes", folder, "outcomes", waves)
     _write_counts([count_as(kept, "queries_after_filters")], f"{folder}/counts/filter.pkl")
 
 

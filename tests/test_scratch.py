@@ -36,3 +36,21 @@ def test_a_bundle_retried_after_a_failed_write_leaves_each_record_once(tmp_path,
 
 def _check(got, wave):
     assert sorted(got) == [f"w{wave}-r{i}" for i in range(5)], got
+
+
+def test_two_pipelines_writing_one_kind_keep_both_files(tmp_path):
+    """The plan, each prepare and the filter all write outcomes: one writer's files must never
+    replace another's (Beam names final files by destination and shard only)."""
+    folder = str(tmp_path / "_waves")
+    for writer, records in (("WriteReadOutcomes", ["a", "b"]), ("WriteFilterOutcomes", ["c"])):
+        with beam.Pipeline(options=PipelineOptions()) as p:
+            p | beam.Create([(0, r) for r in records]) | WriteWaveChunks(folder, "outcomes", writer=writer)
+    paths = wave_files(folder, "outcomes", 0)
+    assert len(paths) == 2
+    with beam.Pipeline(options=PipelineOptions()) as p:
+        got = p | ReadWaveChunks(paths) | beam.combiners.ToList()
+        got | beam.Map(lambda rows: _equal(sorted(rows), ["a", "b", "c"]))
+
+
+def _equal(got, expected):
+    assert got == expected, got
