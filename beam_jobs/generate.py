@@ -6,7 +6,6 @@ import functools
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS, OUTCOME
 from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, failure_reason, journaled_llm_stage
@@ -29,8 +28,8 @@ class _GenerateFn(LLMBatchDoFn):
     STAGE = "generate"
     PROGRESS = "generate (passages)"
 
-    def __init__(self, settings: StageSettings, shared, config: GenerationConfig):
-        super().__init__(settings, shared)
+    def __init__(self, settings: StageSettings, config: GenerationConfig):
+        super().__init__(settings)
         self._config = config
         self.generated = Metrics.counter(NS, "queries_generated")
         self.parse_failures = Metrics.counter(NS, "generation_failures")
@@ -68,6 +67,6 @@ class GenerateQueries(beam.PTransform):
     def expand(self, passages):
         key_fn = functools.partial(journal.generation_key, self.settings.client.model,
                                    load_prompt("query_generation", self.config.prompt_version).hash, self.config)
-        dofn = _GenerateFn(self.settings, Shared(), self.config)
+        dofn = _GenerateFn(self.settings, self.config)
         return journaled_llm_stage(passages, self.settings, "generate", key_fn, "Generate", dofn, "queries",
                                    _replay_generated)

@@ -10,13 +10,12 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
-from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS, OUTCOME, TOKENS
 from beam_jobs.journal import LookupJournal, write_entries
 from pipeline import journal
 from pipeline.llm import usage
-from pipeline.llm.blocking import BlockingLLM
+from pipeline.llm import blocking
 from pipeline.llm.types import ClientConfig
 from pipeline.progress import Progress
 from pipeline.reliability import FailureGuard, FailurePolicy
@@ -39,7 +38,8 @@ class StageSettings:
 
 
 class LLMBatchDoFn(beam.DoFn):
-    """Base: one BlockingLLM per worker process (shared across threads), batches pipelined.
+    """Base: one BlockingLLM per worker process and client config (shared by every stage and
+    thread), batches pipelined.
 
     A batch is submitted and process() returns at once, so the next batch's requests queue up
     behind the client's semaphore while this one finishes: the server never idles at a batch
@@ -51,8 +51,8 @@ class LLMBatchDoFn(beam.DoFn):
     PROGRESS = ""  # the console label, e.g. "rerank (queries)"
     BATCHES_IN_FLIGHT = 4
 
-    def __init__(self, settings: StageSettings, shared: Shared):
-        self._settings, self._shared = settings, shared
+    def __init__(self, settings: StageSettings):
+        self._settings = settings
         self.requests = Metrics.counter(NS, "llm_requests")
         self.failures = Metrics.counter(NS, "llm_failures")
         self.retries = Metrics.counter(NS, "llm_retries")
@@ -69,14 +69,12 @@ class LLMBatchDoFn(beam.DoFn):
             from pipeline.llm.local_server import ensure_local_server
 
             ensure_local_server(config.local_server)  # the machine's one server; started by the first caller
-        self._llm = self._shared.acquire(lambda: BlockingLLM(config),
-                                         tag=f"llm:{config.base_urls}:{config.model}").retain()
+        self._llm = blocking.acquire(config)  # one per process and config, shared by every stage
         journal = self._settings.journal_folder
         hint = (f"Check the LLM server ({', '.join(config.base_urls)}), then re-run with --resume: finished LLM "
                 f"work is kept in {journal}." if journal else "Check the LLM server.")
         self._guard = FailureGuard(self.STAGE, self._settings.failure, hint)
         self._llm.wait_ready(timeout_s=max(60.0, config.timeout_s))  # before the first batch is sent
-        self._seen_stats = self._llm.stats.snapshot()
 
     def teardown(self):
         self._llm.release()
@@ -113,12 +111,11 @@ class LLMBatchDoFn(beam.DoFn):
 
     def _complete(self, batch, future):
         results, tokens = future.result()
-        now = self._llm.stats.snapshot()
-        # Deltas of a client shared by threads are approximate per batch; the totals are right.
+        # The batch's own meter: a client shared by stages and threads is never diffed.
+        totals = tokens.totals()
         for counter, name in ((self.requests, "requests"), (self.failures, "failures"), (self.retries, "retries"),
                               (self.prompt_tokens, "prompt_tokens"), (self.completion_tokens, "completion_tokens")):
-            counter.inc(max(0, now[name] - self._seen_stats[name]))
-        self._seen_stats = now
+            counter.inc(totals[name])
         self.items_done.inc(len(batch))
         Progress.add(self.PROGRESS, len(batch), self._settings.progress, self._total)
         yield from self._outputs(batch, results)

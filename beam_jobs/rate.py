@@ -8,7 +8,6 @@ from typing import Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS, OUTCOME
 from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, journaled_llm_stage
@@ -43,8 +42,8 @@ class _RateFn(LLMBatchDoFn):
     STAGE = "rate"
     PROGRESS = "rate (examples)"
 
-    def __init__(self, settings: StageSettings, shared, config: filtering.RaterConfig):
-        super().__init__(settings, shared)
+    def __init__(self, settings: StageSettings, config: filtering.RaterConfig):
+        super().__init__(settings)
         self._config = config
         self.rated = Metrics.counter(NS, "examples_rated")
         self.rater_failures = Metrics.counter(NS, "rater_failures")
@@ -88,7 +87,7 @@ class RateExamples(beam.PTransform):
     def expand(self, examples):
         key_fn = functools.partial(_rate_key, self.settings.client.model, load_prompt("quality_rater").hash,
                                    self.config)
-        dofn = _RateFn(self.settings, Shared(), self.config)
+        dofn = _RateFn(self.settings, self.config)
         return journaled_llm_stage(examples, self.settings, "rate", key_fn, "Rate", dofn, "examples", _replay_rating,
                                    self.config)
 

@@ -7,7 +7,6 @@ import functools
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS, OUTCOME
 from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, failure_reason, journaled_llm_stage
@@ -31,9 +30,9 @@ class _RerankFn(LLMBatchDoFn):
     STAGE = "rerank"
     PROGRESS = "rerank (queries)"
 
-    def __init__(self, settings: StageSettings, shared, rerank: RerankConfig, mining: MiningConfig,
+    def __init__(self, settings: StageSettings, rerank: RerankConfig, mining: MiningConfig,
                  keep_candidates: bool):
-        super().__init__(settings, shared)
+        super().__init__(settings)
         self._rerank, self._mining, self._keep = rerank, mining, keep_candidates
         self.scored = Metrics.counter(NS, "queries_reranked")
         self.rerank_failures = Metrics.counter(NS, "rerank_failures")
@@ -81,7 +80,7 @@ class RerankAndMine(beam.PTransform):
         prompt_hashes = (load_prompt("query_likelihood", self.rerank.ql_prompt_version).hash,
                          load_prompt("relevance_classification", self.rerank.rc_prompt_version).hash)
         key_fn = functools.partial(_rerank_key, self.settings.client.model, prompt_hashes, self.rerank)
-        dofn = _RerankFn(self.settings, Shared(), self.rerank, self.mining, self.keep_candidates)
+        dofn = _RerankFn(self.settings, self.rerank, self.mining, self.keep_candidates)
         return journaled_llm_stage(candidates, self.settings, "rerank", key_fn, "Score", dofn, "examples",
                                    _replay_rerank, self.mining, self.keep_candidates)
 

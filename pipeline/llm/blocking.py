@@ -1,8 +1,10 @@
 """A thread-safe synchronous facade over LLMClient, for Beam DoFns and scripts.
 
 One event loop runs in a daemon thread and owns the aiohttp session; any thread submits a
-whole batch as one coroutine and waits for it. Sharing one instance across a worker's DoFn
-threads keeps one connection pool and one concurrency bound per process.
+whole batch as one coroutine and waits for it. `acquire(config)` hands every caller in the
+process with the same config the same instance, whatever stage or pipeline it belongs to: one
+connection pool and one concurrency bound per worker process. The last `release()` closes the
+session and stops the loop thread, so a job run as many pipelines (waves) leaves none behind.
 """
 
 from __future__ import annotations
@@ -18,6 +20,26 @@ from pipeline.llm.types import ClientConfig
 T = TypeVar("T")
 
 
+_REGISTRY: dict[ClientConfig, "BlockingLLM"] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def acquire(config: ClientConfig) -> "BlockingLLM":
+    """The process's client for `config`, retained for the caller: pair with `release()`."""
+    with _REGISTRY_LOCK:
+        llm = _REGISTRY.get(config)
+        if llm is None:
+            llm = _REGISTRY[config] = BlockingLLM(config)
+        llm._users += 1
+        return llm
+
+
+def live_clients() -> int:
+    """Clients acquired and not yet released by all their users (for tests)."""
+    with _REGISTRY_LOCK:
+        return len(_REGISTRY)
+
+
 class BlockingLLM:
     def __init__(self, config: ClientConfig):
         self.config = config
@@ -25,23 +47,19 @@ class BlockingLLM:
         self._thread = threading.Thread(target=self._loop.run_forever, name="fret-llm-loop", daemon=True)
         self._thread.start()
         self.client = LLMClient(config)
-        self._users = 0
+        self._users = 0  # guarded by _REGISTRY_LOCK
         self._ready = False
-        self._users_lock = threading.Lock()
-
-    def retain(self) -> "BlockingLLM":
-        """Register a user (a DoFn instance); the session closes when the last one releases."""
-        with self._users_lock:
-            self._users += 1
-        return self
+        self._ready_lock = threading.Lock()
 
     def release(self) -> None:
-        with self._users_lock:
+        """One user is done; the last one closes the session and stops the loop thread."""
+        with _REGISTRY_LOCK:
             self._users -= 1
             last = self._users <= 0
+            if last and _REGISTRY.get(self.config) is self:
+                del _REGISTRY[self.config]
         if last:
-            # Closes the connection pool; the next run() reopens it.
-            self.run(lambda c: c.close(), timeout=30)
+            self.close()
 
     def run(self, fn: Callable[[LLMClient], Awaitable[T]], timeout: float | None = None) -> T:
         """Run `fn(client)` on the loop thread and return its result."""
@@ -54,11 +72,11 @@ class BlockingLLM:
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
         """Block until every server answers; checked once per instance."""
-        with self._users_lock:
+        with self._ready_lock:
             if self._ready:
                 return
         self.run(lambda c: c.wait_ready(timeout_s))
-        with self._users_lock:
+        with self._ready_lock:
             self._ready = True
 
     @property
@@ -66,12 +84,15 @@ class BlockingLLM:
         return self.client.stats
 
     def close(self) -> None:
+        """Close the session and stop the loop thread (a script's own instance, or the last user)."""
         if self._loop.is_running():
             try:
                 self.run(lambda c: c.close(), timeout=30)
             finally:
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(10)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
 
 
 async def _call(fn: Callable[[LLMClient], Awaitable[Any]], client: LLMClient) -> Any:

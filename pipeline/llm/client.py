@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import aiohttp
 from pydantic import ValidationError
 
-from pipeline.llm.usage import cached_tokens, record as record_usage
+from pipeline.llm.usage import cached_tokens, count_call, record as record_usage
 from pipeline.llm.types import (
     RETRYABLE_STATUS,
     ClientConfig,
@@ -123,6 +123,7 @@ class LLMClient:
                         self._down_until[index] = time.monotonic() + 5.0
             if attempt < self.config.max_retries:
                 self.stats.retries += 1
+                count_call("retries")
                 await asyncio.sleep(self._backoff(attempt, retry_after))
         raise RetriesExhaustedError(
             url, self.config.max_retries + 1, time.perf_counter() - start, last_error, reason  # type: ignore[arg-type]
@@ -131,6 +132,7 @@ class LLMClient:
     async def _call(self, path: str, body: dict[str, Any], result: LLMResult) -> Optional[dict[str, Any]]:
         start = time.perf_counter()
         self.stats.requests += 1
+        count_call("requests")
         try:
             payload, attempts = await self.post_json(path, body)
         except RetriesExhaustedError as exc:
@@ -151,6 +153,7 @@ class LLMClient:
         result.latency_s = time.perf_counter() - start
         if payload is None:
             self.stats.failures += 1
+            count_call("failures")
         return payload
 
     # ------------------------------------------------------------------ endpoints

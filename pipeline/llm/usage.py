@@ -21,11 +21,22 @@ _KIND: contextvars.ContextVar[str] = contextvars.ContextVar("fret_usage_kind", d
 FIELDS = tuple(TokenUsage.model_fields)  # requests, prompt_sent, prompt_computed, completion, cache_reported
 
 
+CALLS = ("requests", "failures", "retries")
+
+
 class UsageMeter:
-    """Token counts per request kind; mergeable. `usage()` gives them as TokenUsage records."""
+    """Token counts per request kind, and the calls behind them; mergeable. `usage()` gives the
+    tokens as TokenUsage records; `calls` counts requests made, failed and retried attempts."""
 
     def __init__(self) -> None:
         self.counts: dict[str, list[int]] = {}  # kind -> values in FIELDS order
+        self.calls: dict[str, int] = dict.fromkeys(CALLS, 0)
+
+    def totals(self) -> dict[str, int]:
+        """Calls plus prompt and completion tokens over every kind (Beam's counters)."""
+        sent, completion = (sum(row[FIELDS.index(f)] for row in self.counts.values())
+                            for f in ("prompt_sent", "completion"))
+        return {**self.calls, "prompt_tokens": sent, "completion_tokens": completion}
 
     def add(self, kind: str, prompt: int, cached: Optional[int], completion: int) -> None:
         row = self.counts.setdefault(kind, [0] * len(FIELDS))
@@ -33,6 +44,8 @@ class UsageMeter:
             row[i] += value
 
     def merge(self, other: "UsageMeter") -> "UsageMeter":
+        for name, value in other.calls.items():
+            self.calls[name] = self.calls.get(name, 0) + value
         for kind, values in other.counts.items():
             row = self.counts.setdefault(kind, [0] * len(FIELDS))
             for i, value in enumerate(values):
@@ -48,6 +61,13 @@ def cached_tokens(usage: dict[str, Any]) -> Optional[int]:
     details = usage.get("prompt_tokens_details")
     value = details.get("cached_tokens") if isinstance(details, dict) else None
     return int(value) if isinstance(value, (int, float)) else None
+
+
+def count_call(name: str) -> None:
+    """One request made, failed or retried, for the meter of the batch that made it."""
+    meter = _METER.get()
+    if meter is not None:
+        meter.calls[name] += 1
 
 
 def record(prompt: int, cached: Optional[int], completion: int) -> None:
