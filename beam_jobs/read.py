@@ -10,7 +10,7 @@ from apache_beam.utils.shared import Shared
 from beam_jobs.common import NS, OUTCOME
 from pipeline import ids, ingest, passage_dedupe
 from pipeline.accounting import Outcome
-from pipeline.embedding import count_tokens
+from pipeline.embedding import count_tokens, embedder_budget
 from pipeline.ingest import SplitConfig, dead_letter
 from schemas import DeadLetter
 
@@ -64,6 +64,7 @@ class _ParseAndSplit(beam.DoFn):
         trust = self._trust_remote_code
         self._tokenizer = self._shared.acquire(lambda: _Box(AutoTokenizer.from_pretrained(path, trust_remote_code=trust)),
                                                tag=f"tokenizer:{path}").value
+        self._split_here = embedder_budget(self._split, self._tokenizer, path)
 
     def _count(self, text: str) -> int:
         return count_tokens(self._tokenizer, text)
@@ -76,7 +77,13 @@ class _ParseAndSplit(beam.DoFn):
             self.bad.inc()
             yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(source, "dead_lettered", record))
             return
-        passages = ingest.split_passage(record, source, self._count, self._split)
+        try:
+            passages = ingest.split_passage(record, source, self._count, self._split_here)
+        except ingest.TitleTooLong as exc:
+            self.bad.inc()
+            letter = dead_letter(record.id or source, "split", "title_too_long", str(exc), record.model_dump(), source)
+            yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(source, "dead_lettered", letter))
+            return
         if not passages:
             self.bad.inc()
             letter = dead_letter(record.id or source, "split", "empty_text",

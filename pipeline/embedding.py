@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from pipeline.text_format import PLAIN
+
+if TYPE_CHECKING:
+    from pipeline.ingest import SplitConfig
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 
@@ -36,6 +40,29 @@ def _is_model_folder(path: Path) -> bool:
 def count_tokens(tokenizer, text: str) -> int:
     """Tokens of `text` without special tokens or truncation: the unit of the passage budget."""
     return len(tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+
+
+def max_seq_length(model_path: str, tokenizer) -> Optional[int]:
+    """How many tokens the embedder reads: sentence-transformers' max_seq_length, else the
+    tokenizer's model_max_length when it is a real limit."""
+    config = Path(model_path) / "sentence_bert_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    return value if isinstance(value, int) and 0 < value < 1_000_000 else None
+
+
+def embedder_budget(split: "SplitConfig", tokenizer, model_path: str) -> "SplitConfig":
+    """The split config the embedder can read whole: at most its max_seq_length tokens, its
+    special tokens counted."""
+    import dataclasses
+
+    limit = max_seq_length(model_path, tokenizer)
+    specials = len(tokenizer("", add_special_tokens=True)["input_ids"])
+    return dataclasses.replace(split, max_tokens=min(split.max_tokens, limit or split.max_tokens),
+                               special_tokens=specials)
 
 
 def passage_text(title: str, text: str) -> str:

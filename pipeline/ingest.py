@@ -13,6 +13,7 @@ import unicodedata
 from typing import Any, Callable, Iterator, Union
 
 from pipeline import ids
+from pipeline.embedding import passage_text
 from schemas import DeadLetter, InputPassage, Passage, RecordValidationError
 
 PAYLOAD_CHARS = 2000  # how much of a bad input a dead-letter row keeps
@@ -96,23 +97,43 @@ def normalize_text(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    max_tokens: int = 256  # per passage, counted by the embedder's tokenizer
+    # Per passage, counted on what retrieval embeds: the title, the text and the embedder's
+    # special tokens. The job takes the smaller of --max-passage-tokens and the embedder's
+    # max_seq_length, so the embedder reads every token of every passage.
+    max_tokens: int = 256
     overlap_sentences: int = 0
+    special_tokens: int = 0  # what the tokenizer adds around a text ([CLS] and [SEP]: 2)
 
 
 _SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n{2,}")
 
 
+class TitleTooLong(ValueError):
+    """The title alone fills the embedder's budget: no passage of this record could be read whole."""
+
+
 def split_passage(record: InputPassage, source_id: str, count_tokens: Callable[[str], int],
                   config: SplitConfig = SplitConfig()) -> list[Passage]:
-    """Split an over-long record into passages of at most `max_tokens` tokens, on sentence
-    boundaries where possible, on words otherwise. Short records come back whole."""
+    """Split an over-long record into passages whose embedded form (title, text and special
+    tokens, as retrieval embeds them) has at most `max_tokens` tokens, on sentence boundaries
+    where possible, on words otherwise. Short records come back whole. `count_tokens` counts a
+    plain string without special tokens."""
     text, title = normalize_text(record.text), normalize_text(record.title)
     if not any(unicodedata.category(ch)[0] not in "CZ" for ch in text):
         return []  # nothing visible: only spaces, format characters (zero-width, bidi marks) or unassigned
     base_id = record.id or ids.passage_id(title, text)
-    if count_tokens(text) <= config.max_tokens:
+
+    count_plain = count_tokens
+
+    def embedded(chunk: str) -> int:
+        return count_plain(passage_text(title, chunk)) + config.special_tokens
+
+    if embedded(text) <= config.max_tokens:
         return [Passage(id=base_id, title=title, text=text, source_id=source_id, chunk=0)]
+    if embedded(".") > config.max_tokens // 2:
+        raise TitleTooLong(f"the title takes {embedded('.') - 1} of the {config.max_tokens} tokens the embedder "
+                           "reads per passage; shorten it, or raise --max-passage-tokens if the embedder reads more")
+    count_tokens = embedded  # every count below is of the embedded form
     pieces: list[str] = []
     for sentence in (s.strip() for s in _SENTENCE.split(text)):
         if not sentence:
@@ -143,13 +164,25 @@ def _split_words(sentence: str, count_tokens: Callable[[str], int], max_tokens: 
             yield " ".join(current)
             current = []
         if count_tokens(word) > max_tokens:  # one unbroken "word" longer than the budget
-            step = max(1, len(word) * max_tokens // max(1, count_tokens(word)))
-            for start in range(0, len(word), step):
-                yield word[start:start + step]
+            yield from _split_characters(word, count_tokens, max_tokens)
             continue
         current.append(word)
     if current:
         yield " ".join(current)
+
+
+def _split_characters(word: str, count_tokens: Callable[[str], int], max_tokens: int) -> Iterator[str]:
+    """The longest prefixes that fit, found by bisection: exact whatever the tokenizer does."""
+    while word:
+        low, high = 1, len(word)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if count_tokens(word[:mid]) <= max_tokens:
+                low = mid
+            else:
+                high = mid - 1
+        yield word[:low]
+        word = word[low:]
 
 
 def whitespace_token_count(text: str) -> int:

@@ -23,6 +23,7 @@ DeadLetterReason = Literal[
     "missing_field",
     "duplicate_id_conflict",
     "text_too_long",
+    "title_too_long",
     "llm_length",
     "llm_invalid_json",
     "llm_schema_mismatch",
