@@ -211,7 +211,7 @@ CONFIG_FIELDS = (
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "rc_prompt_version", "ql_prompt_version", "negative_strategy", "num_negatives", "negative_window",
     "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated",
     "decontaminate", "decontam_ngram", "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args",
-    "llm_serve_port", "llm_serve_memory", "llm_serve_max_model_len",
+    "llm_serve_port", "llm_serve_memory", "llm_serve_max_model_len", "wave_size",
 )
 
 

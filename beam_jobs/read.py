@@ -122,6 +122,9 @@ class ReadSeedPassages(beam.PTransform):
         files = (pbegin
                  | "Patterns" >> beam.Create(self.patterns)
                  | "Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+                 # overlapping globs match a file twice; reading it twice would count its records twice
+                 | "Paths" >> beam.Map(lambda m: m.path)
+                 | "OnePerPath" >> beam.Distinct()
                  | "Open" >> fileio.ReadMatches()
                  | "ByFormat" >> beam.Partition(lambda f, n: 1 if _is_parquet(f.metadata.path, self.input_format)
                                                 else 0, 2))

@@ -53,18 +53,19 @@ def count_records(patterns: str, input_format: str = "auto", stop_after: int | N
     from beam_jobs.read import _is_parquet
 
     total = 0
-    for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
-        for meta in FileSystems.match([pattern])[0].metadata_list:
-            with FileSystems.open(meta.path) as f:
-                if _is_parquet(meta.path, input_format):
-                    try:
-                        total += pq.ParquetFile(f).metadata.num_rows
-                    except Exception as exc:  # noqa: BLE001 - arrow raises several kinds for a bad file
-                        raise ValueError(f"input {meta.path} is not a readable Parquet file: {exc}") from None
-                else:
-                    total += sum(1 for line in f if line.strip())
-            if stop_after is not None and total > stop_after:
-                return total
+    paths = {m.path: m for pattern in (p.strip() for p in patterns.split(",") if p.strip())
+             for m in FileSystems.match([pattern])[0].metadata_list}  # once each, however many globs match it
+    for meta in paths.values():
+        with FileSystems.open(meta.path) as f:
+            if _is_parquet(meta.path, input_format):
+                try:
+                    total += pq.ParquetFile(f).metadata.num_rows
+                except Exception as exc:  # noqa: BLE001 - arrow raises several kinds for a bad file
+                    raise ValueError(f"input {meta.path} is not a readable Parquet file: {exc}") from None
+            else:
+                total += sum(1 for line in f if line.strip())
+        if stop_after is not None and total > stop_after:
+            return total
     return total
 
 

@@ -84,11 +84,10 @@ class WriteRecords(beam.PTransform):
 
 
 def write_manifest(acc, stage_counts: dict, expected_inputs: int, tokens: dict, path: str, meta: dict):
-    from apache_beam.io.filesystems import FileSystems
+    from beam_jobs.journal import write_atomically
 
     manifest = accounting.build_manifest(acc, stage_counts=stage_counts, expected_inputs=expected_inputs,
                                          tokens=tokens, **meta)
-    data = manifest.model_dump_json(indent=2).encode("utf-8")
-    with FileSystems.create(path) as f:
-        f.write(data)
+    # whole or not at all, as every other file: a reader never sees half a manifest
+    write_atomically(path, manifest.model_dump_json(indent=2).encode("utf-8"))
     return manifest
