@@ -6,7 +6,7 @@ import dataclasses
 import glob
 import random
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, Protocol
+from typing import BinaryIO, Iterable, Iterator, Optional, Protocol
 
 import pyarrow.parquet as pq
 
@@ -104,9 +104,12 @@ def shuffled(items: Iterable[TextTriple], buffer: int, seed: int) -> Iterator[Te
     yield from pool
 
 
-def batched(items: Iterable[TextTriple], batch_size: int, drop_last: bool = True) -> Iterator[list[TextTriple]]:
+def batched(items: Iterable[TextTriple], batch_size: int, drop_last: bool = True,
+            dropped: Optional[list] = None) -> Iterator[list[TextTriple]]:
     """Batches without a repeated positive (it would be a false in-batch negative); a repeat
-    waits for the next batch instead of being dropped."""
+    waits for the next batch instead. At the end of the stream what is left holds fewer distinct
+    positives than a batch (every waiting repeat shares a positive with the unfinished batch), so
+    with drop_last it cannot fill one: it goes to `dropped` when given, for the caller to count."""
     batch: list[TextTriple] = []
     seen: set[str] = set()
     waiting: list[TextTriple] = []
@@ -127,7 +130,11 @@ def batched(items: Iterable[TextTriple], batch_size: int, drop_last: bool = True
                     batch.append(w)
                     seen.add(w.positive)
     rest = batch + waiting
-    while rest and not drop_last:
+    if drop_last:
+        if dropped is not None:
+            dropped.extend(rest)
+        return
+    while rest:
         batch, seen, later = [], set(), []
         for item in rest:
             (later if item.positive in seen or len(batch) == batch_size else batch).append(item)
@@ -138,11 +145,12 @@ def batched(items: Iterable[TextTriple], batch_size: int, drop_last: bool = True
 
 def epoch_batches(path: str | Path, batch_size: int, num_negatives: int, seed: int, epoch: int,
                   shuffle_buffer: int = 10_000, skip: int = 0, files: Files | None = None,
-                  text_format: TextFormat = GECKO) -> Iterator[list[TextTriple]]:
-    """One epoch of batches in a deterministic order (seed, epoch); `skip` resumes mid-epoch."""
+                  text_format: TextFormat = GECKO, dropped: Optional[list] = None) -> Iterator[list[TextTriple]]:
+    """One epoch of batches in a deterministic order (seed, epoch); `skip` resumes mid-epoch.
+    `dropped` receives the end of the epoch that could not fill a batch."""
     stream = shuffled(stream_examples(path, num_negatives, files=files, text_format=text_format), shuffle_buffer,
                       seed * 1_000_003 + epoch)
-    for index, batch in enumerate(batched(stream, batch_size)):
+    for index, batch in enumerate(batched(stream, batch_size, dropped=dropped)):
         if index >= skip:
             yield batch
 

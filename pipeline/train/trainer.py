@@ -112,6 +112,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """Every generator a run draws from: torch's CPU and CUDA ones, numpy's and Python's."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back what rng_state() took; a checkpoint from before this held torch's CPU state only."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
+    if "python" in state:
+        random.setstate(state["python"])
+
+
 def build_loss(config: TrainConfig, dim: int) -> torch.nn.Module:
     if config.objective == "xtr":
         return XTRLoss(k_train=config.xtr_k_train, temperature=config.temperature)
@@ -185,8 +202,7 @@ def save_checkpoint(model: Encoder, optimizer, state: dict, output: Path,
     tmp = path.with_name(path.name + ".tmp")
     model.save(str(tmp))
     formats.record(tmp, text_format)
-    torch.save({"optimizer": optimizer.state_dict(), "state": state, "torch_rng": torch.get_rng_state()},
-               tmp / "trainer_state.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "state": state, "rng": rng_state()}, tmp / "trainer_state.pt")
     tmp.rename(path)  # a checkpoint is either complete or absent
     return path
 
@@ -209,7 +225,7 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
         saved = torch.load(resume_from / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
         start_state = saved["state"]
-        torch.set_rng_state(saved["torch_rng"])
+        set_rng_state(saved["rng"] if "rng" in saved else {"torch": saved["torch_rng"]})
     examples = count_examples(config.data, files)
     steps_per_epoch = max(1, examples // (config.batch_size * config.grad_accum))
     total_steps = config.max_steps or steps_per_epoch * config.epochs
@@ -236,8 +252,9 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
     pairs_done, t0 = 0, time.perf_counter()
     progress = _progress(total_steps, step, config.progress)
     while step < total_steps and epoch < config.epochs:
+        dropped: list = []
         batches = epoch_batches(config.data, config.batch_size, config.num_negatives, config.seed, epoch,
-                                config.shuffle_buffer, skip, files, text_format.format)
+                                config.shuffle_buffer, skip, files, text_format.format, dropped)
         batch_index = skip
         micro: list = []
         for batch in batches:
@@ -282,6 +299,8 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
             if step >= total_steps:
                 break
         else:
+            # what could not fill a batch without a repeated positive: logged, never silent
+            log.write(json.dumps({"epoch": epoch, "examples_not_batched": len(dropped)}) + "\n")
             epoch, skip = epoch + 1, 0
             continue
         skip = batch_index  # stopped mid-epoch: a resume continues from here
