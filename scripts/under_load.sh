@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the tests beside a CPU hog, as CI's shared machines are: the promise is that they pass
-# there too. Run from a fresh clone.
+# Run the tests beside a CPU hog and a second vLLM server serving a small FRet job in a loop (a
+# user trying the tool while the tests run), as CI's shared machines are: the promise is that
+# they pass there too. Run from a fresh clone.
 #   scripts/under_load.sh make-test 3   # `make test` three times
 #   scripts/under_load.sh resume 10     # the two resume tests ten times each, one pytest session
 # Prints one line per run and a tally; exits non-zero if any run failed.
@@ -8,10 +9,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?make-test or resume}
 times=${2:-1}
+make setup vllm > /dev/null
+mkdir -p out/under_load
 python3 -c "while True: pass" &
 hog=$!
-trap 'kill $hog 2>/dev/null' EXIT
-mkdir -p out/under_load
+.venv/bin/python scripts/second_server_load.py out/under_load/second_server > out/under_load/second_server.log 2>&1 &
+second=$!
+trap 'kill $hog 2>/dev/null; kill -TERM $second 2>/dev/null; wait $second 2>/dev/null' EXIT
 passed=0
 case "$what" in
   make-test)
@@ -22,7 +26,6 @@ case "$what" in
     done
     ;;
   resume)
-    make setup vllm > /dev/null
     .venv/bin/pip install -q --disable-pip-version-check pytest-repeat  # --count; only for this script
     start=$(date +%s)
     .venv/bin/python -m pytest tests/test_fret_job_vllm.py -k resume --count "$times" -q > out/under_load/resume.log 2>&1

@@ -16,6 +16,9 @@ CACHE = Path(os.environ.get("FRET_CACHE", Path.home() / ".cache" / "fret-distill
 # nats with batch composition (bench/score_noise.py); in float32 by 2e-6. Tests that compare two
 # runs need the small noise: the job's ranking rounds QL to 1e-2 and RC to 1e-3.
 TEST_SERVER_ARGS = ("--dtype", "float32")
+# vLLM starts in about 85 s on 2 quiet cores; beside a second server and a CPU hog it has taken
+# several times that. The wait is on /health; this is only the last resort.
+SERVER_STARTUP_S = 1800.0
 
 
 def pytest_configure(config):
@@ -41,7 +44,7 @@ def vllm_python() -> str:
 def vllm_server(tiny_llm_path, vllm_python):
     """The real vLLM OpenAI server on the tiny model."""
     with VLLMServer(str(tiny_llm_path), python=vllm_python, served_model_name="tiny-llm",
-                    extra_args=TEST_SERVER_ARGS) as server:
+                    extra_args=TEST_SERVER_ARGS, startup_timeout_s=SERVER_STARTUP_S) as server:
         yield server
 
 

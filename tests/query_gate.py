@@ -64,7 +64,8 @@ class QueryGateProxy:
 
         async def start():
             self._release = asyncio.Event()
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+            # no deadline of its own: the job's request timeout decides, as without the proxy
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
             app = web.Application(client_max_size=64 * 2**20)
             app.router.add_route("*", "/{tail:.*}", self._handle)
             self._runner = web.AppRunner(app)

@@ -79,7 +79,7 @@ def _post(url: str, body: dict) -> dict:
     import urllib.request
 
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as resp:
+    with urllib.request.urlopen(request, timeout=float(SLOW_MACHINE_TIMEOUT_S)) as resp:
         return json.load(resp)
 
 
@@ -122,8 +122,13 @@ def server_scores(base_url: str, example: dict, c: dict) -> tuple[float, dict[st
 
 # ---------------------------------------------------------------------------- crash and resume
 
+# A request timeout no loaded machine reaches: these tests are about crashes and resume, and a
+# 120 s timeout under a second server's load turned a slow answer into llm_timeout dead letters.
+# A dead server still fails at once (connection refused), so the abort tests stay quick.
+SLOW_MACHINE_TIMEOUT_S = "3600"
 RESUME_FLAGS = ["--llm_model", "tiny-llm", "--temperature", "0", "--max_tokens", "1500", "--num_neighbors", "4",
-                "--max_passage_tokens", "512", "--llm_batch_size", "8", "--progress", "false"]
+                "--max_passage_tokens", "512", "--llm_batch_size", "8", "--progress", "false",
+                "--llm_timeout", SLOW_MACHINE_TIMEOUT_S]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +167,10 @@ def held_queries(uninterrupted) -> list[str]:
     return queries[SCORED_BEFORE_CRASH:]
 
 
-def wait_for(condition, process, what: str, timeout_s: float = 600) -> None:
+LAST_RESORT_S = 3 * 3600  # far beyond any run: only a hung job ever meets it
+
+
+def wait_for(condition, process, what: str, timeout_s: float = LAST_RESORT_S) -> None:
     """Wait for a state the job must reach (not for time to pass): fail if the job ends first."""
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -172,7 +180,7 @@ def wait_for(condition, process, what: str, timeout_s: float = 600) -> None:
         time.sleep(0.2)
 
 
-def wait_for_files(folder, pattern: str, count: int, process, timeout_s: float = 600) -> None:
+def wait_for_files(folder, pattern: str, count: int, process, timeout_s: float = LAST_RESORT_S) -> None:
     wait_for(lambda: len(list(folder.glob(pattern))) >= count, process, f"{count} {pattern}", timeout_s)
 
 
@@ -217,11 +225,11 @@ def test_vllm_killed_and_restarted_mid_run_then_resume(tmp_path, resume_input, t
     """The server crashes mid-rerank: the job stops with the failure-rate message rather than
     writing dead letters for the rest; after a restart, --resume finishes with the same examples."""
     from pipeline.llm.server import VLLMServer
-    from tests.conftest import TEST_SERVER_ARGS
+    from tests.conftest import SERVER_STARTUP_S, TEST_SERVER_ARGS
 
     out_dir = tmp_path / "out"
     server = VLLMServer(str(tiny_llm_path), python=vllm_python, served_model_name="tiny-llm",
-                        extra_args=TEST_SERVER_ARGS).start()
+                        extra_args=TEST_SERVER_ARGS, startup_timeout_s=SERVER_STARTUP_S).start()
     try:
         with QueryGateProxy(server.base_url, hold=held_queries(uninterrupted)) as proxy:
             # Abort after two failed queries in a row: only the few held queries can fail here
@@ -231,7 +239,7 @@ def test_vllm_killed_and_restarted_mid_run_then_resume(tmp_path, resume_input, t
             wait_for_files(out_dir, "_journal/rerank/*.parquet", SCORED_BEFORE_CRASH, job)
             server.kill()
             proxy.release()  # the held queries now meet a dead server
-            log = job.communicate(timeout=600)[0].decode()
+            log = job.communicate(timeout=LAST_RESORT_S)[0].decode()
         assert job.returncode != 0 and "fret aborted the job" in log and "--resume" in log, log[-3000:]
         assert not list(out_dir.glob("examples/*.parquet"))
         server.start()  # same port
