@@ -1,11 +1,18 @@
 """The job in waves (--wave_size) writes what the one-pipeline job writes, and accounts for every input."""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
 
+from pipeline.testing.stub_llm import StubLLM
 from tests.jobkit import run_job, write_jsonl
-from tests.test_fret_job_stub import PASSAGES, preferring_llm  # noqa: F401 - the module's stub fixture
+from tests.query_gate import QueryGateProxy
+from tests.test_fret_job_stub import PASSAGES, generate, preferring_llm, scorer  # noqa: F401 - the stub fixture
 
 
 def _records():
@@ -27,19 +34,34 @@ def _comparable(out):
     def record(r):
         return json.dumps({k: v for k, v in r.items() if k != "created_at"}, sort_keys=True, default=str)
 
+    def summary(s):
+        # exact sums merged in another order differ in their last bits: 12 significant digits
+        return {k: float(f"{v:.12g}") if isinstance(v, float) else v for k, v in s.items()}
+
     counts = {k: v for k, v in out["manifest"]["counts"].items() if k != "waves"}
     return (sorted(map(example, out["examples"])), sorted(map(record, out["dead_letters"])),
             sorted(map(record, out["filtered"])), counts,
             {k: out["manifest"][k] for k in ("inputs", "written", "filtered", "dead_lettered", "relabel_rate",
-                                             "tokens", "task_mix")})
+                                             "tokens", "task_mix")},
+            {name: summary(s) for name, s in out["manifest"]["scores"].items()})
 
 
 def test_waves_write_what_one_pipeline_writes(tmp_path_factory, preferring_llm):
     tmp_path = tmp_path_factory.mktemp("waves", numbered=False)  # noqa: F811
     inp = write_jsonl(tmp_path / "in.jsonl", _records())
+    import threading
+
+    from pipeline.llm import blocking
+
+    def llm_threads():
+        return sum(t.name == "fret-llm-loop" and t.is_alive() for t in threading.enumerate())
+
+    before = llm_threads()
     one = run_job(inp, tmp_path / "one", preferring_llm.base_url, "--num_neighbors", "4")
     waves = run_job(inp, tmp_path / "waves", preferring_llm.base_url, "--num_neighbors", "4", "--wave_size", "3",
                     "--index_shard_size", "2")
+    # eleven pipelines, each with LLM stages: every stage's client loop was stopped (one was left per stage)
+    assert llm_threads() == before and blocking.live_clients() == 0
     assert waves["manifest"]["counts"]["waves"] == 5  # 14 records, 3 per wave
     assert _comparable(waves) == _comparable(one)
     manifest = waves["manifest"]
@@ -51,6 +73,85 @@ def test_waves_write_what_one_pipeline_writes(tmp_path_factory, preferring_llm):
     phases = ["plan", *(f"prepare-w{i:05d}" for i in range(5)), "filter", *(f"finish-w{i:05d}" for i in range(5))]
     assert list(manifest["phase_seconds"]) == phases and all(s >= 0 for s in manifest["phase_seconds"].values())
     assert one["manifest"]["phase_seconds"] == {}
+
+
+LONG = {"id": "long", "title": "Water cycle",
+        "text": " ".join(f"Sentence {i} of a long record about how water moves between the sea, the air and the "
+                         "land." for i in range(12))}  # split into several chunks at --max_passage_tokens 48
+
+
+def generate_or_rate(prompt: str) -> str:
+    """The stub's queries, and the auto-rater's verdict: Mount Everest's example is rated 1."""
+    if "You check training examples" in prompt:
+        title = re.findall(r"<passage>\nTitle: (.*)\n", prompt)[-1]
+        return json.dumps({"score": 1 if title == "Mount Everest" else 5, "reason": "stub verdict"})
+    return generate(prompt)
+
+
+@pytest.fixture(scope="module")
+def rating_llm():
+    with StubLLM(generate_fn=generate_or_rate, logprob_fn=scorer) as stub:
+        yield stub
+
+
+def _every_option(tmp_path):
+    evalset = write_jsonl(tmp_path / "eval_queries.jsonl", [{"_id": "e1", "text": "tell me about ice"}])
+    return ("--num_neighbors", "4", "--queries_per_passage", "2", "--quality_filter", "--decontaminate", str(evalset),
+            "--max_passage_tokens", "48")
+
+
+def test_waves_with_every_filter_and_split_records_write_what_one_pipeline_writes(tmp_path_factory, rating_llm):
+    """--queries_per_passage 2, the auto-rater, decontamination and a record split into chunks,
+    decided across waves as one pipeline decides them; the manifest's score summaries too."""
+    tmp_path = tmp_path_factory.mktemp("waves-every")
+    inp = write_jsonl(tmp_path / "in.jsonl", _records() + [LONG])
+    one = run_job(inp, tmp_path / "one", rating_llm.base_url, *_every_option(tmp_path))
+    waves = run_job(inp, tmp_path / "waves", rating_llm.base_url, *_every_option(tmp_path), "--wave_size", "3",
+                    "--index_shard_size", "2")
+    assert waves["manifest"]["counts"]["waves"] == 5
+    assert _comparable(waves) == _comparable(one)
+    reasons = {f["reason"] for f in waves["filtered"]}
+    assert {"low_quality", "decontaminated", "duplicate_query"} <= reasons, reasons
+    assert waves["manifest"]["counts"]["passages_after_split"] > len(_records())  # the long record was split
+    assert all(e["quality"] == 5 for e in waves["examples"])
+
+
+def test_a_job_killed_mid_wave_resumes_to_the_same_records(tmp_path_factory, preferring_llm):  # noqa: F811
+    """kill -9 while a finish wave holds a query's scoring (the proxy keeps it, so the kill comes
+    at a known state, not at a time), then --resume: the same records as one pipeline."""
+    from pipeline.waves import wave_of
+
+    tmp_path = tmp_path_factory.mktemp("waves-kill")
+    records = _records()
+    inp = write_jsonl(tmp_path / "in.jsonl", records)
+    args = ("--num_neighbors", "4", "--llm_batch_size", "4")
+    one = run_job(inp, tmp_path / "one", preferring_llm.base_url, *args)
+    # hold the query of the written example whose passage lies in the last wave with one
+    line_of = {r["id"]: n for n, r in enumerate(records, start=1) if isinstance(r, dict) and "id" in r}
+    waves_of = {e["seed_passage_id"]: wave_of(f"{inp}:{line_of[e['seed_passage_id']]}", 5) for e in one["examples"]}
+    last = max(waves_of.values())
+    held = [e["query"] for e in one["examples"] if waves_of[e["seed_passage_id"]] == last]
+    out_dir = tmp_path / "waves"
+    with QueryGateProxy(preferring_llm.base_url, hold=held) as proxy:
+        job = subprocess.Popen([sys.executable, "-m", "beam_jobs.fret_job", "--input", str(inp), "--output",
+                                str(out_dir), "--llm_url", proxy.base_url, "--progress", "false", *args,
+                                "--wave_size", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        try:
+            while not proxy.held.is_set():
+                assert job.poll() is None, job.stdout.read().decode()[-3000:]
+                proxy.held.wait(0.5)
+        finally:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(60)
+    journaled = {p.parent.parent.name for p in out_dir.glob("_journal/w*/rerank/*.parquet")}
+    assert journaled, "earlier waves' reranking was journaled before the kill"
+    # finished waves' shards are there, but no manifest: the run does not look finished
+    assert not (out_dir / "manifest.json").exists()
+    resumed = run_job(inp, out_dir, preferring_llm.base_url, *args, "--wave_size", "3", "--resume")
+    assert resumed["manifest"]["counts"]["journal_hits_rerank"] >= 1
+    assert _comparable(resumed)[:3] == _comparable(one)[:3]
+    assert resumed["manifest"]["inputs"] == one["manifest"]["inputs"]
 
 
 def test_resume_in_waves_reuses_every_waves_journal(tmp_path_factory, preferring_llm):  # noqa: F811
