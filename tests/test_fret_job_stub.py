@@ -288,3 +288,19 @@ def test_empty_input_and_missing_input(tmp_path, preferring_llm):
     empty.write_text("\n  \n")  # blank lines are not records
     out = run_job(empty, tmp_path / "out", preferring_llm.base_url)
     assert out["manifest"]["inputs"] == 0 and out["examples"] == [] and out["dead_letters"] == []
+
+
+def test_multi_processing_direct_runner_writes_what_in_memory_writes(tmp_path, preferring_llm):
+    """--direct_running_mode multi_processing runs the stages in worker processes (each with its
+    own LLM client and encoder): the same examples, accounted for, as the default mode."""
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    base = run_job(inp, tmp_path / "memory", preferring_llm.base_url, "--num_neighbors", "4")
+    multi = run_job(inp, tmp_path / "multi", preferring_llm.base_url, "--num_neighbors", "4",
+                    "--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
+
+    def decisions(out):
+        return sorted((e["example_id"], e["positive"]["id"], tuple(n["id"] for n in e["hard_negatives"]))
+                      for e in out["examples"])
+
+    assert decisions(multi) == decisions(base) and len(base["examples"]) == len(PASSAGES)
+    assert multi["manifest"]["accounting"] == base["manifest"]["accounting"]
