@@ -204,8 +204,14 @@ def _export(argv: list[str]) -> int:
                              "query; the title above the text) or gecko ('task: ... | query: ...', "
                              "'title: ... | text: ...'); BEIR files keep the fields as they are")
     args = parser.parse_args(argv)
-    print(json.dumps(run_export(args.path, args.format, args.output, args.negatives, args.split,
-                                       args.text_format), indent=2))
+    result = run_export(args.path, args.format, args.output, args.negatives, args.split, args.text_format)
+    print(json.dumps(result, indent=2))
+    if not result.get("rows"):
+        skipped = {k: v for k, v in result.items() if k.startswith("skipped")}
+        print(f"fret export: no row was exported ({json.dumps(skipped)}); for sentence-transformers a row needs "
+              f"--negatives {args.negatives} hard negatives: lower --negatives, or mine more with the job's "
+              "--num_negatives", file=sys.stderr)
+        return 1
     return 0
 
 

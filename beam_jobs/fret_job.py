@@ -6,13 +6,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import json
 import logging
 import re
 import sys
-import urllib.request
 import uuid
 
 import apache_beam as beam
@@ -27,6 +24,7 @@ from beam_jobs.generate import GenerateQueries
 from beam_jobs.index_files import INDEX_DIR, index_dir, remove_index
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
+from beam_jobs.preflight import check_inputs, check_scoring_support, discover_model, prepare_output
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
@@ -35,83 +33,7 @@ from beam_jobs.scratch import SCRATCH_DIR, remove_scratch
 from beam_jobs.waves import count_records, run_in_waves
 from pipeline import waves
 from pipeline.accounting import example_stats
-from pipeline.llm.types import ClientConfig
 from pipeline.progress import Progress
-
-OUTPUT_PARTS = ("examples", "dead_letters", "filtered", "manifest.json")
-
-
-def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0) -> str:
-    """The first model the server lists; a clear error when it cannot be reached."""
-    request = urllib.request.Request(base_url.rstrip("/") + "/v1/models")
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            models = json.load(resp).get("data") or []
-    except OSError as exc:
-        raise ValueError(f"cannot reach the LLM server at {base_url} ({exc}); start it, fix --llm_url, "
-                         "or pass --llm_model") from None
-    if not models:
-        raise ValueError(f"the LLM server at {base_url} lists no models; pass --llm_model")
-    return models[0]["id"]
-
-
-def check_scoring_support(client: ClientConfig, rc_method: str) -> None:
-    """Refuse to start against a server that cannot score, naming what it lacks."""
-    from pipeline.llm.client import LLMClient
-    from pipeline.llm.probe import SCORING_NEEDS, ProbeError, probe_scoring_support
-
-    async def probe():
-        async with LLMClient(client) as llm:
-            return await probe_scoring_support(llm, rc_method)
-
-    try:
-        missing = asyncio.run(probe())
-    except ProbeError as exc:
-        raise ValueError(f"the LLM server at {client.base_urls[0]} did not answer: {exc}") from None
-    if missing:
-        needs = "; ".join(SCORING_NEEDS[m] for m in missing)
-        hint = (" --rc_method exact avoids /tokenize and logprob_token_ids." if "echo" not in missing else
-                " Generation works on any OpenAI-compatible server, but QL and RC scoring need vLLM.")
-        raise ValueError(f"the LLM server at {client.base_urls[0]} lacks what scoring needs: {needs}.{hint}")
-
-
-def check_inputs(patterns: str) -> None:
-    """Fail before the job starts when an input pattern matches nothing."""
-    for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
-        if not FileSystems.match([pattern])[0].metadata_list:
-            raise ValueError(f"--input {pattern!r} matches no file; check the path or glob")
-
-
-def prepare_output(output: str, overwrite: bool, resume: bool = False, apply: bool = True) -> None:
-    """Refuse to mix a new run into an old one unless told to replace it (--overwrite) or to
-    finish it (--resume: the journal is kept, the dataset files are rebuilt from it)."""
-    if overwrite and resume:
-        raise ValueError("--overwrite and --resume contradict each other: --overwrite starts over, --resume reuses "
-                         "the finished LLM work in the output folder")
-    output = output.rstrip("/")
-    existing = [m.path for m in FileSystems.match([output + "/**"])[0].metadata_list] \
-        if FileSystems.exists(output) else []
-    if not existing:
-        return
-    journal = journal_dir(output)
-    if resume and not apply:
-        return
-    if resume:
-        stale = [f"{output}/{part}" for part in (*OUTPUT_PARTS, INDEX_DIR, SCRATCH_DIR)
-                 if FileSystems.exists(f"{output}/{part}")]
-        if stale:
-            FileSystems.delete(stale)
-        return
-    if not overwrite:
-        unfinished = any(path.startswith(journal + "/") for path in existing)
-        hint = ("pass --resume to finish that run, reusing its finished LLM work, or --overwrite to start over"
-                if unfinished else "choose a new --output or pass --overwrite to replace it")
-        raise ValueError(f"output folder {output} is not empty ({len(existing)} files); {hint}")
-    if apply:
-        FileSystems.delete([output])
-
 
 def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, started_at: dt.datetime) -> None:
     output = opts.output.rstrip("/")
@@ -121,7 +43,8 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     provenance, meta = run_metadata(opts, model, run_id, started_at)
 
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
-                                                         opt.split_config(opts), opts.trust_remote_code)
+                                                         opt.split_config(opts), opts.trust_remote_code,
+                                                         fields=opt.input_fields(opts))
     passages, dedupe_outcomes = read.passages | "DeduplicatePassages" >> DeduplicatePassages()
     journal = journal_dir(output)
     llm = StageSettings(client, opts.llm_batch_size, opts.progress, journal, opt.failure_policy(opts))
@@ -168,6 +91,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
 def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     """Build and run the job. Returns the PipelineResult (after it finished, on DirectRunner)."""
     argv = expand_config(list(sys.argv[1:] if argv is None else argv))
+    opt.check_known_flags(argv)
     pipeline_options = PipelineOptions(argv)
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     opts = pipeline_options.view_as(opt.FretOptions)
@@ -177,7 +101,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     if not dry_run:
         # Local problems first: a user with a full output folder and no server running needs to
         # hear about --resume/--overwrite, not about the server.
-        check_inputs(opts.input)
+        check_inputs(opts.input, opts.input_format, opt.input_fields(opts))
         prepare_output(opts.output, opts.overwrite, opts.resume, apply=False)
     if opts.llm_serve:  # in-worker vLLM: no server exists until the workers start one
         model = opts.llm_model or "fret-local"
@@ -249,18 +173,71 @@ def abort_message(exc: BaseException) -> str | None:
     return match.group(0) if match else None
 
 
+def output_of(argv: list[str]) -> str:
+    """The --output an argument list names (flags or --config), for the closing messages."""
+    try:
+        return PipelineOptions(expand_config(list(argv))).view_as(opt.FretOptions).output.rstrip("/")
+    except Exception:  # noqa: BLE001 - only for a message; run() reports a bad argument list itself
+        return ""
+
+
+def summary_line(manifest: dict, output: str) -> str:
+    """The accounting, the top reasons with counts, and where the output is."""
+    reasons: dict[str, list[str]] = {}
+    for key, count in sorted(manifest.get("counts", {}).items(), key=lambda kv: -kv[1]):
+        if key.startswith("outcome:"):
+            _, status, reason = key.split(":", 2)
+            reasons.setdefault(status, []).append(f"{reason} {count}")
+    why = "; ".join(f"{status.replace('_', '-')}: {', '.join(found[:5])}" for status, found in reasons.items())
+    return f"[fret] {manifest['accounting'].split(' (')[0]}{f' ({why})' if why else ''} -> {output}"
+
+
 def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         result = run(argv)
+    except KeyboardInterrupt:
+        return interrupted(output_of(argv))
+    except ValueError as exc:  # a bad flag, input or output folder: one clear line
+        print(f"[fret] error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - the runner wraps worker errors; show ours plainly
         message = abort_message(exc)
         if message is None:
             raise
         print(f"[fret] {message}", file=sys.stderr)
         return 2
-    print(f"[fret] job state: {result.state}")
+    output = output_of(argv)
+    if not output or not FileSystems.exists(f"{output}/manifest.json"):
+        print(f"[fret] job state: {result.state}")  # a dry run translates and writes nothing
+        return 0
+    from beam_jobs.outputs import read_manifest
+
+    manifest = read_manifest(output)
+    print(summary_line(manifest, output))
+    if not manifest["written"]:
+        print("[fret] nothing was written: every input was filtered or dead-lettered; `fret inspect "
+              f"{output}` shows why", file=sys.stderr)
+        return 1
     return 0
+
+
+def interrupted(output: str) -> int:
+    """Ctrl-C: no dataset shard is left without its manifest, and the journal is kept for --resume."""
+    from beam_jobs.preflight import OUTPUT_PARTS
+
+    if output and FileSystems.exists(output) and not FileSystems.exists(f"{output}/manifest.json"):
+        prefix = output + "/"
+        names = {m.path[len(prefix):].split("/", 1)[0] for m in FileSystems.match([prefix + "**"])[0].metadata_list}
+        partial = [f"{output}/{n}" for n in sorted(names)
+                   if n in (*OUTPUT_PARTS, INDEX_DIR, SCRATCH_DIR) or n.startswith("beam-temp-")]
+        if partial:
+            FileSystems.delete(partial)
+    where = f"{output}/_journal" if output else "the output folder's _journal"
+    print(f"\n[fret] interrupted: the finished LLM work is kept in {where}; re-run the same command with "
+          "--resume to finish it", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

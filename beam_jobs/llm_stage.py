@@ -116,9 +116,11 @@ class LLMBatchDoFn(beam.DoFn):
         for counter, name in ((self.requests, "requests"), (self.failures, "failures"), (self.retries, "retries"),
                               (self.prompt_tokens, "prompt_tokens"), (self.completion_tokens, "completion_tokens")):
             counter.inc(totals[name])
+        outputs = list(self._outputs(batch, results))  # journals the batch
+        # counted once journaled: a progress line never claims work an interruption would lose
         self.items_done.inc(len(batch))
         Progress.add(self.PROGRESS, len(batch), self._settings.progress, self._total)
-        yield from self._outputs(batch, results)
+        yield from outputs
         yield beam.pvalue.TaggedOutput(TOKENS, tokens)
 
     def _request(self, batch):

@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.decontamination import DecontamConfig
 from pipeline.filtering import NearDupConfig, RaterConfig
 from pipeline.generation import GenerationConfig
-from pipeline.ingest import SplitConfig
+from pipeline.ingest import InputFields, SplitConfig
 from pipeline.llm.types import ClientConfig
 from pipeline.llm.local_server import LocalServerSpec
 from pipeline.mining import MiningConfig
@@ -26,7 +26,12 @@ class FretOptions(PipelineOptions):
         _add(io, "input", default="",
                         help="seed passages: JSONL or Parquet files, globs, any Beam filesystem (gs://...); "
                              "comma-separate several. Fields: text (required), title, id")
-        _add(io, "input_format", default="auto", choices=["auto", "jsonl", "parquet"])
+        _add(io, "input_format", default="auto", choices=["auto", "jsonl", "parquet"],
+             help="auto: by file extension (.parquet/.pq are Parquet, anything else JSONL)")
+        _add(io, "text_field", default="text", help="the input field that holds the passage text")
+        _add(io, "title_field", default="title", help="the input field that holds the title (optional in records)")
+        _add(io, "id_field", default="id",
+             help="the input field that holds the passage id (optional; BEIR's _id is read when this is id)")
         _add(io, "output", default="", help="output folder (local or any Beam filesystem)")
         _add(io, "output_shards", type=int, default=0, help="Parquet shards per output (0: runner decides)")
         _add(io, "overwrite", action="store_true", help="replace an existing non-empty output folder")
@@ -115,6 +120,38 @@ class FretOptions(PipelineOptions):
         _add(parser, "progress", type=parse_bool, default=True, help="print progress on the console")
 
 
+def unknown_flags(argv: list[str]) -> list[str]:
+    """The arguments that neither fret nor any of Beam's options know, parsed as Beam parses them
+    (no abbreviations): Beam only logs 'Discarding unparseable args' and runs on."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - how Beam itself collects every option
+    _, unknown = parser.parse_known_args(argv)
+    return unknown
+
+
+def check_known_flags(argv: list[str]) -> None:
+    """Refuse, before any work, an argument no one knows, suggesting the closest fret flag."""
+    import argparse
+    import difflib
+
+    unknown = unknown_flags(argv)
+    if not unknown:
+        return
+    ours = argparse.ArgumentParser(add_help=False)
+    FretOptions._add_argparse_args(ours)
+    names = [flag for action in ours._actions for flag in action.option_strings]
+    first = unknown[0].split("=", 1)[0]
+    close = difflib.get_close_matches(first, names, n=1, cutoff=0.6) if first.startswith("--") else []
+    hint = f" Did you mean {close[0]}?" if close else ""
+    raise ValueError(f"unknown argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}.{hint} "
+                     "`fret run --help` lists fret's flags; Beam's own options (--runner, --project, "
+                     "--direct_num_workers, ...) are passed on")
+
+
 def _add(group, name: str, **kwargs) -> None:
     """Add --name_with_underscores (Beam's style) and its --name-with-dashes alias."""
     flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
@@ -176,6 +213,10 @@ def failure_policy(opts: FretOptions) -> FailurePolicy:
                          min_items=min(20, opts.failure_window))
 
 
+def input_fields(opts: FretOptions) -> InputFields:
+    return InputFields(text=opts.text_field, title=opts.title_field, id=opts.id_field)
+
+
 def split_config(opts: FretOptions) -> SplitConfig:
     return SplitConfig(max_tokens=opts.max_passage_tokens)
 
@@ -205,7 +246,7 @@ def decontam_config(opts: FretOptions) -> DecontamConfig:
 
 
 CONFIG_FIELDS = (
-    "input", "input_format", "output", "output_shards", "keep_candidates", "llm_url", "llm_model",
+    "input", "input_format", "text_field", "title_field", "id_field", "output", "output_shards", "keep_candidates", "llm_url", "llm_model",
     "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage", "temperature",
     "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "rc_prompt_version", "ql_prompt_version", "negative_strategy", "num_negatives", "negative_window",

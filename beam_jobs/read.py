@@ -47,8 +47,9 @@ class _ReadParquetRows(beam.DoFn):
 class _ParseAndSplit(beam.DoFn):
     """Raw record -> Passages (split by the embedder's token budget), or an outcome with a reason."""
 
-    def __init__(self, embedder: str, split: SplitConfig, shared: Shared, trust_remote_code: bool = False):
-        self._embedder, self._split, self._shared = embedder, split, shared
+    def __init__(self, embedder: str, split: SplitConfig, shared: Shared, trust_remote_code: bool = False,
+                 fields: ingest.InputFields = ingest.DEFAULT_FIELDS):
+        self._embedder, self._split, self._shared, self._fields = embedder, split, shared, fields
         self._trust_remote_code = trust_remote_code
         self.read = Metrics.counter(NS, "records_read")
         self.bad = Metrics.counter(NS, "records_dead_lettered")
@@ -72,7 +73,8 @@ class _ParseAndSplit(beam.DoFn):
     def process(self, element):
         source, raw = element
         self.read.inc()
-        record = ingest.parse_jsonl_line(raw, source) if isinstance(raw, bytes) else ingest.validate_record(raw, source)
+        record = (ingest.parse_jsonl_line(raw, source, self._fields) if isinstance(raw, bytes)
+                  else ingest.validate_record(raw, source, self._fields))
         if isinstance(record, DeadLetter):
             self.bad.inc()
             yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(source, "dead_lettered", record))
@@ -108,8 +110,10 @@ class ReadSeedPassages(beam.PTransform):
     """Seed passages from JSONL/Parquet globs -> Passage, plus outcomes for unreadable records."""
 
     def __init__(self, patterns: str, input_format: str = "auto", embedder: str = "all-MiniLM-L6-v2",
-                 split: SplitConfig = SplitConfig(), trust_remote_code: bool = False, spread: bool = True):
+                 split: SplitConfig = SplitConfig(), trust_remote_code: bool = False, spread: bool = True,
+                 fields: ingest.InputFields = ingest.DEFAULT_FIELDS):
         super().__init__()
+        self.fields = fields
         self.patterns = [p.strip() for p in patterns.split(",") if p.strip()]
         # spread: reshuffle the records over workers (one file is one reader). The DirectRunner
         # holds a reshuffled PCollection whole, so a plan of waves streams instead.
@@ -134,7 +138,8 @@ class ReadSeedPassages(beam.PTransform):
         if self.spread:
             records = records | "Spread" >> beam.Reshuffle()
         return (records
-                | "ParseSplit" >> beam.ParDo(_ParseAndSplit(self.embedder, self.split, Shared(), self.trust_remote_code))
+                | "ParseSplit" >> beam.ParDo(_ParseAndSplit(self.embedder, self.split, Shared(), self.trust_remote_code,
+                                                            self.fields))
                 .with_outputs(OUTCOME, main="passages"))
 
 

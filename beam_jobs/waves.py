@@ -104,7 +104,8 @@ def _resolve(element, resolver):
 
 def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
-                                                         opt.split_config(opts), opts.trust_remote_code, spread=False)
+                                                         opt.split_config(opts), opts.trust_remote_code,
+                                                         spread=False, fields=opt.input_fields(opts))
     _chunks(read.passages | "PassageWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
             "WritePassages", folder, "passages", waves)
     by_id = (read.passages

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import random
 from collections import Counter
-from typing import Iterable, Literal, NamedTuple, Optional, Sequence, Union
+from typing import Iterable, Literal, NamedTuple, Optional, Union
 
 from pipeline.score_sketch import ScoreSketch
 from schemas import DeadLetter, FilteredRecord, Passage, RunManifest, ScoreSummary, TokenUsage, TrainingExample

@@ -37,7 +37,26 @@ def dead_letter(record_id: str, stage: str, reason: str, detail: str, payload: A
                       detail=detail, payload=payload, created_at=now())
 
 
-def parse_jsonl_line(line: bytes, source: str) -> Union[InputPassage, DeadLetter]:
+@dataclasses.dataclass(frozen=True)
+class InputFields:
+    """Which field of an input record is the text, the title and the id (--text-field, ...)."""
+
+    text: str = "text"
+    title: str = "title"
+    id: str = "id"
+
+    def pick(self, data: dict) -> dict:
+        """The record in InputPassage's names; with the default id field, BEIR's `_id` counts too."""
+        picked = {"text": data.get(self.text), "title": data.get(self.title), "id": data.get(self.id)}
+        if picked["id"] is None and self.id == "id" and "_id" in data:  # BEIR corpus files name the id "_id"
+            picked["id"] = data["_id"]
+        return {k: v for k, v in picked.items() if v is not None or k == "text"}
+
+
+DEFAULT_FIELDS = InputFields()
+
+
+def parse_jsonl_line(line: bytes, source: str, fields: InputFields = DEFAULT_FIELDS) -> Union[InputPassage, DeadLetter]:
     """One raw JSONL line -> InputPassage, or a DeadLetter saying what is wrong with it."""
     record_id = source
     try:
@@ -49,23 +68,22 @@ def parse_jsonl_line(line: bytes, source: str) -> Union[InputPassage, DeadLetter
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return dead_letter(record_id, "read", "malformed_record", f"not a JSON object: {exc}", text, source)
-    return validate_record(data, source)
+    return validate_record(data, source, fields)
 
 
-def validate_record(data: Any, source: str) -> Union[InputPassage, DeadLetter]:
+def validate_record(data: Any, source: str, fields: InputFields = DEFAULT_FIELDS) -> Union[InputPassage, DeadLetter]:
     if not isinstance(data, dict):
-        return dead_letter(source, "read", "malformed_record", "a record must be a JSON object with a 'text' field",
-                           data, source)
-    record_id = str(data.get("id") or data.get("_id") or source)
-    data = {k: v for k, v in data.items() if k in ("id", "_id", "title", "text")}
-    if "_id" in data:  # BEIR corpus files name the id "_id"
-        data["id"] = data.pop("_id")
+        return dead_letter(source, "read", "malformed_record",
+                           f"a record must be a JSON object with a {fields.text!r} field", data, source)
+    original = data
+    data = fields.pick(data)
+    record_id = str(data.get("id") or source)
     if data.get("id") is not None and not isinstance(data["id"], str):
         data["id"] = str(data["id"])
-    if data.get("title") is None:
-        data.pop("title", None)
-    if "text" not in data or data["text"] is None:
-        return dead_letter(record_id, "read", "missing_field", "record has no 'text' field", data, source)
+    if data["text"] is None:
+        return dead_letter(record_id, "read", "missing_field",
+                           f"record has no {fields.text!r} field (its fields: {', '.join(map(str, original))}); "
+                           "--text-field names the field that holds the text", original, source)
     if isinstance(data.get("text"), str):
         if not data["text"].strip():
             return dead_letter(record_id, "read", "empty_text", "text is empty or whitespace only", data, source)

@@ -1,0 +1,179 @@
+"""What the job checks and prepares before any work: the server, the input, the output folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+import urllib.request
+
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs.index_files import INDEX_DIR
+from beam_jobs.journal import JOURNAL_DIR, journal_dir
+from beam_jobs.scratch import SCRATCH_DIR
+from pipeline.ingest import DEFAULT_FIELDS, InputFields
+from pipeline.llm.types import ClientConfig
+from pipeline.report import PLOTS
+
+
+def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0) -> str:
+    """The first model the server lists; a clear error when it cannot be reached."""
+    request = urllib.request.Request(base_url.rstrip("/") + "/v1/models")
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            models = json.load(resp).get("data") or []
+    except OSError as exc:
+        raise ValueError(f"cannot reach the LLM server at {base_url} ({exc}); {url_hint(base_url)}") from None
+    if not models:
+        raise ValueError(f"the LLM server at {base_url} lists no models; pass --llm_model")
+    return models[0]["id"]
+
+
+def check_scoring_support(client: ClientConfig, rc_method: str) -> None:
+    """Refuse to start against a server that cannot score, naming what it lacks."""
+    from pipeline.llm.client import LLMClient
+    from pipeline.llm.probe import SCORING_NEEDS, ProbeError, probe_scoring_support
+
+    async def probe():
+        async with LLMClient(client) as llm:
+            return await probe_scoring_support(llm, rc_method)
+
+    try:
+        missing = asyncio.run(probe())
+    except ProbeError as exc:
+        raise ValueError(f"the LLM server at {client.base_urls[0]} did not answer: {exc}") from None
+    if missing:
+        needs = "; ".join(SCORING_NEEDS[m] for m in missing)
+        hint = (" --rc_method exact avoids /tokenize and logprob_token_ids." if "echo" not in missing else
+                " Generation works on any OpenAI-compatible server, but QL and RC scoring need vLLM.")
+        raise ValueError(f"the LLM server at {client.base_urls[0]} lacks what scoring needs: {needs}.{hint}")
+
+
+def url_hint(base_url: str) -> str:
+    """What is likely wrong with a server URL that did not answer."""
+    path = urllib.parse.urlparse(base_url).path.rstrip("/")
+    if path.endswith("/v1"):
+        return (f"drop the /v1: --llm_url takes the server's base URL "
+                f"({base_url.rstrip('/')[:-len('/v1')]}), the job adds /v1/ itself")
+    return ("start the server (`fret serve MODEL` starts vLLM on a model folder) or fix --llm_url "
+            "(the base URL, e.g. http://127.0.0.1:8000)")
+
+
+def matched_files(patterns: str) -> list[str]:
+    """Every file the comma-separated globs match, once each, in order; refuse a glob that
+    matches nothing."""
+    paths: dict[str, None] = {}
+    for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
+        found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+        if not found:
+            raise ValueError(f"--input {pattern!r} matches no file; check the path or glob")
+        paths.update(dict.fromkeys(found))
+    return list(paths)
+
+
+JSONL_PEEK = 100  # lines of the first JSONL file looked at for the text field
+PARQUET_PEEK = 50  # Parquet files whose schema is read (a footer each)
+
+
+def check_inputs(patterns: str, input_format: str = "auto", fields: InputFields = DEFAULT_FIELDS) -> None:
+    """Fail before the job starts when a glob matches nothing, or when the input has no text field:
+    a Parquet schema is free to read; of JSONL, the first lines of the first file are read."""
+    import pyarrow.parquet as pq
+
+    from beam_jobs.read import _is_parquet
+
+    paths = matched_files(patterns)
+    how = "--text-field names the column that holds the passage text"
+    for path in [p for p in paths if _is_parquet(p, input_format)][:PARQUET_PEEK]:
+        with FileSystems.open(path) as f:
+            try:
+                names = pq.read_schema(f).names
+            except Exception as exc:  # noqa: BLE001 - arrow raises several kinds for a bad file
+                raise ValueError(f"input {path} is not a readable Parquet file: {exc}") from None
+        if fields.text not in names:
+            raise ValueError(f"input {path} has no {fields.text!r} column; its columns: {', '.join(names)}. {how}")
+    jsonl = [p for p in paths if not _is_parquet(p, input_format)]
+    if jsonl:
+        seen: dict[str, None] = {}
+        objects = 0
+        with FileSystems.open(jsonl[0]) as f:
+            for _, line in zip(range(JSONL_PEEK), f):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a malformed line is dead-lettered with its reason, not refused here
+                if isinstance(record, dict):
+                    objects += 1
+                    if fields.text in record:
+                        return
+                    seen.update(dict.fromkeys(map(str, record)))
+        if objects:
+            raise ValueError(f"none of the first {objects} records of {jsonl[0]} has a {fields.text!r} field; "
+                             f"their fields: {', '.join(seen)}. {how}")
+
+
+OUTPUT_PARTS = ("examples", "dead_letters", "filtered", "manifest.json")
+# Everything else a fret run (or `fret report`) writes at the top of its --output.
+FRET_FOLDERS = (*OUTPUT_PARTS, JOURNAL_DIR, INDEX_DIR, SCRATCH_DIR)
+REPORT_FILES = ("README.md", *PLOTS)
+
+
+def _is_fret_entry(output: str, name: str) -> bool:
+    if name in FRET_FOLDERS or name.startswith("beam-temp-"):
+        return True
+    if name.startswith(".") and name.endswith(".partial"):
+        return True  # an atomic write that was interrupted
+    if name in PLOTS:
+        return True
+    if name == "README.md":  # fret report's dataset card, not the user's own README
+        with FileSystems.open(f"{output}/{name}") as f:
+            return b"fret-distill" in f.read(4096)
+    return False
+
+
+def foreign_entries(output: str) -> list[str]:
+    """Top-level names in `output` that no fret run wrote."""
+    prefix = output.rstrip("/") + "/"
+    names = sorted({m.path[len(prefix):].split("/", 1)[0]
+                    for m in FileSystems.match([prefix + "**"])[0].metadata_list if m.path.startswith(prefix)})
+    return [n for n in names if not _is_fret_entry(output.rstrip("/"), n)]
+
+
+def prepare_output(output: str, overwrite: bool, resume: bool = False, apply: bool = True) -> None:
+    """Refuse to mix a new run into an old one unless told to replace it (--overwrite) or to
+    finish it (--resume: the journal is kept, the dataset files are rebuilt from it). Only what a
+    fret run writes is ever removed: a folder holding anything else is refused."""
+    if overwrite and resume:
+        raise ValueError("--overwrite and --resume contradict each other: --overwrite starts over, --resume reuses "
+                         "the finished LLM work in the output folder")
+    output = output.rstrip("/")
+    existing = [m.path for m in FileSystems.match([output + "/**"])[0].metadata_list] \
+        if FileSystems.exists(output) else []
+    if not existing:
+        return
+    journal = journal_dir(output)
+    if resume and not apply:
+        return
+    if resume:
+        stale = [f"{output}/{part}" for part in (*OUTPUT_PARTS, INDEX_DIR, SCRATCH_DIR)
+                 if FileSystems.exists(f"{output}/{part}")]
+        if stale:
+            FileSystems.delete(stale)
+        return
+    if not overwrite:
+        unfinished = any(path.startswith(journal + "/") for path in existing)
+        hint = ("pass --resume to finish that run, reusing its finished LLM work, or --overwrite to start over"
+                if unfinished else "choose a new --output or pass --overwrite to replace it")
+        raise ValueError(f"output folder {output} is not empty ({len(existing)} files); {hint}")
+    foreign = foreign_entries(output)
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+        raise ValueError(f"--overwrite removes only what a fret run writes, and {output} holds other things too: "
+                         f"{shown}. Choose another --output, or move them out first")
+    if apply:
+        prefix = output + "/"
+        ours = sorted({p[len(prefix):].split("/", 1)[0] for p in existing})
+        FileSystems.delete([f"{output}/{name}" for name in ours])

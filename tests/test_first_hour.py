@@ -1,0 +1,114 @@
+"""A new user's first hour (issue 29): no silently ignored flag, no silently empty run, no
+deleted files that fret never wrote, and the exit codes and closing lines that say so."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from beam_jobs import cli, fret_job
+from pipeline.testing.stub_llm import StubLLM
+from tests.jobkit import read_output, write_jsonl
+from tests.test_reliability import PASSAGES, distinct_queries
+
+
+@pytest.fixture()
+def stub_llm():
+    """One query per passage, each its own: every input can be written."""
+    with StubLLM(generate_fn=distinct_queries) as stub:
+        yield stub
+
+
+def fret_run(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main(["run", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("typo, meant", [(["--num-neighbours", "5"], "--num-neighbors"),
+                                         (["--llm-ur", "http://127.0.0.1:8001"], "--llm-url")])
+def test_a_misspelled_flag_is_refused_before_any_work_with_the_closest_flag(tmp_path, capsys, stub_llm, typo, meant):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:2])
+    code, _, err = fret_run(capsys, "--input", str(inp), "--output", str(tmp_path / "out"), "--llm-url",
+                            stub_llm.base_url, "--progress", "false", *typo)
+    assert code == 2 and f"Did you mean {meant}?" in err and typo[0] in err
+    assert not (tmp_path / "out").exists() and not stub_llm.requests, "nothing ran"
+    # the module entry point refuses it too
+    assert fret_job.main(["--input", str(inp), "--output", str(tmp_path / "out2"), "--llm_url", stub_llm.base_url,
+                          *typo]) == 2
+    assert not (tmp_path / "out2").exists()
+
+
+def test_beams_own_options_still_pass(tmp_path, capsys, stub_llm):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:2])
+    code, out, _ = fret_run(capsys, "--input", str(inp), "--output", str(tmp_path / "out"), "--llm_url",
+                            stub_llm.base_url, "--progress", "false", "--runner", "DirectRunner",
+                            "--direct_num_workers", "1", "--num-neighbors", "3")
+    assert code == 0 and "2 inputs = 2 written" in out and str(tmp_path / "out") in out
+
+
+def test_a_parquet_input_without_the_text_column_is_refused_with_its_columns(tmp_path, capsys, stub_llm):
+    topics = ["tea", "rain", "salt", "wool"]
+    pq.write_table(pa.Table.from_pylist([{"doc_id": f"d{i}", "heading": t.title(), "body": f"a passage about {t}"}
+                                         for i, t in enumerate(topics)]), tmp_path / "in.parquet")
+    code, _, err = fret_run(capsys, "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"),
+                            "--llm_url", stub_llm.base_url)
+    assert code == 2 and "no 'text' column" in err and "doc_id, heading, body" in err and "--text-field" in err
+    assert not (tmp_path / "out").exists()
+    # --text-field / --id-field name the columns that hold them
+    code, out, _ = fret_run(capsys, "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"),
+                            "--llm_url", stub_llm.base_url, "--progress", "false", "--text-field", "body",
+                            "--id-field", "doc_id", "--title_field", "heading", "--num-neighbors", "3")
+    assert code == 0, out
+    written = read_output(tmp_path / "out")
+    assert sorted(e["seed_passage_id"] for e in written["examples"]) == ["d0", "d1", "d2", "d3"]
+    assert {e["positive"]["title"] for e in written["examples"]} <= {t.title() for t in topics}
+
+
+def test_a_jsonl_input_without_the_text_field_is_refused(tmp_path, capsys, stub_llm):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"body": "a passage"}, b"{broken", {"body": "another"}])
+    code, _, err = fret_run(capsys, "--input", str(inp), "--output", str(tmp_path / "out"), "--llm_url",
+                            stub_llm.base_url)
+    assert code == 2 and "'text' field" in err and "body" in err
+
+
+def test_a_run_that_writes_nothing_exits_non_zero_and_says_why(tmp_path, capsys, stub_llm):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"text": "   "}, {"text": ""}, b"not json"])
+    code, out, err = fret_run(capsys, "--input", str(inp), "--output", str(tmp_path / "out"), "--llm_url",
+                              stub_llm.base_url, "--progress", "false")
+    assert code == 1 and "nothing was written" in err
+    assert "3 inputs = 0 written + 0 filtered + 3 dead-lettered" in out
+    assert "empty_text 2" in out and "malformed_record 1" in out  # the top reasons, with counts
+
+
+def test_overwrite_never_removes_what_fret_did_not_write(tmp_path, capsys, stub_llm):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:2])
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "important.txt").write_text("keep me")
+    (out / "sub" / "keep.csv").write_text("a,b\n")
+    code, _, err = fret_run(capsys, "--input", str(inp), "--output", str(out), "--llm_url", stub_llm.base_url,
+                            "--overwrite")
+    assert code == 2 and "important.txt" in err and "sub" in err
+    assert (out / "important.txt").read_text() == "keep me" and (out / "sub" / "keep.csv").exists()
+    # a fret output (with fret report's card and plots) is replaced whole
+    run = tmp_path / "run"
+    for _ in range(2):
+        code, printed, _ = fret_run(capsys, "--input", str(inp), "--output", str(run), "--llm_url",
+                                    stub_llm.base_url, "--progress", "false", "--overwrite", "--num-neighbors", "3")
+        assert code == 0, printed
+        assert cli.main(["report", str(run)]) == 0
+        capsys.readouterr()
+    assert json.loads((run / "manifest.json").read_text())["written"] == 2
+
+
+def test_export_of_no_rows_exits_non_zero(tmp_path, capsys, stub_llm):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:3])
+    run = tmp_path / "run"
+    assert fret_run(capsys, "--input", str(inp), "--output", str(run), "--llm_url", stub_llm.base_url,
+                    "--progress", "false", "--num-neighbors", "3")[0] == 0
+    code = cli.main(["export", str(run), "--format", "sentence-transformers", "--output", str(tmp_path / "st"),
+                     "--negatives", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "no row was exported" in err and "--negatives" in err
