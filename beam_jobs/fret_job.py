@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
+import signal
 import sys
+import threading
 import uuid
+from typing import NoReturn
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -192,18 +196,30 @@ def summary_line(manifest: dict, output: str) -> str:
     return f"[fret] {manifest['accounting'].split(' (')[0]}{f' ({why})' if why else ''} -> {output}"
 
 
+_SIGINT_SEEN = threading.Event()
+
+
+def _on_sigint(signum, frame):
+    """Remember the Ctrl-C: the runner re-raises it wrapped ("RuntimeError: KeyboardInterrupt")."""
+    _SIGINT_SEEN.set()
+    logging.disable(logging.CRITICAL)  # the runner logs the interrupted bundle's traceback before it re-raises
+    signal.default_int_handler(signum, frame)
+
+
 def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         result = run(argv)
-    except KeyboardInterrupt:
-        return interrupted(output_of(argv))
-    except ValueError as exc:  # a bad flag, input or output folder: one clear line
-        print(f"[fret] error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - the runner wraps worker errors; show ours plainly
-        message = abort_message(exc)
+    except BaseException as exc:  # noqa: BLE001 - the runner wraps worker errors; show ours plainly
+        if _SIGINT_SEEN.is_set() or isinstance(exc, KeyboardInterrupt):
+            interrupted(output_of(argv))
+        if isinstance(exc, ValueError):  # a bad flag, input or output folder: one clear line
+            print(f"[fret] error: {exc}", file=sys.stderr)
+            return 2
+        message = abort_message(exc) if isinstance(exc, Exception) else None
         if message is None:
             raise
         print(f"[fret] {message}", file=sys.stderr)
@@ -223,7 +239,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def interrupted(output: str) -> int:
+def interrupted(output: str) -> NoReturn:
     """Ctrl-C: no dataset shard is left without its manifest, and the journal is kept for --resume."""
     from beam_jobs.preflight import OUTPUT_PARTS
 
@@ -237,7 +253,11 @@ def interrupted(output: str) -> int:
     where = f"{output}/_journal" if output else "the output folder's _journal"
     print(f"\n[fret] interrupted: the finished LLM work is kept in {where}; re-run the same command with "
           "--resume to finish it", file=sys.stderr)
-    return 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Now, without unwinding: the runner's and the client's threads would print pages of
+    # cancelled tasks on the way out, and a non-daemon one could keep the process alive.
+    os._exit(130)
 
 
 if __name__ == "__main__":

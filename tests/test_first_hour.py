@@ -112,3 +112,49 @@ def test_export_of_no_rows_exits_non_zero(tmp_path, capsys, stub_llm):
                      "--negatives", "2"])
     err = capsys.readouterr().err
     assert code == 1 and "no row was exported" in err and "--negatives" in err
+
+
+def test_ctrl_c_keeps_the_journal_leaves_no_shard_and_says_how_to_resume(tmp_path):
+    """SIGINT while a query's scoring is held (a known state, not a time): one line, exit 130,
+    no dataset shard without a manifest, no traceback; progress claimed no more than the
+    journal holds; --resume then finishes with every input accounted for."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import pyarrow.dataset as ds
+
+    from tests.jobkit import run_job
+    from tests.query_gate import QueryGateProxy
+
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:10])
+    out = tmp_path / "out"
+    with StubLLM(generate_fn=distinct_queries) as stub:
+        held = [json.loads(distinct_queries(f"<passage>\nTitle: {p['title']}\n"))["query"] for p in PASSAGES[5:10]]
+        with QueryGateProxy(stub.base_url, hold=held) as proxy:
+            job = subprocess.Popen([sys.executable, "-m", "beam_jobs.fret_job", "--input", str(inp), "--output",
+                                    str(out), "--llm_url", proxy.base_url, "--num_neighbors", "3",
+                                    "--llm_batch_size", "4"],  # a quarter: one query per rerank batch
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                while not (proxy.held.is_set() and list(out.glob("_journal/rerank/*.parquet"))):
+                    assert job.poll() is None, job.communicate()[1].decode()[-3000:]
+                    proxy.held.wait(0.2)
+                job.send_signal(signal.SIGINT)
+                stdout, stderr = (b.decode() for b in job.communicate(timeout=600))
+            finally:
+                if job.poll() is None:
+                    os.kill(job.pid, signal.SIGKILL)
+        assert job.returncode == 130, stderr[-3000:]
+        assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+        assert "re-run the same command with --resume" in stderr and str(out / "_journal") in stderr
+        assert not (out / "manifest.json").exists() and not list(out.glob("examples/*.parquet"))
+        assert not list(out.glob("beam-temp-*")) and list(out.glob("_journal/generate/*.parquet"))
+        journaled = ds.dataset(sorted(out.glob("_journal/rerank/*.parquet"))).count_rows()
+        claimed = [int(n) for n in re.findall(r"rerank[^:]*: (\d+)", stdout)]
+        assert max(claimed, default=0) <= journaled, (claimed, journaled)
+        resumed = run_job(inp, out, stub.base_url, "--num_neighbors", "3", "--resume")
+    assert resumed["manifest"]["counts"]["journal_hits_rerank"] == journaled
+    assert resumed["manifest"]["inputs"] == 10 == resumed["manifest"]["written"]
