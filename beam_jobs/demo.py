@@ -5,12 +5,12 @@ random-weight one; it writes readable text but reranks at chance (bench/README.m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from pathlib import Path
 
+from beam_jobs.arguments import FretArgumentParser
 from pipeline.llm.server import VLLMServer
 from pipeline.llm.vllm_venv import ensure_vllm_venv
 from pipeline.teacher.train import TEACHER_DIR, build_teacher
@@ -29,9 +29,10 @@ NOTES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fret demo", description=__doc__)
-    parser.add_argument("--input", default=str(ROOT / "samples" / "passages.jsonl"))
-    parser.add_argument("--output", default=str(ROOT / "out" / "demo"))
+    parser = FretArgumentParser(prog="fret demo", description=__doc__,
+                                epilog="Any other flag is passed to the job (fret run --help lists them).")
+    parser.add_argument("--input", default=str(ROOT / "samples" / "passages.jsonl"), help="the seed passages")
+    parser.add_argument("--output", default=str(ROOT / "out" / "demo"), help="the job's output folder (replaced)")
     parser.add_argument("--llm-url", default="", help="use this running server instead of starting vLLM")
     parser.add_argument("--llm", choices=("random", "teacher"), default="random",
                         help="random: the random-weight tiny model (its text is noise); teacher: the small Llama "

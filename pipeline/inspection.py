@@ -109,6 +109,16 @@ def format_token_bill(manifest: dict) -> list[str]:
     return lines
 
 
+def outcome_reasons(manifest: dict) -> dict[str, list[tuple[str, int]]]:
+    """{"filtered" | "dead_lettered": [(reason, count), ...] most frequent first} from the manifest."""
+    reasons: dict[str, list[tuple[str, int]]] = {}
+    for key, count in sorted(manifest.get("counts", {}).items(), key=lambda kv: (-kv[1], kv[0])):
+        if key.startswith("outcome:"):
+            _, status, reason = key.split(":", 2)
+            reasons.setdefault(status, []).append((reason, count))
+    return reasons
+
+
 def format_summary(output: str, manifest: dict, shard_counts: dict, row_counts: dict, schema_text: str,
                    stats: DatasetStats, examples: list[dict], top_tasks: int = 10) -> str:
     parts = [f"{output}",
@@ -117,6 +127,9 @@ def format_summary(output: str, manifest: dict, shard_counts: dict, row_counts: 
     for part, shards in shard_counts.items():
         parts.append(f"  {part:<13} {row_counts[part]:>9} rows in {shards} shard(s)")
     parts.append(f"  relabel rate  {stats.relabel_rate:.1%} ({stats.relabelled} of {stats.rows})")
+    for status, reasons in outcome_reasons(manifest).items():
+        parts.append(f"  {status.replace('_', '-')} by reason:")
+        parts.extend(f"    {n:>7}  {reason}" for reason, n in reasons)
     parts.extend(format_token_bill(manifest))
     parts.append("  task mix:")
     for task, n in stats.tasks.most_common(top_tasks):

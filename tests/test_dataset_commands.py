@@ -2,6 +2,7 @@
 back by the library that consumes it."""
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -33,6 +34,8 @@ def test_inspect(job_output, capsys):
     text = capsys.readouterr().out
     assert "examples" in text and " 12 rows in 1 shard(s)" in text and "dead_letters" in text
     assert f"relabel rate  {out['manifest']['relabel_rate']:.1%}" in text
+    # the input with empty text is the one dead letter: listed with its reason and count
+    assert "dead-lettered by reason:" in text and re.search(r"\n\s+1  empty_text\n", text)
     assert "Given a question, find a passage that answers it" in text  # task mix
     first = out["examples"][0]
     assert "positive_changed: bool" in text and text.count("example e-") == 2

@@ -158,3 +158,60 @@ def test_ctrl_c_keeps_the_journal_leaves_no_shard_and_says_how_to_resume(tmp_pat
         resumed = run_job(inp, out, stub.base_url, "--num_neighbors", "3", "--resume")
     assert resumed["manifest"]["counts"]["journal_hits_rerank"] == journaled
     assert resumed["manifest"]["inputs"] == 10 == resumed["manifest"]["written"]
+
+
+SUBCOMMANDS = ["run", "serve", "demo", "inspect", "report", "export", "train", "eval", "ablate", "soup"]
+
+
+def _parsers():
+    """Every subcommand's parser, captured as it is built by `fret <command> --help`."""
+    import argparse
+    from unittest import mock
+
+    parsers = {}
+    real = argparse.ArgumentParser.parse_known_args
+
+    def capture(self, args=None, namespace=None):
+        if self.prog.startswith("fret "):
+            parsers.setdefault(self.prog.split()[1], self)
+        return real(self, args, namespace)
+
+    with mock.patch.object(argparse.ArgumentParser, "parse_known_args", capture):
+        for command in SUBCOMMANDS:
+            with pytest.raises(SystemExit):
+                cli.main([command, "--help"])
+    return parsers
+
+
+def test_every_flag_of_every_subcommand_has_help_both_spellings_and_one_switch_style(capsys):
+    parsers = _parsers()
+    assert sorted(parsers) == sorted(SUBCOMMANDS)
+    for command, parser in parsers.items():
+        for action in parser._actions:
+            if action.dest in ("help", "version"):
+                continue
+            assert action.help and action.help.strip(), f"fret {command} {action.option_strings or action.dest}"
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            for flag in longs:  # --name-with-dashes and --name_with_underscores alike
+                for other in (flag.replace("_", "-"), "--" + flag[2:].replace("-", "_")):
+                    assert other in action.option_strings, f"fret {command}: {flag} without {other}"
+            if command == "run" and action.type is not None and getattr(action.type, "__name__", "") == "parse_bool":
+                assert action.nargs == "?" and action.const is True, f"{longs[0]}: one switch style"
+    run_help = parsers["run"].format_help()
+    assert "(default: 20)" in run_help and "(default: auto)" in run_help  # defaults are shown
+    capsys.readouterr()
+    assert cli.main(["--version"]) == 0 and capsys.readouterr().out.strip()
+
+
+def test_switches_take_a_bare_flag_or_a_value():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_jobs.options import FretOptions
+
+    def parsed(*argv):
+        return PipelineOptions(list(argv)).view_as(FretOptions)
+
+    assert parsed("--overwrite").overwrite is True and parsed("--overwrite", "false").overwrite is False
+    assert parsed("--progress").progress is True and parsed("--progress", "false").progress is False
+    assert parsed("--keep-candidates", "false", "--quality_filter").keep_candidates is False
+    assert parsed().overwrite is False and parsed().progress is True

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -276,3 +277,35 @@ def test_in_worker_vllm_mode(tmp_path, tiny_llm_path, resume_input, vllm_python)
     assert m["inputs"] == 24 == m["written"] + m["filtered"] + m["dead_lettered"] and m["written"] > 0
     assert all(e["provenance"]["llm_model"] == "tiny-llm" for e in out["examples"])
     assert json.loads(m["config"])["llm_serve"] == str(tiny_llm_path)
+
+
+def test_fret_serve_prints_the_url_serves_and_stops_on_ctrl_c(tiny_llm_path, vllm_python):
+    """`fret serve MODEL`: vLLM from the project's venv, its URL printed once ready, the job's
+    scoring protocol answered there, and Ctrl-C (SIGINT) stops it cleanly with nothing left."""
+    from pipeline.llm.server import free_port
+
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "beam_jobs.cli", "serve", str(tiny_llm_path), "--port", str(port),
+                              "--max-model-len", "2048", "--served-model-name", "tiny-llm"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = ""
+        while "Ctrl-C stops it" not in ready:  # a state, not a time: the lines come once /health answers
+            line = serve.stdout.readline()
+            assert line or serve.poll() is None, serve.stderr.read()[-3000:]
+            ready += line
+        url = f"http://127.0.0.1:{port}"
+        assert url in ready and f"--llm-url {url}" in ready
+        with urllib.request.urlopen(url + "/v1/models", timeout=60) as resp:
+            assert json.load(resp)["data"][0]["id"] == "tiny-llm"
+        body = {"model": "tiny-llm", "prompt": "Passage: tea.\nQuery: green tea", "max_tokens": 1, "echo": True,
+                "logprobs": 0, "temperature": 0}
+        assert _post(f"{url}/v1/completions", body)["choices"][0]["logprobs"]["token_logprobs"]
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=120) == 0
+        assert "vLLM stopped" in serve.stderr.read()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url + "/health", timeout=5)

@@ -14,7 +14,9 @@ import fcntl
 import hashlib
 import os
 import shlex
+import sys
 import tempfile
+import time
 import threading
 import urllib.error
 import urllib.request
@@ -69,7 +71,12 @@ def ensure_local_server(spec: LocalServerSpec) -> str:
                                     served_model_name=spec.served_model_name, max_model_len=spec.max_model_len,
                                     memory_fraction=spec.memory_fraction, extra_args=shlex.split(spec.extra_args),
                                     startup_timeout_s=spec.startup_timeout_s)
+                print(f"[fret] starting vLLM on {spec.model} at {spec.base_url} for this machine's workers "
+                      f"(a minute or more on CPUs; log: {server.log_path})", file=sys.stderr, flush=True)
+                started = time.monotonic()
                 server.start()
+                print(f"[fret] vLLM is ready at {spec.base_url} after {time.monotonic() - started:.0f}s",
+                      file=sys.stderr, flush=True)
                 _owned[spec.port] = server
                 return spec.base_url
             finally:
