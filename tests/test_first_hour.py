@@ -215,3 +215,16 @@ def test_switches_take_a_bare_flag_or_a_value():
     assert parsed("--progress").progress is True and parsed("--progress", "false").progress is False
     assert parsed("--keep-candidates", "false", "--quality_filter").keep_candidates is False
     assert parsed().overwrite is False and parsed().progress is True
+
+
+def test_a_wrong_server_url_is_told_what_is_likely_wrong():
+    from beam_jobs.preflight import discover_model
+    from pipeline.llm.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ValueError) as v1:
+        discover_model(url + "/v1", None, timeout=5)
+    assert "drop the /v1" in str(v1.value) and f"({url})" in str(v1.value)
+    with pytest.raises(ValueError) as plain:
+        discover_model(url, None, timeout=5)
+    assert "fret serve" in str(plain.value) and "--llm_model" not in str(plain.value)
