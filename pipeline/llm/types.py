@@ -46,7 +46,8 @@ class RetriesExhaustedError(LLMError):
         self.url, self.attempts, self.last_error = url, attempts, last_error
         super().__init__(
             f"POST {url} failed after {attempts} attempts in {elapsed_s:.1f}s; last error: {last_error}. "
-            "Check that the server is up (GET /health) and not overloaded, or raise max_retries / timeout_s.",
+            "Check that the server is up (GET /health) and not overloaded, or raise the job's --llm-retries / "
+            "--llm-timeout (ClientConfig.max_retries / timeout_s).",
             reason,
         )
 
