@@ -16,6 +16,7 @@ from beam_jobs.filters import DecontaminateExamples
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.rate import RateExamples
 from beam_jobs.rerank import RerankAndMine
+from beam_jobs.rerank_by_passage import RerankByPassage
 from beam_jobs.write import WriteRecords
 from pipeline.accounting import Outcome
 from pipeline.examples import stamp
@@ -36,7 +37,9 @@ def run_metadata(opts: opt.FretOptions, model: str, run_id: str, started_at: dt.
                             created_at=started_at)
     meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opts.embedder, prompts=prompts,
                 config=config, resumed=opts.resume,
-                ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals})
+                ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals},
+                scoring={"score_order": rerank.score_order, "ql_path": rerank.ql_path,
+                         "rc_prompt": load_prompt("relevance_classification", rerank.rc_prompt_version).id})
     return provenance, meta
 
 
@@ -45,11 +48,15 @@ def rerank_to_examples(candidates, eval_index, opts: opt.FretOptions, llm: Stage
     """(query, passage, candidates) -> {"examples": stamped TrainingExamples, "outcomes": the
     outcomes these stages decide (written ones included), "tokens": UsageMeter collections,
     "reused": {counter name: journal hits}}."""
-    # A rerank item is one query with N+1 candidates (2N+2 requests): a quarter of the batch size.
-    reranked = candidates | "RerankAndMine" >> RerankAndMine(
+    # A rerank item is one query with N+1 candidates (2N+2 requests), or one passage with the
+    # queries that retrieved it (about as many): a quarter of the batch size.
+    by_passage = rerank.score_order == "passage"
+    reranker = RerankByPassage if by_passage else RerankAndMine
+    reranked = candidates | "RerankAndMine" >> reranker(
         llm.batched(max(1, opts.llm_batch_size // 4)), rerank, opt.mining_config(opts), opts.keep_candidates)
     examples, outcomes = reranked["examples"], [reranked[OUTCOME]]
-    tokens, reused = [reranked[TOKENS]], {"journal_hits_rerank": reranked["reused"]}
+    tokens = [reranked[TOKENS]]
+    reused = {"journal_hits_score" if by_passage else "journal_hits_rerank": reranked["reused"]}
     rater = opt.rater_config(opts)
     if rater is not None:
         rated = examples | "RateExamples" >> RateExamples(llm, rater)

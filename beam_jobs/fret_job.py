@@ -28,7 +28,8 @@ from beam_jobs.generate import GenerateQueries
 from beam_jobs.index_files import INDEX_DIR, index_dir, remove_index
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
-from beam_jobs.preflight import check_inputs, check_scoring_support, discover_model, prepare_output
+from beam_jobs.preflight import (check_inputs, check_scoring_support, discover_model, prepare_output,
+                                 resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
@@ -116,6 +117,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
         if not opts.llm_serve:
             check_scoring_support(opt.client_config(opts, model), opts.rc_method)
         prepare_output(opts.output, opts.overwrite, opts.resume)
+    opts.ql_path = resolve_ql_path(opts.ql_path, opt.client_config(opts, model), bool(opts.llm_serve), dry_run)
     run_id = uuid.uuid4().hex[:12]
     started_at = dt.datetime.now(dt.timezone.utc)
     wave_size = resolve_wave_size(opts, pipeline_options, dry_run or test_pipeline is not None)

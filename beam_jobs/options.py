@@ -95,6 +95,14 @@ class FretOptions(PipelineOptions):
         _add(rr, "rc_method", default="first_token", choices=["first_token", "exact"],
              help="first_token: each label's first-token log-probability in one prefix-cached request "
                   "(vLLM's logprob_token_ids); exact: the whole label's log-likelihood via echo (any server)")
+        _add(rr, "score_order", default="passage", choices=["passage", "query"],
+             help="passage: the pairs of one passage are scored together, so its prompt prefix is computed once "
+                  "and read from the server's cache by every other query that retrieved it; query: a query's "
+                  "candidates together (the order before 2026-12)")
+        _add(rr, "ql_path", default="auto", choices=["auto", "prefix_cache", "echo"],
+             help="how QL is scored: prefix_cache reads vLLM's prefix cache over its token endpoint (a server "
+                  "started with --enable-scale-out, as fret serve does); echo uses /v1/completions, which never "
+                  "reads the cache; auto: prefix_cache where every server has the endpoint. Same values")
         _add(rr, "rc_prompt_version", type=int, default=None,
              help="relevance_classification prompt version (default: the newest, 2; 1 has no examples in its head)")
         _add(rr, "ql_prompt_version", type=int, default=None, help="query_likelihood prompt version (default: newest)")
@@ -234,8 +242,11 @@ def split_config(opts: FretOptions) -> SplitConfig:
 
 
 def rerank_config(opts: FretOptions) -> RerankConfig:
+    """The reranker's settings; --ql_path auto must have been resolved first (fret_job.run does)."""
+    ql_path = "echo" if opts.ql_path == "auto" else opts.ql_path
     return RerankConfig(rrf_k=opts.rrf_k, rc_score=opts.rc_score, rc_method=opts.rc_method,
-                        ql_prompt_version=opts.ql_prompt_version, rc_prompt_version=opts.rc_prompt_version)
+                        ql_prompt_version=opts.ql_prompt_version, rc_prompt_version=opts.rc_prompt_version,
+                        score_order=opts.score_order, ql_path=ql_path)
 
 
 def mining_config(opts: FretOptions) -> MiningConfig:
@@ -258,13 +269,14 @@ def decontam_config(opts: FretOptions) -> DecontamConfig:
 
 
 CONFIG_FIELDS = (
-    "input", "input_format", "text_field", "title_field", "id_field", "output", "output_shards", "keep_candidates", "llm_url", "llm_model",
-    "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage", "temperature",
-    "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
-    "index_shard_size", "rrf_k", "rc_score", "rc_method", "rc_prompt_version", "ql_prompt_version", "negative_strategy", "num_negatives", "negative_window",
-    "negative_margin", "margin_score", "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated",
-    "decontaminate", "decontam_ngram", "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args",
-    "llm_serve_port", "llm_serve_memory", "llm_serve_max_model_len", "wave_size",
+    "input", "input_format", "text_field", "title_field", "id_field", "output", "output_shards", "keep_candidates",
+    "llm_url", "llm_model", "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage",
+    "temperature", "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
+    "index_shard_size", "rrf_k", "rc_score", "rc_method", "score_order", "ql_path", "rc_prompt_version",
+    "ql_prompt_version", "negative_strategy", "num_negatives", "negative_window", "negative_margin", "margin_score",
+    "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated", "decontaminate", "decontam_ngram",
+    "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args", "llm_serve_port",
+    "llm_serve_memory", "llm_serve_max_model_len", "wave_size",
 )
 
 

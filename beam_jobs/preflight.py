@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import urllib.parse
 import urllib.request
 
@@ -50,6 +51,31 @@ def check_scoring_support(client: ClientConfig, rc_method: str) -> None:
         hint = (" --rc_method exact avoids /tokenize and logprob_token_ids." if "echo" not in missing else
                 " Generation works on any OpenAI-compatible server, but QL and RC scoring need vLLM.")
         raise ValueError(f"the LLM server at {client.base_urls[0]} lacks what scoring needs: {needs}.{hint}")
+
+
+def resolve_ql_path(requested: str, client: ClientConfig, serving_ourselves: bool, translating: bool) -> str:
+    """--ql_path auto -> prefix_cache where every server answers vLLM's token endpoint, else echo.
+    A server this job starts itself (--llm_serve) has it; an offline translation cannot ask."""
+    from pipeline.llm.probe import ProbeError, token_endpoint_everywhere
+
+    if requested != "auto" and (serving_ourselves or translating):
+        return requested
+    if serving_ourselves or translating:
+        return "prefix_cache" if serving_ourselves else "echo"
+    try:
+        found = asyncio.run(token_endpoint_everywhere(client))
+    except ProbeError as exc:
+        raise ValueError(f"the LLM server at {client.base_urls[0]} did not answer: {exc}") from None
+    if requested == "prefix_cache" and not found:
+        raise ValueError("--ql_path prefix_cache needs vLLM's token endpoint on every server: start vLLM with "
+                         "--enable-scale-out (fret serve does), or use --ql_path echo")
+    if requested == "auto":
+        if not found:
+            print("[fret] QL takes the echo path: the server has no token endpoint, so it cannot read its prefix "
+                  "cache for QL (start vLLM with --enable-scale-out, as fret serve does, for about a third of "
+                  "the LLM compute)", file=sys.stderr, flush=True)
+        return "prefix_cache" if found else "echo"
+    return requested
 
 
 def url_hint(base_url: str) -> str:

@@ -74,15 +74,8 @@ def _write_counts(counts: list, path: str) -> None:
      | "WriteCounts" >> beam.Map(save, path))
 
 
-class _MeterCombine(SumTokens):
-    """Token meters of one pipeline, kept as a meter so the driver can add the waves'."""
-
-    def extract_output(self, acc):
-        return acc
-
-
 def _write_tokens(meters: list, path: str) -> None:
-    (meters | "AllTokens" >> beam.Flatten() | "SumTokens" >> beam.CombineGlobally(_MeterCombine())
+    (meters | "AllTokens" >> beam.Flatten() | "SumTokens" >> beam.CombineGlobally(SumTokens())
      | "WriteTokens" >> beam.Map(save, path))
 
 
@@ -273,7 +266,6 @@ def run_in_waves(pipeline_options: PipelineOptions, opts: opt.FretOptions, wave_
     counts = _merged_counts(folder)
     units = counts.pop("units")
     counts["waves"] = waves
-    tokens = _merged(folder, "tokens").usage()
-    write_manifest(_merged(folder, "summary"), counts, units, tokens, f"{output}/manifest.json",
+    write_manifest(_merged(folder, "summary"), counts, units, _merged(folder, "tokens"), f"{output}/manifest.json",
                    {**meta, "phase_seconds": seconds})
     return result

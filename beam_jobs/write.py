@@ -37,7 +37,7 @@ class ManifestCombine(_MergingCombine):
 
 
 class SumTokens(_MergingCombine):
-    """UsageMeters of every LLM batch -> {request kind: TokenUsage} for the manifest."""
+    """UsageMeters of every LLM batch -> one UsageMeter for the manifest."""
 
     def create_accumulator(self):
         return UsageMeter()
@@ -46,7 +46,7 @@ class SumTokens(_MergingCombine):
         return acc.merge(meter)
 
     def extract_output(self, acc):
-        return acc.usage()
+        return acc
 
 
 def count_as(pcoll, name: str):
@@ -83,11 +83,14 @@ class WriteRecords(beam.PTransform):
                     shard_name_template="-SSSSS-of-NNNNN"))
 
 
-def write_manifest(acc, stage_counts: dict, expected_inputs: int, tokens: dict, path: str, meta: dict):
+def write_manifest(acc, stage_counts: dict, expected_inputs: int, meter: UsageMeter, path: str, meta: dict):
     from beam_jobs.journal import write_atomically
 
-    manifest = accounting.build_manifest(acc, stage_counts=stage_counts, expected_inputs=expected_inputs,
-                                         tokens=tokens, **meta)
+    # the requests behind the tokens: made, failed, retried, and QL's re-sends by reason
+    calls = {(f"llm_{name}" if name in ("requests", "failures", "retries") else name): n
+             for name, n in sorted(meter.calls.items())}
+    manifest = accounting.build_manifest(acc, stage_counts={**stage_counts, **calls}, expected_inputs=expected_inputs,
+                                         tokens=meter.usage(), **meta)
     # whole or not at all, as every other file: a reader never sees half a manifest
     write_atomically(path, manifest.model_dump_json(indent=2).encode("utf-8"))
     return manifest

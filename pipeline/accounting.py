@@ -129,7 +129,8 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
                    expected_inputs: Optional[int] = None, resumed: bool = False,
                    ranking_precision: Optional[dict[str, int]] = None,
                    tokens: Optional[dict[str, TokenUsage]] = None,
-                   phase_seconds: Optional[dict[str, float]] = None) -> RunManifest:
+                   phase_seconds: Optional[dict[str, float]] = None,
+                   scoring: Optional[dict[str, str]] = None) -> RunManifest:
     written, filtered, dead = (acc.status[s] for s in ("written", "filtered", "dead_lettered"))
     inputs = written + filtered + dead
     if expected_inputs is not None and inputs != expected_inputs:
@@ -152,5 +153,5 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
         accounting=f"{inputs} inputs = {written} written + {filtered} filtered + {dead} dead-lettered"
                    + (" (checked against the input count)" if expected_inputs is not None else ""),
         resumed=resumed, ranking_precision=ranking_precision or {}, tokens=tokens or {},
-        phase_seconds=phase_seconds or {},
+        phase_seconds=phase_seconds or {}, scoring=scoring or {},
     )

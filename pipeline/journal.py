@@ -16,14 +16,19 @@ from typing import Optional, Sequence, Union
 
 from pipeline import ids
 from pipeline.reliability import is_transient
-from schemas import CandidateScore, DeadLetter, JournalEntry, QualityRating, QueryRecord, Record
+from schemas import CandidateScore, DeadLetter, JournalEntry, PairScore, QualityRating, QueryRecord, Record
 
-STAGES = ("generate", "rerank", "rate")
-_TYPES: dict[str, type[Record]] = {t.__name__: t for t in (QueryRecord, DeadLetter, CandidateScore, QualityRating)}
+STAGES = ("generate", "rerank", "score", "rate")
+_TYPES: dict[str, type[Record]] = {t.__name__: t for t in (QueryRecord, DeadLetter, CandidateScore, QualityRating,
+                                                          PairScore)}
+# How the scores are obtained, not what they are: a run resumed with another order or QL path
+# reuses the scores (the QL paths give the same values: tests/test_token_ql.py).
+_HOW_NOT_WHAT = ("score_order", "ql_path")
 
 
 def _config_key(config) -> str:
-    return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in _HOW_NOT_WHAT}
+    return json.dumps(values, sort_keys=True, default=str)
 
 
 def embedding_key(embedder: str, text: str) -> str:
@@ -44,6 +49,13 @@ def rerank_key(model: str, prompt_hashes: Sequence[str], config, query, candidat
     cands = [(c.passage_id, c.title, c.text, c.is_seed) for c in candidates]
     return ids.content_id("jr-", model, *prompt_hashes, _config_key(config), query.query_id, query.task, query.query,
                           json.dumps(cands), length=32)
+
+
+def pair_key(model: str, prompt_hashes: Sequence[str], config, query, passage) -> str:
+    """The scores of one (query, passage) pair: the query's task and text and the passage as the
+    LLM sees them (its id too: the pair's score is stored under it)."""
+    return ids.content_id("js-", model, *prompt_hashes, _config_key(config), query.task, query.query,
+                          passage.passage_id, passage.title, passage.text, length=32)
 
 
 def rate_key(model: str, prompt_hash: str, config, example) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
 from typing import Literal, Optional, Sequence, Union
 
@@ -14,10 +15,12 @@ from pipeline.llm.client import LLMClient
 from pipeline.llm.usage import metered
 from pipeline.prompts import PromptTemplate, load_prompt
 from pipeline.retrieval import Hit, merge_topk
-from schemas import CandidateScore, DeadLetter, Passage, QueryRecord
+from schemas import CandidateScore, DeadLetter, PairScore, Passage, QueryRecord
 
 RCScore = Literal["expected_relevance", "top_label_logprob"]
 RCMethod = Literal["exact", "first_token"]
+ScoreOrder = Literal["passage", "query"]
+QLPath = Literal["echo", "prefix_cache"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,41 @@ class RerankConfig:
     rc_prompt_version: Optional[int] = None
     ql_decimals: int = QL_DECIMALS  # QL and RC are ranked rounded to these decimals (float noise)
     rc_decimals: int = RC_DECIMALS
+    # passage: every pair of one passage is scored together, so its prompt prefix is computed
+    # once; query: a query's candidates together (the order before passage-major scoring).
+    score_order: ScoreOrder = "passage"
+    # prefix_cache: QL over vLLM's token endpoint, reading the prefix cache (pipeline.llm.token_ql);
+    # echo: /v1/completions with echo, which any vLLM answers and never reads the cache. The job
+    # picks prefix_cache where every server has the endpoint. Both give the same values.
+    ql_path: QLPath = "echo"
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+    """The two scoring templates and RC's labels, loaded once per config."""
+
+    ql: PromptTemplate
+    rc: PromptTemplate
+    label_names: tuple[str, ...]
+    label_texts: tuple[str, ...]
+    label_values: dict
+
+    @classmethod
+    def of(cls, config: RerankConfig) -> "Prompts":
+        return _prompts(config.ql_prompt_version, config.rc_prompt_version)
+
+    @property
+    def top_label(self) -> str:
+        return max(self.label_values, key=self.label_values.get)
+
+
+@functools.lru_cache(maxsize=16)
+def _prompts(ql_version: Optional[int], rc_version: Optional[int]) -> Prompts:
+    rc = load_prompt("relevance_classification", rc_version)
+    names = tuple(rc.labels)
+    return Prompts(ql=load_prompt("query_likelihood", ql_version), rc=rc, label_names=names,
+                   label_texts=tuple(rc.labels[n]["text"] for n in names),
+                   label_values={n: float(rc.labels[n]["value"]) for n in names})
 
 
 def build_candidates(seed: Passage, partial_hits: Sequence[Sequence[tuple[float, str, str, str]]],
@@ -93,39 +131,73 @@ def fuse(query: QueryRecord, candidates: Sequence[Candidate], ql: Sequence[float
     ]
 
 
-async def score_query(client: LLMClient, query: QueryRecord, candidates: Sequence[Candidate],
-                      config: RerankConfig) -> Union[list[CandidateScore], DeadLetter]:
-    """QL and RC for every candidate of one query. Any failed score dead-letters the query:
-    a ranking with holes would silently change which passage is the positive."""
-    ql_prompt = load_prompt("query_likelihood", config.ql_prompt_version)
-    rc_template = load_prompt("relevance_classification", config.rc_prompt_version)
-    label_names = list(rc_template.labels)
-    label_texts = [rc_template.labels[n]["text"] for n in label_names]
-    label_values = {n: float(rc_template.labels[n]["value"]) for n in label_names}
-    top_label = max(label_values, key=label_values.get)
+async def score_pair(client: LLMClient, query: QueryRecord, c: Candidate, config: RerankConfig,
+                     prompts: Optional[Prompts] = None) -> Union[PairScore, DeadLetter]:
+    """QL and RC of one (query, passage) pair; the requests carry the passage as their route key,
+    so a fleet sends every request that shares the passage's prefix to one server."""
+    prompts = prompts or Prompts.of(config)
+    route = c.passage_id
+    ql_args = (*ql_request(prompts.ql, query, c, config.max_passage_chars), route)
+    ql_call = client.query_likelihood_cached if config.ql_path == "prefix_cache" else client.query_likelihood
+    rc_result, ql_result = await asyncio.gather(
+        metered("rc", client.label_logprobs(rc_prompt(prompts.rc, query, c, config.max_passage_chars),
+                                            list(prompts.label_texts), config.rc_method, route)),
+        metered("ql", ql_call(*ql_args)))
+    # each result is checked on its own: one zip over both once reported a QL failure as RC's
+    for kind, r in (("RC", rc_result), ("QL", ql_result)):
+        if not r.ok:
+            return dead_letter(query.passage_id, "rerank", LLM_REASONS.get(r.reason or "", "llm_bad_response"),
+                               f"query {query.query_id}: {kind} scoring of candidate {c.passage_id} failed: "
+                               f"{r.detail}", query.query)
+    return PairScore(query_id=query.query_id, passage_id=c.passage_id, ql=ql_result.logprob_sum,
+                     ql_mean=ql_result.logprob_mean,
+                     rc_label_logprobs={n: rc_result.logprobs[t] for n, t in zip(prompts.label_names,
+                                                                                 prompts.label_texts)})
 
-    rc_jobs = [metered("rc", client.label_logprobs(rc_prompt(rc_template, query, c, config.max_passage_chars),
-                                                   label_texts, config.rc_method))
-               for c in candidates]
-    ql_jobs = [metered("ql", client.query_likelihood(*ql_request(ql_prompt, query, c, config.max_passage_chars)))
-               for c in candidates]
-    results = await asyncio.gather(*rc_jobs, *ql_jobs)
-    rc_results, ql_results = results[:len(candidates)], results[len(candidates):]
-    # Each kind's results against their own candidates: one zip over both stopped after RC.
-    for kind, kind_results in (("RC", rc_results), ("QL", ql_results)):
-        for c, r in zip(candidates, kind_results, strict=True):
-            if not r.ok:
-                return dead_letter(query.passage_id, "rerank", LLM_REASONS.get(r.reason or "", "llm_bad_response"),
-                                   f"query {query.query_id}: {kind} scoring of candidate {c.passage_id} failed: "
-                                   f"{r.detail}", query.query)
-    rc_labels = [{n: r.logprobs[t] for n, t in zip(label_names, label_texts)} for r in rc_results]
+
+async def score_passage(client: LLMClient, passage: Candidate, queries: Sequence[QueryRecord],
+                        config: RerankConfig) -> list[Union[PairScore, DeadLetter]]:
+    """Every query that retrieved one passage, scored against it: the first pair alone, so the
+    server computes the passage's prefix once, then the others together, reading it from the cache."""
+    prompts = Prompts.of(config)
+    if not queries:
+        return []
+    first = await score_pair(client, queries[0], passage, config, prompts)
+    rest = await asyncio.gather(*(score_pair(client, q, passage, config, prompts) for q in queries[1:]))
+    return [first, *rest]
+
+
+def assemble(query: QueryRecord, candidates: Sequence[Candidate], scores: dict[str, Union[PairScore, DeadLetter]],
+             config: RerankConfig) -> Union[list[CandidateScore], DeadLetter]:
+    """A query's pair scores, in its candidates' order, ranked and fused. Any failed pair
+    dead-letters the query with that pair's reason: a ranking with holes would silently change
+    which passage is the positive."""
+    prompts = Prompts.of(config)
+    pairs = []
+    for c in candidates:
+        score = scores.get(c.passage_id)
+        if score is None:
+            return dead_letter(query.passage_id, "rerank", "internal_error",
+                               f"query {query.query_id}: candidate {c.passage_id} was never scored", query.query)
+        if isinstance(score, DeadLetter):
+            return score
+        pairs.append(score)
+    rc_labels = [p.rc_label_logprobs for p in pairs]
     if config.rc_score == "expected_relevance":
-        rc = [expected_relevance(lp, label_values) for lp in rc_labels]
+        rc = [expected_relevance(lp, prompts.label_values) for lp in rc_labels]
     else:
-        rc = [top_label_logprob(lp, top_label) for lp in rc_labels]
-    ql = [r.logprob_sum for r in ql_results]
-    ql_mean = [r.logprob_mean for r in ql_results]
+        rc = [top_label_logprob(lp, prompts.top_label) for lp in rc_labels]
+    ql = [p.ql for p in pairs]
+    ql_mean = [p.ql_mean for p in pairs]
     if not all(math.isfinite(v) for v in ql + rc):
         return dead_letter(query.passage_id, "rerank", "llm_bad_response",
                            f"query {query.query_id}: a score is not finite", query.query)
     return fuse(query, candidates, ql, ql_mean, rc, rc_labels, config.rrf_k, config.ql_decimals, config.rc_decimals)
+
+
+async def score_query(client: LLMClient, query: QueryRecord, candidates: Sequence[Candidate],
+                      config: RerankConfig) -> Union[list[CandidateScore], DeadLetter]:
+    """QL and RC for every candidate of one query (query-major order)."""
+    prompts = Prompts.of(config)
+    results = await asyncio.gather(*(score_pair(client, query, c, config, prompts) for c in candidates))
+    return assemble(query, candidates, {c.passage_id: r for c, r in zip(candidates, results)}, config)

@@ -178,6 +178,17 @@ class CandidateScore(Record):
     fused_rank: int = Field(..., ge=1)
 
 
+class PairScore(Record):
+    """The LLM's raw scores of one (query, passage) pair: the unit of passage-major scoring and of
+    its journal. Ranks and fusion come later, over a query's whole candidate list."""
+
+    query_id: str
+    passage_id: str
+    ql: float = Field(..., description="log P(query | passage), summed over the query tokens")
+    ql_mean: float = Field(..., description="ql divided by the number of query tokens")
+    rc_label_logprobs: dict[str, float] = Field(..., description="log P(label) per relevance label")
+
+
 class PassageRef(Record):
     """A passage as it appears inside an example."""
 
@@ -300,6 +311,10 @@ class RunManifest(Record):
     tokens: dict[str, TokenUsage] = Field(
         default_factory=dict, description="LLM tokens by request kind (generate, ql, rc, rate) in this run; work "
                                           "replayed from the journal costs none")
+    scoring: dict[str, str] = Field(
+        default_factory=dict, description="how the LLM scored: score_order (passage | query), ql_path "
+                                          "(prefix_cache: QL read the server's prefix cache over its token endpoint; "
+                                          "echo: /v1/completions) and the RC prompt")
     phase_seconds: dict[str, float] = Field(
         default_factory=dict, description="a run in waves (--wave_size): wall seconds of each of its pipelines "
                                           "(plan, prepare-w00000, ..., filter, finish-w00000, ...); empty for one "
@@ -344,6 +359,7 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     QualityRating,
     QueryRecord,
     CandidateScore,
+    PairScore,
     PassageRef,
     HardNegative,
     Provenance,

@@ -31,6 +31,29 @@ def test_dataflow_dry_run_translates_the_job_with_in_worker_vllm():
     environments = list(pipeline.components.environments.values())
     assert environments and all(env.urn == "beam:env:docker:v1" and IMAGE.encode() in env.payload
                                 for env in environments)
+    # Passage-major scoring: the pairs are grouped by passage before the LLM step, so one worker
+    # (and its in-worker server, with its prefix cache) scores every pair of a passage; then the
+    # scores are regrouped by query.
+    assert "RerankAndMine/ByPassage" in upstream(pipeline, "RerankAndMine/Score")
+    assert "RerankAndMine/Score" in upstream(pipeline, "RerankAndMine/ByQuery")
     options = job.options.get_all_options()
     assert options["llm_serve"] == "/models/qwen" and options["machine_type"] == "g2-standard-8"
+    assert options["score_order"] == "passage" and options["ql_path"] == "prefix_cache"  # the server it starts has it
     assert "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver" in options["dataflow_service_options"]
+
+
+def upstream(pipeline, name: str) -> set[str]:
+    """The composite transforms (by name) whose outputs feed transform `name`, transitively."""
+    transforms = pipeline.components.transforms
+    producer = {pc: t.unique_name for t in transforms.values() for pc in t.outputs.values()}
+    seen: set[str] = set()
+    todo = [t for t in transforms.values() if t.unique_name == name]
+    while todo:
+        t = todo.pop()
+        for pc in t.inputs.values():
+            source = producer.get(pc)
+            if source and source not in seen:
+                seen.add(source)
+                todo.extend(x for x in transforms.values() if x.unique_name == source)
+    # a composite's name prefixes its parts: name every level
+    return {prefix for s in seen for prefix in ("/".join(s.split("/")[:k]) for k in range(1, len(s.split("/")) + 1))}

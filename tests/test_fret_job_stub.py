@@ -103,14 +103,20 @@ def test_job_relabels_when_the_llm_prefers_a_neighbour(tmp_path, preferring_llm)
     prompts = {e["key"]: e["value"] for e in provenance["prompts"]}
     assert set(prompts) >= {"query_generation", "query_likelihood", "relevance_classification"}
     assert prompts == manifest["prompts"]
-    # The token bill: one QL and one RC request per scored candidate, one generation per passage;
-    # the stub reports no prefix-cache counts, so computed = sent and the manifest says so.
-    tokens = manifest["tokens"]
+    # The token bill: one QL and one RC request per scored candidate (QL: plus its re-sends without
+    # cache reads), one generation per passage. The stub has the token endpoint, so QL was read
+    # from its prefix cache; its other answers report no cache counts, so computed = sent there.
+    assert manifest["scoring"] == {"score_order": "passage", "ql_path": "prefix_cache",
+                                   "rc_prompt": "relevance_classification_v3"}
+    tokens, counts = manifest["tokens"], manifest["counts"]
     scored = sum(len(e["candidates"]) for e in out["examples"])
-    assert tokens["ql"]["requests"] == tokens["rc"]["requests"] == scored
+    resent = sum(n for name, n in counts.items() if name.startswith("ql_resend_"))
+    assert tokens["rc"]["requests"] == scored and tokens["ql"]["requests"] == scored + resent
     assert tokens["generate"]["requests"] == len(PASSAGES) and tokens["generate"]["completion"] > 0
-    for usage in tokens.values():
-        assert usage["cache_reported"] == 0 and usage["prompt_computed"] == usage["prompt_sent"] > 0
+    for kind in ("generate", "rc"):
+        assert tokens[kind]["cache_reported"] == 0 and tokens[kind]["prompt_computed"] == tokens[kind]["prompt_sent"] > 0
+    assert tokens["ql"]["cache_reported"] == tokens["ql"]["requests"]
+    assert 0 < tokens["ql"]["prompt_computed"] < tokens["ql"]["prompt_sent"]
 
 
 def test_index_shard_files_change_nothing_and_are_removed(tmp_path, preferring_llm):
@@ -304,3 +310,27 @@ def test_multi_processing_direct_runner_writes_what_in_memory_writes(tmp_path, p
 
     assert decisions(multi) == decisions(base) and len(base["examples"]) == len(PASSAGES)
     assert multi["manifest"]["accounting"] == base["manifest"]["accounting"]
+
+
+def test_passage_order_and_the_prefix_cache_write_what_query_order_and_echo_write(tmp_path, preferring_llm):
+    """The same prompts scored passage by passage over the token endpoint, or query by query over
+    echo, or by a server without the token endpoint: the same scores, positives and negatives."""
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    common = ("--num_neighbors", "4", "--rc_prompt_version", "3")
+    new = run_job(inp, tmp_path / "new", preferring_llm.base_url, *common)
+    old = run_job(inp, tmp_path / "old", preferring_llm.base_url, *common, "--score_order", "query",
+                  "--ql_path", "echo")
+    with StubLLM(generate_fn=generate, logprob_fn=scorer,
+                 features=frozenset({"echo", "tokenize", "logprob_token_ids"})) as plain:
+        fallback = run_job(inp, tmp_path / "plain", plain.base_url, *common)
+
+    def decisions(out):
+        return {e["query_id"]: (e["positive"]["id"], [n["id"] for n in e["hard_negatives"]],
+                                [(c["passage_id"], c["ql"], c["rc_label_logprobs"]) for c in e["candidates"]])
+                for e in out["examples"]}
+
+    assert decisions(new) == decisions(old) == decisions(fallback) and len(decisions(new)) == len(PASSAGES)
+    assert new["manifest"]["scoring"]["ql_path"] == "prefix_cache"
+    assert old["manifest"]["scoring"] == {"score_order": "query", "ql_path": "echo",
+                                          "rc_prompt": "relevance_classification_v3"}
+    assert fallback["manifest"]["scoring"]["ql_path"] == "echo"  # detected: the server has no token endpoint

@@ -10,6 +10,7 @@ that want that.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import math
@@ -20,6 +21,7 @@ from typing import Any, Optional, Sequence
 import aiohttp
 from pydantic import ValidationError
 
+from pipeline.llm.token_ql import TokenQL
 from pipeline.llm.usage import cached_tokens, count_call, record as record_usage
 from pipeline.llm.types import (
     RETRYABLE_STATUS,
@@ -37,7 +39,7 @@ from pipeline.llm.types import (
     RetriesExhaustedError,
 )
 
-class LLMClient:
+class LLMClient(TokenQL):
     """Async client. Create inside a running event loop, or use it as `async with`."""
 
     def __init__(self, config: ClientConfig):
@@ -79,17 +81,28 @@ class LLMClient:
             delay = max(delay, min(retry_after, self.config.max_retry_after_s))
         return delay
 
-    def _endpoint(self, start: int, attempt: int) -> int:
-        """Each attempt of a request moves to the next endpoint, skipping resting ones."""
+    def _endpoint(self, start: int, attempt: int, route_key: Optional[str] = None) -> int:
+        """Each attempt of a request moves to the next endpoint, skipping resting ones. With a
+        route key, the order is the key's rendezvous order over the fleet: every request with
+        that key goes to one server (its prefix cache), and to the next one when it fails."""
         n = len(self._urls)
+        order = self._rendezvous(route_key) if route_key is not None else [(start + i) % n for i in range(n)]
         now = time.monotonic()
         for step in range(n):
-            index = (start + attempt + step) % n
+            index = order[(attempt + step) % n]
             if self._down_until[index] <= now:
                 return index
-        return (start + attempt) % n
+        return order[attempt % n]
 
-    async def post_json(self, path: str, body: dict[str, Any], api: str = "/v1/") -> tuple[dict[str, Any], int]:
+    def _rendezvous(self, key: str) -> list[int]:
+        """Highest-random-weight order of the servers for `key` (Thaler and Ravishankar): adding
+        or losing a server moves only the keys that ranked it first."""
+        weight = [hashlib.blake2b(f"{url}\x00{key}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+                  for url in self._urls]
+        return sorted(range(len(self._urls)), key=lambda i: weight[i], reverse=True)
+
+    async def post_json(self, path: str, body: dict[str, Any], api: str = "/v1/",
+                        route_key: Optional[str] = None) -> tuple[dict[str, Any], int]:
         """POST to one server of the fleet; returns (json, attempts). Raises LLMError."""
         await self.open()
         assert self._session is not None and self._semaphore is not None
@@ -99,7 +112,7 @@ class LLMClient:
         url = ""
         start_index = next(self._next_start)
         for attempt in range(self.config.max_retries + 1):
-            index = self._endpoint(start_index, attempt)
+            index = self._endpoint(start_index, attempt, route_key)
             url = f"{self._urls[index]}{api}{path}"
             retry_after: Optional[float] = None
             async with self._semaphore:
@@ -129,12 +142,13 @@ class LLMClient:
             url, self.config.max_retries + 1, time.perf_counter() - start, last_error, reason  # type: ignore[arg-type]
         )
 
-    async def _call(self, path: str, body: dict[str, Any], result: LLMResult) -> Optional[dict[str, Any]]:
+    async def _call(self, path: str, body: dict[str, Any], result: LLMResult, api: str = "/v1/",
+                    route_key: Optional[str] = None) -> Optional[dict[str, Any]]:
         start = time.perf_counter()
         self.stats.requests += 1
         count_call("requests")
         try:
-            payload, attempts = await self.post_json(path, body)
+            payload, attempts = await self.post_json(path, body, api, route_key)
         except RetriesExhaustedError as exc:
             result.attempts = exc.attempts
             payload = None
@@ -239,7 +253,8 @@ class LLMClient:
         result.ok = True
         return result
 
-    async def query_likelihood(self, prefix: str, continuation: str) -> LikelihoodResult:
+    async def query_likelihood(self, prefix: str, continuation: str, route_key: Optional[str] = None
+                               ) -> LikelihoodResult:
         """log P(continuation | prefix), over the continuation's tokens only.
 
         Uses echo + logprobs on /v1/completions and the server's text offsets to separate
@@ -255,7 +270,7 @@ class LLMClient:
             "logprobs": 0,
         }
         result = LikelihoodResult()
-        payload = await self._call("completions", body, result)
+        payload = await self._call("completions", body, result, route_key=route_key)
         if payload is None:
             return result
         try:
@@ -297,7 +312,8 @@ class LLMClient:
         result.ok = True
         return result
 
-    async def label_logprobs(self, prompt: str, labels: Sequence[str], method: LabelMethod = "exact") -> LabelResult:
+    async def label_logprobs(self, prompt: str, labels: Sequence[str], method: LabelMethod = "exact",
+                             route_key: Optional[str] = None) -> LabelResult:
         """log P(label | prompt) for every label, however unlikely.
 
         "exact": the whole label's log-likelihood, one echo request per label (any server with
@@ -306,8 +322,8 @@ class LLMClient:
         logprobs, so vLLM's prefix cache serves the shared part of the prompt.
         """
         if method == "first_token":
-            return await self._label_first_token(prompt, labels)
-        results = await asyncio.gather(*(self.query_likelihood(prompt, label) for label in labels))
+            return await self._label_first_token(prompt, labels, route_key)
+        results = await asyncio.gather(*(self.query_likelihood(prompt, label, route_key) for label in labels))
         out = LabelResult(ok=True)
         for label, r in zip(labels, results):
             out.prompt_tokens += r.prompt_tokens
@@ -321,11 +337,12 @@ class LLMClient:
         return out
 
 
-    async def tokenize(self, text: str) -> list[int]:
-        """Token ids from the server's /tokenize (vLLM), without special tokens."""
-        body = {"model": self.config.model, "prompt": text, "add_special_tokens": False}
+    async def tokenize(self, text: str, special_tokens: bool = False, route_key: Optional[str] = None) -> list[int]:
+        """Token ids from the server's /tokenize (vLLM); with special_tokens, as a completion
+        prompt of this text is tokenized (a BOS token where the model has one)."""
+        body = {"model": self.config.model, "prompt": text, "add_special_tokens": special_tokens}
         try:
-            payload, _ = await self.post_json("tokenize", body, api="/")  # retried like every other request
+            payload, _ = await self.post_json("tokenize", body, api="/", route_key=route_key)  # retried as any
         except HTTPStatusError as exc:
             raise LLMError(f"{exc}; the server has no /tokenize (vLLM has it): use the 'exact' label method",
                            "http_error") from None
@@ -359,7 +376,8 @@ class LLMClient:
                            "method", "bad_response")
         return [i[0] for i in ids]
 
-    async def _label_first_token(self, prompt: str, labels: Sequence[str]) -> LabelResult:
+    async def _label_first_token(self, prompt: str, labels: Sequence[str], route_key: Optional[str] = None
+                                 ) -> LabelResult:
         result = LabelResult()
         try:
             ids = await self.label_first_tokens(labels)
@@ -369,7 +387,7 @@ class LLMClient:
             "model": self.config.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
             "logprobs": 1, "logprob_token_ids": ids, "return_tokens_as_token_ids": True,
         }
-        payload = await self._call("completions", body, result)
+        payload = await self._call("completions", body, result, route_key=route_key)
         if payload is None:
             return result
         try:

@@ -45,3 +45,24 @@ async def probe_scoring_support(client: LLMClient, rc_method: str) -> list[str]:
             if not labels.ok or not ids:
                 missing.append("logprob_token_ids")
     return missing
+
+
+async def token_endpoint_everywhere(config) -> bool:
+    """Whether every server of the fleet serves QL from its prefix cache: vLLM's token endpoint
+    (`--enable-scale-out`) with /tokenize. Without it, QL takes the echo path (no cache reads)."""
+    import dataclasses
+
+    from pipeline.llm.types import HTTPStatusError
+
+    for url in config.base_urls:
+        async with LLMClient(dataclasses.replace(config, base_urls=(url,), max_retries=1)) as client:
+            try:
+                ids = await client.tokenize(PROBE_PREFIX, special_tokens=True)
+                await client._generate_tokens(ids, read_cache=False, route_key=None)
+            except HTTPStatusError:
+                return False  # 404 where the endpoint is not served, 400/405 where it differs
+            except LLMError as exc:
+                if exc.reason == "http_error":
+                    return False
+                raise ProbeError(str(exc), exc.reason) from None
+    return True

