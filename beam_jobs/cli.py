@@ -274,7 +274,7 @@ def _export(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     result = run_export(args.path, args.format, args.output, args.negatives, args.split, args.text_format)
     print(json.dumps(result, indent=2))
-    if not result.get("rows"):
+    if result.get("rows", result.get("queries", 1)) == 0:  # BEIR files count queries, the others rows
         skipped = {k: v for k, v in result.items() if k.startswith("skipped")}
         print(f"fret export: no row was exported ({json.dumps(skipped)}); for sentence-transformers a row needs "
               f"--negatives {args.negatives} hard negatives: lower --negatives, or mine more with the job's "

