@@ -305,8 +305,12 @@ def test_fret_serve_prints_the_url_serves_and_stops_on_ctrl_c(tiny_llm_path, vll
         assert serve.wait(timeout=120) == 0
         assert "vLLM stopped" in serve.stderr.read()
     finally:
-        if serve.poll() is None:
-            serve.kill()
+        if serve.poll() is None:  # SIGTERM: fret serve stops its server (a SIGKILL would orphan vLLM)
+            serve.terminate()
+            try:
+                serve.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                serve.kill()
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "/health", timeout=5)
 
