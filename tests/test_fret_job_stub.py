@@ -110,7 +110,7 @@ def test_job_relabels_when_the_llm_prefers_a_neighbour(tmp_path, preferring_llm)
                                    "rc_prompt": "relevance_classification_v3"}
     tokens, counts = manifest["tokens"], manifest["counts"]
     scored = sum(len(e["candidates"]) for e in out["examples"])
-    resent = sum(n for name, n in counts.items() if name.startswith("ql_resend_"))
+    resent = sum(n for name, n in counts.items() if name.startswith("ql_uncached_"))
     assert tokens["rc"]["requests"] == scored and tokens["ql"]["requests"] == scored + resent
     assert tokens["generate"]["requests"] == len(PASSAGES) and tokens["generate"]["completion"] > 0
     for kind in ("generate", "rc"):

@@ -374,5 +374,5 @@ def test_ql_from_the_prefix_cache_equals_the_echo_path_on_vllm(vllm_server):
     meters = [m for _, _, m in results]
     unseen = meters[1].usage()["ql"]
     assert unseen.prompt_computed < unseen.prompt_sent / 2, unseen  # the passage was read from the cache
-    assert meters[3].calls.get("ql_resend_guard", 0) + meters[3].calls.get("ql_resend_json_out_of_range", 0) == 1
-    assert meters[5].calls.get("ql_resend_guard", 0) + meters[5].calls.get("ql_resend_json_out_of_range", 0) == 1
+    for m in (meters[3], meters[5]):  # the repeated pair and the boundary: computed again without cache reads
+        assert m.calls.get("ql_uncached_guard", 0) + m.calls.get("ql_uncached_json_out_of_range", 0) == 1, m.calls
