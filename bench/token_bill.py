@@ -57,8 +57,8 @@ def scores(out: Path) -> dict:
     """Per query: positive, negatives, and every candidate's (QL, RC labels)."""
     import pyarrow.dataset as ds
 
-    def labels(value) -> dict:  # a Parquet map reads back as (key, value) pairs
-        return dict(value) if not isinstance(value, dict) else value
+    def labels(value) -> dict:  # a Parquet map reads back as [{"key": ..., "value": ...}, ...]
+        return value if isinstance(value, dict) else {e["key"]: e["value"] for e in value}
 
     rows = ds.dataset(out / "examples", format="parquet").to_table().to_pylist()
     return {r["query_id"]: (r["positive"]["id"], tuple(n["id"] for n in r["hard_negatives"]),
@@ -81,58 +81,68 @@ def compare(a: dict, b: dict) -> dict:
             "max_abs_ql_diff": worst_ql, "max_abs_rc_diff": worst_rc}
 
 
+def run_seconds(manifest: dict) -> float:
+    """The run's wall time as its manifest records it (the pipeline, not the start-up checks)."""
+    import datetime as dt
+
+    start, end = (dt.datetime.fromisoformat(manifest[k]) for k in ("started_at", "finished_at"))
+    return (end - start).total_seconds()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--passages", type=int, default=382, help="the first passages of samples/passages.jsonl")
     parser.add_argument("--num-neighbors", type=int, default=20)
+    parser.add_argument("--summarize-only", action="store_true", help="summarise the kept outputs of the last run")
     args = parser.parse_args()
+    tmp = ROOT / "out" / "bench" / "token_bill"  # kept: the runs' outputs, to look at after
+    if not args.summarize_only:
+        lines = (ROOT / "samples" / "passages.jsonl").read_text(encoding="utf-8").splitlines()[:args.passages]
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with tiny_vllm(("--dtype", "float32")) as server:
+            corpus = tmp / "in.jsonl"
+            corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            # the seed's own reranking is not measured: the cheapest path makes its journal fastest
+            run_job(corpus, tmp / "seed", server.base_url, args.num_neighbors, PATHS["passage-rc3"])
+            for name, flags in PATHS.items():
+                run_job(corpus, seeded(tmp / "seed", tmp / name, ("generate", "embed")), server.base_url,
+                        args.num_neighbors, [*flags, "--resume"])
+            # today's run journaled every query: a resume redoes nothing, which is the fixed cost
+            run_job(corpus, seeded(tmp / "today", tmp / "fixed", ("generate", "embed", "rerank")), server.base_url,
+                    args.num_neighbors, [*PATHS["today"], "--resume"])
+    summarize(tmp, args)
+
+
+def summarize(tmp: Path, args) -> None:
     from pipeline.inspection import token_bill
 
-    lines = (ROOT / "samples" / "passages.jsonl").read_text(encoding="utf-8").splitlines()[:args.passages]
-    rows, summary = [], {}
-    tmp = ROOT / "out" / "bench" / "token_bill"  # kept: the runs' outputs, to look at after
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with tiny_vllm(("--dtype", "float32")) as server:
-        corpus = tmp / "in.jsonl"
-        corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        # the seed's own reranking is not measured: the cheapest path makes its journal fastest
-        seed_s, seed = run_job(corpus, tmp / "seed", server.base_url, args.num_neighbors, PATHS["passage-rc3"])
-        generate = next(r for r in token_bill(seed) if r["kind"] == "generate")
-        manifests, seconds = {}, {}
-        for name, flags in PATHS.items():
-            out = seeded(tmp / "seed", tmp / name, ("generate", "embed"))
-            seconds[name], manifests[name] = run_job(corpus, out, server.base_url, args.num_neighbors,
-                                                    [*flags, "--resume"])
-        journal = "rerank"  # today's run journaled every query: a resume redoes nothing
-        fixed_s, _ = run_job(corpus, seeded(tmp / "today", tmp / "fixed", ("generate", "embed", journal)),
-                             server.base_url, args.num_neighbors, [*PATHS["today"], "--resume"])
-        for name, manifest in manifests.items():
-            bill = {r["kind"]: r for r in token_bill(manifest)}
-            written = manifest["written"]
-            kinds = {"generate": generate, "ql": bill["ql"], "rc": bill["rc"]}
-            total_sent = sum(r["prompt_sent"] for r in kinds.values())
-            total_computed = sum(r["prompt_computed"] for r in kinds.values())
-            resends = {k: v for k, v in manifest["counts"].items() if k.startswith(("ql_uncached_", "ql_retry_"))}
-            uncached = sum(v for k, v in resends.items() if k.startswith("ql_uncached_"))
-            pairs = manifest["tokens"]["rc"]["requests"]  # one RC request per pair
-            for kind, r in (*kinds.items(), ("total", {"prompt_sent": total_sent, "prompt_computed": total_computed,
-                                                       "requests": None})):
-                rows.append({"path": name, "kind": kind, "requests": r.get("requests"),
-                             "sent / example": r["prompt_sent"], "computed / example": r["prompt_computed"]})
-            summary[name] = {"written": written, "rerank_seconds": seconds[name] - fixed_s,
-                             "run_seconds": seconds[name], "computed_per_example": total_computed,
-                             "scoring": manifest["scoring"], "ql_resends": resends,
-                             "fallback_rate": uncached / max(1, pairs)}
-        summary["fixed_seconds"] = fixed_s
-        summary["seed_seconds"] = seed_s
-        summary["rerank_time_ratio_rc3_vs_today"] = (summary["passage-rc3"]["rerank_seconds"]
-                                                     / summary["today"]["rerank_seconds"])
-        summary["rerank_time_ratio_rc2_vs_today"] = (summary["passage-rc2"]["rerank_seconds"]
-                                                     / summary["today"]["rerank_seconds"])
-        today = scores(tmp / "today")
-        summary["same_prompts_vs_today"] = compare(today, scores(tmp / "passage-rc2"))
-        summary["rc3_vs_today"] = compare(today, scores(tmp / "passage-rc3"))
+    def manifest(name):
+        return json.loads((tmp / name / "manifest.json").read_text())
+
+    generate = next(r for r in token_bill(manifest("seed")) if r["kind"] == "generate")
+    fixed_s = run_seconds(manifest("fixed"))
+    rows, summary = [], {"fixed_seconds": fixed_s}
+    for name in PATHS:
+        m = manifest(name)
+        bill = {r["kind"]: r for r in token_bill(m)}
+        kinds = {"generate": generate, "ql": bill["ql"], "rc": bill["rc"]}
+        total = {f: sum(r[f] for r in kinds.values()) for f in ("prompt_sent", "prompt_computed")}
+        for kind, r in (*kinds.items(), ("total", {**total, "requests": None})):
+            rows.append({"path": name, "kind": kind, "requests": r.get("requests"),
+                         "sent / example": r["prompt_sent"], "computed / example": r["prompt_computed"]})
+        resends = {k: v for k, v in m["counts"].items() if k.startswith(("ql_uncached_", "ql_retry_"))}
+        uncached = sum(v for k, v in resends.items() if k.startswith("ql_uncached_"))
+        pairs = m["tokens"]["rc"]["requests"]  # one RC request per pair
+        summary[name] = {"written": m["written"], "run_seconds": run_seconds(m),
+                         "rerank_seconds": run_seconds(m) - fixed_s, "computed_per_example": total["prompt_computed"],
+                         "scoring": m["scoring"], "ql_resends": resends, "fallback_rate": uncached / max(1, pairs)}
+    for name in ("passage-rc2", "passage-rc3"):
+        summary[f"rerank_time_ratio_{name}_vs_today"] = (summary[name]["rerank_seconds"]
+                                                         / summary["today"]["rerank_seconds"])
+    today = scores(tmp / "today")
+    summary["same_prompts_vs_today"] = compare(today, scores(tmp / "passage-rc2"))
+    summary["rc3_vs_today"] = compare(today, scores(tmp / "passage-rc3"))
     emit("token_bill", rows, ["path", "kind", "requests", "sent / example", "computed / example"],
          {**summary, "passages": args.passages, "num_neighbors": args.num_neighbors})
 
