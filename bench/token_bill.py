@@ -81,6 +81,50 @@ def compare(a: dict, b: dict) -> dict:
             "max_abs_ql_diff": worst_ql, "max_abs_rc_diff": worst_rc}
 
 
+def least_compute(out: Path) -> dict:
+    """The least prompt compute any order or cache could reach with these two prompts, per
+    written example: each pair's own tail (after the passage: task, query, label question) in
+    both prompts, plus each distinct passage's shared part (head + passage) once per prompt.
+    Counted with the served model's tokenizer, token-exact (KV blocks only round it up)."""
+    import pyarrow.dataset as ds
+    from transformers import AutoTokenizer
+
+    from common import CACHE
+    from pipeline.prompts import load_prompt
+    from pipeline.rerank import Candidate, ql_request, rc_prompt
+    from schemas import QueryKnobs, QueryRecord
+
+    tokenizer = AutoTokenizer.from_pretrained(str(CACHE / "tiny-llm-v1"))
+
+    def count(text: str) -> int:
+        return len(tokenizer(text)["input_ids"])
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    versions = json.loads(manifest["config"])
+    ql_template = load_prompt("query_likelihood", versions.get("ql_prompt_version"))
+    rc_template = load_prompt("relevance_classification", versions.get("rc_prompt_version"))
+    knobs = QueryKnobs(query_length="short", difficulty="easy")
+    rows = ds.dataset(out / "examples", format="parquet").to_table(
+        columns=["query_id", "task", "query", "candidates"]).to_pylist()
+    shared: dict[str, tuple[int, int]] = {}
+    ql_tails = rc_tails = 0
+    for r in rows:
+        query = QueryRecord(query_id=r["query_id"], passage_id="x", task=r["task"], query=r["query"], knobs=knobs)
+        for c in r["candidates"]:
+            cand = Candidate(c["passage_id"], c["title"], c["text"], False, 1, 0.0)
+            prefix, continuation = ql_request(ql_template, query, cand, 4000)
+            rc = rc_prompt(rc_template, query, cand, 4000)
+            ql_shared, rc_shared = count(prefix.rsplit("</passage>", 1)[0]), count(rc.rsplit("</passage>", 1)[0])
+            shared[c["passage_id"]] = (ql_shared, rc_shared)
+            ql_tails += count(prefix + continuation) - ql_shared
+            rc_tails += count(rc) - rc_shared
+    written = len(rows)
+    ql = (ql_tails + sum(a for a, _ in shared.values())) / written
+    rc = (rc_tails + sum(b for _, b in shared.values())) / written
+    return {"ql": ql, "rc": rc, "task_tokens": sum(count(r["task"]) for r in rows) / written,
+            "query_tokens": sum(count(" " + r["query"]) for r in rows) / written}
+
+
 def run_seconds(manifest: dict) -> float:
     """The run's wall time as its manifest records it (the pipeline, not the start-up checks)."""
     import datetime as dt
@@ -140,6 +184,9 @@ def summarize(tmp: Path, args) -> None:
     for name in ("passage-rc2", "passage-rc3"):
         summary[f"rerank_time_ratio_{name}_vs_today"] = (summary[name]["rerank_seconds"]
                                                          / summary["today"]["rerank_seconds"])
+    limit = least_compute(tmp / "passage-rc3")
+    summary["least_compute_rc3"] = {**limit, "total_with_generation": limit["ql"] + limit["rc"]
+                                    + generate["prompt_computed"]}
     today = scores(tmp / "today")
     summary["same_prompts_vs_today"] = compare(today, scores(tmp / "passage-rc2"))
     summary["rc3_vs_today"] = compare(today, scores(tmp / "passage-rc3"))
