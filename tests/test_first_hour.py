@@ -136,7 +136,8 @@ def test_ctrl_c_keeps_the_journal_leaves_no_shard_and_says_how_to_resume(tmp_pat
         with QueryGateProxy(stub.base_url, hold=held) as proxy:
             job = subprocess.Popen([sys.executable, "-m", "beam_jobs.fret_job", "--input", str(inp), "--output",
                                     str(out), "--llm_url", proxy.base_url, "--num_neighbors", "3",
-                                    "--llm_batch_size", "4"],  # a quarter: one query per rerank batch
+                                    "--llm_batch_size", "4",  # a quarter: one query per rerank batch
+                                    "--score_order", "query"],  # the gate holds queries: query order
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
                 while not (proxy.held.is_set() and list(out.glob("_journal/rerank/*.parquet"))):
@@ -155,7 +156,7 @@ def test_ctrl_c_keeps_the_journal_leaves_no_shard_and_says_how_to_resume(tmp_pat
         journaled = ds.dataset(sorted(out.glob("_journal/rerank/*.parquet"))).count_rows()
         claimed = [int(n) for n in re.findall(r"rerank[^:]*: (\d+)", stdout)]
         assert max(claimed, default=0) <= journaled, (claimed, journaled)
-        resumed = run_job(inp, out, stub.base_url, "--num_neighbors", "3", "--resume")
+        resumed = run_job(inp, out, stub.base_url, "--num_neighbors", "3", "--score_order", "query", "--resume")
     assert resumed["manifest"]["counts"]["journal_hits_rerank"] == journaled
     assert resumed["manifest"]["inputs"] == 10 == resumed["manifest"]["written"]
 

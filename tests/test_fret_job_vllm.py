@@ -158,7 +158,10 @@ def job_process(inp, out, url, *extra):
 # batches differ from the uninterrupted run's, as after a crash. The proxy lets the first two
 # queries (by id) be scored and holds the others' scoring requests: the crash comes when those
 # two are journaled, whatever the machine's speed.
-CRASH_FLAGS = ["--llm_batch_size", "4"]
+# Query order: the gate holds a query's requests, and the journal's unit is then the query (in
+# passage order it is the pair, and a held query would hold every passage it retrieved; the
+# pair journal's resume is tested with the stub in test_reliability.py and test_waves.py).
+CRASH_FLAGS = ["--llm_batch_size", "4", "--score_order", "query"]
 SCORED_BEFORE_CRASH = 2
 
 
@@ -209,7 +212,7 @@ def test_kill_9_mid_run_then_resume_gives_the_same_examples(tmp_path, resume_inp
     # Reranking needs every passage's vector, so the killed run journaled all 24.
     vectors = [pq.read_table(f) for f in out_dir.glob("_journal/embed/*.parquet")]
     assert len({k for t in vectors for k in t.column("key").to_pylist()}) == 24
-    out = run_job(resume_input, out_dir, vllm_server.base_url, *RESUME_FLAGS, "--resume")
+    out = run_job(resume_input, out_dir, vllm_server.base_url, *RESUME_FLAGS, "--score_order", "query", "--resume")
     counts = out["manifest"]["counts"]
     assert counts["journal_hits_generate"] == 24 and counts["journal_hits_rerank"] == SCORED_BEFORE_CRASH
     # No passage embedded twice: the resumed run read all 24 vectors back and embedded none.
@@ -244,7 +247,7 @@ def test_vllm_killed_and_restarted_mid_run_then_resume(tmp_path, resume_input, t
         assert job.returncode != 0 and "fret aborted the job" in log and "--resume" in log, log[-3000:]
         assert not list(out_dir.glob("examples/*.parquet"))
         server.start()  # same port
-        out = run_job(resume_input, out_dir, server.base_url, *RESUME_FLAGS, "--resume")
+        out = run_job(resume_input, out_dir, server.base_url, *RESUME_FLAGS, "--score_order", "query", "--resume")
     finally:
         server.stop()
     assert out["manifest"]["counts"]["journal_hits_generate"] == 24

@@ -15,7 +15,7 @@ import pytest
 from beam_jobs import fret_job
 from beam_jobs.journal import write_atomically
 from pipeline.llm.client import LLMClient
-from pipeline.llm.probe import PROBE_PREFIX
+from pipeline.llm.probe import PROBE_PREFIX, PROBE_REQUEST_ID
 from pipeline.llm.types import ClientConfig
 from pipeline.reliability import FailureGuard, FailurePolicy, FailureRateExceeded
 from pipeline.testing.stub_llm import Fault, StubLLM, hashed_logprob
@@ -39,8 +39,9 @@ def distinct_queries(prompt: str) -> str:
 
 
 def is_probe(request: dict) -> bool:
-    """The start-up capability probe (see pipeline.llm.probe.probe_scoring_support)."""
-    return PROBE_PREFIX in str(request.get("prompt", "")) or request.get("prompt") in (" Yes", " No")
+    """The start-up capability probes (pipeline.llm.probe: scoring support, the token endpoint)."""
+    return (PROBE_PREFIX in str(request.get("prompt", "")) or request.get("prompt") in (" Yes", " No")
+            or request.get("request_id") == PROBE_REQUEST_ID)
 
 
 def example_ids(out: dict) -> set[str]:
@@ -143,7 +144,8 @@ def test_resume_of_a_finished_run_sends_nothing_and_writes_no_duplicates(tmp_pat
     assert sorted(e["example_id"] for e in again["examples"]) == sorted(example_ids(first))  # once each
     assert all(len(e["hard_negatives"]) == 2 for e in again["examples"])
     counts = again["manifest"]["counts"]
-    assert counts["journal_hits_generate"] == counts["journal_hits_rerank"] == len(PASSAGES)
+    pairs = sum(len(e["candidates"]) for e in first["examples"])  # passage order journals each pair
+    assert counts["journal_hits_generate"] == len(PASSAGES) and counts["journal_hits_score"] == pairs
 
 
 def test_output_folder_rules(tmp_path, stub_llm):

@@ -13,6 +13,7 @@ SCORING_NEEDS = {
 
 
 PROBE_PREFIX = "fret capability probe. Paris is the capital of"
+PROBE_REQUEST_ID = "fret-capability-probe"  # the token endpoint's probe request carries it
 
 
 class ProbeError(LLMError):
@@ -58,7 +59,7 @@ async def token_endpoint_everywhere(config) -> bool:
         async with LLMClient(dataclasses.replace(config, base_urls=(url,), max_retries=1)) as client:
             try:
                 ids = await client.tokenize(PROBE_PREFIX, special_tokens=True)
-                await client._generate_tokens(ids, read_cache=False, route_key=None)
+                await client._generate_tokens(ids, read_cache=False, route_key=None, request_id=PROBE_REQUEST_ID)
             except HTTPStatusError:
                 return False  # 404 where the endpoint is not served, 400/405 where it differs
             except LLMError as exc:

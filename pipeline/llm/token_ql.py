@@ -36,8 +36,9 @@ class TokenQL:
     """LLMClient's query likelihood over the token endpoint (a mixin: it uses the client's
     session, retries, routing and usage accounting)."""
 
-    async def _generate_tokens(self, ids: list[int], read_cache: bool, route_key: Optional[str]) -> tuple[dict, int]:
-        body = {"model": self.config.model, "token_ids": ids,
+    async def _generate_tokens(self, ids: list[int], read_cache: bool, route_key: Optional[str],
+                               request_id: Optional[str] = None) -> tuple[dict, int]:
+        body = {"model": self.config.model, "token_ids": ids, **({"request_id": request_id} if request_id else {}),
                 "sampling_params": {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "detokenize": False,
                                     "skip_reading_prefix_cache": not read_cache}}
         return await self.post_json(TOKEN_ENDPOINT, body, api="/", route_key=route_key)
