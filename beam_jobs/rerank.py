@@ -26,6 +26,27 @@ def _emit_example(query, passage, records, mining: MiningConfig, keep: bool):
     yield build_example(query, records, mining, keep), unit_id(passage)  # the unit, not the text
 
 
+class RerankMetrics:
+    """The counters every rerank order keeps (made in a DoFn's __init__), and the emission of a
+    query's example or dead letter that updates them."""
+
+    def __init__(self):
+        self.scored = Metrics.counter(NS, "queries_reranked")
+        self.rerank_failures = Metrics.counter(NS, "rerank_failures")
+        self.relabelled = Metrics.counter(NS, "relabelled")
+        self.candidates = Metrics.distribution(NS, "candidates_per_query")
+
+    def emit(self, query, passage, candidates, records, mining: MiningConfig, keep: bool):
+        for out in _emit_example(query, passage, records, mining, keep):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                self.rerank_failures.inc()
+            else:
+                self.candidates.update(len(candidates))
+                self.scored.inc()
+                self.relabelled.inc(int(out[0].positive_changed))
+            yield out
+
+
 class _RerankFn(LLMBatchDoFn):
     STAGE = "rerank"
     PROGRESS = "rerank (queries)"
@@ -34,10 +55,7 @@ class _RerankFn(LLMBatchDoFn):
                  keep_candidates: bool):
         super().__init__(settings)
         self._rerank, self._mining, self._keep = rerank, mining, keep_candidates
-        self.scored = Metrics.counter(NS, "queries_reranked")
-        self.rerank_failures = Metrics.counter(NS, "rerank_failures")
-        self.relabelled = Metrics.counter(NS, "relabelled")
-        self.candidates = Metrics.distribution(NS, "candidates_per_query")
+        self.metrics = RerankMetrics()
 
     def _request(self, batch):
         config, items = self._rerank, [item for _, item in batch]
@@ -48,14 +66,7 @@ class _RerankFn(LLMBatchDoFn):
         results = [journal.as_records(r) for r in results]
         self._settle([(key, records, failure_reason(records)) for (key, _), records in zip(batch, results)])
         for (query, passage, cands), records in zip(items, results):
-            for out in _emit_example(query, passage, records, self._mining, self._keep):
-                if isinstance(out, beam.pvalue.TaggedOutput):
-                    self.rerank_failures.inc()
-                else:
-                    self.candidates.update(len(cands))
-                    self.scored.inc()
-                    self.relabelled.inc(int(out[0].positive_changed))
-                yield out
+            yield from self.metrics.emit(query, passage, cands, records, self._mining, self._keep)
 
 
 def _replay_rerank(done, mining, keep):

@@ -17,7 +17,7 @@ from apache_beam.metrics import Metrics
 from beam_jobs.common import NS, OUTCOME, TOKENS
 from beam_jobs.journal import LookupJournal
 from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, failure_reason, fixed_batches
-from beam_jobs.rerank import _emit_example
+from beam_jobs.rerank import RerankMetrics
 from pipeline import journal
 from pipeline.mining import MiningConfig
 from pipeline.prompts import load_prompt
@@ -91,24 +91,14 @@ class _AssembleFn(beam.DoFn):
 
     def __init__(self, rerank: RerankConfig, mining: MiningConfig, keep_candidates: bool):
         self._rerank, self._mining, self._keep = rerank, mining, keep_candidates
-        self.scored = Metrics.counter(NS, "queries_reranked")
-        self.rerank_failures = Metrics.counter(NS, "rerank_failures")
-        self.relabelled = Metrics.counter(NS, "relabelled")
-        self.candidates = Metrics.distribution(NS, "candidates_per_query")
+        self.metrics = RerankMetrics()
 
     def process(self, element):
         _, grouped = element
         for query, passage, candidates in grouped["item"]:
             records = assemble(query, candidates, dict(grouped["scores"]), self._rerank)
             records = [records] if isinstance(records, DeadLetter) else records
-            for out in _emit_example(query, passage, records, self._mining, self._keep):
-                if isinstance(out, beam.pvalue.TaggedOutput):
-                    self.rerank_failures.inc()
-                else:
-                    self.candidates.update(len(candidates))
-                    self.scored.inc()
-                    self.relabelled.inc(int(out[0].positive_changed))
-                yield out
+            yield from self.metrics.emit(query, passage, candidates, records, self._mining, self._keep)
 
 
 class RerankByPassage(beam.PTransform):
