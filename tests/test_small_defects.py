@@ -38,6 +38,7 @@ def test_the_manifest_config_records_wave_size():
 def test_a_manifest_write_that_fails_leaves_no_partial_manifest(tmp_path, monkeypatch):
     from beam_jobs.write import write_manifest
     from pipeline.accounting import ManifestAccumulator, Outcome
+    from pipeline.llm.usage import UsageMeter
 
     real_create = FileSystems.create
 
@@ -65,6 +66,6 @@ def test_a_manifest_write_that_fails_leaves_no_partial_manifest(tmp_path, monkey
                 prompts={}, config="{}")
     path = str(tmp_path / "manifest.json")
     with pytest.raises(IOError, match="injected"):
-        write_manifest(acc, {}, 1, {}, path, meta)
+        write_manifest(acc, {}, 1, UsageMeter(), path, meta)
     assert not (tmp_path / "manifest.json").exists(), "a reader would have taken half a manifest as the run's"
     assert not list(tmp_path.iterdir()), "no temporary file is left behind"
