@@ -258,7 +258,7 @@ def _export(argv: list[str]) -> int:
     import json
 
     from beam_jobs.dataset_commands import run_export
-    from pipeline.export import FORMATS
+    from pipeline.export import FORMATS, TEACHER_SCORES
 
     parser = FretArgumentParser(prog="fret export", description="Convert the examples for other trainers.")
     parser.add_argument("path", help="the job's --output (local or any Beam filesystem)")
@@ -271,8 +271,17 @@ def _export(argv: list[str]) -> int:
                         help="how the sentence-transformers and FlagEmbedding texts are written: plain (the "
                              "query; the title above the text) or gecko ('task: ... | query: ...', "
                              "'title: ... | text: ...'); BEIR files keep the fields as they are")
+    parser.add_argument("--teacher-score", default="fused", choices=[*TEACHER_SCORES, "none"],
+                        help="the LLM teacher's score written for distillation: sentence-transformers' `label` "
+                             "column [positive, negative_1..k] (MarginMSELoss, DistillKLDivLoss) and FlagEmbedding's "
+                             "pos_scores/neg_scores. fused: the RRF score that ranked the candidates; ql: "
+                             "log P(query | passage); rc: expected relevance in [0, 1]; none: no label column")
     args = parser.parse_args(argv)
-    result = run_export(args.path, args.format, args.output, args.negatives, args.split, args.text_format)
+    if args.format == "flagembedding" and args.teacher_score == "none":
+        parser.error("FlagEmbedding rows always carry pos_scores / neg_scores: pick a --teacher-score of "
+                     + ", ".join(TEACHER_SCORES))
+    result = run_export(args.path, args.format, args.output, args.negatives, args.split, args.text_format,
+                        args.teacher_score)
     print(json.dumps(result, indent=2))
     if result.get("rows", result.get("queries", 1)) == 0:  # BEIR files count queries, the others rows
         skipped = {k: v for k, v in result.items() if k.startswith("skipped")}

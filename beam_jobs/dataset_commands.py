@@ -51,22 +51,28 @@ def write_report(output: str, pretty_name: str | None = None) -> list[str]:
 
 
 def run_export(output: str, fmt: str, dest: str, num_negatives: int = 1, split: str = "train",
-               text_format: str = "plain") -> dict:
-    """Write `fmt` files under `dest`; returns counts (rows written, rows skipped and why)."""
+               text_format: str = "plain", teacher_score: str = "fused") -> dict:
+    """Write `fmt` files under `dest`; returns counts (rows written, rows skipped and why).
+    `teacher_score` is one of export.TEACHER_SCORES, or "none" for no label column (sentence-transformers)."""
     from pipeline.text_format import FORMATS
 
     output, dest = output.rstrip("/"), dest.rstrip("/")
     texts = FORMATS[text_format]
+    if teacher_score != "none" and teacher_score not in export.TEACHER_SCORES:
+        raise ValueError(f"unknown teacher score {teacher_score!r}; one of {export.TEACHER_SCORES} or none")
+    if fmt == "flagembedding" and teacher_score == "none":
+        raise ValueError("FlagEmbedding rows always carry pos_scores / neg_scores: pick a --teacher-score of "
+                         f"{', '.join(export.TEACHER_SCORES)}")
     rows = outputs.iter_rows(_examples(output))
     if fmt == "sentence-transformers":
-        return _export_st(rows, dest, num_negatives, texts)
+        return _export_st(rows, dest, num_negatives, texts, None if teacher_score == "none" else teacher_score)
     if fmt == "flagembedding":
         n = 0
         with outputs.AtomicFile(f"{dest}/{split}.jsonl") as f:
             for row in rows:
-                f.write((export.flagembedding_row(row, texts).model_dump_json() + "\n").encode("utf-8"))
+                f.write((export.flagembedding_row(row, texts, teacher_score).model_dump_json() + "\n").encode("utf-8"))
                 n += 1
-        return {"rows": n, "files": [f"{dest}/{split}.jsonl"]}
+        return {"rows": n, "teacher_score": teacher_score, "files": [f"{dest}/{split}.jsonl"]}
     if fmt == "beir":
         counts = {"corpus": 0, "queries": 0, "qrels": 0}
         with outputs.AtomicFile(f"{dest}/corpus.jsonl") as corpus, \
@@ -81,14 +87,18 @@ def run_export(output: str, fmt: str, dest: str, num_negatives: int = 1, split: 
     raise ValueError(f"unknown export format {fmt!r}; one of {export.FORMATS}")
 
 
-def _export_st(rows, dest: str, num_negatives: int, text_format) -> dict:
+def _export_st(rows, dest: str, num_negatives: int, text_format, teacher_score) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from schemas.exports import sentence_transformers_columns
+    from schemas.exports import LABEL_COLUMN, sentence_transformers_columns
 
     columns = sentence_transformers_columns(num_negatives)
-    schema = pa.schema([(c, pa.string()) for c in columns])
+    fields = [(c, pa.string()) for c in columns]
+    if teacher_score:
+        columns.append(LABEL_COLUMN)
+        fields.append((LABEL_COLUMN, pa.list_(pa.float64(), num_negatives + 1)))
+    schema = pa.schema(fields)
     written, skipped, files, part = 0, 0, [], 0
     batch: list[dict] = []
 
@@ -103,7 +113,7 @@ def _export_st(rows, dest: str, num_negatives: int, text_format) -> dict:
         batch.clear()
 
     for row in rows:
-        converted = export.sentence_transformers_row(row, num_negatives, text_format)
+        converted = export.sentence_transformers_row(row, num_negatives, text_format, teacher_score)
         if converted is None:
             skipped += 1
             continue
@@ -113,4 +123,5 @@ def _export_st(rows, dest: str, num_negatives: int, text_format) -> dict:
             flush()
     if batch or not files:
         flush()
-    return {"rows": written, "skipped_fewer_negatives": skipped, "columns": columns, "files": files}
+    return {"rows": written, "skipped_fewer_negatives": skipped, "columns": columns,
+            "teacher_score": teacher_score or "none", "files": files}

@@ -1,6 +1,8 @@
 """Training examples -> the formats other trainers read. Row in, record(s) out; no I/O here.
 
-- sentence-transformers: columns anchor, positive, negative_1..k (the order its losses expect)
+- sentence-transformers: columns anchor, positive, negative_1..k (the order its losses expect) and
+  `label`: the teacher's scores [positive, negative_1..k], which MarginMSELoss (it takes the
+  differences itself) and DistillKLDivLoss read, and MultipleNegativesRankingLoss ignores
 - FlagEmbedding (BGE) fine-tuning JSONL: query, pos, neg, pos_scores, neg_scores, prompt
 - BEIR: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (fields, never formatted)
 
@@ -13,32 +15,48 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 from pipeline.text_format import PLAIN, TextFormat
-from schemas.exports import BeirDoc, BeirQuery, FlagEmbeddingRow, sentence_transformers_columns
+from schemas.exports import LABEL_COLUMN, BeirDoc, BeirQuery, FlagEmbeddingRow, sentence_transformers_columns
 
 FORMATS = ("sentence-transformers", "flagembedding", "beir")
+# The teacher's score of a (query, passage) pair, as the job kept it: the fused RRF score that
+# ranked the candidates, QL's log P(query | passage), or RC's expected relevance in [0, 1].
+TEACHER_SCORES = ("fused", "ql", "rc")
+
+
+def teacher_scores(row: dict, negatives: list[dict], score: str) -> list[float]:
+    """[score(query, positive), score(query, negative_1), ...] for the negatives given."""
+    if score not in TEACHER_SCORES:
+        raise ValueError(f"unknown teacher score {score!r}; one of {TEACHER_SCORES}")
+    return [float(row[f"positive_{score}"])] + [float(n[score]) for n in negatives]
 
 
 def _document(ref: dict, text_format: TextFormat) -> str:
     return text_format.document(ref.get("title") or "", ref["text"])
 
 
-def sentence_transformers_row(row: dict, num_negatives: int, text_format: TextFormat = PLAIN) -> Optional[dict]:
-    """None when the example has fewer hard negatives than asked: every row needs every column."""
-    negatives = row.get("hard_negatives") or []
+def sentence_transformers_row(row: dict, num_negatives: int, text_format: TextFormat = PLAIN,
+                              teacher_score: Optional[str] = "fused") -> Optional[dict]:
+    """None when the example has fewer hard negatives than asked: every row needs every column.
+    With a teacher score, the row's `label` holds it for the positive and each negative kept."""
+    negatives = (row.get("hard_negatives") or [])[:num_negatives]
     if len(negatives) < num_negatives:
         return None
     texts = [text_format.query(row["task"], row["query"]), _document(row["positive"], text_format)]
-    texts += [_document(n, text_format) for n in negatives[:num_negatives]]
-    return dict(zip(sentence_transformers_columns(num_negatives), texts))
+    texts += [_document(n, text_format) for n in negatives]
+    converted = dict(zip(sentence_transformers_columns(num_negatives), texts))
+    if teacher_score:
+        converted[LABEL_COLUMN] = teacher_scores(row, negatives, teacher_score)
+    return converted
 
 
-def flagembedding_row(row: dict, text_format: TextFormat = PLAIN) -> FlagEmbeddingRow:
+def flagembedding_row(row: dict, text_format: TextFormat = PLAIN, teacher_score: str = "fused") -> FlagEmbeddingRow:
     negatives = row.get("hard_negatives") or []
+    scores = teacher_scores(row, negatives, teacher_score)
     return FlagEmbeddingRow(
         query=text_format.query(row["task"], row["query"]),
         pos=[_document(row["positive"], text_format)],
         neg=[_document(n, text_format) for n in negatives],
-        pos_scores=[float(row["positive_fused"])], neg_scores=[float(n["fused"]) for n in negatives],
+        pos_scores=scores[:1], neg_scores=scores[1:],
         prompt=row["task"],
     )
 

@@ -13,8 +13,9 @@ class FlagEmbeddingRow(Record):
     query: str
     pos: list[str]
     neg: list[str]
-    pos_scores: list[float] = Field(..., description="teacher scores of pos (fused RRF), for distillation")
-    neg_scores: list[float] = Field(..., description="teacher scores of neg (fused RRF)")
+    pos_scores: list[float] = Field(..., description="teacher scores of pos (fret export --teacher-score; fused "
+                                                     "RRF by default), for distillation")
+    neg_scores: list[float] = Field(..., description="teacher scores of neg, the same score")
     prompt: str = Field(..., description="the query instruction: the generated task")
     type: str = "normal"
 
@@ -38,6 +39,11 @@ class BeirQuery(Record):
 EXPORT_RECORDS = (FlagEmbeddingRow, BeirDoc, BeirQuery)
 
 
+# sentence-transformers' data collator takes a column of this name as the loss's labels.
+LABEL_COLUMN = "label"
+
+
 def sentence_transformers_columns(num_negatives: int) -> list[str]:
-    """Column order is the contract for sentence-transformers losses: anchor, positive, negatives."""
+    """Column order is the contract for sentence-transformers losses: anchor, positive, negatives.
+    The optional teacher scores follow as LABEL_COLUMN: a list of floats, positive first."""
     return ["anchor", "positive"] + [f"negative_{i}" for i in range(1, num_negatives + 1)]

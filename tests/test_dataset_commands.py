@@ -89,12 +89,14 @@ def test_export_sentence_transformers_trains(job_output, tmp_path):
                      "--negatives", "2"]) == 0
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "st" / "*.parquet"), split="train",
                                cache_dir=str(tmp_path / "hf"))
-    assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2"] and ds.num_rows == 12
+    assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2", "label"] and ds.num_rows == 12
     by_query = {e["query"]: e for e in out["examples"]}
     row = ds[0]
     example = by_query[row["anchor"]]
     assert row["positive"].endswith(example["positive"]["text"])
     assert row["negative_1"].endswith(example["hard_negatives"][0]["text"])
+    # The teacher's fused scores, positive first, as the example holds them
+    assert row["label"] == [example["positive_fused"]] + [n["fused"] for n in example["hard_negatives"][:2]]
     # The columns are what sentence-transformers' losses take: one training step runs on them.
     model = SentenceTransformer(str(build_tiny_encoder(tmp_path / "enc")), device="cpu")
     args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "train"), max_steps=1,
@@ -102,6 +104,51 @@ def test_export_sentence_transformers_trains(job_output, tmp_path):
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
                                          loss=losses.MultipleNegativesRankingLoss(model))
     assert trainer.train().training_loss > 0
+
+
+@pytest.mark.parametrize("teacher_score", ["rc", "ql"])
+def test_export_teacher_scores_train_sentence_transformers_distillation_losses(job_output, tmp_path, teacher_score):
+    """The `label` column is what MarginMSELoss and DistillKLDivLoss read: one step of each runs,
+    and its values are the examples' own scores of the chosen kind."""
+    import datasets
+    import torch
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, losses
+    from sentence_transformers.training_args import SentenceTransformerTrainingArguments
+
+    from pipeline.testing.tiny_encoder import build_tiny_encoder
+
+    path, out = job_output
+    assert cli.main(["export", str(path), "--format", "sentence-transformers", "--output", str(tmp_path / "st"),
+                     "--negatives", "2", "--teacher-score", teacher_score]) == 0
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "st" / "*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    by_query = {e["query"]: e for e in out["examples"]}
+    for row in ds:
+        example = by_query[row["anchor"]]
+        want = [example[f"positive_{teacher_score}"]] + [n[teacher_score] for n in example["hard_negatives"][:2]]
+        assert row["label"] == want  # float64 through Parquet: the same numbers
+    model = SentenceTransformer(str(build_tiny_encoder(tmp_path / "enc")), device="cpu")
+    for loss in (losses.MarginMSELoss(model), losses.DistillKLDivLoss(model)):
+        before = [p.detach().clone() for p in model.parameters()]
+        args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "train"), max_steps=1,
+                                                    per_device_train_batch_size=4, report_to=[], use_cpu=True,
+                                                    learning_rate=1e-3)
+        result = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss).train()
+        assert result.training_loss > 0, type(loss).__name__
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the step moved no weight"
+
+
+def test_export_without_teacher_scores_and_flagembedding_refuses_none(job_output, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    path, _ = job_output
+    assert cli.main(["export", str(path), "--format", "sentence-transformers", "--output", str(tmp_path / "st"),
+                     "--teacher-score", "none"]) == 0
+    assert pq.read_schema(next((tmp_path / "st").glob("*.parquet"))).names == ["anchor", "positive", "negative_1"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", str(path), "--format", "flagembedding", "--output", str(tmp_path / "fe"),
+                  "--teacher-score", "none"])
+    assert e.value.code == 2 and "always carry pos_scores" in capsys.readouterr().err
 
 
 def test_export_in_gecko_format_writes_what_fret_train_reads(job_output, tmp_path):
@@ -134,6 +181,14 @@ def test_export_flagembedding_jsonl(job_output, tmp_path):
     for row in ds:
         assert len(row["pos"]) == 1 and len(row["neg"]) == 2 == len(row["neg_scores"])
         assert row["prompt"] == "Given a question, find a passage that answers it"
+    by_query = {e["query"]: e for e in out["examples"]}
+    assert all(r["pos_scores"] == [by_query[r["query"]]["positive_fused"]] for r in ds)
+    assert cli.main(["export", str(path), "--format", "flagembedding", "--output", str(tmp_path / "rc"),
+                     "--teacher-score", "rc"]) == 0
+    for line in open(tmp_path / "rc" / "train.jsonl"):
+        r = json.loads(line)
+        example = by_query[r["query"]]
+        assert r["pos_scores"] == [example["positive_rc"]] and r["neg_scores"] == [n["rc"] for n in example["hard_negatives"]]
 
 
 def test_export_beir_loads_with_beir(job_output, tmp_path):
