@@ -9,7 +9,7 @@ from apache_beam.io import fileio
 
 from beam_jobs.common import OUTCOME
 from pipeline import decontamination, filtering
-from pipeline.accounting import filtered, unit_id
+from pipeline.accounting import filtered, query_unit
 
 
 def _exact_dedupe(element):
@@ -17,7 +17,7 @@ def _exact_dedupe(element):
     members = sorted(members, key=lambda qp: qp[0].query_id)
     yield members[0]
     for query, passage in members[1:]:
-        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), query.query_id, "filter",
+        yield beam.pvalue.TaggedOutput(OUTCOME, filtered(query_unit(query, passage), query.query_id, "filter",
                                                          "duplicate_query", f"same query as {members[0][0].query_id}"))
 
 
@@ -69,7 +69,7 @@ def _apply_drop(element):
     _, grouped = element
     for query, passage in grouped["query"]:
         if list(grouped["drop"]):
-            yield beam.pvalue.TaggedOutput(OUTCOME, filtered(unit_id(passage), query.query_id, "filter",
+            yield beam.pvalue.TaggedOutput(OUTCOME, filtered(query_unit(query, passage), query.query_id, "filter",
                                                              "near_duplicate_query"))
         else:
             yield query, passage
@@ -80,7 +80,7 @@ def _decontaminate(item, eval_index, config, part: str):
     whole text, in (query, passage); the positive's title and text in (example, unit)."""
     record, owner = item
     if part == "query":
-        texts, whole, unit, record_id = [record.query], True, unit_id(owner), record.query_id
+        texts, whole, unit, record_id = [record.query], True, query_unit(record, owner), record.query_id
     else:
         texts, whole, unit, record_id = [record.positive.title, record.positive.text], False, owner, record.example_id
     hit = decontamination.contamination(texts, eval_index, config, whole_text=whole)

@@ -25,11 +25,12 @@ from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.config import expand_config
 from beam_jobs.filters import FilterQueries, LoadEvalIndex
 from beam_jobs.generate import GenerateQueries
+from beam_jobs.given import JoinGivenToCorpus, ReadGivenQueries
 from beam_jobs.index_files import INDEX_DIR, index_dir, remove_index
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
-from beam_jobs.preflight import (check_inputs, check_scoring_support, discover_model, prepare_output,
-                                 resolve_ql_path)
+from beam_jobs.preflight import (check_given_queries, check_inputs, check_scoring_support, discover_model,
+                                 prepare_output, resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
@@ -53,12 +54,15 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     passages, dedupe_outcomes = read.passages | "DeduplicatePassages" >> DeduplicatePassages()
     journal = journal_dir(output)
     llm = StageSettings(client, opts.llm_batch_size, opts.progress, journal, opt.failure_policy(opts))
-    queries = passages | "GenerateQueries" >> GenerateQueries(llm, opt.generation_config(opts))
+    if opts.queries:
+        sourced = given_queries(p, opts, passages)
+    else:
+        sourced = generated_queries(passages, llm, opts)
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, decontam)
-    kept_queries, filter_outcomes = ((queries["queries"], eval_index)
+    kept_queries, filter_outcomes = ((sourced["queries"], eval_index)
                                      | "FilterQueries" >> FilterQueries(opt.near_dup_config(opts), decontam))
-    reused = [count_as(queries["reused"], "journal_hits_generate")]
-    retrieved = ((passages, kept_queries)
+    reused = list(sourced["reused"])
+    retrieved = ((sourced["pool"], kept_queries)
                  | "RetrieveCandidates" >> RetrieveCandidates(opts.embedder, index_dir(output), opts.num_neighbors,
                                                                 opts.index_shard_size, opts.embed_batch_size,
                                                                 progress=opts.progress,
@@ -67,17 +71,20 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     candidates = retrieved["candidates"]
     reused.append(count_as(retrieved["reused"], "journal_hits_embed"))
     tail = rerank_to_examples(candidates, eval_index, opts, llm, rerank, provenance)
-    examples, token_usage = tail["examples"], [queries[TOKENS], *tail["tokens"]]
+    examples, token_usage = tail["examples"], [*sourced["tokens"], *tail["tokens"]]
     reused.extend(count_as(hits, name) for name, hits in tail["reused"].items())
-    final = ((read[OUTCOME], dedupe_outcomes, queries[OUTCOME], filter_outcomes, *tail["outcomes"])
+    final = ((read[OUTCOME], dedupe_outcomes, *sourced["outcomes"], filter_outcomes, *tail["outcomes"])
              | "AllOutcomes" >> beam.Flatten()
              | "ResolveOutcomes" >> ResolveOutcomes())
     write_records(examples, final, output, opts.output_shards)
 
-    units = ((read.passages, read[OUTCOME]) | "Units" >> beam.Flatten()
-             | "CountUnits" >> beam.combiners.Count.Globally())
+    if opts.queries:  # the units are the query rows, and any corpus record that did not join the pool
+        unit_parts = (sourced["units"], read[OUTCOME], dedupe_outcomes)
+    else:  # the units are the seed passages, and any record that did not become one
+        unit_parts = (read.passages, read[OUTCOME])
+    units = unit_parts | "Units" >> beam.Flatten() | "CountUnits" >> beam.combiners.Count.Globally()
     stage_counts = ([count_as(read.passages, "passages_after_split"), count_as(read[OUTCOME], "unreadable_records"),
-                     count_as(passages, "unique_passages"), count_as(queries["queries"], "queries_generated"),
+                     count_as(passages, "unique_passages"), *sourced["counts"],
                      count_as(kept_queries, "queries_after_filters"), count_as(candidates, "queries_retrieved"),
                      count_as(retrieved["embedded"], "passages_embedded"), *reused]
                     | "StageCounts" >> beam.Flatten()
@@ -91,6 +98,26 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
      | "WriteManifest" >> beam.Map(write_manifest, beam.pvalue.AsSingleton(stage_counts),
                                    beam.pvalue.AsSingleton(units), beam.pvalue.AsSingleton(tokens),
                                    f"{output}/manifest.json", meta))
+
+
+def generated_queries(passages, llm: StageSettings, opts: opt.FretOptions) -> dict:
+    """Queries written by the LLM for each seed passage; the passages are the retrieval pool."""
+    queries = passages | "GenerateQueries" >> GenerateQueries(llm, opt.generation_config(opts))
+    return {"queries": queries["queries"], "pool": passages, "outcomes": [queries[OUTCOME]],
+            "tokens": [queries[TOKENS]], "reused": [count_as(queries["reused"], "journal_hits_generate")],
+            "counts": [count_as(queries["queries"], "queries_generated")]}
+
+
+def given_queries(p: beam.Pipeline, opts: opt.FretOptions, passages) -> dict:
+    """The user's queries (--queries), their positives found in the corpus (or joined to it)."""
+    given = p | "ReadGivenQueries" >> ReadGivenQueries(opts.queries, opts.queries_layout, opts.queries_split,
+                                                       opts.input_format)
+    attached = (passages, given["given"]) | "JoinGivenToCorpus" >> JoinGivenToCorpus(opts.queries_task)
+    units = (given["given"], given[OUTCOME]) | "GivenUnits" >> beam.Flatten()
+    return {"queries": attached["queries"], "pool": attached["pool"], "outcomes": [given[OUTCOME], attached[OUTCOME]],
+            "tokens": [], "reused": [], "units": units,
+            "counts": [count_as(given["given"], "queries_given"), count_as(attached["joined"], "given_texts_joined"),
+                       count_as(attached["queries"], "given_queries_to_retrieve")]}
 
 
 def run(argv=None, save_main_session: bool = True, test_pipeline=None):
@@ -107,6 +134,8 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
         # Local problems first: a user with a full output folder and no server running needs to
         # hear about --resume/--overwrite, not about the server.
         check_inputs(opts.input, opts.input_format, opt.input_fields(opts))
+        if opts.queries:
+            check_given_queries(opts.queries, opts.queries_layout, opts.queries_split)
         prepare_output(opts.output, opts.overwrite, opts.resume, apply=False)
     if opts.llm_serve:  # in-worker vLLM: no server exists until the workers start one
         model = opts.llm_model or "fret-local"
@@ -138,6 +167,11 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
 def resolve_wave_size(opts: opt.FretOptions, pipeline_options: PipelineOptions, translating: bool) -> int:
     """--wave_size as a number (0: one pipeline). auto counts the input on a local runner only
     (up to the threshold): a distributed runner bounds memory with its workers."""
+    if opts.queries:  # waves cut the seed passages; given queries are not cut yet
+        if opts.wave_size not in ("auto", 0):
+            raise ValueError("--wave_size does not work with --queries yet: given queries run as one pipeline "
+                             "(drop --wave_size, or split --queries into several runs)")
+        return 0
     if opts.wave_size != "auto":
         if opts.wave_size:
             check_waves(pipeline_options, translating)

@@ -32,6 +32,17 @@ class FretOptions(PipelineOptions):
         _add(io, "title_field", default="title", help="the input field that holds the title (optional in records)")
         _add(io, "id_field", default="id",
              help="the input field that holds the passage id (optional; BEIR's _id is read when this is id)")
+        _add(io, "queries", default="",
+             help="your own queries instead of generated ones: JSONL or Parquet rows (fret: query, positive_id or "
+                  "positive, task, negatives; sentence-transformers pairs/triplets; FlagEmbedding query/pos/neg) "
+                  "or a BEIR folder (queries.jsonl + qrels/SPLIT.tsv; --input is its corpus). Generation is "
+                  "skipped; --input is the corpus they are retrieved from")
+        _add(io, "queries_layout", default="auto", choices=["auto", "fret", "pairs", "flagembedding", "beir"],
+             help="how --queries rows are laid out; auto: per row by field names (pos: flagembedding, query: "
+                  "fret, anything else: pairs, by name or column order), a folder with queries.jsonl: beir")
+        _add(io, "queries_split", default="train", help="BEIR --queries: the qrels split (qrels/SPLIT.tsv)")
+        _add(io, "queries_task", default="Given a query, retrieve a passage that answers it",
+             help="the task of a given query whose row has none (task, prompt or instruction field)")
         _add(io, "output", default="", help="output folder (local or any Beam filesystem)")
         _add(io, "output_shards", type=int, default=0, help="Parquet shards per output (0: runner decides)")
         _switch(io, "overwrite", False, "replace an existing output folder of a fret run (only what fret wrote is "

@@ -100,6 +100,22 @@ def matched_files(patterns: str) -> list[str]:
     return list(paths)
 
 
+def check_given_queries(patterns: str, layout: str, split: str) -> None:
+    """--queries names files that exist, or a BEIR folder with the split's qrels."""
+    from beam_jobs.given import beir_folder
+
+    folder = beir_folder(patterns, layout)
+    if folder:
+        for needed in (f"{folder}/queries.jsonl", f"{folder}/qrels/{split}.tsv"):
+            if not FileSystems.exists(needed):
+                raise ValueError(f"--queries {folder!r} is read as a BEIR folder, but {needed} does not exist"
+                                 + (" (--queries_split names the qrels file)" if "qrels" in needed else ""))
+        return
+    for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
+        if not FileSystems.match([pattern])[0].metadata_list:
+            raise ValueError(f"--queries {pattern!r} matches no file; check the path or glob")
+
+
 JSONL_PEEK = 100  # lines of the first JSONL file looked at for the text field
 PARQUET_PEEK = 50  # Parquet files whose schema is read (a footer each)
 

@@ -11,7 +11,7 @@ from apache_beam.metrics import Metrics
 from beam_jobs.common import NS, OUTCOME
 from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, failure_reason, journaled_llm_stage
 from pipeline import journal
-from pipeline.accounting import Outcome, unit_id
+from pipeline.accounting import Outcome, query_unit
 from pipeline.examples import build_example
 from pipeline.mining import MiningConfig
 from pipeline.prompts import load_prompt
@@ -21,9 +21,9 @@ from schemas import DeadLetter
 
 def _emit_example(query, passage, records, mining: MiningConfig, keep: bool):
     if len(records) == 1 and isinstance(records[0], DeadLetter):
-        yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(unit_id(passage), "dead_lettered", records[0]))
+        yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(query_unit(query, passage), "dead_lettered", records[0]))
         return
-    yield build_example(query, records, mining, keep), unit_id(passage)  # the unit, not the text
+    yield build_example(query, records, mining, keep), query_unit(query, passage)  # the unit, not the text
 
 
 class RerankMetrics:

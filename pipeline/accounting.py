@@ -44,6 +44,12 @@ def unit_id(passage: Passage) -> str:
     return f"{passage.source_id}#{passage.chunk}"
 
 
+def query_unit(query, seed: Optional[Passage]) -> str:
+    """The unit a query's outcome counts under: a given query (--queries) is its own row; a
+    generated one counts under the seed passage it was generated from."""
+    return query.unit or unit_id(seed)
+
+
 def filtered(unit: str, record_id: str, stage: str, reason: str, detail: str = "") -> Outcome:
     return Outcome(unit, "filtered", FilteredRecord(record_id=record_id, stage=stage, reason=reason,
                                                     detail=detail, created_at=dt.datetime.now(dt.timezone.utc)))

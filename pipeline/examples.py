@@ -15,7 +15,7 @@ def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: 
     same for every row of a run and a third of an example's bytes, and a runner that holds the
     examples between stages (the DirectRunner) would hold it once per example."""
     positive = choose_positive(scored)
-    negatives = mine_negatives(scored, positive, query.query_id, mining)
+    negatives = mine_negatives(scored, positive, query.query_id, mining, query.known_positive_ids)
     ordered = sorted(scored, key=lambda c: c.fused_rank)
     return TrainingExample.model_construct(  # validated whole by stamp()
         example_id=ids.example_id(query.query_id, positive.passage_id),
@@ -24,7 +24,9 @@ def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: 
         query=query.query,
         positive=PassageRef(id=positive.passage_id, title=positive.title, text=positive.text),
         seed_passage_id=query.passage_id,
-        positive_changed=positive.passage_id != query.passage_id,
+        positive_changed=bool(query.passage_id) and positive.passage_id != query.passage_id,
+        query_source=query.source,
+        positive_source=_positive_source(query.passage_id, positive.passage_id),
         positive_ql=positive.ql,
         positive_rc=positive.rc,
         positive_fused=positive.fused,
@@ -37,6 +39,12 @@ def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: 
         knobs=query.knobs,
         quality=quality,
     )
+
+
+def _positive_source(seed_id: str, positive_id: str) -> str:
+    if not seed_id:
+        return "top_fused"  # a given query that came without a positive
+    return "seed" if positive_id == seed_id else "relabelled"
 
 
 def stamp(example: TrainingExample, provenance: Provenance) -> TrainingExample:

@@ -7,6 +7,7 @@ import math
 import random
 from typing import Literal, Sequence
 
+from pipeline.given_queries import text_key
 from schemas import CandidateScore, MiningStrategy
 
 MarginScore = Literal["rc", "ql", "fused"]
@@ -41,11 +42,15 @@ def choose_positive(candidates: Sequence[CandidateScore]) -> CandidateScore:
 
 
 def mine_negatives(candidates: Sequence[CandidateScore], positive: CandidateScore, query_id: str,
-                   config: MiningConfig) -> list[CandidateScore]:
-    """Hard negatives, hardest first (by fused rank) except for `random`, which keeps sample order."""
+                   config: MiningConfig, known_positive_ids: Sequence[str] = ()) -> list[CandidateScore]:
+    """Hard negatives, hardest first (by fused rank) except for `random`, which keeps sample order.
+    A passage the user marked relevant (`known_positive_ids`: BEIR's other qrels by id,
+    FlagEmbedding's other `pos` texts by text key) is never one."""
+    known = set(known_positive_ids)
     pool = [c for c in candidates if c.passage_id != positive.passage_id
             and c.retrieval_rank > 0  # only the N neighbours; a seed outside the top-N is not one
-            and not (config.exclude_seed and c.is_seed)]
+            and not (config.exclude_seed and c.is_seed)
+            and not (known and (c.passage_id in known or text_key(c.text) in known))]
     pool.sort(key=lambda c: c.fused_rank)
     k = config.num_negatives
     if k == 0 or not pool:

@@ -82,17 +82,19 @@ def _prompts(ql_version: Optional[int], rc_version: Optional[int]) -> Prompts:
                    label_values={n: float(rc.labels[n]["value"]) for n in names})
 
 
-def build_candidates(seed: Passage, partial_hits: Sequence[Sequence[tuple[float, str, str, str]]],
+def build_candidates(seed: Optional[Passage], partial_hits: Sequence[Sequence[tuple[float, str, str, str]]],
                      k: int) -> list[Candidate]:
     """Merge per-shard (score, id, title, text) lists into the top-k neighbours, and add the
-    seed when it is not among them: Gecko takes the argmax over the neighbours *with the seed*."""
+    seed when it is not among them: Gecko takes the argmax over the neighbours *with the seed*.
+    A given query without a positive has no seed (None): its candidates are the neighbours."""
     partials = [[Hit(-score, pid) for score, pid, _, _ in part] for part in partial_hits]
     texts = {pid: (title, text) for part in partial_hits for _, pid, title, text in part}
     top = merge_topk(partials, k)
     candidates = [Candidate(passage_id=h.passage_id, title=texts[h.passage_id][0], text=texts[h.passage_id][1],
-                            is_seed=h.passage_id == seed.id, retrieval_rank=rank, retrieval_score=h.score)
+                            is_seed=seed is not None and h.passage_id == seed.id, retrieval_rank=rank,
+                            retrieval_score=h.score)
                   for rank, h in enumerate(top, start=1)]
-    if not any(c.is_seed for c in candidates):
+    if seed is not None and not any(c.is_seed for c in candidates):
         candidates.append(Candidate(passage_id=seed.id, title=seed.title, text=seed.text, is_seed=True,
                                     retrieval_rank=0, retrieval_score=None))
     return candidates

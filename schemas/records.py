@@ -33,6 +33,8 @@ DeadLetterReason = Literal[
     "llm_http_error",
     "llm_bad_response",
     "no_candidates",
+    "positive_not_in_corpus",
+    "query_not_found",
     "internal_error",
 ]
 FilterReason = Literal[
@@ -146,15 +148,43 @@ class QualityRating(Record):
     reason: str = Field("", pattern=r"^[^\x00-\x1f]{0,128}$", description="short justification")
 
 
+class PassageRef(Record):
+    """A passage as it appears inside an example."""
+
+    id: str
+    title: str = ""
+    text: str
+
+
+class GivenQuery(Record):
+    """A query a user brought (--queries), with what came with it: a positive (an id in the corpus,
+    or a text that joins the corpus), a task, negatives. `source` is the accounting unit."""
+
+    query_id: str = Field(..., min_length=1, description="the row's id, or a content hash of the row")
+    query: str = Field(..., description="the query text")
+    task: Optional[str] = Field(None, description="the row's task / instruction; None: --queries_task")
+    positive_id: Optional[str] = Field(None, description="the positive's id in the corpus")
+    positive: Optional[PassageRef] = Field(None, description="the positive as text, when given as text")
+    known_positive_ids: list[str] = Field(default_factory=list, description="more positives (BEIR qrels): "
+                                                                            "never mined as negatives")
+    negatives: list[PassageRef] = Field(default_factory=list, description="given negatives (texts), kept as given")
+    layout: str = Field(..., description="fret | pairs | flagembedding | beir")
+    source: str = Field(..., description="file and line (BEIR: the qrels line)")
+
+
 class QueryRecord(Record):
-    """A generated query, tied to its seed passage."""
+    """A query tied to its seed passage: generated from it, or given with it as the positive."""
 
     query_id: str = Field(..., description="content hash of (passage id, task, query, sample index)")
-    passage_id: str = Field(..., description="seed passage id")
+    passage_id: str = Field(..., description="seed passage id; empty for a given query without a positive")
     sample: int = Field(0, ge=0, description="index among the queries generated for the passage")
     task: str = Field(..., description="task description written by the LLM")
     query: str = Field(..., description="query written by the LLM")
-    knobs: QueryKnobs
+    knobs: Optional[QueryKnobs] = Field(None, description="the generation knobs; None for a given query")
+    source: str = Field("generated", description="generated, or given:LAYOUT for a query from --queries")
+    unit: Optional[str] = Field(None, description="accounting unit of a given query (its row); generated "
+                                                  "queries count under their seed passage")
+    known_positive_ids: list[str] = Field(default_factory=list, description="passages never mined as negatives")
     prompt_tokens: int = Field(0, ge=0, description="prompt tokens reported by the server")
     completion_tokens: int = Field(0, ge=0, description="completion tokens reported by the server")
 
@@ -189,14 +219,6 @@ class PairScore(Record):
     rc_label_logprobs: dict[str, float] = Field(..., description="log P(label) per relevance label")
 
 
-class PassageRef(Record):
-    """A passage as it appears inside an example."""
-
-    id: str
-    title: str = ""
-    text: str
-
-
 class HardNegative(Record):
     """A mined hard negative with the scores that chose it."""
 
@@ -228,14 +250,20 @@ class TrainingExample(Record):
     task: str
     query: str
     positive: PassageRef
-    seed_passage_id: str
+    seed_passage_id: str = Field(..., description="the passage the query was generated from, or the given "
+                                                  "positive; empty when a given query came without one")
     positive_changed: bool = Field(..., description="true when the LLM relabelled the positive")
+    query_source: str = Field("generated", description="generated, or given:LAYOUT (fret, pairs, flagembedding, "
+                                                       "beir) for a query from --queries")
+    positive_source: Literal["seed", "relabelled", "top_fused"] = Field(
+        "seed", description="seed: the seed stayed the positive; relabelled: the LLM chose another passage; "
+                            "top_fused: no positive was given, the top fused candidate is the positive")
     positive_ql: float
     positive_rc: float
     positive_fused: float
     hard_negatives: list[HardNegative]
     candidates: Optional[list[CandidateScore]] = Field(None, description="every scored candidate, if kept")
-    knobs: QueryKnobs
+    knobs: Optional[QueryKnobs] = Field(None, description="the generation knobs; None for a given query")
     quality: Optional[float] = Field(None, description="auto-rater score, when the rater ran")
     provenance: Provenance
 
@@ -260,65 +288,6 @@ class FilteredRecord(Record):
     reason: FilterReason
     detail: str = ""
     created_at: dt.datetime
-
-
-class ScoreSummary(Record):
-    """Distribution summary of one score over the written examples."""
-
-    count: int
-    mean: Optional[float] = None
-    std: Optional[float] = None
-    min: Optional[float] = None
-    p50: Optional[float] = None
-    max: Optional[float] = None
-
-
-class TokenUsage(Record):
-    """The LLM tokens one kind of request cost in this run, as the server counted them."""
-
-    requests: int = 0
-    prompt_sent: int = Field(0, description="prompt tokens sent (the server's usage.prompt_tokens)")
-    prompt_computed: int = Field(0, description="prompt tokens the server computed: sent minus its prefix-cache "
-                                                "hits (usage.prompt_tokens_details.cached_tokens)")
-    completion: int = Field(0, description="completion tokens generated")
-    cache_reported: int = Field(0, description="requests whose server reported cached tokens; for the others "
-                                               "computed = sent (vLLM reports them with --enable-prompt-tokens-details)")
-
-
-class RunManifest(Record):
-    """Run-level summary written next to the shards."""
-
-    run_id: str
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    counts: dict[str, int] = Field(..., description="counts at every stage")
-    inputs: int
-    written: int
-    filtered: int
-    dead_lettered: int
-    relabel_rate: Optional[float] = None
-    task_mix: dict[str, int] = Field(default_factory=dict)
-    scores: dict[str, ScoreSummary] = Field(default_factory=dict)
-    llm_model: str
-    embedder: str
-    prompts: dict[str, str]
-    config: str = Field(..., description="effective configuration as sorted JSON")
-    accounting: str = Field("", description="the job's own check: inputs = written + filtered + dead-lettered")
-    resumed: bool = Field(False, description="run with --resume: finished LLM work was read from the journal")
-    ranking_precision: dict[str, int] = Field(
-        default_factory=dict, description="decimals QL and RC are rounded to before ranking (ties: retrieval rank, "
-                                          "then passage id), so that float noise cannot change a ranking")
-    tokens: dict[str, TokenUsage] = Field(
-        default_factory=dict, description="LLM tokens by request kind (generate, ql, rc, rate) in this run; work "
-                                          "replayed from the journal costs none")
-    scoring: dict[str, str] = Field(
-        default_factory=dict, description="how the LLM scored: score_order (passage | query), ql_path "
-                                          "(prefix_cache: QL read the server's prefix cache over its token endpoint; "
-                                          "echo: /v1/completions) and the RC prompt")
-    phase_seconds: dict[str, float] = Field(
-        default_factory=dict, description="a run in waves (--wave_size): wall seconds of each of its pipelines "
-                                          "(plan, prepare-w00000, ..., filter, finish-w00000, ...); empty for one "
-                                          "pipeline")
 
 
 class EmbeddingEntry(Record):
@@ -357,6 +326,7 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     QueryKnobs,
     GeneratedQuery,
     QualityRating,
+    GivenQuery,
     QueryRecord,
     CandidateScore,
     PairScore,
@@ -366,9 +336,6 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     TrainingExample,
     DeadLetter,
     FilteredRecord,
-    ScoreSummary,
-    TokenUsage,
-    RunManifest,
     EmbeddingEntry,
     IndexEntry,
     JournalEntry,

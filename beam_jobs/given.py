@@ -1,0 +1,177 @@
+"""Given queries (--queries): read the user's rows, join their texts and positives to the corpus,
+and hand (QueryRecord, seed) pairs to retrieval as generation would. Glue only: the rules are
+in pipeline/given_queries.py."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from beam_jobs.common import NS, OUTCOME
+from beam_jobs.read import _is_parquet, _ReadLines, _ReadParquetRows
+from pipeline import given_queries as gq
+from pipeline.accounting import Outcome
+from schemas import DeadLetter, GivenQuery
+
+
+def beir_folder(patterns: str, layout: str) -> str:
+    """The BEIR folder --queries names ("" when the rows are in files): a folder holding
+    queries.jsonl is read as BEIR with --queries_layout auto."""
+    path = patterns.strip().rstrip("/")
+    if layout == "beir" or (layout == "auto" and "," not in path and FileSystems.exists(f"{path}/queries.jsonl")):
+        return path
+    return ""
+
+
+def _dead(source: str, letter: DeadLetter) -> Outcome:
+    return Outcome(source, "dead_lettered", letter)
+
+
+class _ParseRows(beam.DoFn):
+    def __init__(self, layout: str):
+        self._layout = layout
+        self.read = Metrics.counter(NS, "query_rows_read")
+        self.bad = Metrics.counter(NS, "query_rows_dead_lettered")
+
+    def process(self, element):
+        source, raw = element
+        self.read.inc()
+        parsed = (gq.parse_line(raw, source, self._layout) if isinstance(raw, bytes)
+                  else gq.parse_row(raw, source, self._layout))
+        if isinstance(parsed, DeadLetter):
+            self.bad.inc()
+            yield beam.pvalue.TaggedOutput(OUTCOME, _dead(source, parsed))
+        else:
+            yield parsed
+
+
+def _read_files(pbegin, label: str, patterns: list[str]):
+    return (pbegin
+            | f"{label}Patterns" >> beam.Create(patterns)
+            | f"{label}Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+            | f"{label}Paths" >> beam.Map(lambda m: m.path)
+            | f"{label}OnePerPath" >> beam.Distinct()
+            | f"{label}Open" >> fileio.ReadMatches())
+
+
+def _beir_queries(element):
+    source, raw = element
+    parsed = gq.beir_query(raw, source)
+    if isinstance(parsed, DeadLetter):
+        # a broken line of queries.jsonl: its own unit (it may or may not be in the split)
+        yield beam.pvalue.TaggedOutput(OUTCOME, _dead(source, parsed))
+    else:
+        query_id, text = parsed
+        yield query_id, (source, text)
+
+
+def _qrels(element):
+    source, raw = element
+    parsed = gq.qrel(raw, source)
+    if isinstance(parsed, DeadLetter):
+        yield beam.pvalue.TaggedOutput(OUTCOME, _dead(source, parsed))
+    elif parsed is not None:
+        query_id, corpus_id, score = parsed
+        yield query_id, (corpus_id, score, source)
+
+
+def _beir_join(element):
+    query_id, grouped = element
+    for made in gq.beir_given(query_id, list(grouped["text"]), list(grouped["qrels"])):
+        if isinstance(made, GivenQuery):
+            yield made
+        else:
+            yield beam.pvalue.TaggedOutput(OUTCOME, _dead(*made))
+
+
+class ReadGivenQueries(beam.PTransform):
+    """--queries -> {"given": GivenQuery, OUTCOME: a dead letter per unreadable row}. A row (a
+    BEIR query with a positive qrel) is an accounting unit."""
+
+    def __init__(self, patterns: str, layout: str = "auto", split: str = "train", input_format: str = "auto"):
+        super().__init__()
+        self.patterns, self.layout, self.split, self.input_format = patterns, layout, split, input_format
+
+    def expand(self, pbegin):
+        folder = beir_folder(self.patterns, self.layout)
+        if folder:
+            return self._beir(pbegin, folder)
+        files = (_read_files(pbegin, "Queries", [p.strip() for p in self.patterns.split(",") if p.strip()])
+                 | "QueriesByFormat" >> beam.Partition(
+                     lambda f, n: 1 if _is_parquet(f.metadata.path, self.input_format) else 0, 2))
+        rows = ((files[0] | "QueryLines" >> beam.ParDo(_ReadLines()),
+                 files[1] | "QueryParquetRows" >> beam.ParDo(_ReadParquetRows()))
+                | "QueryRows" >> beam.Flatten())
+        parsed = rows | "ParseQueryRows" >> beam.ParDo(_ParseRows(self.layout)).with_outputs(OUTCOME, main="given")
+        return {"given": parsed.given, OUTCOME: parsed[OUTCOME]}
+
+    def _beir(self, pbegin, folder: str):
+        texts = (_read_files(pbegin, "BeirQueries", [f"{folder}/queries.jsonl"])
+                 | "BeirQueryLines" >> beam.ParDo(_ReadLines())
+                 | "ParseBeirQueries" >> beam.FlatMap(_beir_queries).with_outputs(OUTCOME, main="texts"))
+        qrels = (_read_files(pbegin, "BeirQrels", [f"{folder}/qrels/{self.split}.tsv"])
+                 | "BeirQrelLines" >> beam.ParDo(_ReadLines())
+                 | "ParseQrels" >> beam.FlatMap(_qrels).with_outputs(OUTCOME, main="qrels"))
+        joined = ({"text": texts.texts, "qrels": qrels.qrels}
+                  | "JoinQrels" >> beam.CoGroupByKey()
+                  | "BeirGiven" >> beam.FlatMap(_beir_join).with_outputs(OUTCOME, main="given"))
+        outcomes = (texts[OUTCOME], qrels[OUTCOME], joined[OUTCOME]) | "BeirOutcomes" >> beam.Flatten()
+        return {"given": joined.given, OUTCOME: outcomes}
+
+
+def _new_passages(element):
+    """A text key with given texts: a new corpus passage unless the corpus holds the text."""
+    _, grouped = element
+    if list(grouped["corpus"]):
+        return
+    refs = sorted(grouped["given"], key=lambda rs: (rs[1], rs[0].id))
+    if refs:
+        ref, source = refs[0]
+        yield gq.joined_passage(ref, source)
+
+
+def _attach(element, default_task: str):
+    """(key, {"pool": passages, "query": given queries}) -> (QueryRecord, seed), or a dead letter."""
+    (kind, _), grouped = element
+    queries = list(grouped["query"])
+    if not queries:
+        return
+    passages = sorted(grouped["pool"], key=lambda p: (p.chunk, p.id))
+    for query in queries:
+        if passages:
+            yield gq.query_record(query, passages[0], default_task), passages[0]
+        else:  # a positive id not in the corpus (a text positive always has a passage: it joined)
+            yield beam.pvalue.TaggedOutput(OUTCOME, _dead(query.source, gq.missing_positive(query)))
+
+
+class JoinGivenToCorpus(beam.PTransform):
+    """(corpus passages, given queries) -> {"pool": the corpus with the given texts it lacked,
+    "queries": (QueryRecord, seed passage or None), "joined": the texts that joined, OUTCOME}."""
+
+    def __init__(self, default_task: str):
+        super().__init__()
+        self.default_task = default_task
+
+    def expand(self, pcolls):
+        passages, given = pcolls
+        texts = given | "GivenTexts" >> beam.FlatMap(lambda q: [(k, (r, q.source)) for k, r in gq.given_texts(q)])
+        by_text = passages | "CorpusByText" >> beam.Map(lambda p: (gq.text_key(p.text), p))
+        joined = ({"corpus": by_text, "given": texts}
+                  | "MatchTexts" >> beam.CoGroupByKey()
+                  | "NewPassages" >> beam.FlatMap(_new_passages))
+        pool = (passages, joined) | "Pool" >> beam.Flatten()
+        with_key = given | "PositiveKey" >> beam.Map(lambda q: (gq.positive_key(q), q))
+        keyed = (with_key
+                 | "HasPositive" >> beam.Filter(lambda kq: kq[0] is not None))
+        none = (with_key
+                | "NoPositive" >> beam.Filter(lambda kq: kq[0] is None)
+                | "TopFusedLater" >> beam.Map(lambda kq, task: (gq.query_record(kq[1], None, task), None),
+                                              self.default_task))
+        pool_keys = pool | "PoolKeys" >> beam.FlatMap(lambda p: [(k, p) for k in gq.corpus_keys(p)])
+        seeded = ({"pool": pool_keys, "query": keyed}
+                  | "FindPositives" >> beam.CoGroupByKey()
+                  | "Attach" >> beam.FlatMap(_attach, self.default_task).with_outputs(OUTCOME, main="queries"))
+        queries = (seeded.queries, none) | "GivenQueries" >> beam.Flatten()
+        return {"pool": pool, "queries": queries, "joined": joined, OUTCOME: seeded[OUTCOME]}
