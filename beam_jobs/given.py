@@ -20,9 +20,15 @@ def beir_folder(patterns: str, layout: str) -> str:
     """The BEIR folder --queries names ("" when the rows are in files): a folder holding
     queries.jsonl is read as BEIR with --queries_layout auto."""
     path = patterns.strip().rstrip("/")
-    if layout == "beir" or (layout == "auto" and "," not in path and FileSystems.exists(f"{path}/queries.jsonl")):
+    if layout == "beir":
+        return path
+    looks_like_files = "," in path or any(c in path for c in "*?[") or path.endswith(ROW_FILE_SUFFIXES)
+    if layout == "auto" and not looks_like_files and FileSystems.exists(f"{path}/queries.jsonl"):
         return path
     return ""
+
+
+ROW_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".pq", ".gz")
 
 
 def _dead(source: str, letter: DeadLetter) -> Outcome:

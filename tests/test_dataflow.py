@@ -42,6 +42,21 @@ def test_dataflow_dry_run_translates_the_job_with_in_worker_vllm():
     assert "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver" in options["dataflow_service_options"]
 
 
+def test_dataflow_dry_run_translates_the_job_on_given_queries():
+    result = fret_job.run([
+        "--runner", "DataflowRunner", "--project", "my-project", "--region", "us-central1",
+        "--temp_location", "gs://my-bucket/tmp", "--dry_run", "true",
+        "--input", "gs://my-bucket/corpus/*.jsonl", "--queries", "gs://my-bucket/pairs/*.parquet",
+        "--output", "gs://my-bucket/fret/given", "--llm_serve", "/models/qwen", "--llm_model", "qwen",
+        "--sdk_container_image", IMAGE,
+    ], save_main_session=False)
+    pipeline = result.job.proto_pipeline
+    top_level = {t.unique_name for t in pipeline.components.transforms.values() if "/" not in t.unique_name}
+    assert {"ReadGivenQueries", "JoinGivenToCorpus", "RetrieveCandidates", "RerankAndMine"} <= top_level
+    assert "GenerateQueries" not in top_level
+    assert "JoinGivenToCorpus" in upstream(pipeline, "RetrieveCandidates/Search/EmbedQueries")
+
+
 def upstream(pipeline, name: str) -> set[str]:
     """The composite transforms (by name) whose outputs feed transform `name`, transitively."""
     transforms = pipeline.components.transforms
