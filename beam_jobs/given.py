@@ -10,7 +10,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from beam_jobs.common import NS, OUTCOME
-from beam_jobs.read import _is_parquet, _ReadLines, _ReadParquetRows
+from beam_jobs.read import is_parquet, ReadLines, ReadParquetRows
 from pipeline import given_queries as gq
 from pipeline.accounting import Outcome
 from schemas import DeadLetter, GivenQuery
@@ -106,19 +106,19 @@ class ReadGivenQueries(beam.PTransform):
             return self._beir(pbegin, folder)
         files = (_read_files(pbegin, "Queries", [p.strip() for p in self.patterns.split(",") if p.strip()])
                  | "QueriesByFormat" >> beam.Partition(
-                     lambda f, n: 1 if _is_parquet(f.metadata.path, self.input_format) else 0, 2))
-        rows = ((files[0] | "QueryLines" >> beam.ParDo(_ReadLines()),
-                 files[1] | "QueryParquetRows" >> beam.ParDo(_ReadParquetRows()))
+                     lambda f, n: 1 if is_parquet(f.metadata.path, self.input_format) else 0, 2))
+        rows = ((files[0] | "QueryLines" >> beam.ParDo(ReadLines()),
+                 files[1] | "QueryParquetRows" >> beam.ParDo(ReadParquetRows()))
                 | "QueryRows" >> beam.Flatten())
         parsed = rows | "ParseQueryRows" >> beam.ParDo(_ParseRows(self.layout)).with_outputs(OUTCOME, main="given")
         return {"given": parsed.given, OUTCOME: parsed[OUTCOME]}
 
     def _beir(self, pbegin, folder: str):
         texts = (_read_files(pbegin, "BeirQueries", [f"{folder}/queries.jsonl"])
-                 | "BeirQueryLines" >> beam.ParDo(_ReadLines())
+                 | "BeirQueryLines" >> beam.ParDo(ReadLines())
                  | "ParseBeirQueries" >> beam.FlatMap(_beir_queries).with_outputs(OUTCOME, main="texts"))
         qrels = (_read_files(pbegin, "BeirQrels", [f"{folder}/qrels/{self.split}.tsv"])
-                 | "BeirQrelLines" >> beam.ParDo(_ReadLines())
+                 | "BeirQrelLines" >> beam.ParDo(ReadLines())
                  | "ParseQrels" >> beam.FlatMap(_qrels).with_outputs(OUTCOME, main="qrels"))
         joined = ({"text": texts.texts, "qrels": qrels.qrels}
                   | "JoinQrels" >> beam.CoGroupByKey()

@@ -144,11 +144,11 @@ def check_inputs(patterns: str, input_format: str = "auto", fields: InputFields 
     a Parquet schema is free to read; of JSONL, the first lines of the first file are read."""
     import pyarrow.parquet as pq
 
-    from beam_jobs.read import _is_parquet
+    from beam_jobs.read import is_parquet
 
     paths = matched_files(patterns)
     how = "--text-field names the column that holds the passage text"
-    for path in [p for p in paths if _is_parquet(p, input_format)][:PARQUET_PEEK]:
+    for path in [p for p in paths if is_parquet(p, input_format)][:PARQUET_PEEK]:
         with FileSystems.open(path) as f:
             try:
                 names = pq.read_schema(f).names
@@ -156,7 +156,7 @@ def check_inputs(patterns: str, input_format: str = "auto", fields: InputFields 
                 raise ValueError(f"input {path} is not a readable Parquet file: {exc}") from None
         if fields.text not in names:
             raise ValueError(f"input {path} has no {fields.text!r} column; its columns: {', '.join(names)}. {how}")
-    jsonl = [p for p in paths if not _is_parquet(p, input_format)]
+    jsonl = [p for p in paths if not is_parquet(p, input_format)]
     if jsonl:
         seen: dict[str, None] = {}
         objects = 0

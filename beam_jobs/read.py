@@ -15,7 +15,7 @@ from pipeline.ingest import SplitConfig, dead_letter
 from schemas import DeadLetter
 
 
-class _ReadLines(beam.DoFn):
+class ReadLines(beam.DoFn):
     """Yield (source 'path:line', raw bytes) for each non-blank line of a JSONL file."""
 
     def __init__(self):
@@ -31,7 +31,7 @@ class _ReadLines(beam.DoFn):
                 yield f"{path}:{number}", line.rstrip(b"\r\n")
 
 
-class _ReadParquetRows(beam.DoFn):
+class ReadParquetRows(beam.DoFn):
     def process(self, readable: fileio.ReadableFile):
         import pyarrow.parquet as pq
 
@@ -130,10 +130,10 @@ class ReadSeedPassages(beam.PTransform):
                  | "Paths" >> beam.Map(lambda m: m.path)
                  | "OnePerPath" >> beam.Distinct()
                  | "Open" >> fileio.ReadMatches()
-                 | "ByFormat" >> beam.Partition(lambda f, n: 1 if _is_parquet(f.metadata.path, self.input_format)
+                 | "ByFormat" >> beam.Partition(lambda f, n: 1 if is_parquet(f.metadata.path, self.input_format)
                                                 else 0, 2))
-        lines = files[0] | "ReadJsonl" >> beam.ParDo(_ReadLines())
-        rows = files[1] | "ReadParquet" >> beam.ParDo(_ReadParquetRows())
+        lines = files[0] | "ReadJsonl" >> beam.ParDo(ReadLines())
+        rows = files[1] | "ReadParquet" >> beam.ParDo(ReadParquetRows())
         records = (lines, rows) | "Records" >> beam.Flatten()
         if self.spread:
             records = records | "Spread" >> beam.Reshuffle()
@@ -143,7 +143,7 @@ class ReadSeedPassages(beam.PTransform):
                 .with_outputs(OUTCOME, main="passages"))
 
 
-def _is_parquet(path: str, input_format: str) -> bool:
+def is_parquet(path: str, input_format: str) -> bool:
     if input_format != "auto":
         return input_format == "parquet"
     return path.endswith((".parquet", ".pq"))

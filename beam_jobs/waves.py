@@ -50,14 +50,14 @@ def count_records(patterns: str, input_format: str = "auto", stop_after: int | N
     waves is fixed before anything is read. With stop_after, counting stops once past it."""
     import pyarrow.parquet as pq
 
-    from beam_jobs.read import _is_parquet
+    from beam_jobs.read import is_parquet
 
     total = 0
     paths = {m.path: m for pattern in (p.strip() for p in patterns.split(",") if p.strip())
              for m in FileSystems.match([pattern])[0].metadata_list}  # once each, however many globs match it
     for meta in paths.values():
         with FileSystems.open(meta.path) as f:
-            if _is_parquet(meta.path, input_format):
+            if is_parquet(meta.path, input_format):
                 try:
                     total += pq.ParquetFile(f).metadata.num_rows
                 except Exception as exc:  # noqa: BLE001 - arrow raises several kinds for a bad file
