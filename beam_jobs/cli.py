@@ -280,8 +280,14 @@ def _export(argv: list[str]) -> int:
     if args.format == "flagembedding" and args.teacher_score == "none":
         parser.error("FlagEmbedding rows always carry pos_scores / neg_scores: pick a --teacher-score of "
                      + ", ".join(TEACHER_SCORES))
-    result = run_export(args.path, args.format, args.output, args.negatives, args.split, args.text_format,
-                        args.teacher_score)
+    from pipeline.export import MissingScore
+
+    try:
+        result = run_export(args.path, args.format, args.output, args.negatives, args.split, args.text_format,
+                            args.teacher_score)
+    except MissingScore as exc:
+        print(f"fret export: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2))
     if result.get("rows", result.get("queries", 1)) == 0:  # BEIR files count queries, the others rows
         skipped = {k: v for k, v in result.items() if k.startswith("skipped")}

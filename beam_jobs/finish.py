@@ -6,12 +6,14 @@ caller's scope, so their names are the job's.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import apache_beam as beam
 
 from beam_jobs import options as opt
 from beam_jobs.common import OUTCOME, TOKENS
+from beam_jobs.cross_encode import CrossEncodeCandidates
 from beam_jobs.filters import DecontaminateExamples
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.rate import RateExamples
@@ -20,7 +22,7 @@ from beam_jobs.rerank_by_passage import RerankByPassage
 from beam_jobs.write import WriteRecords
 from pipeline.accounting import Outcome
 from pipeline.examples import stamp
-from pipeline.rerank import RerankConfig
+from pipeline.rerank import RerankConfig, assemble
 from pipeline.prompts import load_prompt
 from schemas import DeadLetter, FilteredRecord, Provenance, TrainingExample
 
@@ -38,7 +40,7 @@ def run_metadata(opts: opt.FretOptions, model: str, run_id: str, started_at: dt.
     meta = dict(run_id=run_id, started_at=started_at, llm_model=model, embedder=opt.embedder_label(opts), prompts=prompts,
                 config=config, resumed=opts.resume,
                 ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals},
-                scoring={"score_order": rerank.score_order, "ql_path": rerank.ql_path,
+                scoring={"scores": ",".join(rerank.scores), "score_order": rerank.score_order, "ql_path": rerank.ql_path,
                          "rc_prompt": load_prompt("relevance_classification", rerank.rc_prompt_version).id})
     return provenance, meta
 
@@ -50,13 +52,29 @@ def rerank_to_examples(candidates, eval_index, opts: opt.FretOptions, llm: Stage
     "reused": {counter name: journal hits}}."""
     # A rerank item is one query with N+1 candidates (2N+2 requests), or one passage with the
     # queries that retrieved it (about as many): a quarter of the batch size.
-    by_passage = rerank.score_order == "passage"
-    reranker = RerankByPassage if by_passage else RerankAndMine
-    reranked = candidates | "RerankAndMine" >> reranker(
-        llm.batched(max(1, opts.llm_batch_size // 4)), rerank, opt.mining_config(opts), opts.keep_candidates)
-    examples, outcomes = reranked["examples"], [reranked[OUTCOME]]
-    tokens = [reranked[TOKENS]]
-    reused = {"journal_hits_score" if by_passage else "journal_hits_rerank": reranked["reused"]}
+    outcomes, tokens, reused = [], [], {}
+    if "ce" in rerank.scores:  # the cross-encoder's scores ride on the candidates into fusion
+        ce = candidates | "CrossEncode" >> CrossEncodeCandidates(
+            dataclasses.replace(llm, client=opt.reranker_client(opts)), opts.reranker_api)
+        candidates = ce["candidates"]
+        outcomes.append(ce[OUTCOME])
+        tokens.append(ce[TOKENS])
+        reused["journal_hits_ce"] = ce["reused"]
+    if not opt.needs_llm_scores(opts):  # the cross-encoder alone: fused without an LLM request
+        fused = candidates | "RerankAndMine" >> beam.FlatMap(
+            _fuse_without_llm, rerank, opt.mining_config(opts), opts.keep_candidates).with_outputs(OUTCOME,
+                                                                                                 main="examples")
+        examples = fused["examples"]
+        outcomes.append(fused[OUTCOME])
+    else:
+        by_passage = rerank.score_order == "passage"
+        reranker = RerankByPassage if by_passage else RerankAndMine
+        reranked = candidates | "RerankAndMine" >> reranker(
+            llm.batched(max(1, opts.llm_batch_size // 4)), rerank, opt.mining_config(opts), opts.keep_candidates)
+        examples = reranked["examples"]
+        outcomes.append(reranked[OUTCOME])
+        tokens.append(reranked[TOKENS])
+        reused["journal_hits_score" if by_passage else "journal_hits_rerank"] = reranked["reused"]
     rater = opt.rater_config(opts)
     if rater is not None:
         rated = examples | "RateExamples" >> RateExamples(llm, rater)
@@ -68,6 +86,20 @@ def rerank_to_examples(candidates, eval_index, opts: opt.FretOptions, llm: Stage
     written = clean.examples | "Written" >> beam.Map(lambda ep: Outcome(ep[1], "written"))
     return {"examples": stamped, "outcomes": [*outcomes, clean[OUTCOME], written], "tokens": tokens,
             "reused": reused}
+
+
+def _fuse_without_llm(item, rerank: RerankConfig, mining, keep: bool):
+    """--scores ce alone: the cross-encoder's ranking is the fused one; QL and RC stay NaN."""
+    import math
+
+    from beam_jobs.rerank import _emit_example
+    from schemas import PairScore
+
+    query, seed, candidates = item
+    unscored = {c.passage_id: PairScore(query_id=query.query_id, passage_id=c.passage_id, ql=math.nan,
+                                        ql_mean=math.nan, rc_label_logprobs={}) for c in candidates}
+    result = assemble(query, candidates, unscored, rerank)
+    yield from _emit_example(query, seed, [result] if isinstance(result, DeadLetter) else result, mining, keep)
 
 
 def write_records(examples, final_outcomes, output: str, shards: int, part: str = "part") -> None:

@@ -29,8 +29,8 @@ from beam_jobs.given import JoinGivenToCorpus, ReadGivenQueries
 from beam_jobs.index_files import INDEX_DIR, index_dir, remove_index
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
-from beam_jobs.preflight import (check_given_queries, check_inputs, check_scoring_support, check_served_embedder,
-                                 discover_model, prepare_output, resolve_ql_path)
+from beam_jobs.preflight import (check_given_queries, check_inputs, check_reranker, check_scoring_support,
+                                 check_served_embedder, discover_model, prepare_output, resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
@@ -138,8 +138,13 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
         if opts.queries:
             check_given_queries(opts.queries, opts.queries_layout, opts.queries_split)
         prepare_output(opts.output, opts.overwrite, opts.resume, apply=False)
+    opt.score_names(opts)  # a bad --scores / --reranker-url pairing is refused before any work
+    # given queries scored by the cross-encoder alone (no rating) send the LLM nothing
+    llm_needed = not opts.queries or opt.needs_llm_scores(opts) or opts.quality_filter
     if opts.llm_serve:  # in-worker vLLM: no server exists until the workers start one
         model = opts.llm_model or "fret-local"
+    elif not llm_needed:
+        model = opts.llm_model or "none"
     else:
         base = opts.llm_url.split(",")[0].strip()
         model = opts.llm_model or discover_model(base, opt.api_key(opts))
@@ -150,11 +155,19 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
                 what="embedder endpoint", flag="--embedder_model"))
         if not dry_run:
             opts.embedder_dim = check_served_embedder(opt.retrieval_embedder(opts))
+    if opts.reranker_url:
+        if not opts.reranker_model:
+            opts.reranker_model = ("tei" if opts.reranker_api == "tei" or dry_run else discover_model(
+                opts.reranker_url.split(",")[0].strip(), opt.reranker_client(opts).api_key,
+                what="cross-encoder endpoint", flag="--reranker_model"))
+        if not dry_run:
+            check_reranker(opt.reranker_client(opts), opts.reranker_api)
     if not dry_run:
-        if not opts.llm_serve:
+        if not opts.llm_serve and llm_needed:
             check_scoring_support(opt.client_config(opts, model), opts.rc_method)
         prepare_output(opts.output, opts.overwrite, opts.resume)
-    opts.ql_path = resolve_ql_path(opts.ql_path, opt.client_config(opts, model), bool(opts.llm_serve), dry_run)
+    opts.ql_path = (resolve_ql_path(opts.ql_path, opt.client_config(opts, model), bool(opts.llm_serve), dry_run)
+                    if llm_needed and "ql" in opt.score_names(opts) else "echo")
     run_id = uuid.uuid4().hex[:12]
     started_at = dt.datetime.now(dt.timezone.utc)
     wave_size = resolve_wave_size(opts, pipeline_options, dry_run or test_pipeline is not None)

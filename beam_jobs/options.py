@@ -109,6 +109,17 @@ class FretOptions(PipelineOptions):
 
         rr = parser.add_argument_group("reranking and mining")
         _add(rr, "rrf_k", type=float, default=0.0, help="RRF constant (Gecko: 0)")
+        _add(rr, "scores", default="ql,rc",
+             help="the rankings fused by RRF, any of ql, rc, ce (comma-separated): QL and RC from the LLM, ce from "
+                  "a served cross-encoder (--reranker-url); a score left out is never requested")
+        _add(rr, "reranker_url", default="",
+             help="a served cross-encoder for --scores ce: vLLM's /rerank or /score, or TEI's /rerank (--reranker-api)")
+        _add(rr, "reranker_model", default="", help="served cross-encoder name (default: the endpoint's first model)")
+        _add(rr, "reranker_api", default="rerank", choices=["rerank", "score", "tei"],
+             help="rerank: POST /rerank {model, query, documents} (vLLM, Cohere-style); score: vLLM's POST /score; "
+                  "tei: Hugging Face TEI's POST /rerank {query, texts}")
+        _add(rr, "reranker_api_key_env", default="RERANKER_API_KEY",
+             help="environment variable that holds the cross-encoder endpoint's API key, if it needs one")
         _add(rr, "rc_score", default="expected_relevance", choices=["expected_relevance", "top_label_logprob"],
              help="RC's score: the expected relevance over the graded labels (Zhuang et al.), or the top label's "
                   "log-probability")
@@ -132,8 +143,9 @@ class FretOptions(PipelineOptions):
         _add(rr, "num_negatives", type=int, default=1, help="hard negatives per example")
         _add(rr, "negative_window", default="10,20", help="rank_window: fused ranks lo,hi")
         _add(rr, "negative_margin", type=float, default=0.95, help="margin: drop scores above this x positive")
-        _add(rr, "margin_score", default="rc", choices=["rc", "ql", "fused"],
-             help="margin: the score compared with the positive's, as a probability-like value")
+        _add(rr, "margin_score", default="rc", choices=["rc", "ql", "fused", "ce"],
+             help="margin: the score compared with the positive's, as a probability-like value (one that --scores "
+                  "computes, or fused)")
 
         flt = parser.add_argument_group("filters")
         _add(flt, "near_dup_threshold", type=float, default=0.8,
@@ -287,10 +299,38 @@ def rerank_config(opts: FretOptions) -> RerankConfig:
     ql_path = "echo" if opts.ql_path == "auto" else opts.ql_path
     return RerankConfig(rrf_k=opts.rrf_k, rc_score=opts.rc_score, rc_method=opts.rc_method,
                         ql_prompt_version=opts.ql_prompt_version, rc_prompt_version=opts.rc_prompt_version,
-                        score_order=opts.score_order, ql_path=ql_path)
+                        score_order=opts.score_order, ql_path=ql_path, scores=score_names(opts))
+
+
+def score_names(opts: FretOptions) -> tuple[str, ...]:
+    """--scores in the one order fusion uses, checked against --reranker-url."""
+    from pipeline.rerank import SCORES
+
+    names = {n.strip() for n in opts.scores.split(",") if n.strip()}
+    if not names or names - set(SCORES):
+        raise ValueError(f"--scores {opts.scores!r}: give one or more of {', '.join(SCORES)}, comma-separated")
+    if ("ce" in names) != bool(opts.reranker_url):
+        raise ValueError("--scores ce needs --reranker-url (a served cross-encoder)" if "ce" in names else
+                         "--reranker-url is given but --scores leaves ce out: add it, e.g. --scores ql,rc,ce")
+    return tuple(n for n in SCORES if n in names)
+
+
+def needs_llm_scores(opts: FretOptions) -> bool:
+    return any(n in score_names(opts) for n in ("ql", "rc"))
+
+
+def reranker_client(opts: FretOptions) -> ClientConfig:
+    """The cross-encoder endpoint, with the LLM's concurrency, timeout and retries."""
+    urls = tuple(u.strip().rstrip("/") for u in opts.reranker_url.split(",") if u.strip())
+    return ClientConfig(base_urls=urls, model=opts.reranker_model or "reranker", max_concurrency=opts.llm_concurrency,
+                        timeout_s=opts.llm_timeout, max_retries=opts.llm_retries,
+                        api_key=os.environ.get(opts.reranker_api_key_env) or None)
 
 
 def mining_config(opts: FretOptions) -> MiningConfig:
+    if opts.negative_strategy == "margin" and opts.margin_score != "fused" and opts.margin_score not in score_names(opts):
+        raise ValueError(f"--margin-score {opts.margin_score} is not scored in this run (--scores {opts.scores}); "
+                         "pick one it scores, or fused")
     lo, hi = (int(x) for x in opts.negative_window.split(","))
     return MiningConfig(strategy=opts.negative_strategy, num_negatives=opts.num_negatives, window=(lo, hi),
                         margin=opts.negative_margin, margin_score=opts.margin_score, rc_kind=opts.rc_score,
@@ -318,7 +358,8 @@ CONFIG_FIELDS = (
     "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated", "decontaminate", "decontam_ngram",
     "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args", "llm_serve_port",
     "llm_serve_memory", "llm_serve_max_model_len", "wave_size", "queries", "queries_layout", "queries_split",
-    "queries_task", "embedder_url", "embedder_model", "embedder_dim",
+    "queries_task", "embedder_url", "embedder_model", "embedder_dim", "scores", "reranker_url", "reranker_model",
+    "reranker_api",
 )
 
 

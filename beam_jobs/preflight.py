@@ -52,6 +52,26 @@ def check_served_embedder(spec) -> int:
     return int(vectors.shape[1])
 
 
+def check_reranker(config: ClientConfig, api: str) -> None:
+    """One (query, two passages) request before any work: the endpoint answers two finite scores."""
+    from pipeline.llm.client import LLMClient
+    from pipeline.llm.reranker import score_candidates
+    from pipeline.rerank import Candidate
+    from schemas import DeadLetter, QueryRecord
+
+    query = QueryRecord(query_id="check", passage_id="", task="check", query="a reranker check")
+    candidates = [Candidate(f"c{i}", "", text, False, i + 1, None) for i, text in enumerate(("one text", "another"))]
+
+    async def probe():
+        async with LLMClient(config) as client:
+            return await score_candidates(client, api, config.model, query, candidates)
+
+    result = asyncio.run(probe())
+    if isinstance(result, DeadLetter):
+        raise ValueError(f"the cross-encoder endpoint {', '.join(config.base_urls)} (--reranker-api {api}) cannot "
+                         f"score: {result.detail.split(': ', 1)[-1]}")
+
+
 def check_scoring_support(client: ClientConfig, rc_method: str) -> None:
     """Refuse to start against a server that cannot score, naming what it lacks."""
     from pipeline.llm.client import LLMClient

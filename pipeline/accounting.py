@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import random
 from collections import Counter
 from typing import Iterable, Literal, NamedTuple, Optional, Union
@@ -100,7 +101,9 @@ class ManifestAccumulator:
         self.relabelled += int(stats.relabelled)
         self.tasks[stats.task] += 1
         for name in SCORES:
-            self.scores[name].add(getattr(stats, name))
+            value = getattr(stats, name)
+            if math.isfinite(value):  # QL or RC is NaN when --scores left it out
+                self.scores[name].add(value)
 
     def merge(self, other: "ManifestAccumulator") -> "ManifestAccumulator":
         self.status.update(other.status)

@@ -30,9 +30,10 @@ def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: 
         positive_ql=positive.ql,
         positive_rc=positive.rc,
         positive_fused=positive.fused,
+        positive_ce=positive.ce,
         hard_negatives=[
             HardNegative(id=n.passage_id, title=n.title, text=n.text, fused_rank=n.fused_rank,
-                         retrieval_rank=n.retrieval_rank, ql=n.ql, rc=n.rc, fused=n.fused)
+                         retrieval_rank=n.retrieval_rank, ql=n.ql, rc=n.rc, fused=n.fused, ce=n.ce)
             for n in negatives
         ],
         candidates=ordered if keep_candidates else None,

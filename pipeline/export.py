@@ -12,6 +12,7 @@ Gecko's, for a trainer that should see what `fret train --text-format gecko` see
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, Optional
 
 from pipeline.text_format import PLAIN, TextFormat
@@ -19,15 +20,24 @@ from schemas.exports import LABEL_COLUMN, BeirDoc, BeirQuery, FlagEmbeddingRow, 
 
 FORMATS = ("sentence-transformers", "flagembedding", "beir")
 # The teacher's score of a (query, passage) pair, as the job kept it: the fused RRF score that
-# ranked the candidates, QL's log P(query | passage), or RC's expected relevance in [0, 1].
-TEACHER_SCORES = ("fused", "ql", "rc")
+# ranked the candidates, QL's log P(query | passage), RC's expected relevance in [0, 1], or a
+# served cross-encoder's score (a run with --scores ce).
+TEACHER_SCORES = ("fused", "ql", "rc", "ce")
+
+
+class MissingScore(ValueError):
+    """The run did not compute the teacher score asked for (--scores left it out)."""
 
 
 def teacher_scores(row: dict, negatives: list[dict], score: str) -> list[float]:
     """[score(query, positive), score(query, negative_1), ...] for the negatives given."""
     if score not in TEACHER_SCORES:
         raise ValueError(f"unknown teacher score {score!r}; one of {TEACHER_SCORES}")
-    return [float(row[f"positive_{score}"])] + [float(n[score]) for n in negatives]
+    values = [row.get(f"positive_{score}")] + [n.get(score) for n in negatives]
+    if any(v is None or not math.isfinite(v) for v in values):
+        raise MissingScore(f"example {row.get('example_id')} has no {score} score: the run did not compute it "
+                           "(its --scores); pick another --teacher-score")
+    return [float(v) for v in values]
 
 
 def _document(ref: dict, text_format: TextFormat) -> str:

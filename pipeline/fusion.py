@@ -12,6 +12,7 @@ from typing import Sequence
 # scores equal up to noise rank the same, and equal rounded scores fall to the stable tiebreak.
 QL_DECIMALS = 2  # summed log-probability of the query, nats
 RC_DECIMALS = 3  # expected relevance (label units) or log P(top label)
+CE_DECIMALS = 3  # a served cross-encoder's score (vLLM and TEI answer the sigmoid, in [0, 1])
 
 
 def quantise(values: Sequence[float], decimals: int) -> list[float]:

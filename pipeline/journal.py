@@ -16,11 +16,12 @@ from typing import Optional, Sequence, Union
 
 from pipeline import ids
 from pipeline.reliability import is_transient
-from schemas import CandidateScore, DeadLetter, JournalEntry, PairScore, QualityRating, QueryRecord, Record
+from schemas import (CandidateScore, CrossEncoderScores, DeadLetter, JournalEntry, PairScore, QualityRating,
+                     QueryRecord, Record)
 
-STAGES = ("generate", "rerank", "score", "rate")
+STAGES = ("generate", "rerank", "score", "rate", "ce")
 _TYPES: dict[str, type[Record]] = {t.__name__: t for t in (QueryRecord, DeadLetter, CandidateScore, QualityRating,
-                                                          PairScore)}
+                                                          PairScore, CrossEncoderScores)}
 # How the scores are obtained, not what they are: a run resumed with another order or QL path
 # reuses the scores (the QL paths give the same values: tests/test_token_ql.py).
 _HOW_NOT_WHAT = ("score_order", "ql_path")
@@ -46,7 +47,8 @@ def rerank_key(model: str, prompt_hashes: Sequence[str], config, query, candidat
     """The scores of one query's candidates; mining runs after, so changing it reuses the scores.
     Retrieval scores are left out: batch composition moves them in the last float bits, and
     the LLM never sees them."""
-    cands = [(c.passage_id, c.title, c.text, c.is_seed) for c in candidates]
+    # a cross-encoder's score joins the key only when there is one: older journals keep their keys
+    cands = [(c.passage_id, c.title, c.text, c.is_seed) + ((c.ce,) if c.ce is not None else ()) for c in candidates]
     return ids.content_id("jr-", model, *prompt_hashes, _config_key(config), query.query_id, query.task, query.query,
                           json.dumps(cands), length=32)
 

@@ -10,7 +10,7 @@ from typing import Literal, Sequence
 from pipeline.given_queries import text_key
 from schemas import CandidateScore, MiningStrategy
 
-MarginScore = Literal["rc", "ql", "fused"]
+MarginScore = Literal["rc", "ql", "fused", "ce"]
 RCKind = Literal["expected_relevance", "top_label_logprob"]
 
 
@@ -77,4 +77,6 @@ def margin_score(c: CandidateScore, config: MiningConfig) -> float:
         return math.exp(c.ql_mean)
     if config.margin_score == "fused":
         return c.fused  # RRF: a sum of reciprocal ranks, positive
+    if config.margin_score == "ce":
+        return c.ce  # the served cross-encoder's sigmoid, in [0, 1]
     return math.exp(c.rc) if config.rc_kind == "top_label_logprob" else c.rc

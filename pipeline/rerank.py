@@ -8,7 +8,8 @@ import functools
 import math
 from typing import Literal, Optional, Sequence, Union
 
-from pipeline.fusion import QL_DECIMALS, RC_DECIMALS, expected_relevance, quantise, ranks_desc, rrf, top_label_logprob
+from pipeline.fusion import (CE_DECIMALS, QL_DECIMALS, RC_DECIMALS, expected_relevance, quantise, ranks_desc, rrf,
+                             top_label_logprob)
 from pipeline.generation import LLM_REASONS
 from pipeline.ingest import dead_letter
 from pipeline.llm.client import LLMClient
@@ -21,6 +22,8 @@ RCScore = Literal["expected_relevance", "top_label_logprob"]
 RCMethod = Literal["exact", "first_token"]
 ScoreOrder = Literal["passage", "query"]
 QLPath = Literal["echo", "prefix_cache"]
+SCORES = ("ql", "rc", "ce")  # the rankings RRF can fuse: the LLM's QL and RC, a served cross-encoder
+LLM_SCORES = ("ql", "rc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Candidate:
     is_seed: bool
     retrieval_rank: int  # 1..N; 0 for a seed passage that was not among the neighbours
     retrieval_score: Optional[float]
+    ce: Optional[float] = None  # the served cross-encoder's score, when --scores has ce
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +56,12 @@ class RerankConfig:
     # echo: /v1/completions with echo, which any vLLM answers and never reads the cache. The job
     # picks prefix_cache where every server has the endpoint. Both give the same values.
     ql_path: QLPath = "echo"
+    # the rankings fused (any non-empty subset of SCORES); QL or RC left out is never requested
+    scores: tuple[str, ...] = LLM_SCORES
+
+    def __post_init__(self):
+        if not self.scores or set(self.scores) - set(SCORES):
+            raise ValueError(f"scores must be a non-empty subset of {', '.join(SCORES)}, not {self.scores}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,20 +124,26 @@ def rc_prompt(prompt: PromptTemplate, query: QueryRecord, c: Candidate, max_char
 
 def fuse(query: QueryRecord, candidates: Sequence[Candidate], ql: Sequence[float], ql_mean: Sequence[float],
          rc: Sequence[float], rc_labels: Sequence[dict[str, float]], rrf_k: float,
-         ql_decimals: int = QL_DECIMALS, rc_decimals: int = RC_DECIMALS) -> list[CandidateScore]:
-    """Ranks per score (rounded to the given decimals), RRF, fused ranks; ties break toward the
-    better retrieval rank (the seed first), then the passage id. The raw scores are kept."""
+         ql_decimals: int = QL_DECIMALS, rc_decimals: int = RC_DECIMALS,
+         scores: Sequence[str] = LLM_SCORES) -> list[CandidateScore]:
+    """Ranks per score used (rounded to the given decimals), RRF, fused ranks; ties break toward
+    the better retrieval rank (the seed first), then the passage id. The raw scores are kept; a
+    score not used has no rank (and QL/RC not requested are NaN)."""
     tiebreak = [(c.retrieval_rank if c.retrieval_rank > 0 else 0, c.passage_id) for c in candidates]
-    ql_ranks = ranks_desc(quantise(ql, ql_decimals), tiebreak)
-    rc_ranks = ranks_desc(quantise(rc, rc_decimals), tiebreak)
-    fused = rrf([ql_ranks, rc_ranks], k=rrf_k)
-    fused_ranks = ranks_desc(fused, [(ql_ranks[i] + rc_ranks[i], tiebreak[i]) for i in range(len(candidates))])
+    values = {"ql": quantise(ql, ql_decimals), "rc": quantise(rc, rc_decimals),
+              "ce": quantise([c.ce if c.ce is not None else math.nan for c in candidates], CE_DECIMALS)}
+    ranks = {name: ranks_desc(values[name], tiebreak) for name in SCORES if name in scores}
+    fused = rrf(list(ranks.values()), k=rrf_k)
+    rank_sum = [sum(r[i] for r in ranks.values()) for i in range(len(candidates))]
+    fused_ranks = ranks_desc(fused, [(rank_sum[i], tiebreak[i]) for i in range(len(candidates))])
+    none = [None] * len(candidates)
     return [
         CandidateScore(
             passage_id=c.passage_id, title=c.title, text=c.text, is_seed=c.is_seed,
             retrieval_rank=c.retrieval_rank, retrieval_score=c.retrieval_score,
             ql=ql[i], ql_mean=ql_mean[i], rc=rc[i], rc_label_logprobs=rc_labels[i],
-            ql_rank=ql_ranks[i], rc_rank=rc_ranks[i], fused=fused[i], fused_rank=fused_ranks[i],
+            ql_rank=ranks.get("ql", none)[i], rc_rank=ranks.get("rc", none)[i], ce=c.ce,
+            ce_rank=ranks.get("ce", none)[i], fused=fused[i], fused_rank=fused_ranks[i],
         )
         for i, c in enumerate(candidates)
     ]
@@ -139,22 +155,28 @@ async def score_pair(client: LLMClient, query: QueryRecord, c: Candidate, config
     so a fleet sends every request that shares the passage's prefix to one server."""
     prompts = prompts or Prompts.of(config)
     route = c.passage_id
-    ql_args = (*ql_request(prompts.ql, query, c, config.max_passage_chars), route)
-    ql_call = client.query_likelihood_cached if config.ql_path == "prefix_cache" else client.query_likelihood
-    rc_result, ql_result = await asyncio.gather(
-        metered("rc", client.label_logprobs(rc_prompt(prompts.rc, query, c, config.max_passage_chars),
-                                            list(prompts.label_texts), config.rc_method, route)),
-        metered("ql", ql_call(*ql_args)))
+    calls = {}
+    if "rc" in config.scores:
+        calls["RC"] = metered("rc", client.label_logprobs(rc_prompt(prompts.rc, query, c, config.max_passage_chars),
+                                                          list(prompts.label_texts), config.rc_method, route))
+    if "ql" in config.scores:
+        ql_args = (*ql_request(prompts.ql, query, c, config.max_passage_chars), route)
+        ql_call = client.query_likelihood_cached if config.ql_path == "prefix_cache" else client.query_likelihood
+        calls["QL"] = metered("ql", ql_call(*ql_args))
+    results = dict(zip(calls, await asyncio.gather(*calls.values())))
     # each result is checked on its own: one zip over both once reported a QL failure as RC's
-    for kind, r in (("RC", rc_result), ("QL", ql_result)):
+    for kind, r in results.items():
         if not r.ok:
             return dead_letter(query.passage_id, "rerank", LLM_REASONS.get(r.reason or "", "llm_bad_response"),
                                f"query {query.query_id}: {kind} scoring of candidate {c.passage_id} failed: "
                                f"{r.detail}", query.query)
-    return PairScore(query_id=query.query_id, passage_id=c.passage_id, ql=ql_result.logprob_sum,
-                     ql_mean=ql_result.logprob_mean,
-                     rc_label_logprobs={n: rc_result.logprobs[t] for n, t in zip(prompts.label_names,
-                                                                                 prompts.label_texts)})
+    ql_result, rc_result = results.get("QL"), results.get("RC")
+    return PairScore(query_id=query.query_id, passage_id=c.passage_id,
+                     ql=ql_result.logprob_sum if ql_result else math.nan,
+                     ql_mean=ql_result.logprob_mean if ql_result else math.nan,
+                     rc_label_logprobs=({n: rc_result.logprobs[t] for n, t in zip(prompts.label_names,
+                                                                                  prompts.label_texts)}
+                                        if rc_result else {}))
 
 
 async def score_passage(client: LLMClient, passage: Candidate, queries: Sequence[QueryRecord],
@@ -185,16 +207,20 @@ def assemble(query: QueryRecord, candidates: Sequence[Candidate], scores: dict[s
             return score
         pairs.append(score)
     rc_labels = [p.rc_label_logprobs for p in pairs]
-    if config.rc_score == "expected_relevance":
+    if "rc" not in config.scores:
+        rc = [math.nan] * len(pairs)
+    elif config.rc_score == "expected_relevance":
         rc = [expected_relevance(lp, prompts.label_values) for lp in rc_labels]
     else:
         rc = [top_label_logprob(lp, prompts.top_label) for lp in rc_labels]
     ql = [p.ql for p in pairs]
     ql_mean = [p.ql_mean for p in pairs]
-    if not all(math.isfinite(v) for v in ql + rc):
+    used = {"ql": ql, "rc": rc, "ce": [c.ce if c.ce is not None else math.nan for c in candidates]}
+    if not all(math.isfinite(v) for name in config.scores for v in used[name]):
         return dead_letter(query.passage_id, "rerank", "llm_bad_response",
                            f"query {query.query_id}: a score is not finite", query.query)
-    return fuse(query, candidates, ql, ql_mean, rc, rc_labels, config.rrf_k, config.ql_decimals, config.rc_decimals)
+    return fuse(query, candidates, ql, ql_mean, rc, rc_labels, config.rrf_k, config.ql_decimals, config.rc_decimals,
+                config.scores)
 
 
 async def score_query(client: LLMClient, query: QueryRecord, candidates: Sequence[Candidate],

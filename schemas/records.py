@@ -148,6 +148,14 @@ class QualityRating(Record):
     reason: str = Field("", pattern=r"^[^\x00-\x1f]{0,128}$", description="short justification")
 
 
+class CrossEncoderScores(Record):
+    """A served cross-encoder's scores of one query's candidates (the journal's record of them)."""
+
+    query_id: str
+    passage_ids: list[str]
+    scores: list[float]
+
+
 class PassageRef(Record):
     """A passage as it appears inside an example."""
 
@@ -202,9 +210,11 @@ class CandidateScore(Record):
     ql_mean: float = Field(..., description="ql divided by the number of query tokens")
     rc: float = Field(..., description="relevance score from the graded label log-likelihoods")
     rc_label_logprobs: dict[str, float] = Field(default_factory=dict, description="log P(label) per label")
-    ql_rank: int = Field(..., ge=1)
-    rc_rank: int = Field(..., ge=1)
-    fused: float = Field(..., description="reciprocal rank fusion of the QL and RC ranks")
+    ql_rank: Optional[int] = Field(None, ge=1, description="None when QL was not scored (--scores)")
+    rc_rank: Optional[int] = Field(None, ge=1, description="None when RC was not scored (--scores)")
+    ce: Optional[float] = Field(None, description="the served cross-encoder's score, when it ranked (--scores ce)")
+    ce_rank: Optional[int] = Field(None, ge=1)
+    fused: float = Field(..., description="reciprocal rank fusion of the ranks of the scores used (--scores)")
     fused_rank: int = Field(..., ge=1)
 
 
@@ -230,6 +240,7 @@ class HardNegative(Record):
     ql: float
     rc: float
     fused: float
+    ce: Optional[float] = None
 
 
 class Provenance(Record):
@@ -261,6 +272,7 @@ class TrainingExample(Record):
     positive_ql: float
     positive_rc: float
     positive_fused: float
+    positive_ce: Optional[float] = Field(None, description="the cross-encoder's score, when it ranked (--scores ce)")
     hard_negatives: list[HardNegative]
     candidates: Optional[list[CandidateScore]] = Field(None, description="every scored candidate, if kept")
     knobs: Optional[QueryKnobs] = Field(None, description="the generation knobs; None for a given query")
@@ -330,6 +342,7 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     QueryRecord,
     CandidateScore,
     PairScore,
+    CrossEncoderScores,
     PassageRef,
     HardNegative,
     Provenance,

@@ -106,7 +106,7 @@ def test_job_relabels_when_the_llm_prefers_a_neighbour(tmp_path, preferring_llm)
     # The token bill: one QL and one RC request per scored candidate (QL: plus its re-sends without
     # cache reads), one generation per passage. The stub has the token endpoint, so QL was read
     # from its prefix cache; its other answers report no cache counts, so computed = sent there.
-    assert manifest["scoring"] == {"score_order": "passage", "ql_path": "prefix_cache",
+    assert manifest["scoring"] == {"scores": "ql,rc", "score_order": "passage", "ql_path": "prefix_cache",
                                    "rc_prompt": "relevance_classification_v3"}
     tokens, counts = manifest["tokens"], manifest["counts"]
     scored = sum(len(e["candidates"]) for e in out["examples"])
@@ -331,6 +331,6 @@ def test_passage_order_and_the_prefix_cache_write_what_query_order_and_echo_writ
 
     assert decisions(new) == decisions(old) == decisions(fallback) and len(decisions(new)) == len(PASSAGES)
     assert new["manifest"]["scoring"]["ql_path"] == "prefix_cache"
-    assert old["manifest"]["scoring"] == {"score_order": "query", "ql_path": "echo",
+    assert old["manifest"]["scoring"] == {"scores": "ql,rc", "score_order": "query", "ql_path": "echo",
                                           "rc_prompt": "relevance_classification_v3"}
     assert fallback["manifest"]["scoring"]["ql_path"] == "echo"  # detected: the server has no token endpoint

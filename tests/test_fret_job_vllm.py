@@ -60,7 +60,7 @@ def test_full_job_accounts_for_every_input(tmp_path, vllm_server):
     # The token bill, from vLLM's own per-request counts. Passage by passage, both prompts put the
     # head and the passage first, which the prefix cache computes once per passage; QL reads the
     # cache over the token endpoint (the server runs with --enable-scale-out).
-    assert manifest["scoring"] == {"score_order": "passage", "ql_path": "prefix_cache",
+    assert manifest["scoring"] == {"scores": "ql,rc", "score_order": "passage", "ql_path": "prefix_cache",
                                    "rc_prompt": "relevance_classification_v3"}
     tokens = manifest["tokens"]
     assert set(tokens) == {"generate", "ql", "rc"}

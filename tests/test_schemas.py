@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from schemas import (
     ALL_RECORDS,
     CandidateScore,
+    CrossEncoderScores,
     DeadLetter,
     FilteredRecord,
     GeneratedQuery,
@@ -60,10 +61,11 @@ SAMPLES = {
                             positive=PassageRef(id="p-1", text="x"), negatives=[PassageRef(id="p-2", text="n")]),
                  GivenQuery(query_id="q", query="what", task="t", positive_id="d1", known_positive_ids=["d2"],
                             layout="beir", source="qrels/train.tsv:2")],
-    CandidateScore: [CAND],
+    CandidateScore: [CAND, CAND.model_copy(update={"ql_rank": None, "ce": 0.5, "ce_rank": 1})],
     PairScore: [PairScore(query_id="q1", passage_id="p2", ql=-3.0, ql_mean=-1.0,
                           rc_label_logprobs={"highly_relevant": -0.1, "not_relevant": -2.0})],
     PassageRef: [PassageRef(id="p", text="x")],
+    CrossEncoderScores: [CrossEncoderScores(query_id="q", passage_ids=["p1", "p2"], scores=[0.7, 0.1])],
     HardNegative: [NEG],
     Provenance: [PROV],
     TrainingExample: [EXAMPLE, EXAMPLE.model_copy(update={"candidates": None, "hard_negatives": []}),
@@ -128,6 +130,7 @@ def test_training_example_nested_types_match_hand_written():
         pa.field("ql", pa.float64(), nullable=False),
         pa.field("rc", pa.float64(), nullable=False),
         pa.field("fused", pa.float64(), nullable=False),
+        pa.field("ce", pa.float64(), nullable=True),
     ])
     assert schema.field("hard_negatives").type.equals(pa.list_(pa.field("element", negative, nullable=False)))
     assert schema.field("quality").nullable and not schema.field("query").nullable

