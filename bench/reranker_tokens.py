@@ -47,7 +47,7 @@ def main() -> None:
 
     ce_path = build_tiny_cross_encoder(CACHE / "tiny-cross-encoder-v1")
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        llm = stack.enter_context(contextlib.contextmanager(tiny_vllm)(("--dtype", "float32")))
+        llm = stack.enter_context(tiny_vllm(("--dtype", "float32")))
         ce = stack.enter_context(VLLMServer(str(ce_path), python=ensure_vllm_venv(), served_model_name="tiny-ce",
                                             pooling=True, max_model_len=512, extra_args=("--dtype", "float32")))
         queries = pydoc_slice(Path(tmp) / "beir", args.queries)
