@@ -5,6 +5,7 @@ Pure Python over row dicts (as pyarrow's to_pylist gives them); beam_jobs/output
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import textwrap
 from collections import Counter
@@ -39,7 +40,8 @@ class DatasetStats:
             self.negative_retrieval_ranks[n["retrieval_rank"]] += 1
         for name, value in (("ql", row["positive_ql"]), ("rc", row["positive_rc"]), ("fused", row["positive_fused"]),
                             ("query_words", len(row["query"].split()))):
-            reservoir_add(self.values[name], float(value), self.rows, SAMPLE, self._rng)
+            if math.isfinite(float(value)):  # QL or RC is NaN when the run's --scores left it out
+                reservoir_add(self.values[name], float(value), self.rows, SAMPLE, self._rng)
 
     @property
     def relabel_rate(self) -> float:

@@ -122,6 +122,8 @@ def test_the_job_fuses_the_cross_encoder_with_ql_and_rc_or_ranks_by_it_alone(ce_
     assert all(0 < s < 1 for r in rows for s in r["pos_scores"] + r["neg_scores"])
     assert cli.main(["export", str(tmp_path / "alone"), "--format", "flagembedding", "--output",
                      str(tmp_path / "fe2"), "--teacher-score", "ql"]) == 2
+    # inspect and the report card read a run without QL and RC (their values are NaN)
+    assert cli.main(["inspect", str(tmp_path / "alone")]) == 0 and cli.main(["report", str(tmp_path / "alone")]) == 0
 
 
 def test_scores_and_reranker_url_must_agree(tmp_path):
