@@ -58,7 +58,7 @@ class VLLMServer:
         python: Optional[str] = None,
         served_model_name: Optional[str] = None,
         max_model_len: int = 2048,
-        memory_fraction: float = 0.2,
+        memory_fraction: Optional[float] = None,
         compact_json: bool = True,
         block_size: int = 32,
         extra_args: Sequence[str] = (),
@@ -74,7 +74,8 @@ class VLLMServer:
         self.served_model_name = served_model_name or model
         self.max_model_len = max_model_len
         # On the CPU backend --gpu-memory-utilization is the share of RAM reserved (KV cache).
-        self.memory_fraction = memory_fraction
+        # a pooling model (embedder, cross-encoder) keeps no KV cache worth a fifth of the RAM
+        self.memory_fraction = memory_fraction if memory_fraction is not None else (0.05 if pooling else 0.2)
         # Structured output without free whitespace (fewer tokens, and a weak model cannot spend
         # its whole budget on blanks), through llguidance: xgrammar 0.2.8 admits overlong and
         # surrogate UTF-8 forms, so a weak model's strings decode to U+FFFD and outgrow their
