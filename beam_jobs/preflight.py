@@ -39,17 +39,17 @@ def check_served_embedder(spec) -> int:
     given. Returns the dimension, which every later answer must have."""
     from pipeline.llm.embeddings import EmbeddingError, RemoteEmbedder
 
+    embedder = None
     try:
-        embedder = RemoteEmbedder(spec)
+        embedder = RemoteEmbedder(spec)  # without --embedder_dim, its one request finds the dimension
+        if spec.dim:
+            embedder.encode(["a dimension check"])  # with it, one request checks it
     except EmbeddingError as exc:
         raise ValueError(f"the embedder endpoint {', '.join(spec.client.base_urls)} cannot embed: {exc}") from None
-    try:
-        vectors = embedder.encode(["a dimension check"])
-    except EmbeddingError as exc:
-        raise ValueError(f"the embedder endpoint {', '.join(spec.client.base_urls)}: {exc}") from None
     finally:
-        embedder.close()
-    return int(vectors.shape[1])
+        if embedder is not None:
+            embedder.close()
+    return embedder.dim
 
 
 def check_reranker(config: ClientConfig, api: str) -> None:
@@ -127,14 +127,14 @@ def url_hint(base_url: str) -> str:
             "(the base URL, e.g. http://127.0.0.1:8000)")
 
 
-def matched_files(patterns: str) -> list[str]:
+def matched_files(patterns: str, flag: str = "--input") -> list[str]:
     """Every file the comma-separated globs match, once each, in order; refuse a glob that
     matches nothing."""
     paths: dict[str, None] = {}
     for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
         found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
         if not found:
-            raise ValueError(f"--input {pattern!r} matches no file; check the path or glob")
+            raise ValueError(f"{flag} {pattern!r} matches no file; check the path or glob")
         paths.update(dict.fromkeys(found))
     return list(paths)
 
@@ -150,9 +150,7 @@ def check_given_queries(patterns: str, layout: str, split: str) -> None:
                 raise ValueError(f"--queries {folder!r} is read as a BEIR folder, but {needed} does not exist"
                                  + (" (--queries_split names the qrels file)" if "qrels" in needed else ""))
         return
-    for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
-        if not FileSystems.match([pattern])[0].metadata_list:
-            raise ValueError(f"--queries {pattern!r} matches no file; check the path or glob")
+    matched_files(patterns, "--queries")
 
 
 JSONL_PEEK = 100  # lines of the first JSONL file looked at for the text field

@@ -7,7 +7,7 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
-from beam_jobs.common import NS, OUTCOME
+from beam_jobs.common import NS, OUTCOME, SharedBox
 from pipeline import ids, ingest, passage_dedupe
 from pipeline.accounting import Outcome
 from pipeline.embedding import count_tokens, embedder_budget
@@ -63,7 +63,7 @@ class _ParseAndSplit(beam.DoFn):
 
         path = resolve_model_path(self._embedder)
         trust = self._trust_remote_code
-        self._tokenizer = self._shared.acquire(lambda: _Box(AutoTokenizer.from_pretrained(path, trust_remote_code=trust)),
+        self._tokenizer = self._shared.acquire(lambda: SharedBox(AutoTokenizer.from_pretrained(path, trust_remote_code=trust)),
                                                tag=f"tokenizer:{path}").value
         self._split_here = embedder_budget(self._split, self._tokenizer, path)
 
@@ -97,13 +97,6 @@ class _ParseAndSplit(beam.DoFn):
             self.split_records.inc()
         self.passages.inc(len(passages))
         yield from passages
-
-
-class _Box:
-    """Shared.acquire needs a weak-referenceable object."""
-
-    def __init__(self, value):
-        self.value = value
 
 
 class ReadSeedPassages(beam.PTransform):

@@ -11,7 +11,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
-from beam_jobs.common import NS
+from beam_jobs.common import NS, SharedBox
 from beam_jobs.index_files import IndexShard, read_shard, write_shard
 from beam_jobs.journal import EMBED_STAGE, LookupJournal, write_vectors
 from pipeline import retrieval
@@ -20,13 +20,6 @@ from pipeline.embedding import passage_text
 from pipeline.llm.embeddings import load_embedder
 from pipeline.progress import Progress
 from pipeline.rerank import build_candidates
-
-
-class _Held:
-    """Shared.acquire needs a weak-referenceable object."""
-
-    def __init__(self, value):
-        self.value = value
 
 
 class _EmbedFn(beam.DoFn):
@@ -43,7 +36,7 @@ class _EmbedFn(beam.DoFn):
 
     def setup(self):
         name, batch_size, trust = self._name, self._batch_size, self._trust_remote_code
-        self._embedder = self._shared.acquire(lambda: _Held(load_embedder(name, batch_size, trust)),
+        self._embedder = self._shared.acquire(lambda: SharedBox(load_embedder(name, batch_size, trust)),
                                               tag=f"embedder:{name!r}").value
 
     def process(self, batch, total: Optional[int] = None):

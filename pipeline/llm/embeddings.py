@@ -76,7 +76,11 @@ class RemoteEmbedder:
         self._llm = blocking.acquire(spec.client)
         self.dim = spec.dim
         if not self.dim:  # one short request tells the dimension before the first real batch
-            self.dim = int(self.encode(["dimension probe"]).shape[1])
+            try:
+                self.dim = int(self.encode(["dimension probe"]).shape[1])
+            except BaseException:
+                self._llm.release()  # no caller will hold this embedder to close it
+                raise
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
