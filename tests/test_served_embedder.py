@@ -53,7 +53,8 @@ def test_served_vectors_equal_the_local_encoders_on_the_same_weights(embed_serve
 
 def test_a_wrong_dimension_is_refused(embed_server):
     with pytest.raises(EmbeddingError, match="expected 64"):
-        RemoteEmbedder(_spec(embed_server, dim=64)).encode(["x"])
+        with RemoteEmbedder(_spec(embed_server, dim=64)) as embedder:
+            embedder.encode(["x"])
 
 
 def test_the_job_with_the_served_embedder_writes_the_local_encoders_examples(embed_server, tiny_embedder_path,

@@ -104,6 +104,12 @@ class RemoteEmbedder:
     def close(self) -> None:
         self._llm.release()
 
+    def __enter__(self) -> "RemoteEmbedder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def load_embedder(spec, batch_size: int = 64, trust_remote_code: bool = False):
     """A local sentence-transformers Embedder for a model name or path, a RemoteEmbedder for a ServedEmbedder."""

@@ -78,19 +78,24 @@ def record(prompt: int, cached: Optional[int], completion: int) -> None:
 
 async def metered(kind: str, awaitable: Awaitable[T]) -> T:
     """Await with the requests it makes counted under `kind`."""
-    token = _KIND.set(kind)
+    # Set back, not reset by token: a coroutine abandoned at shutdown is closed in another
+    # context, where reset() raises (seen as an unraisable warning when a dead server aborts).
+    previous = _KIND.get()
+    _KIND.set(kind)
     try:
         return await awaitable
     finally:
-        _KIND.reset(token)
+        _KIND.set(previous)
 
 
 async def measure(kind: str, awaitable: Awaitable[T]) -> tuple[T, UsageMeter]:
     """(result, the usage of every request made while awaiting it, by kind; `kind` by default)."""
     meter = UsageMeter()
-    meter_token, kind_token = _METER.set(meter), _KIND.set(kind)
+    previous = _METER.get(), _KIND.get()
+    _METER.set(meter)
+    _KIND.set(kind)
     try:
         return await awaitable, meter
-    finally:
-        _KIND.reset(kind_token)
-        _METER.reset(meter_token)
+    finally:  # set back, not reset by token (see metered)
+        _METER.set(previous[0])
+        _KIND.set(previous[1])
