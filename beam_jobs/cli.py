@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from beam_jobs.arguments import FretArgumentParser
@@ -135,9 +136,31 @@ def _train(argv: list[str]) -> int:
     args = vars(parser.parse_args(argv))
     args["mrl_dims"] = tuple(int(d) for d in str(args["mrl_dims"]).split(",") if d.strip())
     args["mrl_weights"] = tuple(float(w) for w in str(args["mrl_weights"]).split(",") if w.strip())
-    summary = train(TrainConfig(**args), files=BeamFiles())
+    config = TrainConfig(**args)  # a bad combination is refused before any process starts
+    if config.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_processes(config.nproc, argv)
+    summary = train(config, files=BeamFiles())
+    if int(os.environ.get("RANK", "0")):
+        return 0  # the first process prints the summary
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _launch_processes(nproc: int, argv: list[str]) -> int:
+    """`fret train --nproc N`: the same command in N processes under torchrun (DDP; gloo on CPU)."""
+    import subprocess
+    import sys
+
+    # each process learns the count from torchrun; left in, --nproc would be an ambiguous torchrun flag
+    rest, skip = [], False
+    for arg in argv:
+        if skip or arg == "--nproc" or arg.startswith("--nproc="):
+            skip = arg == "--nproc"
+            continue
+        rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "beam_jobs.cli", "train", *rest]
+    return subprocess.call(command)
 
 
 def _base_type(hint):

@@ -155,6 +155,51 @@ def epoch_batches(path: str | Path, batch_size: int, num_negatives: int, seed: i
             yield batch
 
 
+def max_negatives(path: str | Path, files: Files | None = None) -> int:
+    """The most hard negatives any example has: the negative columns the trainer needs."""
+    import pyarrow.compute as pc
+
+    files = files or LocalFiles()
+    most = 0
+    for name in shard_files(path, files):
+        with files.open(name) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=65_536, columns=["hard_negatives"]):
+                lengths = pc.list_value_length(batch.column(0)).fill_null(0)
+                most = max(most, int(pc.max(lengths).as_py() or 0))
+    return most
+
+
+def negative_columns(count: int) -> list[str]:
+    return [f"negative_{i + 1}" for i in range(count)]
+
+
+def training_rows(path: str, batch_size: int, negatives: int, seed: int, shuffle_buffer: int,
+                  text_format: TextFormat, files: Files | None = None, on_epoch_end=None) -> Iterator[dict]:
+    """Rows for sentence-transformers' trainer, epoch after epoch without end (the trainer stops at
+    its max_steps): every `batch_size` consecutive rows are one batch without a repeated positive.
+    A row has `negatives` negative columns; those it lacks repeat its positive, and `label` says
+    how many are real, so the loss can mask the copies. `on_epoch_end(epoch, not_batched)` hears
+    how many examples of each epoch could not fill a batch."""
+    epoch = 0
+    while True:
+        dropped: list = []
+        rows = 0
+        for batch in epoch_batches(path, batch_size, negatives, seed, epoch, shuffle_buffer, 0, files, text_format,
+                                   dropped):
+            for triple in batch:
+                rows += 1
+                real = list(triple.negatives[:negatives])
+                padded = real + [triple.positive] * (negatives - len(real))
+                yield {"anchor": triple.query, "positive": triple.positive,
+                       **dict(zip(negative_columns(negatives), padded)), "label": len(real)}
+        if not rows:
+            raise ValueError(f"{path} has fewer than --batch-size {batch_size} examples with distinct positives: "
+                             "no batch can be formed")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, len(dropped))
+        epoch += 1
+
+
 def beir_example_rows(folder: str | Path, split: str, task: str) -> list[dict]:
     """A BEIR split in the FRet example layout (task/query/positive/hard_negatives), no negatives."""
     from pipeline.train.evaluate import load_beir

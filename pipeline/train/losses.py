@@ -1,11 +1,21 @@
-"""Training objectives: Gecko's InfoNCE with Matryoshka dimensions, and XTR's token retrieval."""
+"""Training objectives as sentence-transformers losses: Gecko's InfoNCE (a MultipleNegativesRankingLoss
+with fret's masks), its GradCache form, and XTR's token retrieval.
+
+Every loss reads the columns fret's data writes (anchor, positive, negative_1..k) and, as labels,
+how many of a row's negative columns are real (the rest repeat its positive to keep columns even).
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+import hashlib
+from typing import Iterable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+from sentence_transformers.base.losses.gradcache import CachedLossMixin
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from sentence_transformers.util.distributed import all_gather, all_gather_padded, get_rank, get_world_size
 from torch import nn
 
 
@@ -33,23 +43,12 @@ class GeckoInfoNCE(nn.Module):
 
     Given TextKeys, a column whose text is the row's own positive (a duplicate positive, or a
     mined negative that is another query's positive) or the row's own query is left out: it is no
-    negative, as sentence-transformers' no-duplicates batches ensure. With symmetric, the loss is
-    the mean of that and the reverse direction, where each positive p_i picks its query q_i among
-    the batch's queries (sentence-transformers' MultipleNegativesSymmetricRankingLoss; not Gecko).
-
-    Args:
-        temperature: τ (Gecko: 0.05).
-        in_batch: include the other queries' positives.
-        same_tower: include the other queries.
-        hard_negatives: include the query's mined hard negatives.
-        batch_negatives: with hard_negatives, every hard negative of the batch counts for every query.
-        symmetric: add the positive-to-query direction and average the two.
+    negative. With symmetric, each row's loss is the mean of that and the reverse direction, where
+    p_i picks q_i among the batch's queries. `rows` selects the rows averaged (a process's own,
+    when the batch was gathered across processes).
 
     Inputs: q (B, d), p (B, d), negatives (B, k, d) or None, negative_mask (B, k) bool or None,
     keys: TextKeys or None.
-
-    Example:
-        >>> loss = GeckoInfoNCE(0.05)(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 1, 8))
     """
 
     def __init__(self, temperature: float = 0.05, in_batch: bool = True, same_tower: bool = True,
@@ -62,7 +61,8 @@ class GeckoInfoNCE(nn.Module):
         self.batch_negatives, self.symmetric = batch_negatives, symmetric
 
     def forward(self, q: torch.Tensor, p: torch.Tensor, negatives: Optional[torch.Tensor] = None,
-                negative_mask: Optional[torch.Tensor] = None, keys: Optional[TextKeys] = None) -> torch.Tensor:
+                negative_mask: Optional[torch.Tensor] = None, keys: Optional[TextKeys] = None,
+                rows: Optional[slice] = None) -> torch.Tensor:
         q = F.normalize(q, dim=-1)  # (B, d)
         p = F.normalize(p, dim=-1)  # (B, d)
         batch = q.shape[0]
@@ -97,48 +97,106 @@ class GeckoInfoNCE(nn.Module):
             columns.append(qn)
         logits = torch.cat(columns, dim=1)  # (B, B [+ B] [+ k or B*k])
         targets = torch.arange(batch, device=q.device)  # (B,): p_i sits in column i
-        loss = F.cross_entropy(logits, targets)  # scalar
+        per_row = F.cross_entropy(logits, targets, reduction="none")  # (B,)
         if self.symmetric:
             pq = qp.T if not keys else qp.T.masked_fill(same_query, float("-inf"))  # (B, B): s(p_i, q_j)
-            loss = (loss + F.cross_entropy(pq, targets)) / 2
-        return loss
+            per_row = (per_row + F.cross_entropy(pq, targets, reduction="none")) / 2
+        return per_row[rows if rows is not None else slice(None)].mean()
 
 
-class MatryoshkaLoss(nn.Module):
-    """Sum of a base loss over leading slices of the embeddings (MRL, Kusupati et al. 2022).
+def column_keys(features: Iterable[dict]) -> torch.Tensor:
+    """(columns, B) int64: a hash of each text's token ids. Equal texts get equal keys in every
+    process (Python's hash of bytes is salted per process; blake2b is not)."""
+    keys = []
+    for feature in features:
+        ids, mask = feature["input_ids"].cpu(), feature["attention_mask"].cpu().bool()
+        keys.append([int.from_bytes(hashlib.blake2b(row[m].numpy().tobytes(), digest_size=8).digest(), "little",
+                                    signed=True) for row, m in zip(ids, mask)])
+    return torch.tensor(keys, dtype=torch.int64)
 
-    Args:
-        base: a loss taking (q, p, negatives, negative_mask) embeddings, e.g. GeckoInfoNCE.
-        dims: embedding sizes to train, e.g. (384, 256, 128, 64); each slice is re-normalised
-            by the base loss (cosine).
-        weights: one weight per dimension (default 1 each).
-        negatives_min_dim: sizes below this train without the hard negatives (in-batch terms only).
 
-    Example:
-        >>> mrl = MatryoshkaLoss(GeckoInfoNCE(), dims=(8, 4))
-        >>> loss = mrl(torch.randn(4, 8), torch.randn(4, 8))
+def _gathered(tensor: torch.Tensor, with_grad: bool, distributed: bool) -> torch.Tensor:
+    return all_gather(tensor, with_grad=with_grad) if distributed else tensor
+
+
+class GeckoRankingLoss(MultipleNegativesRankingLoss):
+    """sentence-transformers' MultipleNegativesRankingLoss with Gecko's switches and fret's masks.
+
+    It is MNRL (query_to_doc, plus query_to_query for same_tower, plus doc_to_query for
+    symmetric) wherever MNRL has the switch; GeckoInfoNCE adds what MNRL has none for: a query's own
+    negatives only (batch_negatives off, Gecko's eq. 3), no in-batch positives, the masking of a
+    column whose text is the row's own positive or query (mask_duplicates), and the padding of rows
+    with fewer negatives. tests/test_losses_vs_st.py checks the shared part equal to MNRL.
+
+    Inputs: columns (anchor, positive, negative_1..k); labels (B,): the real negatives of each row.
+    Under MatryoshkaLoss, a size below negatives_min_dim trains without the hard negatives.
     """
 
-    def __init__(self, base: nn.Module, dims: Sequence[int], weights: Optional[Sequence[float]] = None,
-                 negatives_min_dim: int = 0):
-        super().__init__()
-        if not dims or any(d < 1 for d in dims):
-            raise ValueError("dims must be positive embedding sizes, e.g. (384, 256, 128, 64)")
-        if weights is not None and len(weights) != len(dims):
-            raise ValueError("give one weight per dimension")
-        self.base, self.dims = base, tuple(dims)
-        self.weights = tuple(weights) if weights is not None else (1.0,) * len(dims)
-        self.negatives_min_dim = negatives_min_dim
+    def __init__(self, model, temperature: float = 0.05, in_batch: bool = True, same_tower: bool = False,
+                 hard_negatives: bool = True, batch_negatives: bool = True, symmetric: bool = False,
+                 mask_duplicates: bool = True, negatives_min_dim: int = 0, gather_across_devices: bool = False):
+        directions = ("query_to_doc",) + (("query_to_query",) if same_tower else ()) + (
+            ("doc_to_query",) if symmetric else ())
+        super().__init__(model, scale=1.0 / temperature, gather_across_devices=gather_across_devices,
+                         directions=directions)
+        self.infonce = GeckoInfoNCE(temperature, in_batch, same_tower, hard_negatives, batch_negatives, symmetric)
+        self.mask_duplicates, self.negatives_min_dim = mask_duplicates, negatives_min_dim
 
-    def forward(self, q: torch.Tensor, p: torch.Tensor, negatives: Optional[torch.Tensor] = None,
-                negative_mask: Optional[torch.Tensor] = None, keys: Optional[TextKeys] = None) -> torch.Tensor:
-        if max(self.dims) > q.shape[-1]:
-            raise ValueError(f"MRL dimension {max(self.dims)} exceeds the embedding size {q.shape[-1]}")
-        total = q.new_zeros(())  # scalar
-        for dim, weight in zip(self.dims, self.weights):
-            n = negatives[..., :dim] if negatives is not None and dim >= self.negatives_min_dim else None  # (B, k, dim)
-            total = total + weight * self.base(q[:, :dim], p[:, :dim], n, negative_mask, keys)  # scalar
-        return total
+    def forward(self, sentence_features: Iterable[dict], labels: torch.Tensor) -> torch.Tensor:
+        features = list(sentence_features)
+        keys = column_keys(features)  # before the forward pass, which writes its outputs into the dicts
+        return self.compute_loss_from_embeddings(embed_columns(self.model, features), (labels, keys))
+
+    def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor], labels) -> torch.Tensor:
+        counts, keys = labels  # (B,) real negatives per row; (columns, B) text keys
+        q, p, negatives = embeddings[0], embeddings[1], embeddings[2:]
+        local = q.shape[0]
+        distributed = self.gather_across_devices and get_world_size() > 1
+        q, p = _gathered(q, True, distributed), _gathered(p, True, distributed)
+        unused = []
+        if negatives and (not self.infonce.hard_negatives or q.shape[-1] < self.negatives_min_dim):
+            unused, negatives = negatives, []  # a size below negatives_min_dim: in-batch terms only
+        n = torch.stack([_gathered(x, True, distributed) for x in negatives], dim=1) if negatives else None  # (B, k, d)
+        device = q.device
+        counts = _gathered(counts.to(device), False, distributed)  # (B,)
+        keys = _gathered(keys.to(device).T.contiguous(), False, distributed).T  # (columns, B)
+        mask = torch.arange(n.shape[1], device=device)[None, :] < counts[:, None] if n is not None else None  # (B, k)
+        text_keys = TextKeys(keys[0], keys[1], keys[2:2 + n.shape[1]].T if n is not None else None)
+        start = get_rank() * local if distributed else 0
+        loss = self.infonce(q, p, n, mask, text_keys if self.mask_duplicates else None, slice(start, start + local))
+        # GradCache needs a gradient, zero, for every column it embedded, used at this size or not
+        return loss + sum(0.0 * x.sum() for x in unused)
+
+    def get_config_dict(self) -> dict:
+        infonce = self.infonce
+        return {**super().get_config_dict(), "in_batch": infonce.in_batch, "hard_negatives": infonce.hard_negatives,
+                "batch_negatives": infonce.batch_negatives, "mask_duplicates": self.mask_duplicates,
+                "negatives_min_dim": self.negatives_min_dim}
+
+
+class CachedGeckoRankingLoss(CachedLossMixin, nn.Module):
+    """GeckoRankingLoss with GradCache (Gao et al. 2021) from sentence-transformers' CachedLossMixin,
+    as CachedMultipleNegativesRankingLoss: the batch is embedded mini_batch_size texts at a time, so
+    memory follows the mini-batch while the loss sees the whole batch."""
+
+    def __init__(self, model, mini_batch_size: int, **settings):
+        super().__init__()
+        self.model, self.mini_batch_size = model, mini_batch_size
+        self.loss = GeckoRankingLoss(model, **settings)
+
+    def forward(self, sentence_features: Iterable[dict], labels: torch.Tensor) -> torch.Tensor:
+        features = list(sentence_features)
+        return self.forward_cached(features, (labels, column_keys(features)))
+
+    def calculate_loss(self, reps, labels=None, *, with_backward: bool = False) -> torch.Tensor:
+        loss = self.loss.compute_loss_from_embeddings([torch.cat(column) for column in reps], labels)
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+    def get_config_dict(self) -> dict:
+        return {**self.loss.get_config_dict(), "mini_batch_size": self.mini_batch_size}
 
 
 def xtr_scores(q_tokens: torch.Tensor, q_mask: torch.Tensor, d_tokens: torch.Tensor, d_mask: torch.Tensor,
@@ -149,6 +207,10 @@ def xtr_scores(q_tokens: torch.Tensor, q_mask: torch.Tensor, d_tokens: torch.Ten
     from *all* documents of the batch; f(q, D) = (1/Z) Σ_i max_j Â_ij q_i·d_j, with Z the number
     of query tokens that retrieved at least one token of D, clipped below at z_min so that a
     document no query token retrieved scores 0.
+
+    sentence-transformers' multi-vector `xtr_scores` computes the same for documents grouped per
+    query (equal to this on random inputs, tests/test_losses_vs_st.py); this one stays because
+    fret's batches hold a ragged number of real negatives per query, which its grid cannot.
 
     Inputs: q_tokens (B, Lq, d), q_mask (B, Lq) bool, d_tokens (N, Ld, d), d_mask (N, Ld) bool,
     all token vectors already normalised. Returns (B, N) scores.
@@ -170,27 +232,50 @@ def xtr_scores(q_tokens: torch.Tensor, q_mask: torch.Tensor, d_tokens: torch.Ten
     return best.sum(dim=1) / z  # (B, N)
 
 
+def _pad_tokens(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate (n, L, d) token blocks of different L, padding with masked zeros."""
+    width = max(t.shape[1] for t, _ in parts)
+    tokens = [F.pad(t, (0, 0, 0, width - t.shape[1])) for t, _ in parts]
+    masks = [F.pad(m, (0, width - m.shape[1]), value=False) for _, m in parts]
+    return torch.cat(tokens), torch.cat(masks)
+
+
 class XTRLoss(nn.Module):
-    """Cross-entropy over XTR scores of each query against all documents of the batch.
+    """Cross-entropy over XTR scores of each query against every document of the batch: the
+    positives first, then the real hard negatives (padding copies of a positive left out).
 
     Args:
+        model: the SentenceTransformer; its token embeddings are scored.
         k_train: tokens each query token retrieves from the batch (XTR: a few times the batch
             size; must be small enough to leave some documents unretrieved).
         temperature: scores are divided by this before the softmax.
-
-    Inputs: q_tokens (B, Lq, d), q_mask (B, Lq), d_tokens (N, Ld, d), d_mask (N, Ld), where the
-    first B documents are the positives of the B queries (the rest are hard negatives).
+        gather_across_devices: score against the documents of every process's batch.
     """
 
-    def __init__(self, k_train: int = 64, temperature: float = 0.05):
+    def __init__(self, model, k_train: int = 64, temperature: float = 0.05, gather_across_devices: bool = False):
         super().__init__()
         if k_train < 1 or temperature <= 0:
             raise ValueError("k_train must be >= 1 and temperature > 0")
-        self.k_train, self.temperature = k_train, temperature
+        self.model, self.k_train, self.temperature = model, k_train, temperature
+        self.gather_across_devices = gather_across_devices
 
-    def forward(self, q_tokens, q_mask, d_tokens, d_mask) -> torch.Tensor:
-        q_tokens = F.normalize(q_tokens, dim=-1)  # (B, Lq, d)
-        d_tokens = F.normalize(d_tokens, dim=-1)  # (N, Ld, d)
+    def forward(self, sentence_features: Iterable[dict], labels: torch.Tensor) -> torch.Tensor:
+        outputs = [self.model(f) for f in sentence_features]
+        columns = [(F.normalize(o["token_embeddings"], dim=-1), o["attention_mask"].bool()) for o in outputs]
+        distributed = self.gather_across_devices and get_world_size() > 1
+        if distributed:
+            columns = [all_gather_padded(t, m, with_grad=True) for t, m in columns]
+            labels = all_gather(labels.to(columns[0][0].device))
+        (q_tokens, q_mask), positives, negatives = columns[0], columns[1], columns[2:]
+        counts = labels.to(q_tokens.device)
+        documents = [positives] + [(t[counts > j], m[counts > j]) for j, (t, m) in enumerate(negatives)]
+        d_tokens, d_mask = _pad_tokens(documents)
         scores = xtr_scores(q_tokens, q_mask, d_tokens, d_mask, self.k_train) / self.temperature  # (B, N)
         targets = torch.arange(q_tokens.shape[0], device=scores.device)  # (B,)
-        return F.cross_entropy(scores, targets)  # scalar
+        per_row = F.cross_entropy(scores, targets, reduction="none")
+        local = outputs[0]["token_embeddings"].shape[0]
+        start = get_rank() * local if distributed else 0
+        return per_row[start:start + local].mean()
+
+    def get_config_dict(self) -> dict:
+        return {"k_train": self.k_train, "temperature": self.temperature}

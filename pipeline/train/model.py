@@ -40,6 +40,15 @@ class Encoder(nn.Module):
         self.device_name = pick_device(device)
         self.to(self.device_name)
 
+    @classmethod
+    def around(cls, st) -> "Encoder":
+        """An Encoder over a SentenceTransformer being trained (no copy: the same weights)."""
+        encoder = cls.__new__(cls)
+        nn.Module.__init__(encoder)
+        encoder.st = st
+        encoder.device_name = str(st.device)
+        return encoder
+
     @property
     def dim(self) -> int:
         return int(self.st.get_embedding_dimension())

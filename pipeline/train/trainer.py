@@ -1,22 +1,27 @@
-"""Train an embedding model on FRet Parquet shards: one visible loop, in the manner of nanoGPT."""
+"""Train an embedding model on FRet Parquet shards with sentence-transformers' trainer.
+
+What comes from sentence-transformers (and the transformers Trainer under it): the loop, DDP over
+several processes, GradCache, mixed precision, the optimizer, checkpoints with every random state,
+exact resume, and the model card. What is fret's: the TrainConfig flags, the streamed Parquet
+data in no-duplicate batches, Gecko's loss switches and masks (pipeline.train.losses), the
+learning-rate schedule with its floor, train_log.jsonl, and evaluation with fret eval's metrics.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import random
+import os
 import time
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
 import torch
 
 from pipeline import text_format as formats
-from pipeline.train.data import Files, count_examples, epoch_batches
-from pipeline.train.losses import GeckoInfoNCE, MatryoshkaLoss, TextKeys, XTRLoss
-from pipeline.train.model import Encoder
+from pipeline.train.data import Files, count_examples, max_negatives, negative_columns, training_rows
+from pipeline.train.losses import CachedGeckoRankingLoss, GeckoRankingLoss, XTRLoss
 
 
 @dataclasses.dataclass
@@ -59,14 +64,27 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end
     resume: bool = False  # continue from the newest checkpoint in output/checkpoints
     log_every: int = 10  # steps between lines of train_log.jsonl
-    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1...
+    device: str = "auto"  # auto (cuda when available), cpu or cuda; pick a GPU with CUDA_VISIBLE_DEVICES
     progress: bool = True  # a progress bar on the console
+    nproc: int = 1  # processes trained with DDP (torchrun); batch_size is the global batch, split between them
+    mini_batch_size: Optional[int] = None  # GradCache: embed this many texts at a time; memory follows it, not the batch
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on a GPU that has it, fp32 on CPU
 
     def __post_init__(self):
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2: in-batch negatives need other examples")
         if self.grad_accum < 1 or self.epochs < 1:
             raise ValueError("grad_accum and epochs must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+        if self.nproc < 1 or self.batch_size % self.nproc:
+            raise ValueError(f"batch_size {self.batch_size} is the global batch: it must split evenly between "
+                             f"--nproc {self.nproc} processes")
+        if self.device.startswith("cuda:"):
+            raise ValueError(f"--device {self.device}: pick the GPU with CUDA_VISIBLE_DEVICES={self.device[5:]} "
+                             "and --device cuda (the trainer places each process on its own GPU)")
+        if self.mini_batch_size is not None and (self.mini_batch_size < 1 or self.objective == "xtr"):
+            raise ValueError("--mini-batch-size (GradCache) must be >= 1 and applies to --objective infonce")
         self.mrl_dims = tuple(self.mrl_dims)
         self.mrl_weights = tuple(float(w) for w in self.mrl_weights)
         if self.mrl_weights and len(self.mrl_weights) != 1 + len(self.mrl_dims):
@@ -106,229 +124,201 @@ def get_lr(step: int, total_steps: int, config: TrainConfig) -> float:
     return config.min_lr + (config.lr - config.min_lr) * (1 - progress)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
+def build_loss(config: TrainConfig, model, distributed: bool = False) -> torch.nn.Module:
+    """The sentence-transformers loss: XTR, or Gecko's InfoNCE (cached when mini_batch_size is set)
+    inside MatryoshkaLoss over the full size and every mrl_dims size below it."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 
-def rng_state() -> dict:
-    """Every generator a run draws from: torch's CPU and CUDA ones, numpy's and Python's."""
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def set_rng_state(state: dict) -> None:
-    """Put back what rng_state() took; a checkpoint from before this held torch's CPU state only."""
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
-        np.random.set_state(state["numpy"])
-    if "python" in state:
-        random.setstate(state["python"])
-
-
-def build_loss(config: TrainConfig, dim: int) -> torch.nn.Module:
     if config.objective == "xtr":
-        return XTRLoss(k_train=config.xtr_k_train, temperature=config.temperature)
-    base = GeckoInfoNCE(config.temperature, config.in_batch, config.same_tower, config.hard_negatives,
-                        config.batch_negatives, config.symmetric)
+        return XTRLoss(model, k_train=config.xtr_k_train, temperature=config.temperature,
+                       gather_across_devices=distributed)
+    settings = dict(temperature=config.temperature, in_batch=config.in_batch, same_tower=config.same_tower,
+                    hard_negatives=config.hard_negatives, batch_negatives=config.batch_negatives,
+                    symmetric=config.symmetric, mask_duplicates=config.mask_duplicates,
+                    negatives_min_dim=config.negatives_min_dim, gather_across_devices=distributed)
+    base = (CachedGeckoRankingLoss(model, config.mini_batch_size, **settings) if config.mini_batch_size
+            else GeckoRankingLoss(model, **settings))
+    dim = model.get_embedding_dimension()
     weights = config.mrl_weights or (1.0,) * (1 + len(config.mrl_dims))
     by_size = {dim: weights[0]}
     for size, weight in zip(config.mrl_dims, weights[1:]):
         if size < dim:  # a size at or above the model's is the full size, trained once
             by_size.setdefault(size, weight)
     dims = sorted(by_size, reverse=True)
-    return MatryoshkaLoss(base, dims, [by_size[d] for d in dims], config.negatives_min_dim)
+    return MatryoshkaLoss(model, base, dims, [by_size[d] for d in dims])
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norm weights; the fused kernel where torch has it."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    try:
-        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=config.lr)
+def precision_flags(precision: str, device: str) -> dict:
+    """TrainingArguments' bf16/fp16: auto takes bf16 where the GPU has it, else fp16; CPU stays fp32."""
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision != "fp32" and not cuda:
+        raise ValueError(f"--precision {precision} needs a GPU; on CPU the trainer computes in fp32")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def batch_loss(model: Encoder, loss_fn: torch.nn.Module, batch, config: TrainConfig) -> torch.Tensor:
-    queries = [t.query for t in batch]
-    positives = [t.positive for t in batch]
-    k = max((len(t.negatives) for t in batch), default=0) if config.hard_negatives else 0
-    if config.objective == "xtr":
-        # XTR scores every query against every document of the batch: the real negatives are
-        # simply more documents. Padding them with positives would make a positive compete with itself.
-        negatives = [n for t in batch for n in t.negatives[:k]]
-        q = model(model.tokenize(queries))
-        d = model(model.tokenize(positives + negatives))
-        return loss_fn(q["token_embeddings"], q["attention_mask"].bool(), d["token_embeddings"],
-                       d["attention_mask"].bool())
-    # InfoNCE takes (B, k) negatives: ragged lists are padded, and the mask hides the padding.
-    negatives = [n for t in batch for n in (list(t.negatives[:k]) + [t.positive] * (k - len(t.negatives[:k])))]
-    # One forward pass per column, as sentence-transformers does: one call over positives and
-    # negatives pads both to the longer column's length (measured 7% slower per pair).
-    q = model.embed(queries)  # (B, d)
-    p = model.embed(positives)  # (B, d)
-    n = model.embed(negatives).reshape(len(batch), k, -1) if k else None  # (B, k, d)
-    mask = torch.tensor([[j < len(t.negatives) for j in range(k)] for t in batch], device=q.device) if k else None
-    keys = text_keys(queries, positives, negatives, k, q.device) if config.mask_duplicates else None
-    return loss_fn(q, p, n, mask, keys)
+def last_checkpoint(output: Path) -> Optional[Path]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = output / "checkpoints"
+    found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return Path(found) if found else None
 
 
-def text_keys(queries: list[str], positives: list[str], negatives: list[str], k: int, device) -> TextKeys:
-    """Equal texts get equal keys: documents share one numbering, queries have their own."""
-    documents: dict[str, int] = {}
-    doc_keys = [documents.setdefault(text, len(documents)) for text in positives + negatives]
-    query_numbers: dict[str, int] = {}
-    query_keys = [query_numbers.setdefault(text, len(query_numbers)) for text in queries]
-    doc_tensor = torch.tensor(doc_keys, device=device)  # (B + B*k,)
-    batch = len(queries)
-    return TextKeys(torch.tensor(query_keys, device=device), doc_tensor[:batch],
-                    doc_tensor[batch:].reshape(batch, k) if k else None)
+class TrainLog:
+    """train_log.jsonl, written by the first process only: loss lines, eval lines, epoch notes."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.file = open(path, "a", encoding="utf-8") if enabled else None
+
+    def write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
-def checkpoint_dirs(output: Path) -> list[Path]:
-    return sorted((output / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+def _callbacks(config: TrainConfig, log: TrainLog, pairs_per_step: int, examples: int,
+               text_format: formats.ResolvedFormat):
+    from transformers import TrainerCallback
+
+    class FretCallback(TrainerCallback):
+        """Loss lines with fret's keys; each checkpoint records the text format, as the model does."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start_step, self.t0 = state.global_step, time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                elapsed = time.perf_counter() - self.t0
+                pairs = (state.global_step - self.start_step) * pairs_per_step
+                log.write({"step": state.global_step, "epoch": state.global_step * pairs_per_step / max(1, examples),
+                           "loss": logs["loss"], "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                           "pairs_per_s": pairs / max(elapsed, 1e-9)})
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                formats.record(Path(args.output_dir) / f"checkpoint-{state.global_step}", text_format)
+
+    return [FretCallback()]
 
 
-def save_checkpoint(model: Encoder, optimizer, state: dict, output: Path,
-                    text_format: formats.ResolvedFormat) -> Path:
-    path = output / "checkpoints" / f"step-{state['step']:07d}"
-    tmp = path.with_name(path.name + ".tmp")
-    model.save(str(tmp))
-    formats.record(tmp, text_format)
-    torch.save({"optimizer": optimizer.state_dict(), "state": state, "rng": rng_state()}, tmp / "trainer_state.pt")
-    tmp.rename(path)  # a checkpoint is either complete or absent
-    return path
+def _evaluator(config: TrainConfig, log: TrainLog, text_format: formats.ResolvedFormat):
+    from sentence_transformers.base.evaluation import BaseEvaluator
+
+    from pipeline.train.evaluate import evaluate
+    from pipeline.train.model import Encoder
+
+    class FretBeirEvaluator(BaseEvaluator):
+        """fret eval's metrics (pytrec_eval nDCG@10, Recall@10/100) at every Matryoshka size."""
+
+        def __init__(self):
+            super().__init__()
+            self.primary_metric = "xtr_ndcg@10" if config.objective == "xtr" else "full_ndcg@10"
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            encoder = Encoder.around(model)
+            dims = [None] + [d for d in config.mrl_dims if d < encoder.dim]
+            with torch.no_grad():
+                metrics = evaluate(encoder, config.eval_beir, config.eval_split, dims=dims, text_format=text_format,
+                                   scoring="xtr" if config.objective == "xtr" else "single")
+            log.write({"step": steps, "eval": metrics})
+            self.last = metrics
+            return {f"{size}_{name}": value for size, values in metrics.items() if size != "format"
+                    for name, value in values.items()}
+
+    return FretBeirEvaluator()
 
 
 def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
-    """Train; `files` reads the shards (default: the local filesystem; `fret train` passes Beam's)."""
+    """Train; `files` reads the shards (default: the local filesystem; `fret train` passes Beam's).
+    Run under torchrun (or `fret train --nproc N`), each process trains its share of every batch."""
+    from datasets import Features, IterableDataset, Value
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.util.distributed import get_world_size
+
+    from pipeline.train.model import Encoder
+
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    start_state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
-    base = config.base_model
-    resume_from = checkpoint_dirs(output)[-1] if config.resume and checkpoint_dirs(output) else None
-    model = Encoder(str(resume_from) if resume_from else base, max_seq_length=config.max_seq_length,
-                    device=config.device, projection_dim=None if resume_from else config.projection_dim)
-    model.train()
-    text_format = formats.resolve(config.text_format, str(resume_from) if resume_from else base, config.eval_task)
-    loss_fn = build_loss(config, model.dim)
-    optimizer = build_optimizer(model, config)
-    if resume_from:
-        saved = torch.load(resume_from / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        start_state = saved["state"]
-        set_rng_state(saved["rng"] if "rng" in saved else {"torch": saved["torch_rng"]})
+    resume_from = last_checkpoint(output) if config.resume else None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        config = dataclasses.replace(config, nproc=world)  # torchrun around fret train decides the processes
+    elif config.nproc > 1:
+        raise ValueError(f"nproc {config.nproc}: start the processes with `fret train --nproc {config.nproc}` or "
+                         "torchrun; train() itself runs in one")
     examples = count_examples(config.data, files)
     steps_per_epoch = max(1, examples // (config.batch_size * config.grad_accum))
     total_steps = config.max_steps or steps_per_epoch * config.epochs
-    log_path = output / "train_log.jsonl"
-    log = open(log_path, "a", encoding="utf-8")
-    history: list[dict] = []
+    negatives = min(config.num_negatives, max_negatives(config.data, files)) if config.hard_negatives else 0
+    text_format = formats.resolve(config.text_format, str(resume_from) if resume_from else config.base_model,
+                                  config.eval_task)
+    torch.manual_seed(config.seed)  # a projection's new weights
+    model = Encoder(str(resume_from) if resume_from else config.base_model, max_seq_length=config.max_seq_length,
+                    device="cpu", projection_dim=None if resume_from else config.projection_dim).st
+    model.prompts, model.default_prompt_name = text_format.format.prompts(text_format.task), None
+    first = int(os.environ.get("RANK", "0")) == 0
+    log = TrainLog(output / "train_log.jsonl", first)
+    columns = ["anchor", "positive", *negative_columns(negatives)]
+    features = Features({**{c: Value("string") for c in columns}, "label": Value("int64")})
+    rows = IterableDataset.from_generator(
+        training_rows, features=features,
+        gen_kwargs=dict(path=config.data, batch_size=config.batch_size, negatives=negatives, seed=config.seed,
+                        shuffle_buffer=config.shuffle_buffer, text_format=text_format.format, files=files,
+                        on_epoch_end=lambda epoch, n: log.write({"epoch": epoch, "examples_not_batched": n})))
+    evaluating = bool(config.eval_beir and config.eval_every)
+    on_cpu = config.device == "cpu" or not torch.cuda.is_available()  # accelerate then runs DDP over gloo
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output / "checkpoints"), per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, max_steps=total_steps, learning_rate=config.lr,
+        weight_decay=config.weight_decay, max_grad_norm=config.grad_clip, seed=config.seed,
+        logging_steps=config.log_every, logging_first_step=False, report_to="none", disable_tqdm=not config.progress,
+        save_strategy="steps" if config.checkpoint_every else "no", save_steps=config.checkpoint_every or 500,
+        eval_strategy="steps" if evaluating else "no", eval_steps=config.eval_every or None,
+        use_cpu=on_cpu, dataloader_drop_last=True, dataloader_pin_memory=not on_cpu, lr_scheduler_type="constant",
+        # every process reads the stream and takes its slice of each global batch (dispatching whole
+        # batches from the first process cannot carry the collator's string fields)
+        accelerator_config={"dispatch_batches": False, "split_batches": True},
+        **precision_flags(config.precision, config.device))
 
-    def evaluate_now(step: int) -> Optional[dict]:
-        if not config.eval_beir:
-            return None
-        from pipeline.train.evaluate import evaluate
+    class Trainer(SentenceTransformerTrainer):
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            """Linear warmup, then linear decay to --min-lr (transformers' linear schedule ends at 0)."""
+            if self.lr_scheduler is None:
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer or self.optimizer, lambda step: get_lr(step, num_training_steps, config) / config.lr)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
 
-        dims = [None] + [d for d in config.mrl_dims if d < model.dim]
-        with torch.no_grad():
-            metrics = evaluate(model, config.eval_beir, config.eval_split, dims=dims, text_format=text_format,
-                               scoring="xtr" if config.objective == "xtr" else "single")
-        record = {"step": step, "eval": metrics}
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        history.append(record)
-        return metrics
+    loss = build_loss(config, model, distributed=config.nproc > 1)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, loss=loss,
+                      evaluator=_evaluator(config, log, text_format) if config.eval_beir else None,
+                      callbacks=_callbacks(config, log, config.batch_size * config.grad_accum, examples, text_format))
+    if not config.progress:
+        from transformers.trainer_callback import PrinterCallback
 
-    step, epoch, skip = start_state["step"], start_state["epoch"], start_state["batches_in_epoch"]
-    pairs_done, t0 = 0, time.perf_counter()
-    progress = _progress(total_steps, step, config.progress)
-    while step < total_steps and epoch < config.epochs:
-        dropped: list = []
-        batches = epoch_batches(config.data, config.batch_size, config.num_negatives, config.seed, epoch,
-                                config.shuffle_buffer, skip, files, text_format.format, dropped)
-        batch_index = skip
-        micro: list = []
-        for batch in batches:
-            micro.append(batch)
-            batch_index += 1
-            if len(micro) < config.grad_accum:
-                continue
-            # 1. learning rate for this step
-            lr = get_lr(step, total_steps, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # 2. evaluate and checkpoint when due (the state after `step` steps)
-            if step > start_state["step"]:
-                if config.eval_every and step % config.eval_every == 0:
-                    evaluate_now(step)
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    state = {"step": step, "epoch": epoch, "batches_in_epoch": batch_index - len(micro)}
-                    save_checkpoint(model, optimizer, state, output, text_format)
-            # 3. accumulate gradients over the micro-batches
-            loss_value = 0.0
-            for mb in micro:
-                loss = batch_loss(model, loss_fn, mb, config) / config.grad_accum
-                loss.backward()
-                loss_value += float(loss.detach())
-                pairs_done += len(mb)
-            micro = []
-            # 4. clip
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            # 5. step, 6. zero
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            # 7. log
-            if step % config.log_every == 0 or step == total_steps:
-                elapsed = time.perf_counter() - t0
-                record = {"step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
-                          "pairs_per_s": pairs_done / max(elapsed, 1e-9)}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                progress(step, loss_value)
-            if step >= total_steps:
-                break
-        else:
-            # what could not fill a batch without a repeated positive: logged, never silent
-            log.write(json.dumps({"epoch": epoch, "examples_not_batched": len(dropped)}) + "\n")
-            epoch, skip = epoch + 1, 0
-            continue
-        skip = batch_index  # stopped mid-epoch: a resume continues from here
+        trainer.remove_callback(PrinterCallback)  # its loss dicts are the progress bar's stand-in
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     elapsed = time.perf_counter() - t0
-    if config.checkpoint_every and not (output / "checkpoints" / f"step-{step:07d}").exists():
-        save_checkpoint(model, optimizer, {"step": step, "epoch": epoch, "batches_in_epoch": skip}, output,
-                        text_format)
-    model.save(str(output / "model"))
-    formats.record(output / "model", text_format)
-    final = evaluate_now(step)
-    log.close()
-    summary = {"steps": step, "pairs": pairs_done, "seconds": elapsed, "pairs_per_s": pairs_done / max(elapsed, 1e-9),
+    step = trainer.state.global_step
+    pairs = (step - (int(resume_from.name.split("-")[-1]) if resume_from else 0)) * config.batch_size * config.grad_accum
+    summary = {"steps": step, "pairs": pairs, "seconds": elapsed, "pairs_per_s": pairs / max(elapsed, 1e-9),
                "model": str(output / "model"), "text_format": text_format.format.to_json(text_format.task),
-               "eval": final}
-    (output / "train_summary.json").write_text(json.dumps(summary, indent=2))
+               "processes": get_world_size(), "train_loss": result.training_loss, "eval": None}
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(output / "model"))
+        formats.record(output / "model", text_format)
+        if config.eval_beir:  # the final model, always (an eval step may also have fallen on the last step)
+            final = _evaluator(config, log, text_format)
+            final(trainer.model, steps=step)
+            summary["eval"] = final.last
+        (output / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    log.close()
     return summary
-
-
-def _progress(total: int, start: int, enabled: bool):
-    if not enabled:
-        return lambda step, loss: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=start, desc="train", unit="step")
-
-    def update(step: int, loss: float) -> None:
-        bar.n = step
-        bar.set_postfix(loss=f"{loss:.4f}")
-        bar.refresh()
-
-    return update
