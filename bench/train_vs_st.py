@@ -30,6 +30,7 @@ import tempfile
 import time
 import typing
 from pathlib import Path
+from typing import Optional
 
 from common import CACHE, RESULTS, ROOT
 
@@ -117,9 +118,19 @@ def training_data(folder: Path, task: str, negatives: str, path: Path) -> Path:
     return path
 
 
-def ours(data: Path, out: Path, folder: Path, task: str, seed: int, overrides: dict) -> dict:
-    config = TrainConfig(data=str(data), output=str(out), eval_task=task, seed=seed, progress=False, **overrides)
-    summary = train(config)
+def ours(data: Path, out: Path, folder: Path, task: str, seed: int, overrides: dict,
+         checkout: Optional[Path] = None) -> dict:
+    """fret train; with `checkout`, that checkout's trainer (an earlier commit) in a subprocess,
+    so that before and after run side by side on the same data and settings."""
+    settings = dict(data=str(data), output=str(out), eval_task=task, seed=seed, progress=False, **overrides)
+    if checkout is None:
+        summary = train(TrainConfig(**settings))
+    else:
+        code = ("import json, sys; from pipeline.train.trainer import TrainConfig, train; "
+                "print('SUMMARY' + json.dumps(train(TrainConfig(**json.loads(sys.argv[1])))))")
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(settings)], cwd=checkout, check=True,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(checkout)})
+        summary = json.loads(done.stdout.rsplit("SUMMARY", 1)[1])
     return {"pairs_per_s": summary["pairs_per_s"], **scores(summary["model"], folder, task, "auto")}
 
 
@@ -199,6 +210,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-peer", action="store_true", help="skip the sentence-transformers trainer")
     parser.add_argument("--no-base", action="store_true", help="skip evaluating the base model (kept from before)")
     parser.add_argument("--show", action="store_true", help="print the stored results' tables and stop")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a checkout of an earlier commit (git worktree add DIR REV): settings named before* "
+                             "train with its trainer; every setting then runs seed by seed, side by side")
     args = parser.parse_args(argv)
     if args.show:
         for set_name, entry in json.loads((RESULTS / "train_vs_st.json").read_text())["sets"].items():
@@ -219,7 +233,11 @@ def main(argv=None) -> int:
         if not args.no_base:
             entry["base"] = {fmt: scores("all-MiniLM-L6-v2", folder, task, resolve(fmt, None, task))
                              for fmt in ("plain", "gecko")}
-        for name, overrides in settings:
+        # with --before, seed-major: each seed's settings run one after another, under the same load
+        order = ([(s, [seed]) for seed in args.seeds for s in settings] if args.before
+                 else [(s, args.seeds) for s in settings])
+        for (name, given), seeds in order:
+            overrides = dict(given)
             negatives = overrides.pop("negatives", "none")
             data = training_data(folder, task, negatives, work / f"{set_name}-negatives-{negatives}.parquet")
             if name.startswith("st"):  # the sentence-transformers trainer
@@ -227,13 +245,16 @@ def main(argv=None) -> int:
                 if overrides:
                     raise SystemExit(f"{name}: the peer takes only negatives= and lr=, not {sorted(overrides)}")
                 runs = [dict(seed=s, **peer(data, folder, task, work / f"{set_name}-{name}-{s}", s, args, lr))
-                        for s in args.seeds]
+                        for s in seeds]
                 recorded = {"negatives": negatives, **({"lr": lr} if lr != PEER_LR else {})}
             else:
                 recorded = {"batch_size": args.batch_size, **overrides}
-                runs = [dict(seed=s, **ours(data, work / f"{set_name}-{name}-{s}", folder, task, s, recorded))
-                        for s in args.seeds]
+                checkout = args.before if name.startswith("before") else None
+                runs = [dict(seed=s, **ours(data, work / f"{set_name}-{name}-{s}", folder, task, s, recorded,
+                                            checkout)) for s in seeds]
                 recorded = {"negatives": negatives, **recorded}
+            kept = entry["settings"].get(name, {}).get("runs", [])
+            runs = kept + runs
             entry["settings"][name] = {"overrides": {k: list(v) if isinstance(v, tuple) else v
                                                      for k, v in recorded.items()}, "runs": runs, **summarise(runs)}
             print(f"{set_name} {name}: {json.dumps(entry['settings'][name]['runs'])}", flush=True)

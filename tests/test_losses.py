@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from pipeline.train.losses import GeckoInfoNCE, MatryoshkaLoss, TextKeys, XTRLoss, xtr_scores
+from pipeline.train.losses import GeckoInfoNCE, GeckoRankingLoss, TextKeys, XTRLoss, column_keys, xtr_scores
+from tests.loss_models import TableModel, text_features
 
 # Unit vectors, so cosine = dot product.
 Q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -89,40 +90,40 @@ def test_duplicate_positives_and_queries_are_not_negatives():
     assert symmetric.item() == pytest.approx((manual([(0.6, [0.8])] * 2) + manual([(0.6, [])] * 2)) / 2, rel=1e-6)
 
 
-def test_trainer_text_keys_number_equal_texts_alike():
-    from pipeline.train.trainer import text_keys
+def test_equal_texts_get_equal_keys_whatever_their_padding():
+    # "a b" padded in one column and not in another; "a b c" differs only after the shared prefix
+    queries = text_features([[5, 6], [5, 6, 7], [9]])
+    docs = text_features([[5, 6], [8]])
+    (q_keys,), (d_keys,) = column_keys([queries]), column_keys([docs])
+    assert q_keys[0] == d_keys[0] and len({int(k) for k in q_keys}) == 3 and d_keys[1] not in q_keys
 
-    keys = text_keys(["a", "b", "a"], ["x", "y", "z"], ["y", "w", "x", "x", "z", "v"], 2, "cpu")
-    assert keys.query.tolist() == [0, 1, 0]
-    assert keys.positive.tolist() == [0, 1, 2]
-    assert keys.negatives.tolist() == [[1, 3], [0, 0], [2, 4]]
 
-
-def test_matryoshka_is_the_sum_over_truncated_dims():
+def test_a_size_below_negatives_min_dim_trains_without_the_hard_negatives():
     torch.manual_seed(0)
     q, p, n = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 2, 8)
-    base = GeckoInfoNCE(0.05)
-    expected = base(q, p, n) + base(q[:, :4], p[:, :4], n[..., :4]) + base(q[:, :2], p[:, :2], n[..., :2])
-    assert MatryoshkaLoss(base, (8, 4, 2))(q, p, n).item() == pytest.approx(expected.item(), rel=1e-6)
-    weighted = MatryoshkaLoss(base, (8, 4), weights=(1.0, 0.5))(q, p, n)
-    assert weighted.item() == pytest.approx((base(q, p, n) + 0.5 * base(q[:, :4], p[:, :4], n[..., :4])).item(),
-                                            rel=1e-6)
-    with pytest.raises(ValueError):
-        MatryoshkaLoss(base, (16,))(q, p, n)
-    split = MatryoshkaLoss(base, (8, 4), negatives_min_dim=8)(q, p, n)  # the 4-dim slice without negatives
-    assert split.item() == pytest.approx((base(q, p, n) + base(q[:, :4], p[:, :4])).item(), rel=1e-6)
+    base = GeckoInfoNCE(0.05, same_tower=False, batch_negatives=True)
+    loss = GeckoRankingLoss(TableModel(torch.randn(3, 8)), negatives_min_dim=8)
+    labels = (torch.tensor([2, 2, 1, 0]), column_keys([text_features([[i + 10 * c] for i in range(4)])
+                                                       for c in range(4)]))
+    mask = torch.tensor([[True, True], [True, True], [True, False], [False, False]])
+    full = loss.compute_loss_from_embeddings([q, p, n[:, 0], n[:, 1]], labels)
+    assert full.item() == pytest.approx(base(q, p, n, mask).item(), rel=1e-6)  # padding copies masked
+    cut = [x[..., :4] for x in (q, p, n[:, 0], n[:, 1])]
+    small = loss.compute_loss_from_embeddings(cut, labels)
+    assert small.item() == pytest.approx(base(q[:, :4], p[:, :4]).item(), rel=1e-6)
+    assert small.item() != pytest.approx(base(q[:, :4], p[:, :4], n[..., :4], mask).item(), rel=1e-3)
 
 
 def test_train_config_weights_pair_with_the_full_size_then_mrl_dims():
     from pipeline.train.trainer import TrainConfig, build_loss
 
-    config = TrainConfig(data="d", output="o", mrl_dims=(4, 2), mrl_weights=(1.0, 0.5, 2.0))
-    loss = build_loss(config, dim=8)
-    assert loss.dims == (8, 4, 2) and loss.weights == (1.0, 0.5, 2.0)
+    model = TableModel(torch.randn(3, 8))
+    loss = build_loss(TrainConfig(data="d", output="o", mrl_dims=(4, 2), mrl_weights=(1.0, 0.5, 2.0)), model)
+    assert loss.matryoshka_dims == (8, 4, 2) and loss.matryoshka_weights == (1.0, 0.5, 2.0)
     # A size at or above the model's is dropped with its weight: the full size keeps the first.
-    loss = build_loss(TrainConfig(data="d", output="o", mrl_dims=(16, 4), mrl_weights=(3.0, 9.0, 0.5)), dim=8)
-    assert loss.dims == (8, 4) and loss.weights == (3.0, 0.5)
-    assert build_loss(TrainConfig(data="d", output="o", mrl_dims=(4,)), dim=8).weights == (1.0, 1.0)
+    loss = build_loss(TrainConfig(data="d", output="o", mrl_dims=(16, 4), mrl_weights=(3.0, 9.0, 0.5)), model)
+    assert loss.matryoshka_dims == (8, 4) and loss.matryoshka_weights == (3.0, 0.5)
+    assert build_loss(TrainConfig(data="d", output="o", mrl_dims=(4,)), model).matryoshka_weights == (1.0, 1.0)
     for bad in [(1.0,), (1.0, -1.0, 1.0), (0.0, 0.0, 0.0)]:
         with pytest.raises(ValueError):
             TrainConfig(data="d", output="o", mrl_dims=(4, 2), mrl_weights=bad)
@@ -159,10 +160,27 @@ def test_xtr_ignores_padding_tokens():
     assert scores[0, 0].item() == pytest.approx(0.6)  # only the real token, only the real query token
 
 
+def _xtr_loss(tokens, rows, counts):
+    model = TableModel(torch.zeros(len(tokens), 2), tokens)
+    features = [{"rows": torch.tensor(r), "attention_mask": torch.ones(len(r), tokens.shape[1], dtype=torch.bool)}
+                for r in rows]
+    return XTRLoss(model, k_train=2, temperature=0.1)(features, torch.tensor(counts))
+
+
 def test_xtr_loss_prefers_the_aligned_document():
-    q = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
-    docs = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
-    masks = torch.ones(2, 1, dtype=torch.bool)
-    good = XTRLoss(k_train=2, temperature=0.1)(q, masks, docs, masks)
-    bad = XTRLoss(k_train=2, temperature=0.1)(q, masks, docs.flip(0), masks)
+    tokens = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # rows 0 and 1
+    good = _xtr_loss(tokens, [[0, 1], [0, 1]], [0, 0])
+    bad = _xtr_loss(tokens, [[0, 1], [1, 0]], [0, 0])
     assert good.item() < bad.item()
+
+
+def test_xtr_loss_scores_only_real_negatives():
+    """A padding copy (its row's positive again) must not be a document: the loss equals XTR over
+    the positives and the one real negative."""
+    torch.manual_seed(0)
+    tokens = torch.nn.functional.normalize(torch.randn(7, 3, 4), dim=-1)
+    padded = _xtr_loss(tokens, [[0, 1], [2, 3], [4, 3]], [1, 0])  # row 1's negative column repeats positive 3
+    q_mask, d_mask = torch.ones(2, 3, dtype=torch.bool), torch.ones(3, 3, dtype=torch.bool)
+    scores = xtr_scores(tokens[[0, 1]], q_mask, tokens[[2, 3, 4]], d_mask, k_train=2) / 0.1
+    expected = torch.nn.functional.cross_entropy(scores, torch.arange(2))
+    assert padded.item() == pytest.approx(expected.item(), rel=1e-5)

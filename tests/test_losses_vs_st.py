@@ -1,5 +1,5 @@
-"""Our InfoNCE and Matryoshka losses against sentence-transformers' own on random embeddings:
-the same value to 1e-5 wherever the two express the same objective.
+"""Our InfoNCE and XTR scores against sentence-transformers' own on random inputs: the same value
+to 1e-5 wherever the two express the same objective (Matryoshka is sentence-transformers' own).
 
 What ST's MultipleNegativesRankingLoss expresses of GeckoInfoNCE: in-batch positives with every
 hard negative of the batch (batch_negatives), the same-tower term (direction query_to_query,
@@ -12,28 +12,10 @@ import math
 
 import torch
 from hypothesis import given, settings, strategies as st
-from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss as STMatryoshka
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-from torch import nn
 
-from pipeline.train.losses import GeckoInfoNCE, MatryoshkaLoss
-
-
-class TableModel(nn.Module):
-    """Stands for a SentenceTransformer: features["rows"] picks rows of a fixed embedding table."""
-
-    def __init__(self, table: torch.Tensor):
-        super().__init__()
-        self.table = table
-
-    def forward(self, features):
-        return {"sentence_embedding": self.table[features["rows"]]}
-
-    def _get_untruncated_embedding_dimension(self) -> int:
-        return self.table.shape[1]
-
-    def get_embedding_dimension(self) -> int:
-        return self.table.shape[1]
+from pipeline.train.losses import GeckoInfoNCE, GeckoRankingLoss, column_keys, xtr_scores
+from tests.loss_models import TableModel, text_features
 
 
 def embeddings(seed: int, batch: int, negatives: int, dim: int):
@@ -69,17 +51,39 @@ def test_infonce_equals_multiple_negatives_ranking_loss(seed, batch, negatives, 
     assert math.isclose(float(ours), float(theirs), rel_tol=1e-5, abs_tol=1e-5), (float(ours), float(theirs))
 
 
-@settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(2, 8), negatives=st.integers(0, 2),
-       weights=st.lists(st.floats(0.25, 2.0), min_size=3, max_size=3))
-def test_matryoshka_equals_sentence_transformers_matryoshka(seed, batch, negatives, weights):
-    dims = (32, 16, 8)
-    q, p, n = embeddings(seed, batch, negatives, 32)
-    ours = MatryoshkaLoss(GeckoInfoNCE(0.05, same_tower=False, batch_negatives=True), dims, weights)(
-        q, p, n if negatives else None)
-    model = TableModel(torch.cat([q, p, *n.unbind(1)]))
-    theirs = STMatryoshka(model, MultipleNegativesRankingLoss(model, scale=20.0), matryoshka_dims=list(dims),
-                          matryoshka_weights=list(weights))
-    columns = [{"rows": torch.arange(i * batch, (i + 1) * batch)} for i in range(2 + negatives)]
-    value = theirs(columns, None)
-    assert math.isclose(float(ours), float(value), rel_tol=1e-5, abs_tol=1e-5), (float(ours), float(value))
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(2, 9), negatives=st.integers(0, 3),
+       temperature=st.sampled_from([0.05, 0.5]), config=configs)
+def test_the_trainers_loss_is_mnrl_when_every_negative_is_real_and_texts_differ(seed, batch, negatives, temperature,
+                                                                              config):
+    """GeckoRankingLoss, the loss fret train hands sentence-transformers' trainer, on its columns
+    and labels: with every negative column real and no text repeated, the masks change nothing."""
+    ours_settings, directions, mode = config
+    q, p, n = embeddings(seed, batch, negatives, 16)
+    columns = [q, p, *n.unbind(1)]
+    keys = column_keys([text_features([[c * 100 + i + 1] for i in range(batch)]) for c in range(len(columns))])
+    loss = GeckoRankingLoss(TableModel(q), temperature=temperature, **ours_settings)
+    ours = loss.compute_loss_from_embeddings(columns, (torch.full((batch,), negatives), keys))
+    theirs = st_loss(q, p, n, temperature, directions, mode)
+    assert math.isclose(float(ours), float(theirs), rel_tol=1e-5, abs_tol=1e-5), (float(ours), float(theirs))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), queries=st.integers(1, 4), documents=st.integers(1, 3),
+       tokens=st.integers(1, 5), k=st.integers(1, 30))
+def test_xtr_scores_equal_sentence_transformers_multi_vector_xtr(seed, queries, documents, tokens, k):
+    """Ours takes a flat list of documents (ragged negatives); ST's groups them per query. On the
+    same documents, in its query-major order, the scores agree."""
+    from sentence_transformers.multi_vector_encoder.scoring.xtr import xtr_scores as st_xtr
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.nn.functional.normalize(torch.randn(queries, tokens, 8, generator=g), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(queries, documents, tokens + 1, 8, generator=g), dim=-1)
+    q_mask = torch.rand(queries, tokens, generator=g) > 0.2
+    q_mask[:, 0] = True
+    d_mask = torch.rand(queries, documents, tokens + 1, generator=g) > 0.2
+    d_mask[..., 0] = True
+    flat, flat_mask = d.reshape(-1, tokens + 1, 8), d_mask.reshape(-1, tokens + 1)
+    ours = xtr_scores(q, q_mask, flat, flat_mask, k_train=k)
+    theirs = st_xtr(q, d, q_mask, d_mask, top_k=k)
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)

@@ -77,7 +77,7 @@ def test_a_trained_model_carries_its_format_for_sentence_transformers_and_fret_e
     model_path = summary["model"]
     assert summary["text_format"]["name"] == "gecko" and summary["text_format"]["task"] == TASK
     assert json.loads((Path(model_path) / FORMAT_FILE).read_text())["name"] == "gecko"
-    assert (tmp_path / "run" / "checkpoints" / "step-0000002" / FORMAT_FILE).exists()
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2" / FORMAT_FILE).exists()
 
     # sentence-transformers, with the prompt names alone, encodes what fret eval encodes.
     from sentence_transformers import SentenceTransformer

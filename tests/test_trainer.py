@@ -103,9 +103,10 @@ def test_resume_from_a_checkpoint_gives_the_same_weights(tmp_path, train_shards,
     config = tiny_config(tmp_path / "run", train_shards, base=tiny_encoder, checkpoint_every=3)
     full = train(config)
     finished = weights(full["model"])
-    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").iterdir())] == ["step-0000003", "step-0000006"]
-    # Lose everything after step 3, as a crash would, and resume.
-    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-0000006")
+    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").iterdir())] == ["checkpoint-3", "checkpoint-6"]
+    # Lose everything after step 3, as a crash would, and resume: with dropout on (the tiny encoder
+    # has 0.1), the same weights need every random state and the data position put back.
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "checkpoint-6")
     shutil.rmtree(tmp_path / "run" / "model")
     resumed = train(tiny_config(tmp_path / "run", train_shards, base=tiny_encoder, checkpoint_every=3, resume=True))
     assert resumed["steps"] == 6 and resumed["pairs"] == 3 * 8  # only the last three steps ran again
@@ -220,48 +221,50 @@ def shards_with_negatives(tmp_path_factory) -> Path:
     return folder
 
 
-def held_loss(model_path, batches, config) -> float:
-    from pipeline.train.trainer import batch_loss, build_loss
+def held_loss(model_path, config) -> float:
+    """The loss fret train minimises, in eval mode (no dropout), over the first batches of the
+    trainer's own stream: the same batches before and after training."""
+    import itertools
 
-    model = Encoder(str(model_path), device="cpu")
+    from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
+
+    from pipeline.text_format import resolve
+    from pipeline.train.data import max_negatives, training_rows
+    from pipeline.train.trainer import build_loss
+
+    model = Encoder(str(model_path), device="cpu").st
     model.eval()
-    loss_fn = build_loss(config, model.dim)
+    loss_fn = build_loss(config, model)
+    negatives = min(config.num_negatives, max_negatives(config.data))
+    rows = list(itertools.islice(training_rows(config.data, config.batch_size, negatives, config.seed, 10_000,
+                                               resolve("plain", None, None).format), 4 * config.batch_size))
+    collate = SentenceTransformerDataCollator(preprocess_fn=model.preprocess)
+    values = []
     with torch.no_grad():
-        return float(np.mean([float(batch_loss(model, loss_fn, b, config)) for b in batches]))
+        for start in range(0, len(rows), config.batch_size):
+            batch = collate(rows[start:start + config.batch_size])
+            columns = ["anchor", "positive"] + [f"negative_{i + 1}" for i in range(negatives)]
+            features = [{k[len(c) + 1:]: v for k, v in batch.items() if k.startswith(c + "_")} for c in columns]
+            values.append(float(loss_fn(features, batch["label"])))
+    return float(np.mean(values))
 
 
-class RecordingLoss(torch.nn.Module):
-    """Stands in for the loss to record what the trainer hands it."""
+def test_rows_without_enough_negatives_repeat_their_positive_and_say_how_many_are_real(shards_with_negatives):
+    """The trainer's rows keep columns even (sentence-transformers batches need it): a row with no
+    mined negative repeats its positive, and its label 0 lets the loss mask the copy
+    (tests/test_losses.py checks the masking)."""
+    import itertools
 
-    def __init__(self):
-        super().__init__()
-        self.calls = []
+    from pipeline.text_format import PLAIN
+    from pipeline.train.data import max_negatives, training_rows
 
-    def forward(self, *tensors):
-        self.calls.append(tensors)
-        return sum(t.float().sum() * 0 for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point())
-
-
-@pytest.mark.parametrize("objective", ["infonce", "xtr"])
-def test_ragged_hard_negatives_never_pit_a_positive_against_itself(tmp_path, shards_with_negatives, tiny_encoder,
-                                                                   objective):
-    from pipeline.train.data import TextTriple
-    from pipeline.train.trainer import batch_loss
-
-    config = tiny_config(tmp_path, shards_with_negatives, base=tiny_encoder, objective=objective)
-    model = Encoder(str(tiny_encoder))
-    batch = [TextTriple("q a", "doc a", ("neg a",)), TextTriple("q b", "doc b", ()),
-             TextTriple("q c", "doc c", ("neg c",))]
-    loss = RecordingLoss()
-    batch_loss(model, loss, batch, config)
-    (call,) = loss.calls
-    if objective == "xtr":
-        q_tokens, _, d_tokens, _ = call
-        assert d_tokens.shape[0] == 3 + 2  # three positives and the two real negatives, no padding copies
-    else:
-        q, p, n, mask, keys = call
-        assert n.shape[:2] == (3, 1) and mask.tolist() == [[True], [False], [True]]  # the padded slot is masked
-        assert keys.negatives[1, 0] == keys.positive[1]  # its padding copy is the row's own positive text, too
+    assert max_negatives(shards_with_negatives) == 1
+    rows = list(itertools.islice(training_rows(str(shards_with_negatives), 8, 1, 0, 100, PLAIN), 64))
+    assert all(set(r) == {"anchor", "positive", "negative_1", "label"} for r in rows)
+    assert {r["label"] for r in rows} == {0, 1}
+    assert all((r["negative_1"] == r["positive"]) == (r["label"] == 0) for r in rows)
+    for start in range(0, 64, 8):  # every batch of 8 consecutive rows has distinct positives
+        assert len({r["positive"] for r in rows[start:start + 8]}) == 8
 
 
 @pytest.mark.parametrize("objective", ["infonce", "xtr"])
@@ -284,8 +287,7 @@ def test_training_on_shards_with_hard_negatives(tmp_path, shards_with_negatives,
     assert all(np.isfinite(losses))
     # the same batches before and after, in eval mode (no dropout): one logged batch's loss
     # drifts with the batch, so a fall is judged on fixed batches, by a margin noise cannot give
-    held = list(batched(stream_examples(pattern, config.num_negatives), config.batch_size))
-    before, after = held_loss(tiny_encoder, held, config), held_loss(tmp_path / "run" / "model", held, config)
+    before, after = held_loss(tiny_encoder, config), held_loss(tmp_path / "run" / "model", config)
     assert after < 0.9 * before, (before, after)
 
 
@@ -356,17 +358,3 @@ def test_one_encoding_serves_every_matryoshka_size(tiny_encoder):
     texts = ["a", "a much longer text than the others", "mid length"]
     assert np.allclose(model.encode(texts, batch_size=2), np.concatenate([model.encode([t]) for t in texts]),
                        atol=1e-5)
-
-
-def test_a_checkpoint_keeps_every_random_state_and_puts_it_back():
-    """--resume restored torch's CPU generator only: numpy's, Python's and CUDA's drew anew."""
-    import random
-
-    from pipeline.train.trainer import rng_state, set_rng_state
-
-    saved = rng_state()
-    first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
-    random.seed(99), np.random.seed(99), torch.manual_seed(99)
-    set_rng_state(saved)
-    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
-    assert set(saved) == {"torch", "cuda", "numpy", "python"}

@@ -215,11 +215,6 @@ def beir_example_rows(folder: str | Path, split: str, task: str) -> list[dict]:
     return rows
 
 
-def beir_to_triples(folder: str | Path, split: str, task: str, text_format: TextFormat = GECKO) -> list[TextTriple]:
-    """A BEIR split as training triples (no hard negatives)."""
-    return [row_to_triple(row, text_format=text_format) for row in beir_example_rows(folder, split, task)]
-
-
 def write_beir_as_examples(folder: str | Path, split: str, task: str, path: str | Path) -> None:
     """Write a BEIR split as a Parquet file the trainer reads like the job's examples."""
     import pyarrow as pa

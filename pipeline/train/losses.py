@@ -224,10 +224,11 @@ def xtr_scores(q_tokens: torch.Tensor, q_mask: torch.Tensor, d_tokens: torch.Ten
     top = flat.topk(k, dim=-1).indices  # (B, Lq, k)
     retrieved = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, top, True)  # (B, Lq, N*Ld): Â
     retrieved = retrieved.reshape(b, lq, n, ld) & d_mask[None, None]  # (B, Lq, N, Ld)
-    aligned = torch.where(retrieved, sims, torch.zeros_like(sims))  # (B, Lq, N, Ld): Â_ij q_i·d_j
-    best = aligned.max(dim=-1).values  # (B, Lq, N): max_j Â_ij q_i·d_j (0 when nothing retrieved)
+    # the max over retrieved tokens only: a 0 placeholder would beat a retrieved negative similarity
+    aligned = sims.masked_fill(~retrieved, float("-inf"))  # (B, Lq, N, Ld): Â_ij q_i·d_j
+    best = aligned.max(dim=-1).values  # (B, Lq, N): max_j Â_ij q_i·d_j (-inf when nothing retrieved)
     hit = retrieved.any(dim=-1) & q_mask[:, :, None]  # (B, Lq, N): query token i retrieved part of D
-    best = best * hit  # (B, Lq, N): padding query tokens contribute nothing
+    best = torch.where(hit, best, torch.zeros_like(best))  # (B, Lq, N): a miss and a padding token add 0
     z = hit.sum(dim=1).clamp(min=z_min)  # (B, N): Z, clipped
     return best.sum(dim=1) / z  # (B, N)
 
