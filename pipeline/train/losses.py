@@ -13,7 +13,6 @@ from typing import Iterable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from sentence_transformers.base.losses.gradcache import CachedLossMixin
-from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from sentence_transformers.util.distributed import all_gather, all_gather_padded, get_rank, get_world_size
 from torch import nn
@@ -145,7 +144,10 @@ class GeckoRankingLoss(MultipleNegativesRankingLoss):
     def forward(self, sentence_features: Iterable[dict], labels: torch.Tensor) -> torch.Tensor:
         features = list(sentence_features)
         keys = column_keys(features)  # before the forward pass, which writes its outputs into the dicts
-        return self.compute_loss_from_embeddings(embed_columns(self.model, features), (labels, keys))
+        # One forward pass per column, as fret's own loop did: embed_columns' merged pass pads the
+        # positives to the negatives' length, and the backward pass pays for it (bench/README.md).
+        embeddings = [self.model(f)["sentence_embedding"] for f in features]
+        return self.compute_loss_from_embeddings(embeddings, (labels, keys))
 
     def compute_loss_from_embeddings(self, embeddings: list[torch.Tensor], labels) -> torch.Tensor:
         counts, keys = labels  # (B,) real negatives per row; (columns, B) text keys
