@@ -149,7 +149,6 @@ def _train(argv: list[str]) -> int:
 def _launch_processes(nproc: int, argv: list[str]) -> int:
     """`fret train --nproc N`: the same command in N processes under torchrun (DDP; gloo on CPU)."""
     import subprocess
-    import sys
 
     # each process learns the count from torchrun; left in, --nproc would be an ambiguous torchrun flag
     rest, skip = [], False

@@ -180,6 +180,7 @@ def training_rows(path: str, batch_size: int, negatives: int, seed: int, shuffle
     A row has `negatives` negative columns; those it lacks repeat its positive, and `label` says
     how many are real, so the loss can mask the copies. `on_epoch_end(epoch, not_batched)` hears
     how many examples of each epoch could not fill a batch."""
+    names = negative_columns(negatives)
     epoch = 0
     while True:
         dropped: list = []
@@ -191,7 +192,7 @@ def training_rows(path: str, batch_size: int, negatives: int, seed: int, shuffle
                 real = list(triple.negatives[:negatives])
                 padded = real + [triple.positive] * (negatives - len(real))
                 yield {"anchor": triple.query, "positive": triple.positive,
-                       **dict(zip(negative_columns(negatives), padded)), "label": len(real)}
+                       **dict(zip(names, padded)), "label": len(real)}
         if not rows:
             raise ValueError(f"{path} has fewer than --batch-size {batch_size} examples with distinct positives: "
                              "no batch can be formed")
