@@ -1,7 +1,8 @@
 """Exact top-N retrieval, sharded: search every index shard, then merge per query.
 
 Memory per worker is bounded by one shard (plus a query batch), never the whole corpus. Ties
-break on passage id, so sharded and single-index search return the same lists.
+break on passage id, and each pool is scored exactly, so sharded and single-index search, and
+any grouping of queries into calls, return the same lists.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def search_shard(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: Se
 
     faiss's exact k-NN (faiss.knn: no index, so no copy of the shard) picks a pool of k + 8 per
     query, 1.7x to 3.6x faster than numpy's product with torch.topk on 2 cores (bench/
-    library_checks.py). Ties are ours to break, on id: a tie that fills the whole pool may reach
-    past it, and that row is widened to every column tied at the cut."""
+    library_checks.py). Its float32 scores depend on which queries share a call (by ~1e-7:
+    BLAS kernels differ with the block's shape), and the runner decides the blocks, so the pool
+    is ranked again by exact_scores, which does not. A pool whose tail is within noise of the
+    k-th score is widened to every column that noise could lift past it. Ties break on id."""
     if len(doc_ids) == 0 or len(query_vectors) == 0:
         return [[] for _ in range(len(query_vectors))]
     import faiss
@@ -52,16 +55,28 @@ def search_shard(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: Se
     for start in range(0, len(query_vectors), QUERY_BLOCK):
         block = np.ascontiguousarray(query_vectors[start:start + QUERY_BLOCK], dtype=np.float32)
         values, columns = faiss.knn(block, docs, extra, metric=faiss.METRIC_INNER_PRODUCT)  # (b, extra), sorted
-        for row, (row_values, row_columns) in enumerate(zip(values.tolist(), columns.tolist())):
-            cut = row_values[k_here - 1]
-            if row_values[-1] == cut and extra < len(doc_ids):
+        for row, (row_values, row_columns) in enumerate(zip(values, columns)):
+            floor = row_values[k_here - 1] - NOISE
+            if row_values[-1] >= floor and extra < len(doc_ids):
                 every, every_columns = faiss.knn(block[row:row + 1], docs, len(doc_ids),
                                                  metric=faiss.METRIC_INNER_PRODUCT)  # (1, n), sorted
-                tied = int(np.searchsorted(-every[0], -cut, side="right"))  # every column scoring >= cut
-                row_values, row_columns = every[0, :tied].tolist(), every_columns[0, :tied].tolist()
-            hits = sorted(Hit(-v, doc_ids[c]) for v, c in zip(row_values, row_columns))
+                row_columns = every_columns[0, :int(np.searchsorted(-every[0], -floor, side="right"))]
+            scores = exact_scores(block[row], docs[row_columns])
+            hits = sorted(Hit(-float(v), doc_ids[c]) for v, c in zip(scores, row_columns.tolist()))
             out.append(hits[:k_here])
     return out
+
+
+# How far apart two float32 scorings of one pair can land (measured 1.2e-7 between query blocks
+# of unit vectors at 384-d); a candidate this close to the k-th may belong in the top k.
+NOISE = 1e-5
+
+
+def exact_scores(query: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """The query's inner product with each row, the same whatever else is scored beside it: each
+    float32 product is exact in float64, and each row's sum takes the same order (numpy's
+    pairwise sum over one contiguous row); no BLAS kernel picks the order by the call's shape."""
+    return (docs.astype(np.float64) * query.astype(np.float64)).sum(axis=1)
 
 
 def merge_topk(partials: Iterable[Sequence[Hit]], k: int) -> list[Hit]:
