@@ -34,7 +34,7 @@ from beam_jobs.preflight import (check_given_queries, check_inputs, check_rerank
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
-from beam_jobs.retrieve import RetrieveCandidates
+from beam_jobs.retrieve import RetrieveCandidates, refusal_outcomes
 from beam_jobs.scratch import SCRATCH_DIR, remove_scratch
 from beam_jobs.waves import count_records, run_in_waves
 from pipeline import waves
@@ -71,23 +71,27 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                                                 journal_folder=journal))
     candidates = retrieved["candidates"]
     reused.append(count_as(retrieved["reused"], "journal_hits_embed"))
+    refusals, refused_units = refusal_outcomes(retrieved["refused_passages"], retrieved["refused_queries"],
+                                               passages_are_units=not opts.queries)
     tail = rerank_to_examples(candidates, eval_index, opts, llm, rerank, provenance)
-    examples, token_usage = tail["examples"], [*sourced["tokens"], *tail["tokens"]]
+    examples, token_usage = tail["examples"], [*sourced["tokens"], retrieved[TOKENS], *tail["tokens"]]
     reused.extend(count_as(hits, name) for name, hits in tail["reused"].items())
-    final = ((read[OUTCOME], dedupe_outcomes, *sourced["outcomes"], filter_outcomes, *tail["outcomes"])
+    final = ((read[OUTCOME], dedupe_outcomes, *sourced["outcomes"], filter_outcomes, refusals, *tail["outcomes"])
              | "AllOutcomes" >> beam.Flatten()
              | "ResolveOutcomes" >> ResolveOutcomes())
     write_records(examples, final, output, opts.output_shards)
 
     if opts.queries:  # the units are the query rows, and any corpus record that did not join the pool
-        unit_parts = (sourced["units"], read[OUTCOME], dedupe_outcomes)
+        unit_parts = (sourced["units"], read[OUTCOME], dedupe_outcomes, refused_units)
     else:  # the units are the seed passages, and any record that did not become one
         unit_parts = (read.passages, read[OUTCOME])
     units = unit_parts | "Units" >> beam.Flatten() | "CountUnits" >> beam.combiners.Count.Globally()
     stage_counts = ([count_as(read.passages, "passages_after_split"), count_as(read[OUTCOME], "unreadable_records"),
                      count_as(passages, "unique_passages"), *sourced["counts"],
                      count_as(kept_queries, "queries_after_filters"), count_as(candidates, "queries_retrieved"),
-                     count_as(retrieved["embedded"], "passages_embedded"), *reused]
+                     count_as(retrieved["embedded"], "passages_embedded"),
+                     count_as(retrieved["refused_passages"], "passages_refused_by_embedder"),
+                     count_as(retrieved["refused_queries"], "queries_refused_by_embedder"), *reused]
                     | "StageCounts" >> beam.Flatten()
                     | "StageDict" >> beam.combiners.ToDict())
     events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),

@@ -11,21 +11,27 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
-from beam_jobs.common import NS, SharedBox
+from beam_jobs.common import NS, TOKENS, SharedBox
 from beam_jobs.index_files import IndexShard, read_shard, write_shard
 from beam_jobs.journal import EMBED_STAGE, LookupJournal, write_vectors
 from pipeline import retrieval
+from pipeline.accounting import embedder_refused, query_unit, unit_id
 from pipeline.journal import embedding_key
 from pipeline.embedding import passage_text
+from pipeline.given_queries import GIVEN_SOURCE
 from pipeline.llm.embeddings import RemoteEmbedder, ServedEmbedder, load_embedder
 from pipeline.progress import Progress
 from pipeline.rerank import build_candidates
 
 
+REFUSED = "refused"  # the tag of Embed's texts the endpoint refused: (item, why)
+
+
 class _EmbedFn(beam.DoFn):
     """A batch of passages -> one (passages, matrix) block; a batch of queries -> (item, vector) each.
     Passage vectors travel as blocks: one pickled matrix per batch instead of one array per passage.
-    With a journal folder, each passage block's vectors are journaled before they go on."""
+    With a journal folder, each passage block's vectors are journaled before they go on. A served
+    embedder's refused texts go to REFUSED and its token usage to TOKENS."""
 
     def __init__(self, embedder: str, batch_size: int, shared: Shared, kind: str, progress: bool,
                  trust_remote_code: bool = False, journal_folder: Optional[str] = None):
@@ -33,6 +39,7 @@ class _EmbedFn(beam.DoFn):
             embedder, batch_size, shared, kind, progress)
         self._trust_remote_code, self._journal_folder = trust_remote_code, journal_folder
         self.embedded = Metrics.counter(NS, f"{kind}_embedded")
+        self.refused = Metrics.counter(NS, f"{kind}_refused_by_embedder")
 
     def setup(self):
         name, batch_size, trust = self._name, self._batch_size, self._trust_remote_code
@@ -52,13 +59,25 @@ class _EmbedFn(beam.DoFn):
             texts = [passage_text(p.title, p.text) for p in batch]
         else:
             texts = [q.query for q, _ in batch]
-        vectors = np.asarray(self._embedder.encode(texts), dtype=np.float32)
-        if self._kind == "passages" and self._journal_folder:
+        refused: dict[int, str] = {}
+        if isinstance(self._embedder, RemoteEmbedder):
+            vectors, refused, meter = self._embedder.encode_some(texts, f"embed_{self._kind}")
+            yield beam.pvalue.TaggedOutput(TOKENS, meter)
+        else:
+            vectors = np.asarray(self._embedder.encode(texts), dtype=np.float32)
+        if refused:
+            self.refused.inc(len(refused))
+            for i, why in sorted(refused.items()):
+                yield beam.pvalue.TaggedOutput(REFUSED, (batch[i], why))
+            batch = [item for i, item in enumerate(batch) if i not in refused]
+            texts = [text for i, text in enumerate(texts) if i not in refused]
+        if self._kind == "passages" and self._journal_folder and texts:
             write_vectors(self._journal_folder, [embedding_key(str(self._name), t) for t in texts], vectors)
         self.embedded.inc(len(batch))
-        Progress.add(f"embed ({self._kind})", len(batch), self._progress, total)
+        Progress.add(f"embed ({self._kind})", len(batch) + len(refused), self._progress, total)
         if self._kind == "passages":
-            yield list(batch), vectors
+            if batch:
+                yield list(batch), vectors
         else:
             yield from zip(batch, vectors)
 
@@ -68,7 +87,9 @@ EMBED_WINDOW = 16  # encode batches per DoFn call: sentence-transformers sorts a
 
 
 class Embed(beam.PTransform):
-    """Passages -> (passages, matrix) blocks, or (query, passage) pairs -> ((query, passage), vector)."""
+    """Passages -> {"vectors": (passages, matrix) blocks, REFUSED: (passage, why), TOKENS: usage},
+    or (query, passage) pairs -> {"vectors": ((query, passage), vector), REFUSED: ((query, passage),
+    why), TOKENS}. Only a served embedder refuses texts and reports tokens."""
 
     def __init__(self, embedder: str, batch_size: int, kind: str, shared: Optional[Shared] = None,
                  progress: bool = False, trust_remote_code: bool = False, journal_folder: Optional[str] = None,
@@ -83,10 +104,9 @@ class Embed(beam.PTransform):
         dofn = _EmbedFn(self.embedder, self.batch_size, self.shared, self.kind, self.progress,
                         self.trust_remote_code, self.journal_folder)
         batches = items | "Window" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
-        if not self.progress:
-            return batches | "Encode" >> beam.ParDo(dofn)
-        total = _count_unless_given(self.total, items, "CountItems")
-        return batches | "Encode" >> beam.ParDo(dofn, total=total)
+        extra = {"total": _count_unless_given(self.total, items, "CountItems")} if self.progress else {}
+        out = batches | "Encode" >> beam.ParDo(dofn, **extra).with_outputs(REFUSED, TOKENS, main="vectors")
+        return {"vectors": out.vectors, REFUSED: out[REFUSED], TOKENS: out[TOKENS]}
 
 
 def _count_unless_given(given: Optional[beam.PCollection], items: beam.PCollection, label: str):
@@ -106,8 +126,10 @@ def _reused_block(batch):
 
 class EmbedPassagesOnce(beam.PTransform):
     """Passages -> {"blocks": (passages, matrix) blocks, "embedded": passages embedded now,
-    "reused": (passage, vector) pairs read back from the journal}. Vectors a killed run already
-    journaled are reused (keyed by embedder and text), so --resume embeds no passage twice."""
+    "reused": (passage, vector) pairs read back from the journal, REFUSED: (passage, why), TOKENS}.
+    Vectors a killed run already journaled are reused (keyed by embedder and text), so --resume
+    embeds no passage twice. A refused passage is in no block (and journaled nowhere: a resume
+    asks again)."""
 
     def __init__(self, embed: Embed):
         super().__init__()
@@ -121,8 +143,10 @@ class EmbedPassagesOnce(beam.PTransform):
         reused_blocks = (lookup.done
                          | "ReusedWindow" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
                          | "ReusedBlock" >> beam.Map(_reused_block))
-        blocks = ((todo | "Embed" >> self.embed, reused_blocks) | "AllBlocks" >> beam.Flatten())
-        return {"blocks": blocks, "embedded": todo, "reused": lookup.done}
+        embedded = todo | "Embed" >> self.embed
+        blocks = ((embedded["vectors"], reused_blocks) | "AllBlocks" >> beam.Flatten())
+        return {"blocks": blocks, "embedded": embedded["vectors"] | "EmbeddedNow" >> beam.FlatMap(lambda b: b[0]),
+                "reused": lookup.done, REFUSED: embedded[REFUSED], TOKENS: embedded[TOKENS]}
 
 
 def _to_shards(block, num_shards: int):
@@ -228,14 +252,21 @@ def search_index_files(query_vectors, shard_paths, k: int, query_batch_size: int
     return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths), total=total)
 
 
-def _candidates(item_top, k: int):
+def _candidates(item_top, k: int, refused_seeds: dict):
+    """-> (query, seed, candidates); a query whose seed the embedder refused -> REFUSED, (query,
+    seed, why): its positive is in no index shard, so it cannot be ranked against its neighbours."""
     (query, passage), top = item_top
-    return query, passage, build_candidates(passage, [top], k)
+    if passage is not None and passage.id in refused_seeds:
+        yield beam.pvalue.TaggedOutput(REFUSED, (query, passage, f"its seed passage {passage.id} was refused "
+                                                                 f"by the embedder: {refused_seeds[passage.id]}"))
+        return
+    yield query, passage, build_candidates(passage, [top], k)
 
 
 class SearchQueries(beam.PTransform):
-    """((query, passage) pairs, the index's shard paths as one element) -> (query, passage,
-    candidates): embed the queries, search the shard files, and add each query's seed to its
+    """((query, passage) pairs, the index's shard paths as one element[, (passage, why) the
+    embedder refused]) -> {"candidates": (query, passage, candidates), REFUSED: (query, passage,
+    why), TOKENS}: embed the queries, search the shard files, and add each query's seed to its
     candidates (Gecko's argmax runs over the neighbours with the seed)."""
 
     def __init__(self, embedder: str, num_neighbors: int = 20, embed_batch_size: int = 64,
@@ -247,15 +278,23 @@ class SearchQueries(beam.PTransform):
         self.shared = shared or Shared()  # the passages' embedder, when this job loaded it already
 
     def expand(self, pcolls):
-        queries, shard_paths = pcolls
+        queries, shard_paths, *refused_passages = pcolls
         # One count of the queries serves both progress lines: embedding them and searching for them.
         total = queries | "CountQueries" >> beam.combiners.Count.Globally() if self.progress else None
         # ((query, passage), vector) pairs: the query's record and seed travel with it through the search
-        query_vectors = (queries
-                         | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", self.shared,
-                                                   self.progress, self.trust_remote_code, total=total))
-        top = search_index_files(query_vectors, shard_paths, self.k, self.query_batch_size, self.progress, total)
-        return top | "Candidates" >> beam.Map(_candidates, self.k)
+        embedded = (queries
+                    | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", self.shared,
+                                              self.progress, self.trust_remote_code, total=total))
+        top = search_index_files(embedded["vectors"], shard_paths, self.k, self.query_batch_size, self.progress,
+                                 total)
+        refused_seeds = (refused_passages[0] if refused_passages
+                         else queries.pipeline | "NoRefusedSeeds" >> beam.Create([]))
+        seeds = beam.pvalue.AsDict(refused_seeds | "RefusedSeedIds" >> beam.Map(lambda pw: (pw[0].id, pw[1])))
+        found = top | "Candidates" >> beam.FlatMap(_candidates, self.k, seeds).with_outputs(REFUSED, main="candidates")
+        refused_queries = embedded[REFUSED] | "RefusedQueries" >> beam.Map(
+            lambda item_why: (*item_why[0], f"the query was refused by the embedder: {item_why[1]}"))
+        refused = (found[REFUSED], refused_queries) | "AllRefused" >> beam.Flatten()
+        return {"candidates": found.candidates, REFUSED: refused, TOKENS: embedded[TOKENS]}
 
 
 class RetrieveCandidates(beam.PTransform):
@@ -273,14 +312,32 @@ class RetrieveCandidates(beam.PTransform):
 
     def expand(self, pcolls):
         """-> {"candidates": (query, passage, candidates), "embedded": passages embedded in this run,
-        "reused": passages whose journaled vectors were reused}."""
+        "reused": passages whose journaled vectors were reused, "refused_passages": (passage, why),
+        "refused_queries": (query, seed, why) for a refused query or seed, TOKENS: the embedder's}."""
         passages, queries = pcolls
         shared = Shared()
         embed = Embed(self.embedder, self.embed_batch_size, "passages", shared, self.progress,
                       self.trust_remote_code, self.journal_folder)
         vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
         shard_paths = write_index_shards(vectors["blocks"], self.shard_size, self.index_folder)
-        candidates = (queries, shard_paths) | "Search" >> SearchQueries(
+        found = (queries, shard_paths, vectors[REFUSED]) | "Search" >> SearchQueries(
             self.embedder, self.k, self.embed_batch_size, self.query_batch_size, self.progress,
             self.trust_remote_code, shared)
-        return {"candidates": candidates, "embedded": vectors["embedded"], "reused": vectors["reused"]}
+        tokens = (vectors[TOKENS], found[TOKENS]) | "EmbedTokens" >> beam.Flatten()
+        return {"candidates": found["candidates"], "embedded": vectors["embedded"], "reused": vectors["reused"],
+                "refused_passages": vectors[REFUSED], "refused_queries": found[REFUSED], TOKENS: tokens}
+
+
+def refusal_outcomes(refused_passages, refused_queries, passages_are_units: bool):
+    """The embedder's refusals as dead-letter outcomes: every refused query (or query whose seed
+    was refused) under its own unit, and each refused passage under its own when passages are
+    units (seed passages, or corpus records beside given queries; a given text that joined the
+    corpus is not one). Applied in the caller's scope."""
+    queries = refused_queries | "RefusedQueryOutcomes" >> beam.Map(
+        lambda qsw: embedder_refused(query_unit(qsw[0], qsw[1]), qsw[0].query_id, qsw[2], qsw[0].query))
+    units = refused_passages | "RefusedPassageUnits" >> beam.Filter(
+        lambda pw: passages_are_units or not pw[0].source_id.startswith(GIVEN_SOURCE))
+    passages = units | "RefusedPassageOutcomes" >> beam.Map(
+        lambda pw: embedder_refused(unit_id(pw[0]), pw[0].id, f"the embedder refused the passage: {pw[1]}",
+                                    passage_text(pw[0].title, pw[0].text)))
+    return (queries, passages) | "RefusalOutcomes" >> beam.Flatten(), units

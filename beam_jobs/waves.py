@@ -35,7 +35,7 @@ from beam_jobs.index_files import index_dir
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.read import ReadSeedPassages
-from beam_jobs.retrieve import Embed, EmbedPassagesOnce, SearchQueries, write_index_shards
+from beam_jobs.retrieve import REFUSED, Embed, EmbedPassagesOnce, SearchQueries, refusal_outcomes, write_index_shards
 from beam_jobs.scratch import (ReadWaveChunks, WriteWaveChunks, read_pickled, save, scratch_dir, scratch_files,
                                wave_files)
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
@@ -152,14 +152,19 @@ def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) 
     _chunks(queries["queries"] | "QueryWave" >> beam.Map(lambda qp: (wave, qp)), "WriteQueries", folder, "queries")
     _chunks(queries["queries"] | "QueryKeys" >> beam.Map(lambda qp: (wave, w.query_key(qp))),
             "WriteQueryKeys", folder, "query_keys")
-    outcomes = (sorted_out[OUTCOME], queries[OUTCOME]) | "Outcomes" >> beam.Flatten()
+    # a passage the embedder refused: its queries are dead-lettered when this wave finishes
+    _chunks(vectors[REFUSED] | "RefusedWave" >> beam.Map(lambda pw: (wave, pw)), "WriteRefused", folder, "refused")
+    refusals, _ = refusal_outcomes(vectors[REFUSED], p | "NoRefusedQueries" >> beam.Create([]),
+                                   passages_are_units=True)
+    outcomes = (sorted_out[OUTCOME], queries[OUTCOME], refusals) | "Outcomes" >> beam.Flatten()
     _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (wave, o)), "WriteOutcomes", folder, "outcomes")
     _write_counts([count_as(passages, "unique_passages"), count_as(queries["queries"], "queries_generated"),
                    count_as(vectors["embedded"], "passages_embedded"),
+                   count_as(vectors[REFUSED], "passages_refused_by_embedder"),
                    count_as(queries["reused"], "journal_hits_generate"),
                    count_as(vectors["reused"], "journal_hits_embed")],
                   f"{folder}/counts/prepare-w{wave:05d}.pkl")
-    _write_tokens([queries[TOKENS]], f"{folder}/tokens/prepare-w{wave:05d}.pkl")
+    _write_tokens([queries[TOKENS], vectors[TOKENS]], f"{folder}/tokens/prepare-w{wave:05d}.pkl")
 
 
 # --- 3. filter -------------------------------------------------------------------------------
@@ -190,25 +195,30 @@ def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, s
                | "KeepFiltered" >> beam.Filter(lambda qp, kept: qp[0].query_id in kept, beam.pvalue.AsDict(kept_ids)))
     # every wave's shard files exist already: the prepare pipelines wrote them
     paths = p | "ShardPaths" >> beam.Create([shard_paths])  # sorted by run_in_waves
-    candidates = (queries, paths) | "RetrieveCandidates" >> SearchQueries(
+    refused_passages = p | "ReadRefused" >> ReadWaveChunks(wave_files(folder, "refused", wave))
+    found = (queries, paths, refused_passages) | "RetrieveCandidates" >> SearchQueries(
         opt.retrieval_embedder(opts), opts.num_neighbors, opts.embed_batch_size, progress=opts.progress,
         trust_remote_code=opts.trust_remote_code)
+    candidates = found["candidates"]
+    refusals, _ = refusal_outcomes(p | "NoRefusedPassages" >> beam.Create([]), found[REFUSED],
+                                   passages_are_units=True)
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, opt.decontam_config(opts))
     llm = StageSettings(opt.client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
                         opt.failure_policy(opts))
     tail = rerank_to_examples(candidates, eval_index, opts, llm, opt.rerank_config(opts), provenance)
     earlier = p | "ReadOutcomes" >> ReadWaveChunks(wave_files(folder, "outcomes", wave))
-    final = ((earlier, *tail["outcomes"]) | "AllOutcomes" >> beam.Flatten() | "ResolveOutcomes" >> ResolveOutcomes())
+    final = ((earlier, refusals, *tail["outcomes"]) | "AllOutcomes" >> beam.Flatten()
+             | "ResolveOutcomes" >> ResolveOutcomes())
     write_records(tail["examples"], final, output, opts.output_shards, part=f"part-w{wave:05d}")
     events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
                tail["examples"] | "ExampleEvents" >> beam.Map(lambda e: ("example", example_stats(e))))
               | "Events" >> beam.Flatten())
     (events | "Summarize" >> beam.CombineGlobally(ManifestCombine())
      | "WriteSummary" >> beam.Map(save, f"{folder}/summary/w{wave:05d}.pkl"))
-    _write_counts([count_as(candidates, "queries_retrieved"),
+    _write_counts([count_as(candidates, "queries_retrieved"), count_as(found[REFUSED], "queries_refused_by_embedder"),
                    *(count_as(hits, name) for name, hits in tail["reused"].items())],
                   f"{folder}/counts/finish-w{wave:05d}.pkl")
-    _write_tokens(tail["tokens"], f"{folder}/tokens/finish-w{wave:05d}.pkl")
+    _write_tokens([found[TOKENS], *tail["tokens"]], f"{folder}/tokens/finish-w{wave:05d}.pkl")
 
 
 # --- the driver ------------------------------------------------------------------------------

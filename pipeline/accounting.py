@@ -56,6 +56,13 @@ def filtered(unit: str, record_id: str, stage: str, reason: str, detail: str = "
                                                     detail=detail, created_at=dt.datetime.now(dt.timezone.utc)))
 
 
+def embedder_refused(unit: str, record_id: str, detail: str, text: str = "") -> Outcome:
+    """The retrieval embedder's endpoint refused a text (a passage, a query, or a query's seed)."""
+    return Outcome(unit, "dead_lettered", DeadLetter(record_id=record_id, stage="retrieve", reason="embedder_refused",
+                                                     detail=detail[:1000], payload=text[:1000],
+                                                     created_at=dt.datetime.now(dt.timezone.utc)))
+
+
 class AccountingError(RuntimeError):
     pass
 

@@ -131,9 +131,13 @@ def given_texts(query: GivenQuery) -> list[tuple[str, PassageRef]]:
     return [(text_key(r.text), r) for r in refs]
 
 
+GIVEN_SOURCE = "given:"  # the source_id prefix of a given text that joined the corpus
+
+
 def joined_passage(ref: PassageRef, source: str) -> Passage:
     """A given text that the corpus did not hold, as a passage of the corpus."""
-    return Passage(id=ref.id, title=ref.title, text=normalize_text(ref.text), source_id=f"given:{source}", chunk=0)
+    return Passage(id=ref.id, title=ref.title, text=normalize_text(ref.text), source_id=f"{GIVEN_SOURCE}{source}",
+                   chunk=0)
 
 
 def positive_key(query: GivenQuery) -> Optional[tuple[str, str]]:

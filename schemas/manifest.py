@@ -57,8 +57,10 @@ class RunManifest(Record):
         default_factory=dict, description="decimals QL and RC are rounded to before ranking (ties: retrieval rank, "
                                           "then passage id), so that float noise cannot change a ranking")
     tokens: dict[str, TokenUsage] = Field(
-        default_factory=dict, description="LLM tokens by request kind (generate, ql, rc, rate) in this run; work "
-                                          "replayed from the journal costs none")
+        default_factory=dict, description="served tokens by request kind in this run (the LLM's generate, ql, "
+                                          "rc, rate; a served cross-encoder's ce; a served embedder's "
+                                          "embed_passages and embed_queries); work replayed from the journal "
+                                          "costs none")
     scoring: dict[str, str] = Field(
         default_factory=dict, description="how the LLM scored: score_order (passage | query), ql_path "
                                           "(prefix_cache: QL read the server's prefix cache over its token endpoint; "

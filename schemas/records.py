@@ -33,6 +33,7 @@ DeadLetterReason = Literal[
     "llm_http_error",
     "llm_bad_response",
     "no_candidates",
+    "embedder_refused",
     "positive_not_in_corpus",
     "query_not_found",
     "internal_error",

@@ -86,3 +86,44 @@ def test_an_unreachable_embedder_is_refused_before_any_work(tmp_path):
     with StubLLM() as stub, pytest.raises(ValueError, match="embedder endpoint"):
         fret_job.run(["--input", str(corpus), "--output", str(tmp_path / "out"), "--llm_url", stub.base_url,
                       "--embedder_url", "http://127.0.0.1:9", "--progress", "false"], save_main_session=False)
+
+
+LONG = "word " * 700  # past the server's 512 tokens: vLLM refuses the request with a 400
+
+
+def test_a_batch_with_refused_texts_is_halved_until_they_are_alone(embed_server):
+    texts = ["a short text", LONG, "another text", "a third one", "the end " + LONG]
+    with RemoteEmbedder(_spec(embed_server, batch_size=4)) as served:
+        vectors, refused, meter = served.encode_some(texts, "embed_test")
+        alone = np.concatenate([served.encode([t]) for t in ("a short text", "another text", "a third one")])
+        with pytest.raises(EmbeddingError, match="refused 2 of 5 texts"):
+            served.encode(texts)
+    assert sorted(refused) == [1, 4] and all("512" in why for why in refused.values()), refused
+    np.testing.assert_allclose(vectors, alone, atol=1e-5)  # the others, in input order
+    # [0..3] refused -> [0, 1] refused -> [0] answered, [1] refused; [2, 3] answered; [4] refused
+    assert (meter.calls["requests"], meter.calls["failures"]) == (6, 4)
+    usage = meter.usage()["embed_test"]  # tokens are counted on answered requests
+    assert usage.requests == 2 and usage.prompt_sent > 0
+
+
+def test_the_job_dead_letters_what_the_served_embedder_refuses(embed_server, tiny_embedder_path, tmp_path):
+    corpus = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:8])
+    rows = [{"query": "what is known about the first one", "positive_id": "p0"},
+            {"query": "a query far too long " + LONG, "positive_id": "p1"},
+            {"query": "what is known about a long text", "positive": LONG},
+            {"query": "what is known about the third one", "positive_id": "p2"}]
+    queries = write_jsonl(tmp_path / "queries.jsonl", rows)
+    with StubLLM() as stub:
+        out = run_job(corpus, tmp_path / "out", stub.base_url, "--queries", str(queries), "--num_negatives", "2",
+                      "--embedder", str(tiny_embedder_path), "--embedder_url", embed_server.base_url)
+    m = out["manifest"]
+    assert (m["inputs"], m["written"], m["dead_lettered"]) == (4, 2, 2), m["accounting"]
+    letters = {d["payload"][:21]: d for d in out["dead_letters"]}
+    assert {d["reason"] for d in letters.values()} == {"embedder_refused"}
+    assert "the query was refused" in letters["a query far too long "]["detail"]
+    assert any("seed passage" in d["detail"] and "512" in d["detail"] for d in letters.values())
+    assert m["counts"]["passages_refused_by_embedder"] == 1 and m["counts"]["queries_refused_by_embedder"] == 2
+    assert {e["query"] for e in out["examples"]} == {rows[0]["query"], rows[3]["query"]}
+    tokens = m["tokens"]
+    assert tokens["embed_passages"]["requests"] >= 1 and tokens["embed_passages"]["prompt_sent"] > 0
+    assert tokens["embed_queries"]["requests"] >= 1 and tokens["embed_queries"]["prompt_sent"] > 0

@@ -155,6 +155,7 @@ class LLMClient(TokenQL, LabelScoring):
         except LLMError as exc:
             payload = None
             result.fail(exc.reason, str(exc))
+            result.status = getattr(exc, "status", None)
         else:
             result.attempts = attempts
             usage = payload.get("usage") or {}

@@ -5,6 +5,11 @@ concurrency, retries and failover are the same as for the LLM's requests.
 Vectors are L2-normalised here whatever the server did (retrieval ranks by dot product, i.e.
 cosine), kept in float32, and every answer must have the dimension of the first (or of
 `dim` when it is given): an endpoint that changes model mid-run fails loudly.
+
+A request the endpoint refuses for its input (400, 413, 422: a text longer than the model
+takes, say) is halved until each refused text is alone, so one bad text costs about log2(batch)
+more requests and is reported by itself; the job dead-letters it. Any other failure (the server
+down, a 404 for a wrong path) stops the job, as the LLM's do.
 """
 
 from __future__ import annotations
@@ -15,11 +20,20 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.llm import usage
 from pipeline.llm.types import ClientConfig, LLMError, LLMResult
+
+# Statuses that refuse the request's input rather than the request: vLLM answers 400 for a text
+# longer than the model's context; 413 and 422 are other servers' "too large" and "invalid".
+REFUSED_INPUT = frozenset({400, 413, 422})
 
 
 class EmbeddingError(RuntimeError):
     """The endpoint failed after retries, or answered something that is not the vectors asked for."""
+
+
+class InputRefused(EmbeddingError):
+    """The endpoint refused the request for what was in it (REFUSED_INPUT)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +56,8 @@ async def embed_batch(client, model: str, texts: Sequence[str]) -> np.ndarray:
     payload = await client._call("embeddings", {"model": model, "input": list(texts), "encoding_format": "float"},
                                  result)
     if payload is None:
+        if result.status in REFUSED_INPUT:
+            raise InputRefused(result.detail)
         raise EmbeddingError(f"the embedder endpoint failed ({result.reason}): {result.detail}")
     data = payload.get("data")
     if not isinstance(data, list) or len(data) != len(texts):
@@ -55,6 +71,20 @@ async def embed_batch(client, model: str, texts: Sequence[str]) -> np.ndarray:
     if vectors.ndim != 2 or [d["index"] for d in ordered] != list(range(len(texts))):
         raise EmbeddingError("the embedder endpoint's vectors are ragged or their indexes do not match the inputs")
     return vectors
+
+
+async def embed_or_refuse(client, model: str, texts: Sequence[str]) -> tuple[list, dict[int, str]]:
+    """([vector, or None for a refused text] in input order, {index: the server's reason}): a
+    refused batch is halved, and its halves asked again, until each refused text is alone."""
+    try:
+        return list(await embed_batch(client, model, texts)), {}
+    except InputRefused as exc:
+        if len(texts) == 1:
+            return [None], {0: str(exc)}
+    mid = len(texts) // 2
+    (left, left_refused), (right, right_refused) = await asyncio.gather(
+        embed_or_refuse(client, model, texts[:mid]), embed_or_refuse(client, model, texts[mid:]))
+    return left + right, {**left_refused, **{mid + i: why for i, why in right_refused.items()}}
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -83,23 +113,41 @@ class RemoteEmbedder:
                 raise
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        model, size = self.spec.client.model, self.batch_size
-        batches = [list(texts[i:i + size]) for i in range(0, len(texts), size)]
+        """Every text's vector; a text the endpoint refuses is an EmbeddingError."""
+        vectors, refused, _ = self.encode_some(texts)
+        if refused:
+            index, why = next(iter(sorted(refused.items())))
+            raise EmbeddingError(f"the embedder endpoint refused {len(refused)} of {len(texts)} texts, "
+                                 f"the first ({texts[index][:80]!r}): {why}")
+        return vectors
 
-        async def all_batches(client):
-            return await asyncio.gather(*(embed_batch(client, model, b) for b in batches))
+    def encode_some(self, texts: Sequence[str], kind: str = "embed") -> tuple[np.ndarray, dict[int, str], "usage.UsageMeter"]:
+        """(the vectors of the texts the endpoint took, in input order; {index: why} for those it
+        refused; the requests' token usage under `kind`)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32), {}, usage.UsageMeter()
+        model, size = self.spec.client.model, self.batch_size
+        starts = list(range(0, len(texts), size))
+
+        async def all_batches(client):  # started inside measure(), so its tasks see the meter
+            return await asyncio.gather(*(embed_or_refuse(client, model, list(texts[i:i + size])) for i in starts))
 
         try:
-            parts = self._llm.run(all_batches)
+            parts, meter = self._llm.run(lambda client: usage.measure(kind, all_batches(client)))
         except LLMError as exc:
             raise EmbeddingError(f"the embedder endpoint failed: {exc}") from None
-        vectors = np.concatenate(parts, axis=0)
+        refused = {start + i: why for start, (_, part) in zip(starts, parts) for i, why in part.items()}
+        kept = [v for vectors, _ in parts for v in vectors if v is not None]
+        if not kept:
+            return np.zeros((0, self.dim), dtype=np.float32), refused, meter
+        widths = {len(v) for v in kept}
+        if len(widths) > 1:
+            raise EmbeddingError("the embedder endpoint's vectors are ragged")
+        vectors = np.asarray(kept, dtype=np.float32)
         if self.dim and vectors.shape[1] != self.dim:
             raise EmbeddingError(f"the embedder endpoint answered {vectors.shape[1]}-dimensional vectors, "
                                  f"expected {self.dim} (--embedder-dim, or its first answer)")
-        return normalise(vectors)
+        return normalise(vectors), refused, meter
 
     def close(self) -> None:
         self._llm.release()

@@ -108,6 +108,7 @@ class LLMResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 0
+    status: Optional[int] = None  # the HTTP status of a refused request (a non-retryable 4xx)
 
     def fail(self, reason: FailureReason, detail: str) -> "LLMResult":
         self.ok, self.reason, self.detail = False, reason, detail
