@@ -66,6 +66,8 @@ def test_the_job_with_the_served_embedder_writes_the_local_encoders_examples(emb
         served = run_job(corpus, tmp_path / "served", stub.base_url, *common, "--embedder_url", embed_server.base_url)
         resumed = run_job(corpus, tmp_path / "served", stub.base_url, *common, "--embedder_url",
                           embed_server.base_url, "--resume")
+        waves = run_job(corpus, tmp_path / "waves", stub.base_url, *common, "--embedder_url", embed_server.base_url,
+                        "--wave_size", "5")
 
     def picks(out):
         return {e["query"]: (e["positive"]["id"], [n["id"] for n in e["hard_negatives"]],
@@ -77,6 +79,10 @@ def test_the_job_with_the_served_embedder_writes_the_local_encoders_examples(emb
     # a resume re-embeds no passage: every vector came from the journal
     assert resumed["manifest"]["counts"]["journal_hits_embed"] == 12
     assert resumed["manifest"]["counts"].get("passages_embedded", 0) == 0
+    # in waves (3 of them), the same examples; the embedder's bill counts the same texts
+    assert waves["manifest"]["counts"]["waves"] == 3 and picks(waves) == picks(local)
+    for kind in ("embed_passages", "embed_queries"):
+        assert waves["manifest"]["tokens"][kind]["prompt_sent"] == served["manifest"]["tokens"][kind]["prompt_sent"] > 0
 
 
 def test_an_unreachable_embedder_is_refused_before_any_work(tmp_path):

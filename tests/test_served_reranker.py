@@ -134,3 +134,23 @@ def test_scores_and_reranker_url_must_agree(tmp_path):
         run_job(corpus, tmp_path / "b", "http://127.0.0.1:9", "--reranker_url", "http://127.0.0.1:9")
     with pytest.raises(ValueError, match="one or more of"):
         run_job(corpus, tmp_path / "c", "http://127.0.0.1:9", "--scores", "bm25")
+
+
+def test_waves_with_the_cross_encoder_write_what_one_pipeline_writes(ce_server, tmp_path):
+    from tests.test_reliability import distinct_queries
+
+    server, _ = ce_server
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", CORPUS)
+    args = ("--reranker_url", server.base_url, "--scores", "ql,rc,ce", "--num_negatives", "2")
+    with StubLLM(generate_fn=distinct_queries) as stub:
+        one = run_job(corpus, tmp_path / "one", stub.base_url, *args)
+        waves = run_job(corpus, tmp_path / "waves", stub.base_url, *args, "--wave_size", "4")
+
+    def picks(out):
+        return {e["query"]: (e["positive"]["id"], [n["id"] for n in e["hard_negatives"]],
+                             sorted((c["passage_id"], round(c["ce"], 6), c["ce_rank"]) for c in e["candidates"]))
+                for e in out["examples"]}
+
+    assert one["manifest"]["written"] == 10 and waves["manifest"]["counts"]["waves"] == 3
+    assert picks(waves) == picks(one)
+    assert waves["manifest"]["tokens"]["ce"] == one["manifest"]["tokens"]["ce"]  # one request per query, each once
