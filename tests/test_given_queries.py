@@ -266,3 +266,30 @@ def test_the_readme_commands_for_your_own_pairs_run_on_each_layout(tmp_path):
             assert m["written"] == expected[source] == m["inputs"], (command, m["accounting"])
     # pydoc's documents are split into chunks: a positive named by document id is its first chunk
     assert all(e["seed_passage_id"].endswith("#0") or "#" not in e["seed_passage_id"] for e in out["examples"])
+
+
+@pytest.mark.parametrize("passages_are_units", [True, False])
+def test_embedder_refusals_become_dead_letters_under_the_right_units(passages_are_units):
+    """A refused corpus passage is a unit (a seed, or a corpus record beside given queries); a
+    refused given text that joined the corpus is not: its query's row carries the refusal."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from beam_jobs.retrieve import refusal_outcomes
+    from schemas import Passage, QueryRecord
+
+    corpus = Passage(id="p0", title="T", text="a corpus text", source_id="in.jsonl:1", chunk=0)
+    joined = gq.joined_passage(gq.PassageRef(id="g0", title="", text="a given text"), "q.jsonl:2")
+    query = QueryRecord(query_id="q1", passage_id="g0", task="t", query="a query", unit="q.jsonl:2",
+                        source="given:fret")
+    with beam.Pipeline() as p:
+        passages = p | "Passages" >> beam.Create([(corpus, "HTTP 400: too long"), (joined, "HTTP 400: too long")])
+        queries = p | "Queries" >> beam.Create([(query, joined, "its seed passage g0 was refused by the embedder")])
+        outcomes, units = refusal_outcomes(passages, queries, passages_are_units)
+        assert_that(outcomes | beam.Map(lambda o: (o.unit_id, o.status, o.record.reason)),
+                    equal_to([("q.jsonl:2", "dead_lettered", "embedder_refused"),
+                              ("in.jsonl:1#0", "dead_lettered", "embedder_refused")]
+                             + ([("given:q.jsonl:2#0", "dead_lettered", "embedder_refused")]
+                                if passages_are_units else [])), label="Outcomes")
+        assert_that(units | beam.Map(lambda pw: pw[0].id), equal_to(["p0", "g0"] if passages_are_units else ["p0"]),
+                    label="Units")
