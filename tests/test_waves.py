@@ -23,11 +23,12 @@ def _records():
     return PASSAGES + bad + [copy, PASSAGES[3], again]
 
 
-def _comparable(out):
+def _comparable(out, batching_counts=()):
     def example(e):
         # Embedding batches differ between the two runs, so vectors differ in their last bits:
         # retrieval scores are compared to 5 decimals (ranks and everything else exactly).
-        candidates = [dict(c, retrieval_score=round(c["retrieval_score"], 5)) for c in e["candidates"]]
+        candidates = [dict(c, retrieval_score=None if c["retrieval_score"] is None else round(c["retrieval_score"], 5))
+                      for c in e["candidates"]]  # None: a seed the search did not find, added to its candidates
         e = dict(e, provenance=None, candidates=candidates)
         return json.dumps(e, sort_keys=True, default=str)
 
@@ -41,9 +42,11 @@ def _comparable(out):
     # What the server's prefix cache did depends on what it held: the two runs share one stub,
     # so the second finds the first's blocks. QL's re-sends (and the requests and tokens they
     # add) and every computed count are the cache's, not the data's; the rest must be equal.
-    cache_counts = ("ql_uncached_", "ql_retry_", "ql_echo_", "llm_requests")
+    cache_counts = ("ql_uncached_", "ql_retry_", "ql_echo_", "llm_requests", *batching_counts)
     counts = {k: v for k, v in out["manifest"]["counts"].items() if k != "waves" and not k.startswith(cache_counts)}
-    tokens = {kind: {f: n for f, n in usage.items() if f != "prompt_computed"}
+    # an embedder request carries a batch of texts: their tokens are the data's, the requests the batching's
+    tokens = {kind: {f: n for f, n in usage.items()
+                     if f != "prompt_computed" and not (kind.startswith("embed_") and f == "requests")}
               for kind, usage in out["manifest"]["tokens"].items() if kind != "ql"}
     return (sorted(map(example, out["examples"])), sorted(map(record, out["dead_letters"])),
             sorted(map(record, out["filtered"])), counts,
@@ -259,3 +262,33 @@ def test_count_records_stops_past_the_limit_and_names_a_bad_parquet_file(tmp_pat
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really parquet")
     with pytest.raises(ValueError, match="broken.parquet is not a readable Parquet file"):
         count_records(str(tmp_path / "broken.parquet"))
+
+
+def test_a_passage_the_served_embedder_refuses_is_dead_lettered_in_waves_as_in_one_pipeline(tmp_path):
+    """--embedder-url on the stub's /v1/embeddings, which answers 400 for any batch holding the
+    passage that is too long for it (as vLLM does past its context): the passage is found alone,
+    dead-lettered with the server's message, and the rest written, in waves as in one pipeline."""
+    from pipeline.testing.stub_llm import Fault, StubLLM
+    from tests.test_fret_job_stub import PASSAGES, generate, scorer
+
+    records = PASSAGES + [{"id": "huge", "title": "Huge", "text": "A passage the embedder will not take. TOO-LONG."}]
+    inp = write_jsonl(tmp_path / "in.jsonl", records)
+    refuse = Fault("status", status=400, path="embeddings", repeat=True,
+                   message="This model's maximum context length is 8 tokens",
+                   when=lambda body: any("TOO-LONG" in text for text in body.get("input", [])))
+    with StubLLM(generate_fn=generate, logprob_fn=scorer) as stub:
+        stub.add_faults(refuse)
+        args = ("--num_neighbors", "4", "--embedder_url", stub.base_url, "--embed_batch_size", "4")
+        one = run_job(inp, tmp_path / "one", stub.base_url, *args)
+        waves = run_job(inp, tmp_path / "waves", stub.base_url, *args, "--wave_size", "3")
+    assert waves["manifest"]["counts"]["waves"] >= 2
+    # the refused requests behind the halving depend on where the batches cut: not compared
+    assert _comparable(waves, ("llm_failures",)) == _comparable(one, ("llm_failures",))
+    for out in (one, waves):
+        m = out["manifest"]
+        assert (m["inputs"], m["written"], m["dead_lettered"]) == (len(records), len(PASSAGES), 1), m["accounting"]
+        [letter] = out["dead_letters"]
+        assert letter["reason"] == "embedder_refused" and "maximum context length" in letter["detail"]
+        assert m["counts"]["passages_refused_by_embedder"] == 1 and m["counts"]["queries_refused_by_embedder"] == 1
+        assert "huge" not in {c["passage_id"] for e in out["examples"] for c in e["candidates"]}
+        assert m["tokens"]["embed_passages"]["prompt_sent"] > 0 and m["tokens"]["embed_queries"]["prompt_sent"] > 0

@@ -32,6 +32,16 @@ def tokenize(text: str) -> list[tuple[str, int]]:
     return [(m.group(0), m.start()) for m in _TOKEN.finditer(text)]
 
 
+def bag_of_words_vector(text: str, dim: int = 32) -> list[float]:
+    """The sum of one pseudo-random unit-scale vector per lowercased word (seeded by its hash)."""
+    total = [0.0] * dim
+    for word in re.findall(r"\w+", text.lower()) or ["<empty>"]:
+        digest = hashlib.blake2b(word.encode(), digest_size=2 * dim).digest()
+        for i in range(dim):
+            total[i] += int.from_bytes(digest[2 * i:2 * i + 2], "big") / 32768.0 - 1.0
+    return total
+
+
 def hashed_logprob(text_before: str, token: str) -> float:
     """A deterministic pseudo logprob in [-6, -0.5] for a token in context."""
     digest = hashlib.sha256((text_before[-64:] + "\x00" + token).encode()).digest()
@@ -271,6 +281,20 @@ class StubLLM:
         return web.json_response({"id": "chatcmpl-stub", "object": "chat.completion", "model": self.model,
                                   "choices": [choice], "usage": usage})
 
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        """/v1/embeddings: a bag of hashed word vectors per text (texts sharing words land near
+        each other), with the usage a real server reports; faults refuse what a test names."""
+        body = await request.json()
+        self._record(body)
+        fault = await self._apply_fault(request, "embeddings", body)
+        if fault is not None:
+            return fault
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": bag_of_words_vector(t)} for i, t in enumerate(texts)]
+        tokens = sum(len(tokenize(t)) for t in texts)
+        return web.json_response({"object": "list", "model": self.model, "data": data,
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
     # ------------------------------------------------------------------ lifecycle
 
     def _serve(self) -> None:
@@ -283,6 +307,7 @@ class StubLLM:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/inference/v1/generate", self._generate_tokens)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
