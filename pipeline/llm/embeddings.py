@@ -116,7 +116,7 @@ class RemoteEmbedder:
         """Every text's vector; a text the endpoint refuses is an EmbeddingError."""
         vectors, refused, _ = self.encode_some(texts)
         if refused:
-            index, why = next(iter(sorted(refused.items())))
+            index, why = min(refused.items())
             raise EmbeddingError(f"the embedder endpoint refused {len(refused)} of {len(texts)} texts, "
                                  f"the first ({texts[index][:80]!r}): {why}")
         return vectors
