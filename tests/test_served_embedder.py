@@ -5,6 +5,7 @@ job's examples are the same as with the local encoder."""
 import numpy as np
 import pytest
 
+from pipeline.given_queries import MAX_QUERY_CHARS
 from pipeline.llm.embeddings import EmbeddingError, RemoteEmbedder, ServedEmbedder
 from pipeline.llm.server import VLLMServer
 from pipeline.llm.types import ClientConfig
@@ -95,6 +96,8 @@ def test_an_unreachable_embedder_is_refused_before_any_work(tmp_path):
 
 
 LONG = "word " * 700  # past the server's 512 tokens: vLLM refuses the request with a 400
+# past 512 tokens in 1,221 characters: under the job's own query limit (2,000), so only the server refuses it
+LONG_QUERY = "a query far too long " + "w " * 600
 
 
 def test_a_batch_with_refused_texts_is_halved_until_they_are_alone(embed_server):
@@ -115,9 +118,10 @@ def test_a_batch_with_refused_texts_is_halved_until_they_are_alone(embed_server)
 def test_the_job_dead_letters_what_the_served_embedder_refuses(embed_server, tiny_embedder_path, tmp_path):
     corpus = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:8])
     rows = [{"query": "what is known about the first one", "positive_id": "p0"},
-            {"query": "a query far too long " + LONG, "positive_id": "p1"},
+            {"query": LONG_QUERY, "positive_id": "p1"},
             {"query": "what is known about a long text", "positive": LONG},
             {"query": "what is known about the third one", "positive_id": "p2"}]
+    assert len(LONG_QUERY) < MAX_QUERY_CHARS  # else the job's own check dead-letters it first (text_too_long)
     queries = write_jsonl(tmp_path / "queries.jsonl", rows)
     with StubLLM() as stub:
         out = run_job(corpus, tmp_path / "out", stub.base_url, "--queries", str(queries), "--num_negatives", "2",
