@@ -192,11 +192,6 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
 def resolve_wave_size(opts: opt.FretOptions, pipeline_options: PipelineOptions, translating: bool) -> int:
     """--wave_size as a number (0: one pipeline). auto counts the input on a local runner only
     (up to the threshold): a distributed runner bounds memory with its workers."""
-    if opts.queries:  # waves cut the seed passages; given queries are not cut yet
-        if opts.wave_size not in ("auto", 0):
-            raise ValueError("--wave_size does not work with --queries yet: given queries run as one pipeline "
-                             "(drop --wave_size, or split --queries into several runs)")
-        return 0
     if opts.wave_size != "auto":
         if opts.wave_size:
             check_waves(pipeline_options, translating)

@@ -154,20 +154,28 @@ def _attach(element, default_task: str):
 
 class JoinGivenToCorpus(beam.PTransform):
     """(corpus passages, given queries) -> {"pool": the corpus with the given texts it lacked,
-    "queries": (QueryRecord, seed passage or None), "joined": the texts that joined, OUTCOME}."""
+    "queries": (QueryRecord, seed passage or None), "joined": the texts that joined (Passages),
+    OUTCOME}.
 
-    def __init__(self, default_task: str):
+    Waves join on keys alone: the corpus comes as gq.CorpusRef (keys_of=gq.ref_keys), a joined
+    text enters the pool as one (to_pool=gq.corpus_ref), and each query's seed is a CorpusRef
+    that the seed's wave later turns back into its passage."""
+
+    def __init__(self, default_task: str, keys_of=gq.corpus_keys, to_pool=None):
         super().__init__()
-        self.default_task = default_task
+        self.default_task, self.keys_of, self.to_pool = default_task, keys_of, to_pool
 
     def expand(self, pcolls):
         passages, given = pcolls
+        keys_of = self.keys_of
         texts = given | "GivenTexts" >> beam.FlatMap(lambda q: [(k, (r, q.source)) for k, r in gq.given_texts(q)])
-        by_text = passages | "CorpusByText" >> beam.Map(lambda p: (gq.text_key(p.text), p))
+        by_text = passages | "CorpusByText" >> beam.FlatMap(lambda p: [(k, True) for kind, k in keys_of(p)
+                                                                        if kind == "text"])
         joined = ({"corpus": by_text, "given": texts}
                   | "MatchTexts" >> beam.CoGroupByKey()
                   | "NewPassages" >> beam.FlatMap(_new_passages))
-        pool = (passages, joined) | "Pool" >> beam.Flatten()
+        new = joined if self.to_pool is None else joined | "JoinedRefs" >> beam.Map(self.to_pool)
+        pool = (passages, new) | "Pool" >> beam.Flatten()
         with_key = given | "PositiveKey" >> beam.Map(lambda q: (gq.positive_key(q), q))
         keyed = (with_key
                  | "HasPositive" >> beam.Filter(lambda kq: kq[0] is not None))
@@ -175,7 +183,7 @@ class JoinGivenToCorpus(beam.PTransform):
                 | "NoPositive" >> beam.Filter(lambda kq: kq[0] is None)
                 | "TopFusedLater" >> beam.Map(lambda kq, task: (gq.query_record(kq[1], None, task), None),
                                               self.default_task))
-        pool_keys = pool | "PoolKeys" >> beam.FlatMap(lambda p: [(k, p) for k in gq.corpus_keys(p)])
+        pool_keys = pool | "PoolKeys" >> beam.FlatMap(lambda p: [(k, p) for k in keys_of(p)])
         seeded = ({"pool": pool_keys, "query": keyed}
                   | "FindPositives" >> beam.CoGroupByKey()
                   | "Attach" >> beam.FlatMap(_attach, self.default_task).with_outputs(OUTCOME, main="queries"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from functools import partial
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -31,6 +32,7 @@ from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.filters import FilterQueries, LoadEvalIndex
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.generate import GenerateQueries
+from beam_jobs.given_waves import dedupe_member, member_key, plan_given, seeded_queries
 from beam_jobs.index_files import index_dir
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
@@ -96,31 +98,37 @@ def _resolve(element, resolver):
 
 
 def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
+    given = bool(opts.queries)
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
                                                          opt.split_config(opts), opts.trust_remote_code,
                                                          spread=False, fields=opt.input_fields(opts))
     _chunks(read.passages | "PassageWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
             "WritePassages", folder, "passages", waves)
     by_id = (read.passages
-             | "Keys" >> beam.Map(dedupe.passage_key)
-             | "KeyById" >> beam.Map(lambda k: (k.id, k))
+             | "Keys" >> beam.Map(dedupe_member, given)
+             | "KeyById" >> beam.Map(lambda m: (m[0].id, m))
              | "GroupById" >> beam.GroupByKey()
-             | "ResolveIds" >> beam.FlatMap(_resolve, dedupe.resolve_id_group).with_outputs("drops", main="kept"))
+             | "ResolveIds" >> beam.FlatMap(_resolve, partial(dedupe.resolve_id_group, key=member_key))
+             .with_outputs("drops", main="kept"))
     by_text = (by_id.kept
-               | "KeyByText" >> beam.Map(lambda k: (k.content, k))
+               | "KeyByText" >> beam.Map(lambda m: (m[0].content, m))
                | "GroupByText" >> beam.GroupByKey()
-               | "ResolveTexts" >> beam.FlatMap(_resolve, dedupe.resolve_content_group)
+               | "ResolveTexts" >> beam.FlatMap(_resolve, partial(dedupe.resolve_content_group, key=member_key))
                .with_outputs("drops", main="kept"))
     drops = ((by_id.drops, by_text.drops)
              | "Drops" >> beam.Flatten()
-             | "DropWave" >> beam.Map(lambda kd: (w.wave_of(kd[0].source_id, waves), (kd[0].unit, kd[1]))))
+             | "DropWave" >> beam.Map(lambda md: (w.wave_of(md[0][0].source_id, waves), (md[0][0].unit, md[1]))))
     _chunks(drops, "WriteDrops", folder, "drops", waves)
     # an unreadable record's unit is its source
     _chunks(read[OUTCOME] | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id, waves), o)),
             "WriteReadOutcomes", folder, "outcomes", waves)
-    units = ((read.passages, read[OUTCOME]) | "Units" >> beam.Flatten())
-    _write_counts([count_as(read.passages, "passages_after_split"), count_as(read[OUTCOME], "unreadable_records"),
-                   count_as(units, "units")], f"{folder}/counts/plan.pkl")
+    counts = [count_as(read.passages, "passages_after_split"), count_as(read[OUTCOME], "unreadable_records")]
+    if given:  # the units are the query rows, and any corpus record that does not join the pool
+        joined = plan_given(p, opts, folder, waves, by_text.kept)
+        units, counts = [*joined["units"], read[OUTCOME], drops], counts + joined["counts"]
+    else:  # the units are the seed passages, and any record that did not become one
+        units = [read.passages, read[OUTCOME]]
+    _write_counts([*counts, count_as(units | "Units" >> beam.Flatten(), "units")], f"{folder}/counts/plan.pkl")
 
 
 # --- 2. prepare, per wave --------------------------------------------------------------------
@@ -142,29 +150,41 @@ def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) 
                   | "ApplyDrops" >> beam.FlatMap(_apply_drops, beam.pvalue.AsDict(drops))
                   .with_outputs(OUTCOME, main="passages"))
     passages = sorted_out.passages
-    llm = StageSettings(opt.client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
-                        opt.failure_policy(opts))
-    queries = passages | "GenerateQueries" >> GenerateQueries(llm, opt.generation_config(opts))
+    counts, tokens, outcomes = [], [], [sorted_out[OUTCOME]]
+    if opts.queries:  # given queries: the wave's pool gains the given texts that joined it
+        joined = p | "ReadJoined" >> ReadWaveChunks(wave_files(folder, "joined", wave))
+        pool = (passages, joined) | "Pool" >> beam.Flatten()
+        query_pairs = seeded_queries(p, pool, folder, wave)
+    else:
+        pool = passages
+        llm = StageSettings(opt.client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
+                            opt.failure_policy(opts))
+        queries = passages | "GenerateQueries" >> GenerateQueries(llm, opt.generation_config(opts))
+        query_pairs = queries["queries"]
+        outcomes.append(queries[OUTCOME])
+        tokens.append(queries[TOKENS])
+        counts += [count_as(query_pairs, "queries_generated"), count_as(queries["reused"], "journal_hits_generate")]
     embed = Embed(opt.retrieval_embedder(opts), opts.embed_batch_size, "passages", progress=opts.progress,
                   trust_remote_code=opts.trust_remote_code, journal_folder=journal)
-    vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
+    vectors = pool | "EmbedPassages" >> EmbedPassagesOnce(embed)
     write_index_shards(vectors["blocks"], opts.index_shard_size, f"{index_dir(output)}/w{wave:05d}")
-    _chunks(queries["queries"] | "QueryWave" >> beam.Map(lambda qp: (wave, qp)), "WriteQueries", folder, "queries")
-    _chunks(queries["queries"] | "QueryKeys" >> beam.Map(lambda qp: (wave, w.query_key(qp))),
+    _chunks(query_pairs | "QueryWave" >> beam.Map(lambda qp: (wave, qp)), "WriteQueries", folder, "queries")
+    _chunks(query_pairs | "QueryKeys" >> beam.Map(lambda qp: (wave, w.query_key(qp))),
             "WriteQueryKeys", folder, "query_keys")
     # a passage the embedder refused: its queries are dead-lettered when this wave finishes
     _chunks(vectors[REFUSED] | "RefusedWave" >> beam.Map(lambda pw: (wave, pw)), "WriteRefused", folder, "refused")
-    refusals, _ = refusal_outcomes(vectors[REFUSED], p | "NoRefusedQueries" >> beam.Create([]),
-                                   passages_are_units=True)
-    outcomes = (sorted_out[OUTCOME], queries[OUTCOME], refusals) | "Outcomes" >> beam.Flatten()
+    refusals, refused_units = refusal_outcomes(vectors[REFUSED], p | "NoRefusedQueries" >> beam.Create([]),
+                                               passages_are_units=not opts.queries)
+    if opts.queries:  # a refused corpus record is one more input, as in one pipeline
+        counts.append(count_as(refused_units, "units"))
+    outcomes = (*outcomes, refusals) | "Outcomes" >> beam.Flatten()
     _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (wave, o)), "WriteOutcomes", folder, "outcomes")
-    _write_counts([count_as(passages, "unique_passages"), count_as(queries["queries"], "queries_generated"),
+    _write_counts([*counts, count_as(passages, "unique_passages"),
                    count_as(vectors["embedded"], "passages_embedded"),
                    count_as(vectors[REFUSED], "passages_refused_by_embedder"),
-                   count_as(queries["reused"], "journal_hits_generate"),
                    count_as(vectors["reused"], "journal_hits_embed")],
                   f"{folder}/counts/prepare-w{wave:05d}.pkl")
-    _write_tokens([queries[TOKENS], vectors[TOKENS]], f"{folder}/tokens/prepare-w{wave:05d}.pkl")
+    _write_tokens([*tokens, vectors[TOKENS]], f"{folder}/tokens/prepare-w{wave:05d}.pkl")
 
 
 # --- 3. filter -------------------------------------------------------------------------------

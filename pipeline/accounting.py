@@ -48,7 +48,7 @@ def unit_id(passage: Passage) -> str:
 def query_unit(query, seed: Optional[Passage]) -> str:
     """The unit a query's outcome counts under: a given query (--queries) is its own row; a
     generated one counts under the seed passage it was generated from."""
-    return getattr(query, "unit", None) or unit_id(seed)  # waves' filter carries a QueryKey, without one
+    return getattr(query, "unit", None) or unit_id(seed)  # waves' filter: a QueryKey (a given one has a unit)
 
 
 def filtered(unit: str, record_id: str, stage: str, reason: str, detail: str = "") -> Outcome:

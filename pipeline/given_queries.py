@@ -19,7 +19,7 @@ Every row ends as a GivenQuery or a DeadLetter with its reason.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, NamedTuple, Optional, Union
 
 from pipeline import ids
 from pipeline.ingest import dead_letter, normalize_text
@@ -159,7 +159,26 @@ def corpus_keys(passage: Passage) -> list[tuple[str, str]]:
     return keys
 
 
-def query_record(query: GivenQuery, seed: Optional[Passage], default_task: str) -> QueryRecord:
+class CorpusRef(NamedTuple):
+    """A pool passage as the join with given queries reads it, without its text: waves join the
+    queries to the whole corpus on these keys, then each wave attaches its own passages."""
+
+    id: str
+    source_id: str
+    chunk: int
+    keys: tuple  # corpus_keys(passage)
+
+
+def corpus_ref(passage: Passage) -> CorpusRef:
+    return CorpusRef(passage.id, passage.source_id, passage.chunk, tuple(corpus_keys(passage)))
+
+
+def ref_keys(ref: CorpusRef) -> list[tuple[str, str]]:
+    return list(ref.keys)
+
+
+def query_record(query: GivenQuery, seed, default_task: str) -> QueryRecord:
+    """`seed`: the positive's Passage (or CorpusRef), None for a query that came without one."""
     known = list(query.known_positive_ids)
     return QueryRecord(query_id=query.query_id, passage_id=seed.id if seed else "", task=query.task or default_task,
                        query=query.query, knobs=None, source=f"given:{query.layout}", unit=query.source,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 AUTO_ABOVE = 100_000  # input records: one pipeline peaked at about 2 GiB at 100k passages, 5.8 GiB at 300k
 AUTO_WAVE_SIZE = 30_000  # the size bench/scale.py measured: 1.5 GiB at 30k, 1.6 GiB at 300k
@@ -44,14 +44,24 @@ class UnitRef(NamedTuple):
 
 
 class QueryKey(NamedTuple):
-    """A generated query reduced to what the query filters read of it (query_id, query): the
-    filter holds every wave's queries at once, so it gets no task, knobs or token counts."""
+    """A query reduced to what the query filters read of it (query_id, query, and a given
+    query's own accounting unit): the filter holds every wave's queries at once, so it gets no
+    task, knobs or token counts."""
 
     query_id: str
     query: str
+    unit: Optional[str] = None  # a given query's row (pipeline.accounting.query_unit); None: its seed's
 
 
 def query_key(query_and_passage) -> tuple[QueryKey, UnitRef]:
-    """(QueryRecord, Passage) -> the filter's (query, unit) pair."""
+    """(QueryRecord, seed Passage or None) -> the filter's (query, unit) pair. The UnitRef's
+    source names the query's wave: its seed's, or for a given query without a positive its row's."""
     query, passage = query_and_passage
-    return QueryKey(query.query_id, query.query), UnitRef(passage.source_id, passage.chunk)
+    ref = UnitRef(passage.source_id, passage.chunk) if passage is not None else UnitRef(query.unit, 0)
+    return QueryKey(query.query_id, query.query, query.unit), ref
+
+
+def query_wave(query_and_passage, waves: int) -> int:
+    """The wave a query is searched, reranked and written in: its seed passage's (whose text it
+    needs), or its own row's when it came without a positive."""
+    return wave_of(query_key(query_and_passage)[1].source_id, waves)

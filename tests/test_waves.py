@@ -23,12 +23,25 @@ def _records():
     return PASSAGES + bad + [copy, PASSAGES[3], again]
 
 
+class NearScores(dict):
+    """(example, passage) -> retrieval score. Embedding batches differ between two runs, so
+    vectors differ in their last bits: scores are equal within 1e-5 (ranks and everything else
+    exactly). Rounding both sides instead fails whenever a score sits on a rounding boundary."""
+
+    def __eq__(self, other):
+        def near(a, b):
+            return a is None and b is None or a is not None and b is not None and abs(a - b) <= 1e-5
+
+        return self.keys() == other.keys() and all(near(self[k], other[k]) for k in self)
+
+
 def _comparable(out, batching_counts=()):
+    scores = NearScores()
+
     def example(e):
-        # Embedding batches differ between the two runs, so vectors differ in their last bits:
-        # retrieval scores are compared to 5 decimals (ranks and everything else exactly).
-        candidates = [dict(c, retrieval_score=None if c["retrieval_score"] is None else round(c["retrieval_score"], 5))
-                      for c in e["candidates"]]  # None: a seed the search did not find, added to its candidates
+        for c in e["candidates"]:  # None: a seed the search did not find, added to its candidates
+            scores[e["example_id"], c["passage_id"]] = c["retrieval_score"]
+        candidates = [dict(c, retrieval_score=None) for c in e["candidates"]]
         e = dict(e, provenance=None, candidates=candidates)
         return json.dumps(e, sort_keys=True, default=str)
 
@@ -52,7 +65,7 @@ def _comparable(out, batching_counts=()):
             sorted(map(record, out["filtered"])), counts,
             {k: out["manifest"][k] for k in ("inputs", "written", "filtered", "dead_lettered", "relabel_rate",
                                              "task_mix")}, tokens,
-            {name: summary(s) for name, s in out["manifest"]["scores"].items()})
+            {name: summary(s) for name, s in out["manifest"]["scores"].items()}, scores)
 
 
 def test_waves_write_what_one_pipeline_writes(tmp_path_factory, preferring_llm):
@@ -160,7 +173,7 @@ def test_a_job_killed_mid_wave_resumes_to_the_same_records(tmp_path_factory, pre
     assert not (out_dir / "manifest.json").exists()
     resumed = run_job(inp, out_dir, preferring_llm.base_url, *args, "--wave_size", "3", "--resume")
     assert resumed["manifest"]["counts"]["journal_hits_score"] >= 1
-    assert _comparable(resumed)[:3] == _comparable(one)[:3]
+    assert _comparable(resumed)[:3] == _comparable(one)[:3] and _comparable(resumed)[-1] == _comparable(one)[-1]
     assert resumed["manifest"]["inputs"] == one["manifest"]["inputs"]
 
 
@@ -181,7 +194,7 @@ def test_resume_in_waves_reuses_every_waves_journal(tmp_path_factory, preferring
     pairs = sum(len(e["candidates"]) for e in first["examples"])  # passage order journals each pair
     assert counts["journal_hits_generate"] == 8 and counts["queries_retrieved"] == len(first["examples"]) == 7
     assert counts["journal_hits_score"] == pairs
-    assert _comparable(again)[:3] == _comparable(first)[:3]
+    assert _comparable(again)[:3] == _comparable(first)[:3] and _comparable(again)[-1] == _comparable(first)[-1]
 
 
 def test_waves_are_refused_where_they_cannot_run():
@@ -292,3 +305,73 @@ def test_a_passage_the_served_embedder_refuses_is_dead_lettered_in_waves_as_in_o
         assert m["counts"]["passages_refused_by_embedder"] == 1 and m["counts"]["queries_refused_by_embedder"] == 1
         assert "huge" not in {c["passage_id"] for e in out["examples"] for c in e["candidates"]}
         assert m["tokens"]["embed_passages"]["prompt_sent"] > 0 and m["tokens"]["embed_queries"]["prompt_sent"] > 0
+
+
+def test_given_queries_in_waves_write_what_one_pipeline_writes(tmp_path):
+    """--queries with --wave_size: the join on keys over the whole corpus, each query beside its
+    seed's wave, gives the same records and accounting as one pipeline, and a resume in waves
+    re-scores nothing."""
+    from tests.test_given_queries import CORPUS, _fret_rows, _probe
+
+    corpus = CORPUS + [{"text": ""},  # unreadable: one more input
+                       dict(CORPUS[2]),  # the same id and text again: a duplicate, filtered
+                       {"id": "p3", "text": "another text under p3's id"},  # a conflict: p3 is dead-lettered
+                       {"id": "split-doc", "text": " ".join(["Sentence number %d of a long record." % i
+                                                             for i in range(60)])}]
+    rows = _fret_rows() + [
+        {"query": "what is known about alpha", "positive_id": "p1"},  # the same query again: filtered
+        {"query": "what is in the first part of the long record", "positive_id": "split-doc"},  # its chunk 0
+        {"query": "what is known about a conflict", "positive_id": "p3"},  # p3 left the pool: not in corpus
+        {"query": "what is known about a duplicate", "positive_id": CORPUS[2]["id"]}]
+    inp = write_jsonl(tmp_path / "corpus.jsonl", corpus)
+    queries = write_jsonl(tmp_path / "queries.jsonl", rows)
+    args = ("--queries", str(queries), "--num_negatives", "2", "--max_passage_tokens", "64")
+    with StubLLM() as stub:
+        one = run_job(inp, tmp_path / "one", stub.base_url, *args)
+        waves = run_job(inp, tmp_path / "waves", stub.base_url, *args, "--wave_size", "4")
+        before = len(stub.requests)
+        resumed = run_job(inp, tmp_path / "waves", stub.base_url, *args, "--wave_size", "4", "--resume")
+        rescored = [r for r in stub.requests[before:] if not _probe(r)]
+    assert waves["manifest"]["counts"]["waves"] == 4
+    assert _comparable(waves) == _comparable(one)
+    m = one["manifest"]
+    # 11 rows, the unreadable record, the duplicate record and both versions of p3; 6 rows written,
+    # the repeated query and the duplicate record filtered, 4 rows and 3 records dead-lettered
+    assert (m["inputs"], m["written"], m["filtered"], m["dead_lettered"]) == (15, 6, 2, 7), m["accounting"]
+    assert m["counts"]["given_texts_joined"] == 2 and m["counts"]["queries_given"] == 9
+    seeds = {e["query"]: e["seed_passage_id"] for e in one["examples"]}
+    assert seeds["what is in the first part of the long record"] == "split-doc#0"
+    assert sorted(d["reason"] for d in one["dead_letters"]).count("positive_not_in_corpus") == 2
+    assert not rescored, "a resume in waves re-scores nothing"
+    # the same records and headline numbers (the counts say what came from the journal)
+    first, again = _comparable(waves), _comparable(resumed)
+    assert (again[:3], again[4], again[-1]) == (first[:3], first[4], first[-1])
+
+
+def test_given_queries_whose_texts_the_served_embedder_refuses_in_waves_as_in_one_pipeline(tmp_path):
+    """A refused corpus record is one more input; a query whose positive (a corpus passage or a
+    given text that joined) was refused is dead-lettered under its row: in the positive's wave
+    as in one pipeline."""
+    from pipeline.testing.stub_llm import Fault
+    from tests.test_given_queries import CORPUS
+
+    corpus = CORPUS + [{"id": "huge", "text": "A corpus passage the embedder will not take. TOO-LONG."}]
+    rows = [{"query": "what is known about alpha", "positive_id": "p0"},
+            {"query": "what is known about the huge one", "positive_id": "huge"},
+            {"query": "what is known about a long given text", "positive": "A given text, TOO-LONG as well."},
+            {"query": "what is known about gamma"}]
+    inp, queries = write_jsonl(tmp_path / "corpus.jsonl", corpus), write_jsonl(tmp_path / "queries.jsonl", rows)
+    refuse = Fault("status", status=400, path="embeddings", repeat=True,
+                   message="This model's maximum context length is 8 tokens",
+                   when=lambda body: any("TOO-LONG" in text for text in body.get("input", [])))
+    with StubLLM() as stub:
+        stub.add_faults(refuse)
+        args = ("--queries", str(queries), "--num_negatives", "2", "--embedder_url", stub.base_url)
+        one = run_job(inp, tmp_path / "one", stub.base_url, *args)
+        waves = run_job(inp, tmp_path / "waves", stub.base_url, *args, "--wave_size", "3")
+    assert waves["manifest"]["counts"]["waves"] == 4
+    assert _comparable(waves, ("llm_failures",)) == _comparable(one, ("llm_failures",))
+    m = one["manifest"]
+    assert (m["inputs"], m["written"], m["dead_lettered"]) == (5, 2, 3), m["accounting"]
+    assert {d["reason"] for d in one["dead_letters"]} == {"embedder_refused"}
+    assert m["counts"]["passages_refused_by_embedder"] == 2 and m["counts"]["queries_refused_by_embedder"] == 2
