@@ -24,13 +24,12 @@ from beam_jobs.scratch import ReadWaveChunks, WriteWaveChunks, wave_files
 from beam_jobs.write import count_as
 from pipeline import given_queries as gq
 from pipeline import waves as w
+from pipeline.passage_dedupe import passage_key
 
 
 def dedupe_member(passage, given: bool):
     """What the plan's duplicate-passage rule groups: the passage's key, and beside given queries
     the keys its positive is looked up by."""
-    from pipeline.passage_dedupe import passage_key
-
     return passage_key(passage), (tuple(gq.corpus_keys(passage)) if given else ())
 
 

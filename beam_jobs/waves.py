@@ -13,6 +13,9 @@ with the corpus. In waves the corpus is cut by a hash of each record's source
 4. finish, per wave: search every wave's index shards, rerank, rate, decontaminate, write the
    wave's shards, and keep the wave's part of the manifest.
 
+With --queries (beam_jobs.given_waves) the plan also joins the given rows to the corpus on keys,
+and prepare hands each wave's queries their seed passages instead of generating queries.
+
 The driver then merges the manifest parts. Every pipeline holds one wave or small keys, never
 the corpus. Records pass between pipelines as files under OUTPUT/_waves (beam_jobs.scratch).
 """
