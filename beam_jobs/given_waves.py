@@ -20,7 +20,7 @@ import apache_beam as beam
 
 from beam_jobs.common import OUTCOME
 from beam_jobs.given import JoinGivenToCorpus, ReadGivenQueries
-from beam_jobs.scratch import ReadWaveChunks, WriteWaveChunks, wave_files
+from beam_jobs.scratch import ReadWaveChunks, wave_files, write_chunks
 from beam_jobs.write import count_as
 from pipeline import given_queries as gq
 from pipeline import waves as w
@@ -47,28 +47,24 @@ def plan_given(p, opts, folder: str, waves: int, kept_members) -> dict:
         lambda m: gq.CorpusRef(m[0].id, m[0].source_id, m[0].chunk, m[1]))
     attached = (refs, given["given"]) | "JoinGivenToCorpus" >> JoinGivenToCorpus(
         opts.queries_task, keys_of=gq.ref_keys, to_pool=gq.corpus_ref)
-    _write(attached["joined"] | "JoinedWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
+    write_chunks(attached["joined"] | "JoinedWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
            "WriteJoined", folder, "joined", waves)
     queries = attached["queries"]
     seeded = queries | "Seeded" >> beam.Filter(lambda qs: qs[1] is not None)
-    _write(seeded | "SeededWave" >> beam.Map(lambda qs: (w.query_wave(qs, waves), qs)),
+    write_chunks(seeded | "SeededWave" >> beam.Map(lambda qs: (w.query_wave(qs, waves), qs)),
            "WriteSeeded", folder, "seeded", waves)
     unseeded = queries | "Unseeded" >> beam.Filter(lambda qs: qs[1] is None)
-    _write(unseeded | "UnseededWave" >> beam.Map(lambda qs: (w.query_wave(qs, waves), qs)),
+    write_chunks(unseeded | "UnseededWave" >> beam.Map(lambda qs: (w.query_wave(qs, waves), qs)),
            "WriteUnseeded", folder, "queries", waves)
-    _write(unseeded | "UnseededKeys" >> beam.Map(lambda qs: (w.query_wave(qs, waves), w.query_key(qs))),
+    write_chunks(unseeded | "UnseededKeys" >> beam.Map(lambda qs: (w.query_wave(qs, waves), w.query_key(qs))),
            "WriteUnseededKeys", folder, "query_keys", waves)
     # a row dead-lettered here has no other outcome: any fixed wave resolves it
     outcomes = (given[OUTCOME], attached[OUTCOME]) | "GivenOutcomes" >> beam.Flatten()
-    _write(outcomes | "GivenOutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id, waves), o)),
+    write_chunks(outcomes | "GivenOutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id, waves), o)),
            "WriteGivenOutcomes", folder, "outcomes", waves)
     return {"units": [given["given"], given[OUTCOME]],
             "counts": [count_as(given["given"], "queries_given"), count_as(attached["joined"], "given_texts_joined"),
                        count_as(queries, "given_queries_to_retrieve")]}
-
-
-def _write(pcoll, label: str, folder: str, kind: str, waves: int) -> None:
-    pcoll | label >> WriteWaveChunks(folder, kind, waves, writer=label)
 
 
 def _seed_key(ref) -> tuple:

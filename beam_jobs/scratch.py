@@ -100,6 +100,12 @@ class WriteWaveChunks(beam.PTransform):
             max_writers_per_bundle=self._waves + 1)
 
 
+def write_chunks(pcoll, label: str, folder: str, kind: str, waves: int = 1) -> None:
+    """Several pipelines write one kind (outcomes: plan, prepare, filter): each step's label is
+    unique over the pipelines of a run, and names its files apart from the others'."""
+    pcoll | label >> WriteWaveChunks(folder, kind, waves, writer=label)
+
+
 class ReadWaveChunks(beam.PTransform):
     """Chunk files -> their records. The paths are listed when the graph is built: the files are
     the previous pipeline's output."""

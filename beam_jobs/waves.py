@@ -41,8 +41,8 @@ from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.read import ReadSeedPassages
 from beam_jobs.retrieve import REFUSED, Embed, EmbedPassagesOnce, SearchQueries, refusal_outcomes, write_index_shards
-from beam_jobs.scratch import (ReadWaveChunks, WriteWaveChunks, read_pickled, save, scratch_dir, scratch_files,
-                               wave_files)
+from beam_jobs.scratch import (ReadWaveChunks, read_pickled, save, scratch_dir, scratch_files, wave_files,
+                               write_chunks)
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from pipeline import passage_dedupe as dedupe
 from pipeline import waves as w
@@ -84,12 +84,6 @@ def _write_tokens(meters: list, path: str) -> None:
      | "WriteTokens" >> beam.Map(save, path))
 
 
-def _chunks(pcoll, label: str, folder: str, kind: str, waves: int = 1) -> None:
-    """Several pipelines write one kind (outcomes: plan, prepare, filter): each step's label is
-    unique over the pipelines of a run, and names its files apart from the others'."""
-    pcoll | label >> WriteWaveChunks(folder, kind, waves, writer=label)
-
-
 # --- 1. plan ---------------------------------------------------------------------------------
 
 def _resolve(element, resolver):
@@ -105,7 +99,7 @@ def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
                                                          opt.split_config(opts), opts.trust_remote_code,
                                                          spread=False, fields=opt.input_fields(opts))
-    _chunks(read.passages | "PassageWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
+    write_chunks(read.passages | "PassageWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
             "WritePassages", folder, "passages", waves)
     by_id = (read.passages
              | "Keys" >> beam.Map(dedupe_member, given)
@@ -121,9 +115,9 @@ def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     drops = ((by_id.drops, by_text.drops)
              | "Drops" >> beam.Flatten()
              | "DropWave" >> beam.Map(lambda md: (w.wave_of(md[0][0].source_id, waves), (md[0][0].unit, md[1]))))
-    _chunks(drops, "WriteDrops", folder, "drops", waves)
+    write_chunks(drops, "WriteDrops", folder, "drops", waves)
     # an unreadable record's unit is its source
-    _chunks(read[OUTCOME] | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id, waves), o)),
+    write_chunks(read[OUTCOME] | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id, waves), o)),
             "WriteReadOutcomes", folder, "outcomes", waves)
     counts = [count_as(read.passages, "passages_after_split"), count_as(read[OUTCOME], "unreadable_records")]
     if given:  # the units are the query rows, and any corpus record that does not join the pool
@@ -171,17 +165,17 @@ def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) 
                   trust_remote_code=opts.trust_remote_code, journal_folder=journal)
     vectors = pool | "EmbedPassages" >> EmbedPassagesOnce(embed)
     write_index_shards(vectors["blocks"], opts.index_shard_size, f"{index_dir(output)}/w{wave:05d}")
-    _chunks(query_pairs | "QueryWave" >> beam.Map(lambda qp: (wave, qp)), "WriteQueries", folder, "queries")
-    _chunks(query_pairs | "QueryKeys" >> beam.Map(lambda qp: (wave, w.query_key(qp))),
+    write_chunks(query_pairs | "QueryWave" >> beam.Map(lambda qp: (wave, qp)), "WriteQueries", folder, "queries")
+    write_chunks(query_pairs | "QueryKeys" >> beam.Map(lambda qp: (wave, w.query_key(qp))),
             "WriteQueryKeys", folder, "query_keys")
     # a passage the embedder refused: its queries are dead-lettered when this wave finishes
-    _chunks(vectors[REFUSED] | "RefusedWave" >> beam.Map(lambda pw: (wave, pw)), "WriteRefused", folder, "refused")
+    write_chunks(vectors[REFUSED] | "RefusedWave" >> beam.Map(lambda pw: (wave, pw)), "WriteRefused", folder, "refused")
     refusals, refused_units = refusal_outcomes(vectors[REFUSED], p | "NoRefusedQueries" >> beam.Create([]),
                                                passages_are_units=not opts.queries)
     if opts.queries:  # a refused corpus record is one more input, as in one pipeline
         counts.append(count_as(refused_units, "units"))
     outcomes = (*outcomes, refusals) | "Outcomes" >> beam.Flatten()
-    _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (wave, o)), "WriteOutcomes", folder, "outcomes")
+    write_chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (wave, o)), "WriteOutcomes", folder, "outcomes")
     _write_counts([*counts, count_as(passages, "unique_passages"),
                    count_as(vectors["embedded"], "passages_embedded"),
                    count_as(vectors[REFUSED], "passages_refused_by_embedder"),
@@ -197,10 +191,10 @@ def build_filter(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     queries = p | "ReadQueryKeys" >> ReadWaveChunks(wave_files(folder, "query_keys"))
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, decontam)
     kept, outcomes = ((queries, eval_index) | "FilterQueries" >> FilterQueries(opt.near_dup_config(opts), decontam))
-    _chunks(kept | "KeptWave" >> beam.Map(lambda qu: (w.wave_of(qu[1].source_id, waves), qu[0].query_id)),
+    write_chunks(kept | "KeptWave" >> beam.Map(lambda qu: (w.wave_of(qu[1].source_id, waves), qu[0].query_id)),
             "WriteKept", folder, "kept", waves)
     # these outcomes' units are passages: "<source>#<chunk>"
-    _chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id.rsplit("#", 1)[0], waves), o)),
+    write_chunks(outcomes | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id.rsplit("#", 1)[0], waves), o)),
             "WriteFilterOutcomes", folder, "outcomes", waves)
     _write_counts([count_as(kept, "queries_after_filters")], f"{folder}/counts/filter.pkl")
 
