@@ -36,7 +36,6 @@ def _run(argv: list[str]) -> int:
 def _serve(argv: list[str]) -> int:
     """Start vLLM on a model with the flags the job wants, print its URL, stop on Ctrl-C."""
     import shutil
-    import signal
     import time
     from pathlib import Path
 
@@ -83,10 +82,8 @@ def _serve(argv: list[str]) -> int:
     print(f"[fret] vLLM serves {name!r} at {server.base_url} (ready after {time.monotonic() - started:.0f}s)\n"
           f"[fret] run the job with: fret run --input ... --output ... --llm-url {server.base_url}\n"
           "[fret] Ctrl-C stops it", flush=True)
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    try:
-        while not stop["now"] and server.process.poll() is None:
+    try:  # SIGTERM and SIGHUP stop it through pipeline.processes, installed by main() before the start
+        while server.process.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -126,9 +123,9 @@ def _train(argv: list[str]) -> int:
         if field.name in ("mrl_dims", "mrl_weights"):
             parser.add_argument(flag, dest=field.name, default=",".join(map(str, default)),
                                 help=help_text + "; comma-separated, empty for none")
-        elif kind is bool:
-            parser.add_argument(flag, dest=field.name, type=parse_bool, default=default, metavar="true|false",
-                                help=help_text)
+        elif kind is bool:  # a bare --flag means true, as fret run's flags
+            parser.add_argument(flag, dest=field.name, type=parse_bool, default=default, nargs="?", const=True,
+                                metavar="true|false", help=help_text)
         elif typing.get_origin(kind) is typing.Literal:
             parser.add_argument(flag, dest=field.name, choices=typing.get_args(kind), default=default, help=help_text)
         else:
@@ -148,7 +145,7 @@ def _train(argv: list[str]) -> int:
 
 def _launch_processes(nproc: int, argv: list[str]) -> int:
     """`fret train --nproc N`: the same command in N processes under torchrun (DDP; gloo on CPU)."""
-    import subprocess
+    from pipeline import processes
 
     # each process learns the count from torchrun; left in, --nproc would be an ambiguous torchrun flag
     rest, skip = [], False
@@ -159,7 +156,7 @@ def _launch_processes(nproc: int, argv: list[str]) -> int:
         rest.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "beam_jobs.cli", "train", *rest]
-    return subprocess.call(command)
+    return processes.call(command)
 
 
 def _base_type(hint):
@@ -289,6 +286,9 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("--negatives", type=int, default=1,
                         help="sentence-transformers: hard negative columns; rows with fewer are skipped and counted")
     parser.add_argument("--split", default="train", help="file / qrels split name")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export in --output (only the files it wrote; a folder holding "
+                             "anything else is refused)")
     parser.add_argument("--text-format", default="plain", choices=["plain", "gecko"],
                         help="how the sentence-transformers and FlagEmbedding texts are written: plain (the "
                              "query; the title above the text) or gecko ('task: ... | query: ...', "
@@ -306,7 +306,7 @@ def _export(argv: list[str]) -> int:
 
     try:
         result = run_export(args.path, args.format, args.output, args.negatives, args.split, args.text_format,
-                            args.teacher_score)
+                            args.teacher_score, overwrite=args.overwrite)
     except MissingScore as exc:
         print(f"fret export: {exc}", file=sys.stderr)
         return 2
@@ -327,6 +327,9 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline import processes
+
+    processes.guard()  # before any command starts a process: SIGTERM and SIGHUP stop what fret started
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"run": _run, "serve": _serve, "demo": _demo, "train": _train, "eval": _eval, "soup": _soup,
                 "ablate": _ablate, "inspect": _inspect, "report": _report, "export": _export}

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
 import signal
 import sys
 import threading
-import uuid
 from typing import NoReturn
 
 import apache_beam as beam
@@ -26,19 +24,20 @@ from beam_jobs.config import expand_config
 from beam_jobs.filters import FilterQueries, LoadEvalIndex
 from beam_jobs.generate import GenerateQueries
 from beam_jobs.given import JoinGivenToCorpus, ReadGivenQueries
-from beam_jobs.index_files import INDEX_DIR, index_dir, remove_index
+from beam_jobs.index_files import index_dir
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
-from beam_jobs.preflight import (check_given_queries, check_inputs, check_reranker, check_scoring_support,
-                                 check_served_embedder, discover_model, prepare_output, resolve_ql_path)
+from beam_jobs.preflight import (OUTPUT_PARTS, SCRATCH, check_given_queries, check_inputs, check_reranker,
+                                 check_scoring_support, check_served_embedder, discover_model, prepare_output,
+                                 remove_run_parts, resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
 from beam_jobs.retrieve import RetrieveCandidates, refusal_outcomes
-from beam_jobs.scratch import SCRATCH_DIR, remove_scratch
 from beam_jobs.waves import count_records, run_in_waves
-from pipeline import waves
+from pipeline import processes, waves
 from pipeline.accounting import example_stats
+from pipeline.ownership import new_run_id
 from pipeline.progress import Progress
 
 def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, started_at: dt.datetime) -> None:
@@ -166,13 +165,13 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
                 what="cross-encoder endpoint", flag="--reranker_model"))
         if not dry_run:
             check_reranker(opt.reranker_client(opts), opts.reranker_api)
+    run_id = new_run_id()
     if not dry_run:
         if not opts.llm_serve and llm_needed:
             check_scoring_support(opt.client_config(opts, model), opts.rc_method)
-        prepare_output(opts.output, opts.overwrite, opts.resume)
+        prepare_output(opts.output, opts.overwrite, opts.resume, run_id=run_id)
     opts.ql_path = (resolve_ql_path(opts.ql_path, opt.client_config(opts, model), bool(opts.llm_serve), dry_run)
                     if llm_needed and "ql" in opt.score_names(opts) else "echo")
-    run_id = uuid.uuid4().hex[:12]
     started_at = dt.datetime.now(dt.timezone.utc)
     wave_size = resolve_wave_size(opts, pipeline_options, dry_run or test_pipeline is not None)
     if wave_size:
@@ -183,9 +182,8 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
         build(p, opts, model, run_id, started_at)
         result = p.run()
         result.wait_until_finish()
-    if not dry_run:
-        remove_index(opts.output)  # the search's shard files: scratch, not part of the dataset
-        remove_scratch(opts.output)
+    if not dry_run:  # the search's shard files and the waves' records: scratch, not part of the dataset
+        remove_run_parts(opts.output, SCRATCH)
     return result
 
 
@@ -263,10 +261,12 @@ def _on_sigint(signum, frame):
 def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     argv = list(sys.argv[1:] if argv is None else argv)
+    processes.guard()  # SIGTERM, SIGHUP: stop what fret started (--llm_serve's server), then remove_partial
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
     try:
-        result = run(argv)
+        with processes.on_signal(lambda: remove_partial(output_of(argv))):
+            result = run(argv)
     except BaseException as exc:  # noqa: BLE001 - the runner wraps worker errors; show ours plainly
         if _SIGINT_SEEN.is_set() or isinstance(exc, KeyboardInterrupt):
             interrupted(output_of(argv))
@@ -293,25 +293,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def remove_partial(output: str) -> None:
+    """An interrupted run leaves no dataset shard without its manifest, and no scratch; the journal
+    stays for --resume. Only fret's files go, by the folder's marker."""
+    if output and FileSystems.exists(output) and not FileSystems.exists(f"{output}/manifest.json"):
+        remove_run_parts(output, (*OUTPUT_PARTS, *SCRATCH))
+
+
 def interrupted(output: str) -> NoReturn:
     """Ctrl-C: no dataset shard is left without its manifest, and the journal is kept for --resume."""
-    from beam_jobs.preflight import OUTPUT_PARTS
-
-    if output and FileSystems.exists(output) and not FileSystems.exists(f"{output}/manifest.json"):
-        prefix = output + "/"
-        names = {m.path[len(prefix):].split("/", 1)[0] for m in FileSystems.match([prefix + "**"])[0].metadata_list}
-        partial = [f"{output}/{n}" for n in sorted(names)
-                   if n in (*OUTPUT_PARTS, INDEX_DIR, SCRATCH_DIR) or n.startswith("beam-temp-")]
-        if partial:
-            FileSystems.delete(partial)
+    remove_partial(output)
     where = f"{output}/_journal" if output else "the output folder's _journal"
     print(f"\n[fret] interrupted: the finished LLM work is kept in {where}; re-run the same command with "
           "--resume to finish it", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
     # Now, without unwinding: the runner's and the client's threads would print pages of
-    # cancelled tasks on the way out, and a non-daemon one could keep the process alive.
-    os._exit(130)
+    # cancelled tasks on the way out, and a non-daemon one could keep the process alive. What this
+    # process started (--llm_serve's vLLM) is stopped first: os._exit skips atexit hooks.
+    processes.exit_now(130)
 
 
 if __name__ == "__main__":

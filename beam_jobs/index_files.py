@@ -74,8 +74,3 @@ def read_shard(path: str) -> IndexShard:
     return IndexShard(table.column("passage_id").to_pylist(), matrix.astype(np.float32, copy=False),
                       table.column("title").combine_chunks(), table.column("text").combine_chunks())
 
-
-def remove_index(output: str) -> None:
-    folder = index_dir(output)
-    if FileSystems.exists(folder):
-        FileSystems.delete([folder])

@@ -39,6 +39,36 @@ class BeamFiles:
         return open_binary(path)
 
 
+class BeamStore:
+    """pipeline.ownership's Store on any Beam filesystem: the output folders of fret run, export, report."""
+
+    def files(self, folder: str) -> list[str]:
+        prefix = folder.rstrip("/") + "/"
+        if not FileSystems.exists(folder.rstrip("/")):
+            return []
+        return sorted(m.path[len(prefix):] for m in FileSystems.match([prefix + "**"])[0].metadata_list
+                      if m.path.startswith(prefix))
+
+    def read(self, path: str) -> Optional[bytes]:
+        if not FileSystems.exists(path):
+            return None
+        with open_binary(path) as f:
+            return f.read()
+
+    def write(self, path: str, data: bytes) -> None:
+        write_atomically(path, data)
+
+    def delete(self, folder: str, rels: Sequence[str]) -> None:
+        from pipeline.ownership import remove_emptied_dirs
+
+        folder = folder.rstrip("/")
+        paths = [f"{folder}/{rel}" for rel in rels]
+        for start in range(0, len(paths), 1000):  # one call per thousand: object stores batch deletes
+            FileSystems.delete(paths[start:start + 1000])
+        if "://" not in folder:  # a local folder: its emptied subfolders go too (object stores have none)
+            remove_emptied_dirs(folder, rels)
+
+
 def open_binary(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 

@@ -11,11 +11,13 @@ import urllib.request
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.index_files import INDEX_DIR
-from beam_jobs.journal import JOURNAL_DIR, journal_dir
+from beam_jobs.journal import JOURNAL_DIR
+from beam_jobs.outputs import BeamStore
 from beam_jobs.scratch import SCRATCH_DIR
+from pipeline import ownership
 from pipeline.ingest import DEFAULT_FIELDS, InputFields
 from pipeline.llm.types import ClientConfig
-from pipeline.report import PLOTS
+from pipeline.ownership import Claim
 
 
 def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0, what: str = "LLM server",
@@ -93,27 +95,27 @@ def check_scoring_support(client: ClientConfig, rc_method: str) -> None:
 
 
 def resolve_ql_path(requested: str, client: ClientConfig, serving_ourselves: bool, translating: bool) -> str:
-    """--ql_path auto -> prefix_cache where every server answers vLLM's token endpoint, else echo.
-    A server this job starts itself (--llm_serve) has it; an offline translation cannot ask."""
-    from pipeline.llm.probe import ProbeError, token_endpoint_everywhere
+    """--ql_path auto -> prefix_cache where every server can serve QL from its prefix cache (token
+    endpoint and cached-token counts), else echo, said in one line. A server this job starts itself
+    (--llm_serve) has both; an offline translation cannot ask."""
+    from pipeline.llm.probe import ProbeError, prefix_cache_ql_missing
 
     if requested != "auto" and (serving_ourselves or translating):
         return requested
     if serving_ourselves or translating:
         return "prefix_cache" if serving_ourselves else "echo"
     try:
-        found = asyncio.run(token_endpoint_everywhere(client))
+        missing = asyncio.run(prefix_cache_ql_missing(client))
     except ProbeError as exc:
         raise ValueError(f"the LLM server at {client.base_urls[0]} did not answer: {exc}") from None
-    if requested == "prefix_cache" and not found:
-        raise ValueError("--ql_path prefix_cache needs vLLM's token endpoint on every server: start vLLM with "
-                         "--enable-scale-out (fret serve does), or use --ql_path echo")
+    if requested == "prefix_cache" and missing:
+        raise ValueError(f"--ql_path prefix_cache cannot be used: {missing}. fret serve starts vLLM with both; "
+                         "or use --ql_path echo")
     if requested == "auto":
-        if not found:
-            print("[fret] QL takes the echo path: the server has no token endpoint, so it cannot read its prefix "
-                  "cache for QL (start vLLM with --enable-scale-out, as fret serve does, for about a third of "
-                  "the LLM compute)", file=sys.stderr, flush=True)
-        return "prefix_cache" if found else "echo"
+        if missing:
+            print(f"[fret] QL takes the echo path: {missing}; with it, QL would read the prefix cache for about a "
+                  "third of the LLM compute", file=sys.stderr, flush=True)
+        return "echo" if missing else "prefix_cache"
     return requested
 
 
@@ -195,64 +197,36 @@ def check_inputs(patterns: str, input_format: str = "auto", fields: InputFields 
 
 
 OUTPUT_PARTS = ("examples", "dead_letters", "filtered", "manifest.json")
-# Everything else a fret run (or `fret report`) writes at the top of its --output.
-FRET_FOLDERS = (*OUTPUT_PARTS, JOURNAL_DIR, INDEX_DIR, SCRATCH_DIR)
-REPORT_FILES = ("README.md", *PLOTS)
+# Under each dataset part: Beam's shards (part-...), its temporary folders and interrupted atomic writes.
+PART_FILES = ("part*", "beam-temp-*", ".*.partial")
+SCRATCH = (INDEX_DIR, SCRATCH_DIR)  # the search's shard files and the waves' records: removed when a run ends
 
 
-def _is_fret_entry(output: str, name: str) -> bool:
-    if name in FRET_FOLDERS or name.startswith("beam-temp-"):
-        return True
-    if name.startswith(".") and name.endswith(".partial"):
-        return True  # an atomic write that was interrupted
-    if name in PLOTS:
-        return True
-    if name == "README.md":  # fret report's dataset card, not the user's own README
-        with FileSystems.open(f"{output}/{name}") as f:
-            return b"fret-distill" in f.read(4096)
-    return False
+def run_claims() -> list[Claim]:
+    """Everything a fret run writes in its --output, as pipeline.ownership claims."""
+    return [*(Claim(part, PART_FILES) for part in OUTPUT_PARTS[:3]), Claim("manifest.json"),
+            Claim(JOURNAL_DIR, ("*",)), *(Claim(name, ("*",)) for name in SCRATCH)]
 
 
-def foreign_entries(output: str) -> list[str]:
-    """Top-level names in `output` that no fret run wrote."""
-    prefix = output.rstrip("/") + "/"
-    names = sorted({m.path[len(prefix):].split("/", 1)[0]
-                    for m in FileSystems.match([prefix + "**"])[0].metadata_list if m.path.startswith(prefix)})
-    return [n for n in names if not _is_fret_entry(output.rstrip("/"), n)]
-
-
-def prepare_output(output: str, overwrite: bool, resume: bool = False, apply: bool = True) -> None:
-    """Refuse to mix a new run into an old one unless told to replace it (--overwrite) or to
-    finish it (--resume: the journal is kept, the dataset files are rebuilt from it). Only what a
-    fret run writes is ever removed: a folder holding anything else is refused."""
+def prepare_output(output: str, overwrite: bool, resume: bool = False, apply: bool = True,
+                   run_id: str = "check") -> None:
+    """Claim the output folder for this run (pipeline.ownership), or refuse to mix a new run into an
+    old one unless told to replace it (--overwrite) or to finish it (--resume: the journal is kept,
+    the dataset files are rebuilt from it). Only what the folder's marker says fret wrote is ever
+    removed, and a folder holding anything else is refused."""
     if overwrite and resume:
         raise ValueError("--overwrite and --resume contradict each other: --overwrite starts over, --resume reuses "
                          "the finished LLM work in the output folder")
     output = output.rstrip("/")
-    existing = [m.path for m in FileSystems.match([output + "/**"])[0].metadata_list] \
-        if FileSystems.exists(output) else []
-    if not existing:
-        return
-    journal = journal_dir(output)
-    if resume and not apply:
-        return
-    if resume:
-        stale = [f"{output}/{part}" for part in (*OUTPUT_PARTS, INDEX_DIR, SCRATCH_DIR)
-                 if FileSystems.exists(f"{output}/{part}")]
-        if stale:
-            FileSystems.delete(stale)
-        return
-    if not overwrite:
-        unfinished = any(path.startswith(journal + "/") for path in existing)
-        hint = ("pass --resume to finish that run, reusing its finished LLM work, or --overwrite to start over"
-                if unfinished else "choose a new --output or pass --overwrite to replace it")
-        raise ValueError(f"output folder {output} is not empty ({len(existing)} files); {hint}")
-    foreign = foreign_entries(output)
-    if foreign:
-        shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
-        raise ValueError(f"--overwrite removes only what a fret run writes, and {output} holds other things too: "
-                         f"{shown}. Choose another --output, or move them out first")
-    if apply:
-        prefix = output + "/"
-        ours = sorted({p[len(prefix):].split("/", 1)[0] for p in existing})
-        FileSystems.delete([f"{output}/{name}" for name in ours])
+    store = BeamStore()
+    unfinished = any(rel.startswith(JOURNAL_DIR + "/") for rel in store.files(output))
+    hint = ("pass --resume to finish that run, reusing its finished LLM work, or --overwrite to start over"
+            if unfinished else "choose a new --output or pass --overwrite to replace it")
+    ownership.take(store, output, "run", run_claims(), run_id, overwrite=overwrite, resume=resume,
+                   keep=(JOURNAL_DIR,), apply=apply, hint=hint)
+
+
+def remove_run_parts(output: str, parts) -> list[str]:
+    """Delete fret's files of the named parts of a run folder (scratch at the end, partial shards
+    on Ctrl-C); a user's file there stays."""
+    return ownership.remove(BeamStore(), output, parts)

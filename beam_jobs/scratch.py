@@ -51,12 +51,6 @@ def wave_files(folder: str, kind: str, wave: int | None = None) -> list[str]:
     return scratch_files(folder, kind, f"w{wave:05d}-*" if wave is not None else "w*")
 
 
-def remove_scratch(output: str) -> None:
-    folder = scratch_dir(output)
-    if FileSystems.exists(folder):
-        FileSystems.delete([folder])
-
-
 class _PickleStreamSink(fileio.FileSink):
     """(wave, record) elements -> one pickled record after another: written and read streaming."""
 

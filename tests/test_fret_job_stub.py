@@ -276,8 +276,15 @@ def test_local_problems_are_reported_before_the_server_is_asked(tmp_path):
     from pipeline.llm.server import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    from beam_jobs.preflight import prepare_output
+
     inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:2])
     (tmp_path / "out" / "_journal" / "rerank").mkdir(parents=True)
+    (tmp_path / "out" / "_journal" / "rerank" / "x.parquet").write_bytes(b"journal")
+    with pytest.raises(ValueError, match="no .fret-owner.json: fret did not create it"):
+        run_job(inp, tmp_path / "out", dead, "--resume")
+    (tmp_path / "out" / "_journal" / "rerank" / "x.parquet").unlink()
+    prepare_output(str(tmp_path / "out"), overwrite=False)  # the marker a run writes when it starts
     (tmp_path / "out" / "_journal" / "rerank" / "x.parquet").write_bytes(b"journal")
     with pytest.raises(ValueError, match="not empty.*--resume"):
         run_job(inp, tmp_path / "out", dead)
@@ -310,6 +317,27 @@ def test_multi_processing_direct_runner_writes_what_in_memory_writes(tmp_path, p
 
     assert decisions(multi) == decisions(base) and len(base["examples"]) == len(PASSAGES)
     assert multi["manifest"]["accounting"] == base["manifest"]["accounting"]
+
+
+def test_a_server_without_cached_token_counts_takes_the_echo_path_and_says_so(tmp_path, capsys):
+    """Issue 36, defect 2: vLLM with --enable-scale-out but without --enable-prompt-tokens-details.
+    Every cache-read answer was rejected (no_cache_count) and sent again uncached, twice echo's cost,
+    while the manifest said prefix_cache. Now the start-up probe sees no counts and takes echo."""
+    from pipeline.llm.probe import PROBE_PREFIX, PROBE_REQUEST_ID
+
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:4])
+    no_counts = frozenset({"echo", "tokenize", "logprob_token_ids", "token_endpoint"})
+    with StubLLM(generate_fn=generate, logprob_fn=scorer, features=no_counts) as stub:
+        out = run_job(inp, tmp_path / "out", stub.base_url, "--num_neighbors", "3")
+        token_requests = [r for r in stub.requests if "token_ids" in r and r.get("request_id") != PROBE_REQUEST_ID]
+        echo_requests = [r for r in stub.requests if r.get("echo") and not r["prompt"].startswith(PROBE_PREFIX)]
+        with pytest.raises(ValueError, match="--ql_path prefix_cache cannot be used.*cached-token counts"):
+            run_job(inp, tmp_path / "forced", stub.base_url, "--ql_path", "prefix_cache")
+    assert "QL takes the echo path" in capsys.readouterr().err
+    assert out["manifest"]["scoring"]["ql_path"] == "echo"
+    assert not token_requests and not any(k.startswith("ql_") for k in out["manifest"]["counts"])
+    pairs = sum(len(e["candidates"]) for e in out["examples"])
+    assert len(echo_requests) == pairs > 0, "one QL request per scored pair, none sent twice"
 
 
 def test_passage_order_and_the_prefix_cache_write_what_query_order_and_echo_write(tmp_path, preferring_llm):

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from pipeline.llm.client import LLMClient
-from pipeline.llm.probe import token_endpoint_everywhere
+from pipeline.llm.probe import prefix_cache_ql_missing
 from pipeline.llm.types import ClientConfig
 from pipeline.llm.usage import measure
 from pipeline.testing.stub_llm import StubLLM
@@ -80,11 +80,15 @@ def test_a_shared_prefix_ending_on_a_block_boundary_is_sent_again():
     assert meter.calls.get("ql_uncached_guard") == 2, meter.calls
 
 
-def test_the_token_endpoint_is_detected_per_fleet():
-    async def detect(*stubs):
-        return await token_endpoint_everywhere(ClientConfig(base_urls=tuple(s.base_url for s in stubs), model="m"))
+def test_the_token_endpoint_and_cache_counts_are_detected_per_fleet():
+    async def missing(*stubs):
+        return await prefix_cache_ql_missing(ClientConfig(base_urls=tuple(s.base_url for s in stubs), model="m"))
 
-    with StubLLM() as full, StubLLM(features=frozenset({"echo", "tokenize", "logprob_token_ids"})) as plain:
-        assert asyncio.run(detect(full)) is True
-        assert asyncio.run(detect(plain)) is False
-        assert asyncio.run(detect(full, plain)) is False  # one server without it: the echo path for all
+    no_counts = frozenset({"echo", "tokenize", "logprob_token_ids", "token_endpoint"})
+    with StubLLM() as full, StubLLM(features=frozenset({"echo", "tokenize", "logprob_token_ids"})) as plain, \
+            StubLLM(features=no_counts) as uncounted:
+        assert asyncio.run(missing(full)) == ""
+        assert "has no token endpoint" in asyncio.run(missing(plain))
+        assert "has no token endpoint" in asyncio.run(missing(full, plain))  # one without it: echo for all
+        assert "no cached-token counts" in asyncio.run(missing(uncounted))
+        assert "--enable-prompt-tokens-details" in asyncio.run(missing(full, uncounted))

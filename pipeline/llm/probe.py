@@ -48,22 +48,29 @@ async def probe_scoring_support(client: LLMClient, rc_method: str) -> list[str]:
     return missing
 
 
-async def token_endpoint_everywhere(config) -> bool:
-    """Whether every server of the fleet serves QL from its prefix cache: vLLM's token endpoint
-    (`--enable-scale-out`) with /tokenize. Without it, QL takes the echo path (no cache reads)."""
+async def prefix_cache_ql_missing(config) -> str:
+    """What keeps QL from reading the prefix cache on some server of the fleet ('' when none does).
+    It needs vLLM's token endpoint (`--enable-scale-out`) with /tokenize, and cached-token counts in
+    its answers' usage (`--enable-prompt-tokens-details`): without the counts no answer can be
+    checked against stale rows, so every one would be sent again uncached, at twice echo's cost."""
     import dataclasses
 
     from pipeline.llm.types import HTTPStatusError
+    from pipeline.llm.usage import cached_tokens
 
     for url in config.base_urls:
         async with LLMClient(dataclasses.replace(config, base_urls=(url,), max_retries=1)) as client:
             try:
                 ids = await client.tokenize(PROBE_PREFIX, special_tokens=True)
-                await client._generate_tokens(ids, read_cache=False, route_key=None, request_id=PROBE_REQUEST_ID)
-            except HTTPStatusError:
-                return False  # 404 where the endpoint is not served, 400/405 where it differs
+                payload, _ = await client._generate_tokens(ids, read_cache=False, route_key=None,
+                                                           request_id=PROBE_REQUEST_ID)
+            except HTTPStatusError:  # 404 where the endpoint is not served, 400/405 where it differs
+                return f"the server at {url} has no token endpoint (start vLLM with --enable-scale-out)"
             except LLMError as exc:
                 if exc.reason == "http_error":
-                    return False
+                    return f"the server at {url} has no token endpoint (start vLLM with --enable-scale-out)"
                 raise ProbeError(str(exc), exc.reason) from None
-    return True
+            if cached_tokens(payload.get("usage") or {}) is None:
+                return (f"the server at {url} reports no cached-token counts, so no answer read from its cache "
+                        "could be checked (start vLLM with --enable-prompt-tokens-details)")
+    return ""

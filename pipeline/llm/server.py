@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pipeline import processes
+
 DEFAULT_VLLM_VENV = Path(os.environ.get("FRET_VLLM_VENV", Path.home() / ".cache" / "fret-distill" / "vllm-venv"))
 
 
@@ -123,16 +125,30 @@ class VLLMServer:
         ]
 
     def start(self) -> "VLLMServer":
+        """Start the server and wait for /health. It is owned (pipeline.processes) from the moment it
+        exists, so every exit path stops it, a signal during the wait included. A port something
+        already listens on is refused: that answer to /health would not be this server's."""
+        taken = listening(self.host, self.port)
+        if taken:
+            raise ServerStartError(f"port {self.port} on {self.host} is already in use ({taken}); pick a free one "
+                                   "(fret serve --port 0 takes any)")
         env = dict(os.environ)
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.update(self.env or {})
         self._log = open(self.log_path, "ab")
+        # its own session: Ctrl-C at a terminal reaches fret, which stops it in order (the process
+        # group is stopped whole: vLLM's engine core is a child process)
         self.process = subprocess.Popen(
             self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-        self.wait_ready()
+        processes.own(self)
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait_ready(self) -> None:
@@ -160,24 +176,25 @@ class VLLMServer:
             return "<no log>"
 
     def stop(self, grace_s: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
+        """SIGTERM the process group, SIGKILL what is left after grace_s: vLLM's engine core is a
+        child process, and it outlives a server that died on its own."""
+        processes.disown(self)
+        if self.process is not None:
+            pgid = self.process.pid  # its own session: the group's id is the server's pid
+            if self.process.poll() is None:
+                os.killpg(pgid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    pass
+            _kill_group(pgid)
             self.process.wait(timeout=10)
-        try:  # the engine core is a child process; make sure nothing is left behind
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         if self._log is not None:
             self._log.close()
 
     def kill(self) -> None:
         """SIGKILL the server and its engine process at once, as a crash would (fault tests)."""
+        processes.disown(self)
         if self.process is not None and self.process.poll() is None:
             os.killpg(os.getpgid(self.process.pid), signal.SIGKILL)
             self.process.wait(timeout=30)
@@ -189,6 +206,27 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def listening(host: str, port: int) -> str:
+    """'' when nothing accepts connections on host:port, else a short description of what does."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            pass
+    except OSError:
+        return ""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as resp:
+            return f"something answers /health there with {resp.status}"
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return "something accepts connections there"
 
 
 def vllm_available(python: Optional[str] = None) -> bool:

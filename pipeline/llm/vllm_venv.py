@@ -22,7 +22,10 @@ BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
 
 
 def ensure_vllm_venv(path: Path | str = DEFAULT_VLLM_VENV, *, quiet: bool = True) -> str:
-    """Return the venv's python, installing vLLM into it first when it is missing."""
+    """Return the venv's python, installing vLLM into it first when it is missing; $FRET_VLLM_PYTHON,
+    when set, names an interpreter that has vLLM already."""
+    if os.environ.get("FRET_VLLM_PYTHON"):
+        return os.environ["FRET_VLLM_PYTHON"]
     path = Path(path)
     python = path / "bin" / "python"
     if python.exists() and vllm_available(str(python)):

@@ -73,7 +73,8 @@ class StubLLM:
         logprob_fn: Callable[[str, str], float] = hashed_logprob,
         api_key: Optional[str] = None,
         port: Optional[int] = None,
-        features: frozenset[str] = frozenset({"echo", "tokenize", "logprob_token_ids", "token_endpoint"}),
+        features: frozenset[str] = frozenset({"echo", "tokenize", "logprob_token_ids", "token_endpoint",
+                                              "cache_counts"}),
         record: bool = True,
         stale: str = "finite",
     ):
@@ -168,8 +169,9 @@ class StubLLM:
             else:
                 value = self.logprob_fn("".join(texts[:i]), texts[i])
             rows.append({str(ids[i]): {"logprob": value, "rank": 1}})
-        usage = {"prompt_tokens": len(ids), "completion_tokens": 1,
-                 "prompt_tokens_details": {"cached_tokens": cached}}
+        usage = {"prompt_tokens": len(ids), "completion_tokens": 1}
+        if "cache_counts" in self.features:  # vLLM started with --enable-prompt-tokens-details
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
         return web.json_response({"request_id": body.get("request_id", "stub"), "choices": [{"token_ids": [0]}],
                                   "prompt_logprobs": rows, "usage": usage})
 

@@ -187,7 +187,7 @@ def ablate(run: str, beir: str, output: str, seeds: tuple[int, ...] = (0, 1, 2),
         pq.write_table(pa.Table.from_pylist(list(variant_rows(read_rows(run, files), variant, window))), data)
         runs = []
         for seed in seeds:
-            config = TrainConfig(data=str(data), output=str(out / "runs" / variant.name / f"seed-{seed}"),
+            config = TrainConfig(data=str(data), output=str(out / "runs" / variant.name / f"seed-{seed}"), overwrite=True,
                                  base_model=base_model, seed=seed, hard_negatives=variant.negatives != "none",
                                  progress=False, **train_overrides)
             model = train(config)["model"]

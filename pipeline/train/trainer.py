@@ -19,7 +19,9 @@ from typing import Literal, Optional
 
 import torch
 
+from pipeline import ownership
 from pipeline import text_format as formats
+from pipeline.ownership import Claim, LocalStore
 from pipeline.train.data import Files, count_examples, max_negatives, negative_columns, training_rows
 from pipeline.train.losses import CachedGeckoRankingLoss, GeckoRankingLoss, XTRLoss
 
@@ -63,6 +65,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 0  # 0: only at the end
     resume: bool = False  # continue from the newest checkpoint in output/checkpoints
+    overwrite: bool = False  # replace an earlier `fret train` in output (only what it wrote; anything else is refused)
     log_every: int = 10  # steps between lines of train_log.jsonl
     device: str = "auto"  # auto (cuda when available), cpu or cuda; pick a GPU with CUDA_VISIBLE_DEVICES
     progress: bool = True  # a progress bar on the console
@@ -83,6 +86,9 @@ class TrainConfig:
         if self.device.startswith("cuda:"):
             raise ValueError(f"--device {self.device}: pick the GPU with CUDA_VISIBLE_DEVICES={self.device[5:]} "
                              "and --device cuda (the trainer places each process on its own GPU)")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: --resume continues the run in --output, "
+                             "--overwrite starts over")
         if self.mini_batch_size is not None and (self.mini_batch_size < 1 or self.objective == "xtr"):
             raise ValueError("--mini-batch-size (GradCache) must be >= 1 and applies to --objective infonce")
         self.mrl_dims = tuple(self.mrl_dims)
@@ -157,6 +163,21 @@ def precision_flags(precision: str, device: str) -> dict:
     if precision != "fp32" and not cuda:
         raise ValueError(f"--precision {precision} needs a GPU; on CPU the trainer computes in fp32")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+# What fret train writes in --output; --resume keeps the checkpoints and the log it appends to.
+TRAIN_CLAIMS = (Claim("model", ("*",)), Claim("checkpoints", ("*",)), Claim("train_log.jsonl"),
+                Claim("train_summary.json"))
+
+
+def take_output(config: TrainConfig) -> None:
+    """Claim --output for this run, or refuse: a folder fret did not write, an earlier run without
+    --resume or --overwrite. --overwrite removes only the earlier run's files."""
+    hint = "pass --resume to continue that run from its newest checkpoint, or --overwrite to start over"
+    ownership.take(LocalStore(), str(config.output), "train", TRAIN_CLAIMS, ownership.new_run_id(),
+                   overwrite=config.overwrite, resume=config.resume, keep=("checkpoints", "train_log.jsonl"),
+                   hint=hint)
+    Path(config.output).mkdir(parents=True, exist_ok=True)
 
 
 def last_checkpoint(output: Path) -> Optional[Path]:
@@ -245,7 +266,8 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
     from pipeline.train.model import Encoder
 
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # one process claims the folder (pipeline.ownership)
+        take_output(config)
     resume_from = last_checkpoint(output) if config.resume else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
