@@ -188,6 +188,9 @@ def _eval(argv: list[str]) -> int:
                         help="the task text of Gecko's query format (default: the one the model was trained "
                              "with, else 'Given a query, find a relevant passage')")
     parser.add_argument("--dims", default="", help="Matryoshka sizes to evaluate besides the full size")
+    parser.add_argument("--max-seq-length", type=int, default=None,
+                        help="tokens read per text (default: the model's own, e.g. 256 for all-MiniLM-L6-v2, as "
+                             "sentence-transformers' evaluators and MTEB read it); the output says which was used")
     parser.add_argument("--scoring", default="single", choices=["single", "xtr"],
                         help="single: one mean-pooled vector per text; xtr: XTR's multi-vector token retrieval "
                              "(for models trained with --objective xtr)")
@@ -196,7 +199,7 @@ def _eval(argv: list[str]) -> int:
     resolved = resolve(args.text_format, args.model, args.task)
     print(f"[fret] {resolved.describe()}", file=sys.stderr)
     print(json.dumps(evaluate(args.model, args.beir, args.split, dims=dims, scoring=args.scoring,
-                              text_format=resolved), indent=2))
+                              text_format=resolved, max_seq_length=args.max_seq_length), indent=2))
     return 0
 
 

@@ -58,7 +58,7 @@ class BeamStore:
     def write(self, path: str, data: bytes) -> None:
         write_atomically(path, data)
 
-    def delete(self, folder: str, rels: Sequence[str]) -> None:
+    def delete(self, folder: str, rels: Sequence[str], prune: Sequence[str] = ()) -> None:
         from pipeline.ownership import remove_emptied_dirs
 
         folder = folder.rstrip("/")
@@ -66,7 +66,7 @@ class BeamStore:
         for start in range(0, len(paths), 1000):  # one call per thousand: object stores batch deletes
             FileSystems.delete(paths[start:start + 1000])
         if "://" not in folder:  # a local folder: its emptied subfolders go too (object stores have none)
-            remove_emptied_dirs(folder, rels)
+            remove_emptied_dirs(folder, rels, prune)
 
 
 def open_binary(path: str):

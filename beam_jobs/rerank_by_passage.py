@@ -21,7 +21,7 @@ from beam_jobs.rerank import RerankMetrics
 from pipeline import journal
 from pipeline.mining import MiningConfig
 from pipeline.prompts import load_prompt
-from pipeline.rerank import Candidate, RerankConfig, assemble, score_passage
+from pipeline.rerank import Candidate, RerankConfig, assemble, restamped, score_passage
 from schemas import DeadLetter, QueryRecord
 
 
@@ -80,7 +80,7 @@ def _replay_pair(done):
     pair, payload = done
     (score,) = journal.decode(payload)
     if isinstance(score, DeadLetter):
-        score = score.model_copy(update={"record_id": pair.query.passage_id})
+        score = restamped(score, pair.query)
     else:
         score = score.model_copy(update={"query_id": pair.query.query_id})
     yield pair.query.query_id, (pair.passage.passage_id, score)

@@ -45,7 +45,8 @@ class Store(Protocol):
 
     def write(self, path: str, data: bytes) -> None: ...  # atomically
 
-    def delete(self, folder: str, rels: Sequence[str]) -> None: ...  # files; then the folders below `folder` they emptied
+    # files; then the folders below `folder` they emptied, and every empty folder below the `prune` paths
+    def delete(self, folder: str, rels: Sequence[str], prune: Sequence[str] = ()) -> None: ...
 
 
 class LocalStore:
@@ -70,16 +71,20 @@ class LocalStore:
         tmp.write_bytes(data)
         tmp.replace(target)
 
-    def delete(self, folder: str, rels: Sequence[str]) -> None:
+    def delete(self, folder: str, rels: Sequence[str], prune: Sequence[str] = ()) -> None:
         for rel in rels:
             Path(folder, rel).unlink(missing_ok=True)
-        remove_emptied_dirs(folder, rels)
+        remove_emptied_dirs(folder, rels, prune)
 
 
-def remove_emptied_dirs(folder: str, rels: Sequence[str]) -> None:
+def remove_emptied_dirs(folder: str, rels: Sequence[str], prune: Sequence[str] = ()) -> None:
     """Remove the local folders below `folder` that held deleted files and are empty now (a user's
-    file, or a user's empty folder elsewhere, keeps its folder)."""
+    file, or a user's empty folder elsewhere, keeps its folder), and the empty folders below each
+    `prune` path (a claim that owns everything below it: a run's scratch folders)."""
     parents = {Path(folder, rel).parent for rel in rels} - {Path(folder)}
+    for root in map(Path, (f"{folder}/{p}" for p in prune)):
+        if root.is_dir():
+            parents |= {p for p in root.rglob("*") if p.is_dir()} | {root}
     for parent in sorted(parents, key=lambda p: -len(p.parts)):  # deepest first
         while parent != Path(folder) and Path(folder) in parent.parents:
             try:
@@ -196,7 +201,7 @@ def take(store: Store, folder: str, command: str, claims: Iterable[Claim], run_i
     doomed = [rel for rel in present if rel != MARKER and not any(c.owns(rel) for c in kept)]
     updated = Marker(command, _merged(kept, claims), [*marker.runs, _run_record(run_id, "resume" if resume else "overwrite")])
     if apply:
-        store.delete(folder, doomed)
+        store.delete(folder, doomed, [c.path for c in marker.claims if "*" in c.inside and c not in kept])
         store.write(_marker_path(folder), updated.to_json())
     return updated
 
@@ -243,8 +248,9 @@ def remove(store: Store, folder: str, paths: Iterable[str]) -> list[str]:
         return []
     wanted = [c for c in marker.claims if c.path in set(paths)]
     doomed = [rel for rel in store.files(folder) if any(c.owns(rel) for c in wanted)]
-    if doomed:
-        store.delete(folder, doomed)
+    prune = [c.path for c in wanted if "*" in c.inside]  # fret's folder through and through: its empty folders too
+    if doomed or prune:
+        store.delete(folder, doomed, prune)
     return doomed
 
 

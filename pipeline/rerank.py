@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import math
+import re
 from typing import Literal, Optional, Sequence, Union
 
 from pipeline.fusion import (CE_DECIMALS, QL_DECIMALS, RC_DECIMALS, expected_relevance, quantise, ranks_desc, rrf,
@@ -92,6 +93,24 @@ def _prompts(ql_version: Optional[int], rc_version: Optional[int]) -> Prompts:
                    label_values={n: float(rc.labels[n]["value"]) for n in names})
 
 
+def letter_record_id(query: QueryRecord) -> str:
+    """What a rerank dead letter names: the seed passage a generated query came from (its input),
+    or the query itself where it has none (a given query without a positive)."""
+    return query.passage_id or query.query_id
+
+
+def letter_for(query: QueryRecord, reason: str, detail: str) -> DeadLetter:
+    """A rerank-stage dead letter of one query; its detail starts with the query's id."""
+    return dead_letter(letter_record_id(query), "rerank", reason, f"query {query.query_id}: {detail}", query.query)
+
+
+def restamped(letter: DeadLetter, query: QueryRecord) -> DeadLetter:
+    """A journaled pair's dead letter, for the query of this run: the pair's key is its content, which
+    another query with the same task and text may have journaled under its own id."""
+    detail = re.sub(r"^query \S+: ", f"query {query.query_id}: ", letter.detail)
+    return letter.model_copy(update={"record_id": letter_record_id(query), "detail": detail, "payload": query.query})
+
+
 def build_candidates(seed: Optional[Passage], partial_hits: Sequence[Sequence[tuple[float, str, str, str]]],
                      k: int) -> list[Candidate]:
     """Merge per-shard (score, id, title, text) lists into the top-k neighbours, and add the
@@ -167,9 +186,8 @@ async def score_pair(client: LLMClient, query: QueryRecord, c: Candidate, config
     # each result is checked on its own: one zip over both once reported a QL failure as RC's
     for kind, r in results.items():
         if not r.ok:
-            return dead_letter(query.passage_id, "rerank", LLM_REASONS.get(r.reason or "", "llm_bad_response"),
-                               f"query {query.query_id}: {kind} scoring of candidate {c.passage_id} failed: "
-                               f"{r.detail}", query.query)
+            return letter_for(query, LLM_REASONS.get(r.reason or "", "llm_bad_response"),
+                              f"{kind} scoring of candidate {c.passage_id} failed: {r.detail}")
     ql_result, rc_result = results.get("QL"), results.get("RC")
     return PairScore(query_id=query.query_id, passage_id=c.passage_id,
                      ql=ql_result.logprob_sum if ql_result else math.nan,
@@ -201,8 +219,7 @@ def assemble(query: QueryRecord, candidates: Sequence[Candidate], scores: dict[s
     for c in candidates:
         score = scores.get(c.passage_id)
         if score is None:
-            return dead_letter(query.passage_id, "rerank", "internal_error",
-                               f"query {query.query_id}: candidate {c.passage_id} was never scored", query.query)
+            return letter_for(query, "internal_error", f"candidate {c.passage_id} was never scored")
         if isinstance(score, DeadLetter):
             return score
         pairs.append(score)
@@ -217,8 +234,7 @@ def assemble(query: QueryRecord, candidates: Sequence[Candidate], scores: dict[s
     ql_mean = [p.ql_mean for p in pairs]
     used = {"ql": ql, "rc": rc, "ce": [c.ce if c.ce is not None else math.nan for c in candidates]}
     if not all(math.isfinite(v) for name in config.scores for v in used[name]):
-        return dead_letter(query.passage_id, "rerank", "llm_bad_response",
-                           f"query {query.query_id}: a score is not finite", query.query)
+        return letter_for(query, "llm_bad_response", "a score is not finite")
     return fuse(query, candidates, ql, ql_mean, rc, rc_labels, config.rrf_k, config.ql_decimals, config.rc_decimals,
                 config.scores)
 

@@ -54,6 +54,12 @@ def test_the_rule_removes_only_what_the_marker_claims(tmp_path, store):
     runs = json.loads((tmp_path / "out" / MARKER).read_text())["runs"]
     assert [(r["run_id"], r["how"]) for r in runs] == [("r1", "new"), ("r3", "resume"), ("r4", "overwrite")]
     assert not (tmp_path / "out" / "examples").exists(), "the folders fret emptied go too"
+    # a folder fret owns through and through (scratch) goes with its empty subfolders; removing
+    # one claim leaves the others
+    (tmp_path / "out" / "_journal" / "w00001" / "embed").mkdir(parents=True)
+    store.write(f"{folder}/manifest.json", b"fret")
+    assert ownership.remove(store, folder, ["_journal"]) == []
+    assert set(files_of(tmp_path / "out")) == {MARKER, "manifest.json"} and not (tmp_path / "out" / "_journal").exists()
 
 
 def test_a_folder_without_a_marker_is_never_deleted_from_and_the_error_says_why(tmp_path):

@@ -153,8 +153,11 @@ def test_output_folder_rules(tmp_path, stub_llm):
     out = tmp_path / "out"
     (out / "examples").mkdir(parents=True)
     (out / "examples" / "part-00000-of-00001.parquet").write_bytes(b"old")
-    with pytest.raises(ValueError, match="not empty.*--overwrite"):
-        run_job(inp, out, stub_llm.base_url)
+    # shards fret did not record writing: never replaced, even with --overwrite
+    for flags in ((), ("--overwrite",)):
+        with pytest.raises(ValueError, match="no .fret-owner.json.*never deletes"):
+            run_job(inp, out, stub_llm.base_url, *flags)
+    assert (out / "examples" / "part-00000-of-00001.parquet").read_bytes() == b"old"
     with pytest.raises(ValueError, match="contradict"):
         run_job(inp, out, stub_llm.base_url, "--resume", "--overwrite")
 

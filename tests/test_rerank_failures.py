@@ -4,7 +4,7 @@ import asyncio
 
 from pipeline.llm.client import LLMClient
 from pipeline.llm.types import ClientConfig
-from pipeline.rerank import Candidate, RerankConfig, score_query
+from pipeline.rerank import Candidate, RerankConfig, restamped, score_query
 from pipeline.testing.stub_llm import Fault, StubLLM
 from schemas import DeadLetter, QueryKnobs, QueryRecord
 
@@ -60,3 +60,19 @@ def test_without_faults_every_candidate_is_scored():
         scores = score(stub)
     assert not isinstance(scores, DeadLetter)
     assert [s.passage_id for s in scores] == [c.passage_id for c in CANDIDATES]
+
+
+def test_a_replayed_pair_letter_names_the_query_that_replays_it():
+    """A pair's journal key is its content: another query with the same task and text (from another
+    seed, or given without a positive) replays the letter, which must then name that query."""
+    with StubLLM() as stub:
+        stub.add_faults(Fault("status", 400, message="bad request", path="completions", when=is_ql, repeat=True))
+        letter = score(stub)
+    assert isinstance(letter, DeadLetter) and letter.detail.startswith("query q1: ")
+    twin = QUERY.model_copy(update={"query_id": "q2", "passage_id": "p7"})
+    given = QUERY.model_copy(update={"query_id": "g9", "passage_id": "", "query": "kettle boiling"})
+    for query, record_id in ((twin, "p7"), (given, "g9")):
+        replayed = restamped(letter, query)
+        assert (replayed.record_id, replayed.payload) == (record_id, query.query)
+        assert replayed.detail.startswith(f"query {query.query_id}: ") and "q1" not in replayed.detail
+        assert replayed.detail.split(": ", 1)[1] == letter.detail.split(": ", 1)[1]  # the failure itself is kept

@@ -358,3 +358,63 @@ def test_one_encoding_serves_every_matryoshka_size(tiny_encoder):
     texts = ["a", "a much longer text than the others", "mid length"]
     assert np.allclose(model.encode(texts, batch_size=2), np.concatenate([model.encode([t]) for t in texts]),
                        atol=1e-5)
+
+
+def test_a_trained_model_reads_as_many_tokens_as_its_base(tmp_path, train_shards, tiny_encoder):
+    """Issue 36, defect 5: the Encoder set 128 tokens over the model's own length, and the saved model
+    kept the cut. A shorter length is the user's choice, and the summary says which was used."""
+    from sentence_transformers import SentenceTransformer
+
+    own = SentenceTransformer(str(tiny_encoder), device="cpu").max_seq_length
+    assert own != 128
+    summary = train(tiny_config(tmp_path / "own", train_shards, base=tiny_encoder, max_steps=2))
+    assert SentenceTransformer(summary["model"], device="cpu").max_seq_length == own == summary["max_seq_length"]
+    assert summary["max_seq_length_source"] == "the base model's own"
+    cut = train(tiny_config(tmp_path / "cut", train_shards, base=tiny_encoder, max_steps=2, max_seq_length=16))
+    assert SentenceTransformer(cut["model"], device="cpu").max_seq_length == 16 == cut["max_seq_length"]
+    assert cut["max_seq_length_source"] == "--max-seq-length"
+
+
+def test_fret_eval_reads_each_text_to_the_models_own_length(tmp_path, capsys):
+    """Each document says what it is about only after 150 words of shared boilerplate: read to 128
+    tokens they are one and the same text; read to MiniLM's own 256, each is found by its query."""
+    from beam_jobs import cli
+
+    topics = ["volcanoes", "submarines", "orchids", "glaciers", "bicycles", "lighthouses", "beekeeping",
+              "telescopes", "saffron", "tornadoes"]
+    filler = " ".join(["This annual report follows the standard template of the records office."] * 14)
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"{filler} The "
+                                                              f"section at the end is all about {t}."}) + "\n"
+                                                  for i, t in enumerate(topics)))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"facts about {t}"}) + "\n"
+                                                   for i, t in enumerate(topics)))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                               + "".join(f"q{i}\td{i}\t1\n" for i in range(len(topics))))
+    assert cli.main(["eval", "--model", "all-MiniLM-L6-v2", "--beir", str(folder)]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["max_seq_length"] == {"tokens": 256, "source": "the model's own"}
+    assert cli.main(["eval", "--model", "all-MiniLM-L6-v2", "--beir", str(folder), "--max-seq-length", "128"]) == 0
+    cut = json.loads(capsys.readouterr().out)
+    assert cut["max_seq_length"] == {"tokens": 128, "source": "given"}
+    assert own["full"]["ndcg@10"] > 0.9 > 0.7 > cut["full"]["ndcg@10"], (own["full"], cut["full"])
+
+
+def test_train_refuses_an_earlier_run_and_overwrite_replaces_only_what_it_wrote(tmp_path, train_shards, tiny_encoder):
+    """Newcomer's finding 5: a second fret train silently replaced the model, and train_log.jsonl
+    kept describing the old run. The folder's marker (pipeline.ownership) decides."""
+    from pipeline.ownership import OwnershipError
+
+    out = tmp_path / "run"
+    train(tiny_config(out, train_shards, base=tiny_encoder, max_steps=2, log_every=1))
+    first_log = (out / "train_log.jsonl").read_text()
+    with pytest.raises(OwnershipError, match="not empty.*--resume.*--overwrite"):
+        train(tiny_config(out, train_shards, base=tiny_encoder, max_steps=2))
+    (out / "notes.md").write_text("my notes")
+    with pytest.raises(OwnershipError, match="notes.md"):
+        train(tiny_config(out, train_shards, base=tiny_encoder, max_steps=2, overwrite=True))
+    (out / "notes.md").unlink()
+    train(tiny_config(out, train_shards, base=tiny_encoder, max_steps=3, log_every=1, overwrite=True))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert (out / "train_log.jsonl").read_text() != first_log and [r["step"] for r in log if "loss" in r] == [1, 2, 3]

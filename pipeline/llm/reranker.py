@@ -17,7 +17,7 @@ from typing import Any, Sequence, Union
 
 from pipeline.embedding import passage_text
 from pipeline.generation import LLM_REASONS
-from pipeline.ingest import dead_letter
+from pipeline.rerank import letter_for
 from pipeline.llm.types import LLMResult
 from schemas import CrossEncoderScores, DeadLetter, QueryRecord
 
@@ -64,11 +64,10 @@ async def score_candidates(client, api: str, model: str, query: QueryRecord, can
     result = LLMResult()
     payload = await client._call(path, body, result, api="/")
     if payload is None:
-        return dead_letter(query.passage_id, "rerank", LLM_REASONS.get(result.reason or "", "llm_bad_response"),
-                           f"query {query.query_id}: the cross-encoder failed: {result.detail}", query.query)
+        return letter_for(query, LLM_REASONS.get(result.reason or "", "llm_bad_response"),
+                          f"the cross-encoder failed: {result.detail}")
     try:
         scores = parse(api, payload, len(documents))
     except (ValueError, TypeError, KeyError) as exc:
-        return dead_letter(query.passage_id, "rerank", "llm_bad_response",
-                           f"query {query.query_id}: the cross-encoder's answer: {exc}", query.query)
+        return letter_for(query, "llm_bad_response", f"the cross-encoder's answer: {exc}")
     return CrossEncoderScores(query_id=query.query_id, passage_ids=[c.passage_id for c in candidates], scores=scores)

@@ -20,6 +20,7 @@ from pipeline import retrieval
 from pipeline.text_format import ResolvedFormat, resolve
 
 CHUNK = 4096
+DESCRIPTIONS = ("format", "max_seq_length")  # the keys of evaluate()'s result that are not a size's metrics
 
 
 def load_beir(folder: str | Path, split: str = "test"):
@@ -106,14 +107,16 @@ def _truncate(vectors: np.ndarray, dim: Optional[int]) -> np.ndarray:
 
 def evaluate(model, folder: str | Path, split: str = "test", task: Optional[str] = None,
              dims: Optional[Sequence[Optional[int]]] = None, batch_size: int = 64,
-             scoring: str = "single", text_format: str | ResolvedFormat = "auto") -> dict[str, dict[str, float]]:
+             scoring: str = "single", text_format: str | ResolvedFormat = "auto",
+             max_seq_length: Optional[int] = None) -> dict[str, dict[str, float]]:
     """Metrics per dimension ("full" and each truncated size) for an Encoder or a model path;
     scoring="xtr" ranks with XTR's multi-vector token retrieval instead. `text_format` "auto"
     uses the format the model records (plain when it records none); the result's "format"
-    says which was used."""
+    says which was used. A model path is read at its own max_seq_length unless one is given;
+    the result's "max_seq_length" says which."""
     from pipeline.train.model import Encoder
 
-    encoder = model if isinstance(model, Encoder) else Encoder(str(model))
+    encoder = model if isinstance(model, Encoder) else Encoder(str(model), max_seq_length=max_seq_length)
     resolved = text_format if isinstance(text_format, ResolvedFormat) else resolve(
         text_format, None if isinstance(model, Encoder) else model, task)
     fmt = resolved.format
@@ -122,7 +125,9 @@ def evaluate(model, folder: str | Path, split: str = "test", task: Optional[str]
     doc_texts = [fmt.document(*corpus[d]) for d in doc_ids]
     qids = sorted(queries)
     query_texts = [fmt.query(resolved.task, queries[q]) for q in qids]
-    results: dict = {"format": {"name": fmt.name, "source": resolved.source, "task": resolved.task}}
+    results: dict = {"format": {"name": fmt.name, "source": resolved.source, "task": resolved.task},
+                     "max_seq_length": {"tokens": encoder.max_seq_length,
+                                        "source": "the model's own" if max_seq_length is None else "given"}}
     if scoring == "xtr":
         results["xtr"] = _metrics(qids, xtr_search(encoder, query_texts, doc_ids, doc_texts), qrels)
         return results

@@ -24,7 +24,9 @@ def pick_device(device: str = "auto") -> str:
 
 class Encoder(nn.Module):
     def __init__(self, name_or_path: str = "all-MiniLM-L6-v2", *, projection_dim: Optional[int] = None,
-                 max_seq_length: int = 128, device: str = "auto", trust_remote_code: bool = False):
+                 max_seq_length: Optional[int] = None, device: str = "auto", trust_remote_code: bool = False):
+        """`max_seq_length`: tokens read per text; None keeps the model's own (256 for
+        all-MiniLM-L6-v2, 512 for most BGE and E5 models), as its users and evaluators read it."""
         super().__init__()
         from sentence_transformers import SentenceTransformer, models
 
@@ -35,7 +37,8 @@ class Encoder(nn.Module):
             dense = models.Dense(dim, projection_dim, bias=False, activation_function=nn.Identity())
             modules = [m for m in st if type(m).__name__ != "Normalize"] + [dense]
             st = SentenceTransformer(modules=modules, device="cpu")
-        st.max_seq_length = max_seq_length
+        if max_seq_length is not None:
+            st.max_seq_length = max_seq_length
         self.st = st
         self.device_name = pick_device(device)
         self.to(self.device_name)
@@ -48,6 +51,10 @@ class Encoder(nn.Module):
         encoder.st = st
         encoder.device_name = str(st.device)
         return encoder
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.st.max_seq_length)
 
     @property
     def dim(self) -> int:

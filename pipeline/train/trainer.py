@@ -56,7 +56,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     epochs: int = 1  # passes over the data
     max_steps: Optional[int] = None  # stop early after this many optimizer steps
-    max_seq_length: int = 128  # tokens per text; longer texts are truncated
+    max_seq_length: Optional[int] = None  # tokens read per text (longer ones are cut); default: the base model's own
     seed: int = 0  # seeds the data order, dropout and any new weights
     shuffle_buffer: int = 10_000  # examples held for shuffling; memory stays flat
     eval_beir: Optional[str] = None  # a BEIR folder evaluated every eval_every steps and at the end
@@ -232,7 +232,7 @@ def _callbacks(config: TrainConfig, log: TrainLog, pairs_per_step: int, examples
 def _evaluator(config: TrainConfig, log: TrainLog, text_format: formats.ResolvedFormat):
     from sentence_transformers.base.evaluation import BaseEvaluator
 
-    from pipeline.train.evaluate import evaluate
+    from pipeline.train.evaluate import DESCRIPTIONS, evaluate
     from pipeline.train.model import Encoder
 
     class FretBeirEvaluator(BaseEvaluator):
@@ -250,7 +250,7 @@ def _evaluator(config: TrainConfig, log: TrainLog, text_format: formats.Resolved
                                    scoring="xtr" if config.objective == "xtr" else "single")
             log.write({"step": steps, "eval": metrics})
             self.last = metrics
-            return {f"{size}_{name}": value for size, values in metrics.items() if size != "format"
+            return {f"{size}_{name}": value for size, values in metrics.items() if size not in DESCRIPTIONS
                     for name, value in values.items()}
 
     return FretBeirEvaluator()
@@ -332,7 +332,8 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
     step = trainer.state.global_step
     pairs = (step - (int(resume_from.name.split("-")[-1]) if resume_from else 0)) * config.batch_size * config.grad_accum
     summary = {"steps": step, "pairs": pairs, "seconds": elapsed, "pairs_per_s": pairs / max(elapsed, 1e-9),
-               "model": str(output / "model"), "text_format": text_format.format.to_json(text_format.task),
+               "model": str(output / "model"), "max_seq_length": int(model.max_seq_length),
+               "max_seq_length_source": "--max-seq-length" if config.max_seq_length else "the base model's own", "text_format": text_format.format.to_json(text_format.task),
                "processes": get_world_size(), "train_loss": result.training_loss, "eval": None}
     if trainer.is_world_process_zero():
         trainer.save_model(str(output / "model"))
