@@ -18,7 +18,6 @@ from beam_jobs.filters import DecontaminateExamples
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.rate import RateExamples
 from beam_jobs.rerank import RerankAndMine
-from beam_jobs.rerank_by_passage import RerankByPassage
 from beam_jobs.write import WriteRecords
 from pipeline.accounting import Outcome
 from pipeline.examples import stamp
@@ -67,14 +66,12 @@ def rerank_to_examples(candidates, eval_index, opts: opt.FretOptions, llm: Stage
         examples = fused["examples"]
         outcomes.append(fused[OUTCOME])
     else:
-        by_passage = rerank.score_order == "passage"
-        reranker = RerankByPassage if by_passage else RerankAndMine
-        reranked = candidates | "RerankAndMine" >> reranker(
+        reranked = candidates | "RerankAndMine" >> RerankAndMine(
             llm.batched(max(1, opts.llm_batch_size // 4)), rerank, opt.mining_config(opts), opts.keep_candidates)
         examples = reranked["examples"]
         outcomes.append(reranked[OUTCOME])
         tokens.append(reranked[TOKENS])
-        reused["journal_hits_score" if by_passage else "journal_hits_rerank"] = reranked["reused"]
+        reused["journal_hits_score"] = reranked["reused"]  # pairs, in either --score_order
     rater = opt.rater_config(opts)
     if rater is not None:
         rated = examples | "RateExamples" >> RateExamples(llm, rater)

@@ -1,22 +1,33 @@
-"""LLM stage 2: rerank candidates by QL + RC fused by RRF, then relabel the positive and mine negatives."""
+"""LLM stage 2: score each (query, candidate) pair by QL and RC, fuse a query's scores by RRF,
+relabel the positive and mine negatives.
+
+The pairs go to the LLM in one of two orders (--score_order):
+- passage (the default): the pairs of one passage are scored together, so the server computes the
+  passage's prompt prefix once and every other query that retrieved it reads it from its cache;
+- query: the pairs of one query are scored together.
+Either way the journal's unit is the pair (stage "score", pipeline.journal.pair_key), so a run
+resumed with the other order reuses every scored pair. The scores are then regrouped by query for
+fusion, relabelling and mining.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from beam_jobs.common import NS, OUTCOME
-from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, failure_reason, journaled_llm_stage
+from beam_jobs.common import NS, OUTCOME, TOKENS
+from beam_jobs.journal import LookupJournal
+from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, failure_reason, fixed_batches
 from pipeline import journal
 from pipeline.accounting import Outcome, query_unit
 from pipeline.examples import build_example
 from pipeline.mining import MiningConfig
 from pipeline.prompts import load_prompt
-from pipeline.rerank import RerankConfig, score_query
-from schemas import DeadLetter
+from pipeline.rerank import Candidate, RerankConfig, assemble, restamped, score_passage, score_query_pairs
+from schemas import DeadLetter, QueryRecord
 
 
 def _emit_example(query, passage, records, mining: MiningConfig, keep: bool):
@@ -27,8 +38,8 @@ def _emit_example(query, passage, records, mining: MiningConfig, keep: bool):
 
 
 class RerankMetrics:
-    """The counters every rerank order keeps (made in a DoFn's __init__), and the emission of a
-    query's example or dead letter that updates them."""
+    """The counters of the rerank stage (made in a DoFn's __init__), and the emission of a query's
+    example or dead letter that updates them."""
 
     def __init__(self):
         self.scored = Metrics.counter(NS, "queries_reranked")
@@ -47,40 +58,93 @@ class RerankMetrics:
             yield out
 
 
-class _RerankFn(LLMBatchDoFn):
-    STAGE = "rerank"
-    PROGRESS = "rerank (queries)"
+@dataclasses.dataclass(frozen=True)
+class PairItem:
+    """One (query, candidate) pair on its way to the LLM, with its journal key."""
 
-    def __init__(self, settings: StageSettings, rerank: RerankConfig, mining: MiningConfig,
-                 keep_candidates: bool):
+    key: str
+    query: QueryRecord
+    passage: Candidate
+
+
+def _pairs(item, model: str, prompt_hashes: tuple, config: RerankConfig):
+    query, _, candidates = item
+    for c in candidates:
+        yield PairItem(journal.pair_key(model, prompt_hashes, config, query, c), query, c)
+
+
+def _group_key(order: str):
+    return (lambda kv: (kv[1].passage.passage_id, kv)) if order == "passage" else (lambda kv: (kv[1].query.query_id, kv))
+
+
+def _group(element):
+    """(group key, pairs) -> (the key, its pairs in a fixed order: by query, then by passage)."""
+    key, keyed = element
+    return key, sorted((pair for _, pair in keyed), key=lambda p: (p.query.query_id, p.passage.passage_id))
+
+
+class _ScorePairsFn(LLMBatchDoFn):
+    STAGE = "score"
+
+    def __init__(self, settings: StageSettings, rerank: RerankConfig):
         super().__init__(settings)
+        self._rerank = rerank
+        self.PROGRESS = f"rerank ({rerank.score_order}s)"
+        self.pairs_scored = Metrics.counter(NS, "pairs_scored")
+
+    def _request(self, batch):
+        config, groups = self._rerank, [pairs for _, pairs in batch]
+
+        def score_group(client, pairs):
+            if config.score_order == "passage":  # one passage, the queries that retrieved it
+                return score_passage(client, pairs[0].passage, [p.query for p in pairs], config)
+            return score_query_pairs(client, pairs[0].query, [p.passage for p in pairs], config)
+
+        async def run(client):
+            return await asyncio.gather(*(score_group(client, pairs) for pairs in groups))
+        return run
+
+    def _outputs(self, batch, results):
+        finished, emitted = [], []
+        for (_, pairs), scores in zip(batch, results):
+            for pair, score in zip(pairs, scores, strict=True):
+                finished.append((pair.key, [score], failure_reason([score])))
+                emitted.append((pair.query.query_id, (pair.passage.passage_id, score)))
+        self._settle(finished)
+        self.pairs_scored.inc(len(emitted))
+        yield from emitted
+
+
+def _replay_pair(done):
+    """A journaled pair, restamped with this run's query (the key is the pair's content)."""
+    pair, payload = done
+    (score,) = journal.decode(payload)
+    if isinstance(score, DeadLetter):
+        score = restamped(score, pair.query)
+    else:
+        score = score.model_copy(update={"query_id": pair.query.query_id})
+    yield pair.query.query_id, (pair.passage.passage_id, score)
+
+
+class _AssembleFn(beam.DoFn):
+    """A query's pair scores -> its example (ranked, fused, relabelled, mined) or a dead letter."""
+
+    def __init__(self, rerank: RerankConfig, mining: MiningConfig, keep_candidates: bool):
         self._rerank, self._mining, self._keep = rerank, mining, keep_candidates
         self.metrics = RerankMetrics()
 
-    def _request(self, batch):
-        config, items = self._rerank, [item for _, item in batch]
-        return lambda client: _score_all(client, items, config)
-
-    def _outputs(self, batch, results):
-        items = [item for _, item in batch]
-        results = [journal.as_records(r) for r in results]
-        self._settle([(key, records, failure_reason(records)) for (key, _), records in zip(batch, results)])
-        for (query, passage, cands), records in zip(items, results):
-            yield from self.metrics.emit(query, passage, cands, records, self._mining, self._keep)
-
-
-def _replay_rerank(done, mining, keep):
-    (query, passage, _), payload = done
-    yield from _emit_example(query, passage, journal.decode(payload), mining, keep)
-
-
-async def _score_all(client, batch, config):
-    return await asyncio.gather(*(score_query(client, q, cands, config) for q, _, cands in batch))
+    def process(self, element):
+        _, grouped = element
+        for query, passage, candidates in grouped["item"]:
+            records = assemble(query, candidates, dict(grouped["scores"]), self._rerank)
+            records = [records] if isinstance(records, DeadLetter) else records
+            yield from self.metrics.emit(query, passage, candidates, records, self._mining, self._keep)
 
 
 class RerankAndMine(beam.PTransform):
-    """(query, seed, candidates) -> {"examples": (TrainingExample, seed's unit id), "outcome", "reused"}
-    via QL + RC + RRF and mining. The examples carry no provenance until pipeline.examples.stamp."""
+    """(query, seed, candidates) -> {"examples": (TrainingExample, seed's unit id), "outcome",
+    "reused": journaled pairs, "tokens"}, scoring the pairs in --score_order. The examples carry
+    no provenance until pipeline.examples.stamp."""
 
     def __init__(self, settings: StageSettings, rerank: RerankConfig, mining: MiningConfig,
                  keep_candidates: bool = True):
@@ -90,12 +154,31 @@ class RerankAndMine(beam.PTransform):
     def expand(self, candidates):
         prompt_hashes = (load_prompt("query_likelihood", self.rerank.ql_prompt_version).hash,
                          load_prompt("relevance_classification", self.rerank.rc_prompt_version).hash)
-        key_fn = functools.partial(_rerank_key, self.settings.client.model, prompt_hashes, self.rerank)
-        dofn = _RerankFn(self.settings, self.rerank, self.mining, self.keep_candidates)
-        return journaled_llm_stage(candidates, self.settings, "rerank", key_fn, "Score", dofn, "examples",
-                                   _replay_rerank, self.mining, self.keep_candidates)
+        pair_items = candidates | "Pairs" >> beam.FlatMap(_pairs, self.settings.client.model, prompt_hashes,
+                                                          self.rerank)
+        split = pair_items | "Journal" >> LookupJournal(self.settings.journal_folder, "score", _pair_key)
+        order = self.rerank.score_order
+        groups = (split.todo
+                  | "KeyByGroup" >> beam.Map(_group_key(order))
+                  | ("ByPassage" if order == "passage" else "PairsByQuery") >> beam.GroupByKey()
+                  | "Group" >> beam.Map(_group))
+        total = groups | "CountTodo" >> beam.combiners.Count.Globally()
+        fresh = (groups
+                 | "Batch" >> fixed_batches(self.settings.batch_size)
+                 | "Score" >> beam.ParDo(_ScorePairsFn(self.settings, self.rerank),
+                                         total=beam.pvalue.AsSingleton(total))
+                 .with_outputs(OUTCOME, TOKENS, main="scores"))
+        replayed = split.done | "Replay" >> beam.FlatMap(_replay_pair)
+        scores = (fresh.scores, replayed) | "AllScores" >> beam.Flatten()
+        queries = candidates | "KeyByQuery" >> beam.Map(lambda item: (item[0].query_id, item))
+        examples = ({"item": queries, "scores": scores}
+                    | "ByQuery" >> beam.CoGroupByKey()
+                    | "Assemble" >> beam.ParDo(_AssembleFn(self.rerank, self.mining, self.keep_candidates))
+                    .with_outputs(OUTCOME, main="examples"))
+        return {"examples": examples.examples,
+                OUTCOME: (fresh[OUTCOME], examples[OUTCOME]) | "MergeOutcomes" >> beam.Flatten(),
+                "reused": split.done, TOKENS: fresh[TOKENS]}
 
 
-def _rerank_key(model, prompt_hashes, config, item):
-    query, _, cands = item
-    return journal.rerank_key(model, prompt_hashes, config, query, cands)
+def _pair_key(item: PairItem) -> str:
+    return item.key

@@ -153,7 +153,7 @@ def main() -> None:
                 run_job(corpus, seeded(tmp / "seed", tmp / name, ("generate", "embed")), server.base_url,
                         args.num_neighbors, [*flags, "--resume"])
             # today's run journaled every query: a resume redoes nothing, which is the fixed cost
-            run_job(corpus, seeded(tmp / "today", tmp / "fixed", ("generate", "embed", "rerank")), server.base_url,
+            run_job(corpus, seeded(tmp / "today", tmp / "fixed", ("generate", "embed", "score")), server.base_url,
                     args.num_neighbors, [*PATHS["today"], "--resume"])
     summarize(tmp, args)
 

@@ -93,7 +93,7 @@ def mine_base_negatives(rows: list[dict], window: tuple[int, int], k: int = 1) -
 
     docs = {r["positive"]["id"]: r["positive"] for r in rows}
     doc_ids = sorted(docs)
-    embedder = Embedder("all-MiniLM-L6-v2", max_seq_length=128)
+    embedder = Embedder("all-MiniLM-L6-v2")  # its own length, as the job's embedder
     doc_vectors = embedder.encode([passage_text(docs[d]["title"], docs[d]["text"]) for d in doc_ids])
     hits = exact_search(embedder.encode([r["query"] for r in rows]), doc_vectors, doc_ids, window[1] + 1)
     mined = []
@@ -148,7 +148,7 @@ def peer(data: Path, folder: Path, task: str, out: Path, seed: int, args, lr: fl
 
     triples = [row_to_triple(row, text_format=PLAIN) for row in pq.read_table(data).to_pylist()]
     model = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")
-    model.max_seq_length = 128
+    # the peer at its defaults: the model's own max_seq_length (256 for all-MiniLM-L6-v2)
     columns = {"anchor": [t.query for t in triples], "positive": [t.positive for t in triples]}
     if all(t.negatives for t in triples):
         columns["negative"] = [t.negatives[0] for t in triples]
@@ -233,9 +233,9 @@ def main(argv=None) -> int:
         if not args.no_base:
             entry["base"] = {fmt: scores("all-MiniLM-L6-v2", folder, task, resolve(fmt, None, task))
                              for fmt in ("plain", "gecko")}
-        # with --before, seed-major: each seed's settings run one after another, under the same load
-        order = ([(s, [seed]) for seed in args.seeds for s in settings] if args.before
-                 else [(s, args.seeds) for s in settings])
+        # seed-major: each seed's settings run one after another, under the same load, and a sweep
+        # that stops early keeps whole seeds of every setting
+        order = [(s, [seed]) for seed in args.seeds for s in settings]
         for (name, given), seeds in order:
             overrides = dict(given)
             negatives = overrides.pop("negatives", "none")

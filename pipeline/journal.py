@@ -19,11 +19,12 @@ from pipeline.reliability import is_transient
 from schemas import (CandidateScore, CrossEncoderScores, DeadLetter, JournalEntry, PairScore, QualityRating,
                      QueryRecord, Record)
 
-STAGES = ("generate", "rerank", "score", "rate", "ce")
+STAGES = ("generate", "score", "rate", "ce")
 _TYPES: dict[str, type[Record]] = {t.__name__: t for t in (QueryRecord, DeadLetter, CandidateScore, QualityRating,
                                                           PairScore, CrossEncoderScores)}
 # How the scores are obtained, not what they are: a run resumed with another order or QL path
-# reuses the scores (the QL paths give the same values: tests/test_token_ql.py).
+# reuses the scores. Both orders journal the same pairs (beam_jobs.rerank; tests/test_fret_job_stub.py),
+# and the QL paths give the same values (tests/test_token_ql.py).
 _HOW_NOT_WHAT = ("score_order", "ql_path")
 
 
@@ -43,19 +44,11 @@ def generation_key(model: str, prompt_hash: str, config, passage) -> str:
                           length=32)
 
 
-def rerank_key(model: str, prompt_hashes: Sequence[str], config, query, candidates) -> str:
-    """The scores of one query's candidates; mining runs after, so changing it reuses the scores.
-    Retrieval scores are left out: batch composition moves them in the last float bits, and
-    the LLM never sees them."""
-    # a cross-encoder's score joins the key only when there is one: older journals keep their keys
-    cands = [(c.passage_id, c.title, c.text, c.is_seed) + ((c.ce,) if c.ce is not None else ()) for c in candidates]
-    return ids.content_id("jr-", model, *prompt_hashes, _config_key(config), query.query_id, query.task, query.query,
-                          json.dumps(cands), length=32)
-
-
 def pair_key(model: str, prompt_hashes: Sequence[str], config, query, passage) -> str:
-    """The scores of one (query, passage) pair: the query's task and text and the passage as the
-    LLM sees them (its id too: the pair's score is stored under it)."""
+    """The scores of one (query, passage) pair, the rerank stage's unit in either order: the query's
+    task and text and the passage as the LLM sees them (its id too: the pair's score is stored
+    under it). Retrieval scores are left out: batch composition moves them in the last float bits,
+    and the LLM never sees them; mining runs after, so changing it reuses the scores."""
     return ids.content_id("js-", model, *prompt_hashes, _config_key(config), query.task, query.query,
                           passage.passage_id, passage.title, passage.text, length=32)
 

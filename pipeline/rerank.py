@@ -239,9 +239,15 @@ def assemble(query: QueryRecord, candidates: Sequence[Candidate], scores: dict[s
                 config.scores)
 
 
+async def score_query_pairs(client: LLMClient, query: QueryRecord, candidates: Sequence[Candidate],
+                            config: RerankConfig) -> list[Union[PairScore, DeadLetter]]:
+    """One query's (query, candidate) pairs, scored together (query-major order)."""
+    prompts = Prompts.of(config)
+    return list(await asyncio.gather(*(score_pair(client, query, c, config, prompts) for c in candidates)))
+
+
 async def score_query(client: LLMClient, query: QueryRecord, candidates: Sequence[Candidate],
                       config: RerankConfig) -> Union[list[CandidateScore], DeadLetter]:
-    """QL and RC for every candidate of one query (query-major order)."""
-    prompts = Prompts.of(config)
-    results = await asyncio.gather(*(score_pair(client, query, c, config, prompts) for c in candidates))
+    """QL and RC for every candidate of one query, ranked and fused (the teacher bench's unit)."""
+    results = await score_query_pairs(client, query, candidates, config)
     return assemble(query, candidates, {c.passage_id: r for c, r in zip(candidates, results)}, config)

@@ -140,7 +140,7 @@ def test_ctrl_c_keeps_the_journal_leaves_no_shard_and_says_how_to_resume(tmp_pat
                                     "--score_order", "query"],  # the gate holds queries: query order
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
-                while not (proxy.held.is_set() and list(out.glob("_journal/rerank/*.parquet"))):
+                while not (proxy.held.is_set() and list(out.glob("_journal/score/*.parquet"))):
                     assert job.poll() is None, job.communicate()[1].decode()[-3000:]
                     proxy.held.wait(0.2)
                 job.send_signal(signal.SIGINT)
@@ -153,11 +153,11 @@ def test_ctrl_c_keeps_the_journal_leaves_no_shard_and_says_how_to_resume(tmp_pat
         assert "re-run the same command with --resume" in stderr and str(out / "_journal") in stderr
         assert not (out / "manifest.json").exists() and not list(out.glob("examples/*.parquet"))
         assert not list(out.glob("beam-temp-*")) and list(out.glob("_journal/generate/*.parquet"))
-        journaled = ds.dataset(sorted(out.glob("_journal/rerank/*.parquet"))).count_rows()
+        journaled = ds.dataset(sorted(out.glob("_journal/score/*.parquet"))).count_rows()
         claimed = [int(n) for n in re.findall(r"rerank[^:]*: (\d+)", stdout)]
         assert max(claimed, default=0) <= journaled, (claimed, journaled)
         resumed = run_job(inp, out, stub.base_url, "--num_neighbors", "3", "--score_order", "query", "--resume")
-    assert resumed["manifest"]["counts"]["journal_hits_rerank"] == journaled
+    assert resumed["manifest"]["counts"]["journal_hits_score"] == journaled
     assert resumed["manifest"]["inputs"] == 10 == resumed["manifest"]["written"]
 
 

@@ -279,13 +279,13 @@ def test_local_problems_are_reported_before_the_server_is_asked(tmp_path):
     from beam_jobs.preflight import prepare_output
 
     inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:2])
-    (tmp_path / "out" / "_journal" / "rerank").mkdir(parents=True)
-    (tmp_path / "out" / "_journal" / "rerank" / "x.parquet").write_bytes(b"journal")
+    (tmp_path / "out" / "_journal" / "score").mkdir(parents=True)
+    (tmp_path / "out" / "_journal" / "score" / "x.parquet").write_bytes(b"journal")
     with pytest.raises(ValueError, match="no .fret-owner.json: fret did not create it"):
         run_job(inp, tmp_path / "out", dead, "--resume")
-    (tmp_path / "out" / "_journal" / "rerank" / "x.parquet").unlink()
+    (tmp_path / "out" / "_journal" / "score" / "x.parquet").unlink()
     prepare_output(str(tmp_path / "out"), overwrite=False)  # the marker a run writes when it starts
-    (tmp_path / "out" / "_journal" / "rerank" / "x.parquet").write_bytes(b"journal")
+    (tmp_path / "out" / "_journal" / "score" / "x.parquet").write_bytes(b"journal")
     with pytest.raises(ValueError, match="not empty.*--resume"):
         run_job(inp, tmp_path / "out", dead)
     with pytest.raises(ValueError, match="matches no file"):

@@ -163,9 +163,9 @@ def job_process(inp, out, url, *extra):
 # those are journaled, whatever the machine's speed. Fewer held queries than the stage keeps in
 # flight (LLMBatchDoFn.BATCHES_IN_FLIGHT): with more, the stage can wait on held batches before
 # it sends the others, in whatever order the runner hands it the queries.
-# Query order: the gate holds a query's requests, and the journal's unit is then the query (in
-# passage order it is the pair, and a held query would hold every passage it retrieved; the
-# pair journal's resume is tested with the stub in test_reliability.py and test_waves.py).
+# Query order: the gate holds a query's requests, and each journal file then holds one query's
+# pairs (in passage order a held query would hold every passage it retrieved; that order's
+# resume is tested with the stub in test_reliability.py and test_waves.py).
 CRASH_FLAGS = ["--llm_batch_size", "4", "--score_order", "query"]
 HELD = 2
 
@@ -211,7 +211,7 @@ def test_kill_9_mid_run_then_resume_gives_the_same_examples(tmp_path, resume_inp
     out_dir = tmp_path / "out"
     with QueryGateProxy(vllm_server.base_url, hold=held_queries(uninterrupted)) as proxy:
         job = job_process(resume_input, out_dir, proxy.base_url, *CRASH_FLAGS)
-        wait_for_files(out_dir, "_journal/rerank/*.parquet", scored_before_crash(uninterrupted), job)
+        wait_for_files(out_dir, "_journal/score/*.parquet", scored_before_crash(uninterrupted), job)
         assert proxy.held.is_set()
         os.killpg(job.pid, signal.SIGKILL)
         job.wait(30)
@@ -221,10 +221,11 @@ def test_kill_9_mid_run_then_resume_gives_the_same_examples(tmp_path, resume_inp
     # Reranking needs every passage's vector, so the killed run journaled all 24.
     vectors = [pq.read_table(f) for f in out_dir.glob("_journal/embed/*.parquet")]
     assert len({k for t in vectors for k in t.column("key").to_pylist()}) == 24
+    journaled = pq.ParquetDataset(sorted(map(str, out_dir.glob("_journal/score/*.parquet")))).read().num_rows
     out = run_job(resume_input, out_dir, vllm_server.base_url, *RESUME_FLAGS, "--score_order", "query", "--resume")
     counts = out["manifest"]["counts"]
     assert counts["journal_hits_generate"] == 24
-    assert counts["journal_hits_rerank"] == scored_before_crash(uninterrupted)
+    assert counts["journal_hits_score"] == journaled  # every pair the killed run finished, none twice
     # No passage embedded twice: the resumed run read all 24 vectors back and embedded none.
     assert counts["journal_hits_embed"] == 24 and counts["passages_embedded"] == 0
     assert uninterrupted["manifest"]["counts"]["passages_embedded"] == 24
@@ -250,7 +251,7 @@ def test_vllm_killed_and_restarted_mid_run_then_resume(tmp_path, resume_input, t
             # (generation does not fail on this input), and the default window needs 20.
             job = job_process(resume_input, out_dir, proxy.base_url, *CRASH_FLAGS, "--failure_window", "2",
                               "--llm_retries", "2")
-            wait_for_files(out_dir, "_journal/rerank/*.parquet", scored_before_crash(uninterrupted), job)
+            wait_for_files(out_dir, "_journal/score/*.parquet", scored_before_crash(uninterrupted), job)
             server.kill()
             proxy.release()  # the held queries now meet a dead server
             log = job.communicate(timeout=LAST_RESORT_S)[0].decode()

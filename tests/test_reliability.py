@@ -135,17 +135,19 @@ def test_resume_of_a_finished_run_sends_nothing_and_writes_no_duplicates(tmp_pat
     with StubLLM(generate_fn=distinct_queries) as stub:
         first = run_job(inp, tmp_path / "out", stub.base_url)
         sent = len(stub.requests)
-        # Mining runs after the journaled scores, so changing it still reuses every LLM result.
+        # Mining runs after the journaled scores, so changing it still reuses every LLM result;
+        # so does the other --score_order: both orders journal the same pairs.
         again = run_job(inp, tmp_path / "out", stub.base_url, "--resume", "--num_negatives", "2",
-                        "--negative_strategy", "random")
+                        "--negative_strategy", "random", "--score_order", "query")
         work = [r for r in stub.requests[sent:] if not is_probe(r)]
         assert work == [], "no query generated and no candidate scored twice"
     assert example_ids(first) == example_ids(reference)
     assert sorted(e["example_id"] for e in again["examples"]) == sorted(example_ids(first))  # once each
     assert all(len(e["hard_negatives"]) == 2 for e in again["examples"])
     counts = again["manifest"]["counts"]
-    pairs = sum(len(e["candidates"]) for e in first["examples"])  # passage order journals each pair
+    pairs = sum(len(e["candidates"]) for e in first["examples"])  # each pair, in either order
     assert counts["journal_hits_generate"] == len(PASSAGES) and counts["journal_hits_score"] == pairs
+    assert (again["manifest"]["scoring"]["score_order"], first["manifest"]["scoring"]["score_order"]) == ("query", "passage")
 
 
 def test_output_folder_rules(tmp_path, stub_llm):

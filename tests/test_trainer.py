@@ -296,11 +296,11 @@ def test_fret_train_reads_absolute_globs_and_job_output_folders(tmp_path, shards
     from beam_jobs.cli import main as fret
 
     job_output = tmp_path / "job"
-    (job_output / "_journal" / "rerank").mkdir(parents=True)
+    (job_output / "_journal" / "score").mkdir(parents=True)
     import shutil
 
     shutil.copytree(shards_with_negatives, job_output / "examples")
-    (job_output / "_journal" / "rerank" / "entry.parquet").write_bytes(b"not an example shard")
+    (job_output / "_journal" / "score" / "entry.parquet").write_bytes(b"not an example shard")
     common = ["--base-model", str(tiny_encoder), "--batch-size", "8", "--max-steps", "1", "--mrl-dims", "",
               "--progress", "false"]
     assert fret(["train", "--data", str(job_output), "--output", str(tmp_path / "a"), *common]) == 0
