@@ -300,7 +300,7 @@ def _export(argv: list[str]) -> int:
                         help="the LLM teacher's score written for distillation: sentence-transformers' `label` "
                              "column [positive, negative_1..k] (MarginMSELoss, DistillKLDivLoss) and FlagEmbedding's "
                              "pos_scores/neg_scores. fused: the RRF score that ranked the candidates; ql: "
-                             "log P(query | passage); rc: expected relevance in [0, 1]; none: no label column")
+                             "log P(query | passage); rc: expected relevance, sum of P(label) x value, in [0, 2] for labels 0/1/2; none: no label column")
     args = parser.parse_args(argv)
     if args.format == "flagembedding" and args.teacher_score == "none":
         parser.error("FlagEmbedding rows always carry pos_scores / neg_scores: pick a --teacher-score of "

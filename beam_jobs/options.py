@@ -12,6 +12,7 @@ from pipeline.decontamination import DecontamConfig
 from pipeline.filtering import NearDupConfig, RaterConfig
 from pipeline.generation import GenerationConfig
 from pipeline.ingest import InputFields, SplitConfig
+from pipeline import prompts
 from pipeline.llm.types import ClientConfig
 from pipeline.llm.local_server import LocalServerSpec
 from pipeline.mining import MiningConfig
@@ -135,8 +136,11 @@ class FretOptions(PipelineOptions):
                   "started with --enable-scale-out, as fret serve does); echo uses /v1/completions, which never "
                   "reads the cache; auto: prefix_cache where every server has the endpoint. Same values")
         _add(rr, "rc_prompt_version", type=int, default=None,
-             help="relevance_classification prompt version (default: the newest, 2; 1 has no examples in its head)")
-        _add(rr, "ql_prompt_version", type=int, default=None, help="query_likelihood prompt version (default: newest)")
+             help=f"relevance_classification prompt version (default: the newest, "
+                  f"{max(prompts.available()['relevance_classification'])}); v3 puts the passage first (for passage-major "
+                  "scoring), v2 the task and query (for --score-order query), v1 has no examples in its head")
+        _add(rr, "ql_prompt_version", type=int, default=None,
+             help=f"query_likelihood prompt version (default: the newest, {max(prompts.available()['query_likelihood'])})")
         _add(rr, "negative_strategy", default="lowest", choices=["lowest", "random", "rank_window", "margin"],
              help="hard negatives: lowest = p_N, the lowest fused rank (Gecko); random neighbour; a window of fused "
                   "ranks; margin = NV-Retriever's positive-aware TopK-PercPos")

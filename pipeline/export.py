@@ -20,7 +20,7 @@ from schemas.exports import LABEL_COLUMN, BeirDoc, BeirQuery, FlagEmbeddingRow, 
 
 FORMATS = ("sentence-transformers", "flagembedding", "beir")
 # The teacher's score of a (query, passage) pair, as the job kept it: the fused RRF score that
-# ranked the candidates, QL's log P(query | passage), RC's expected relevance in [0, 1], or a
+# ranked the candidates, QL's log P(query | passage), RC's expected relevance (in [0, 2]: labels 0, 1, 2), or a
 # served cross-encoder's score (a run with --scores ce).
 TEACHER_SCORES = ("fused", "ql", "rc", "ce")
 

@@ -136,7 +136,9 @@ def ql_request(prompt: PromptTemplate, query: QueryRecord, c: Candidate, max_cha
 
 
 def rc_prompt(prompt: PromptTemplate, query: QueryRecord, c: Candidate, max_chars: int) -> str:
-    """Instruction, task and query first: the N candidates of one query share a cached prefix."""
+    """The RC prompt of one pair. Its layout is the prompt file's: v3 (the default) puts the head
+    and the passage first, so the queries that retrieved one passage share a cached prefix
+    (passage-major scoring); v2 put the task and query first, for query-major scoring."""
     return prompt.render(task=query.task, query=query.query, title=c.title or "(none)",
                          passage=c.text[:max_chars])
 

@@ -107,3 +107,36 @@ def test_every_fret_command_in_the_readme_uses_flags_that_exist():
 def test_the_demo_section_says_its_llm_is_random():
     demo = TEXT.split("## Running the job")[0]
     assert "make demo" in demo and "random-weight" in demo and "noise" in demo
+
+
+def test_the_ql_counters_the_readme_explains_are_the_ones_the_code_counts():
+    """README once named `ql_resend_*`; the code counts ql_retry_*, ql_uncached_* and ql_echo_straddle."""
+    source = (Path(__file__).resolve().parents[1] / "pipeline" / "llm" / "token_ql.py").read_text()
+    reasons = set(re.findall(r'reason = \("(\w+)"|else "(\w+)" if|"(\w+)", retries', source))
+    counted = {"ql_echo_straddle", "ql_retry_json_out_of_range"} | {f"ql_uncached_{r}" for group in reasons
+                                                                   for r in group if r}
+    assert {"ql_uncached_guard", "ql_uncached_no_cache_count", "ql_uncached_non_finite"} <= counted
+    documented = set(re.findall(r"`(ql_(?:retry|uncached|echo|resend)_\w+)`", TEXT))
+    assert counted <= documented and documented <= counted | {"ql_uncached_json_out_of_range"}, documented ^ counted
+
+
+def test_the_journal_folders_and_rc_range_the_readme_gives_are_the_real_ones():
+    from beam_jobs.cli import main as fret
+    from pipeline.journal import STAGES
+
+    listed = re.search(r"_journal/\{([\w,.]+)\}", TEXT).group(1).split(",")
+    assert {s for s in listed if s != "..."} <= {"embed", *STAGES} and {"embed", "generate", "score"} <= set(listed)
+    top = max(v["value"] for v in load_prompt("relevance_classification").labels.values())
+    assert "expected relevance in [0, 1]" not in TEXT and f"in [0, {top:g}]" in TEXT
+    import contextlib
+    import io
+
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown), contextlib.suppress(SystemExit):
+        fret(["export", "--help"])
+    assert f"in [0, {top:g}]" in " ".join(shown.getvalue().split())
+
+
+def test_the_rc_prompt_help_names_the_real_default():
+    newest = max(available()["relevance_classification"])
+    assert f"(default: the newest, {newest})" in " ".join(fret_run_parser().format_help().split())
