@@ -11,26 +11,69 @@ from beam_jobs.arguments import FretArgumentParser
 
 def _run(argv: list[str]) -> int:
     from beam_jobs import fret_job
-    from beam_jobs.config import ConfigError, expand_config
-    from beam_jobs.options import FretOptions
+    from beam_jobs.config import expand_config
+    from beam_jobs.options import FretOptions, check_known_flags
 
     # Parse our flags here for --help and early errors; the rest (--runner, --project, ...) go to Beam.
     parser = argparse.ArgumentParser(
-        prog="fret run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="fret run", formatter_class=RunHelpFormatter,
         description="Run the FRet job: seed passages -> relabelled training examples as Parquet shards. "
-                    "Any standard Beam flag (--runner, --project, --region, --temp_location, ...) is passed on.")
+                    "Every flag takes dashes or underscores (--llm-url or --llm_url). Beam's own options "
+                    "are passed on (listed at the end).",
+        epilog=beam_flags_epilog())
     FretOptions._add_argparse_args(parser)
     parser.add_argument("--config", help="YAML file with any of these flags (and a `beam:` mapping of Beam options); "
                                          "flags on the command line win")
     parser.add_argument("--version", action="version", version=_version())
-    try:
-        argv = expand_config(argv)
-    except ConfigError as exc:
-        parser.error(str(exc))
+    argv = expand_config(argv)  # a ConfigError is a ValueError: main() prints it, exit 2
     known, _ = parser.parse_known_args(argv)
+    check_known_flags(argv)  # a typo is named (with the closest flag) before what is missing
     if not known.input or not known.output:
         parser.error("--input and --output are required (as flags or in --config)")
     return fret_job.main(argv)
+
+
+class RunHelpFormatter(argparse.HelpFormatter):
+    """`fret run --help`: dash forms in the usage line (as README writes them), "required" for the
+    required flags, and a default only where a help text does not give its own."""
+
+    REQUIRED = ("input", "output")
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.dest in self.REQUIRED:
+            return f"{text} (required)"
+        if "(default" in text or action.default in (None, "", argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _format_usage(self, usage, actions, groups, prefix):
+        return super()._format_usage(usage, [_dashed(a) for a in actions], groups, prefix)
+
+
+def _dashed(action: argparse.Action) -> argparse.Action:
+    """The action as the usage line shows it: its dash form first."""
+    import copy
+
+    dashes = [o for o in action.option_strings if "_" not in o]
+    if not dashes or dashes == action.option_strings[:1]:
+        return action
+    shown = copy.copy(action)
+    shown.option_strings = dashes + [o for o in action.option_strings if o not in dashes]
+    return shown
+
+
+def beam_flags_epilog() -> str:
+    """Beam's own options, read from Beam's option classes (not a hand list that could drift)."""
+    from apache_beam.options import pipeline_options as po
+
+    names = []
+    for cls in (po.StandardOptions, po.DirectOptions, po.GoogleCloudOptions, po.WorkerOptions, po.SetupOptions):
+        parser = argparse.ArgumentParser(add_help=False)
+        cls._add_argparse_args(parser)  # noqa: SLF001 - how Beam itself collects its options
+        names += [a.option_strings[0] for a in parser._actions if a.option_strings]
+    return ("Beam's options, passed on as given (underscores): " + ", ".join(dict.fromkeys(names)) +
+            ". See https://beam.apache.org/documentation/runners/ for each runner's.")
 
 
 def _serve(argv: list[str]) -> int:

@@ -62,8 +62,20 @@ def load_config(path: str) -> BaseModel:
     try:
         return config_model().model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e) for e in exc.errors())
         raise ConfigError(f"config file {path} is invalid: {problems}") from None
+
+
+def _problem(error: dict) -> str:
+    """One validation error; an unknown key gets the closest flag name (a typo, most often)."""
+    import difflib
+
+    where = ".".join(map(str, error["loc"]))
+    if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+        close = difflib.get_close_matches(where, list(config_model().model_fields), n=1, cutoff=0.6)
+        return f"{where}: not a fret flag" + (f"; did you mean {close[0]}?" if close else
+                                               " (Beam's own options go under `beam:`)")
+    return f"{where}: {error['msg']}"
 
 
 def config_to_argv(config: BaseModel) -> list[str]:

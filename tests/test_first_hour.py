@@ -40,6 +40,36 @@ def test_a_misspelled_flag_is_refused_before_any_work_with_the_closest_flag(tmp_
     assert not (tmp_path / "out2").exists()
 
 
+def test_a_typo_is_named_even_when_a_required_flag_or_a_config_file_holds_it(tmp_path, capsys):
+    """`--outptu` alone printed a usage and "--input and --output are required", with no "did you
+    mean"; a config file's typo got none either."""
+    code, _, err = fret_run(capsys, "--input", "in.jsonl", "--outptu", str(tmp_path / "out"))
+    assert code == 2 and "Did you mean --output?" in err and "--outptu" in err
+    config = tmp_path / "job.yaml"
+    config.write_text("input: in.jsonl\noutput: out\nnum_neighbours: 5\nrunner: DirectRunner\n")
+    code, _, err = fret_run(capsys, "--config", str(config))
+    assert code == 2 and "num_neighbours: not a fret flag; did you mean num_neighbors?" in err
+    assert "runner: not a fret flag (Beam's own options go under `beam:`)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_help_says_required_gives_one_default_uses_dashes_and_lists_beams_flags(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = capsys.readouterr().out
+    flat = " ".join(text.split())
+    assert "(default: )" not in flat and "(default: None)" not in flat
+    for flag in ("--input INPUT", "--output OUTPUT"):
+        entry = text.split(f"\n  {flag}", 1)[1].split("\n  --", 1)[0]
+        assert "(required)" in entry and "(default" not in entry, entry
+    entries = text.split("\n  --")
+    assert not [e for e in entries if e.count("(default") > 1]
+    usage = text.split("\n\n", 1)[0]
+    assert "--llm-url" in usage and "--llm_url" not in usage
+    for beam_flag in ("--runner", "--direct_num_workers", "--direct_running_mode", "--project", "--temp_location"):
+        assert beam_flag in flat
+
+
 def test_beams_own_options_still_pass(tmp_path, capsys, stub_llm):
     inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:2])
     code, out, _ = fret_run(capsys, "--input", str(inp), "--output", str(tmp_path / "out"), "--llm_url",
