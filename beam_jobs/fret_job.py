@@ -27,9 +27,9 @@ from beam_jobs.given import JoinGivenToCorpus, ReadGivenQueries
 from beam_jobs.index_files import index_dir
 from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
-from beam_jobs.preflight import (OUTPUT_PARTS, SCRATCH, check_given_queries, check_inputs, check_reranker,
-                                 check_scoring_support, check_served_embedder, discover_model, prepare_output,
-                                 remove_run_parts, resolve_ql_path)
+from beam_jobs.preflight import (OUTPUT_PARTS, SCRATCH, check_given_queries, check_inputs, check_model_served,
+                                 check_reranker, check_scoring_support, check_served_embedder, discover_model,
+                                 prepare_output, remove_run_parts, resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
 from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
@@ -149,8 +149,10 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     elif not llm_needed:
         model = opts.llm_model or "none"
     else:
-        base = opts.llm_url.split(",")[0].strip()
-        model = opts.llm_model or discover_model(base, opt.api_key(opts))
+        urls = [u.strip() for u in opts.llm_url.split(",") if u.strip()]
+        model = opts.llm_model or discover_model(urls[0], opt.api_key(opts))
+        if opts.llm_model and not dry_run:
+            check_model_served(urls, opt.api_key(opts), opts.llm_model)
     if opts.embedder_url:
         if not opts.embedder_model:
             opts.embedder_model = ("served-embedder" if dry_run else discover_model(

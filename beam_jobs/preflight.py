@@ -20,20 +20,54 @@ from pipeline.llm.types import ClientConfig
 from pipeline.ownership import Claim
 
 
+def served_models(base_url: str, api_key: str | None, timeout: float = 30.0, what: str = "LLM server") -> list[str]:
+    """The model names an OpenAI-compatible server lists at /v1/models. A clear error when it cannot
+    be reached, refuses the key, or answers but is not such a server (a web server on that port)."""
+    import urllib.error
+
+    url = base_url.rstrip("/") + "/v1/models"
+    request = urllib.request.Request(url)
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    not_openai = (f"the {what} at {base_url} answered, but not as an OpenAI-compatible server (fret needs one, such "
+                  "as vLLM; `fret serve MODEL` starts one)")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            body = resp.read(1 << 20)
+    except urllib.error.HTTPError as exc:  # it answered: not the same as unreachable
+        if exc.code in (401, 403):
+            raise ValueError(f"the {what} at {base_url} refused the API key (HTTP {exc.code} on GET /v1/models); "
+                             "check --llm_api_key_env / --llm_api_key_file") from None
+        raise ValueError(f"{not_openai}: GET /v1/models gave HTTP {exc.code} {exc.reason}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot reach the {what} at {base_url} ({exc}); {url_hint(base_url)}") from None
+    try:
+        models = json.loads(body)["data"]
+        return [str(m["id"]) for m in models]
+    except (ValueError, KeyError, TypeError):
+        start = body[:60].decode("utf-8", "replace").replace("\n", " ")
+        raise ValueError(f"{not_openai}: GET /v1/models gave no model list (it began {start!r})") from None
+
+
 def discover_model(base_url: str, api_key: str | None, timeout: float = 30.0, what: str = "LLM server",
                    flag: str = "--llm_model") -> str:
     """The first model the server lists; a clear error when it cannot be reached."""
-    request = urllib.request.Request(base_url.rstrip("/") + "/v1/models")
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            models = json.load(resp).get("data") or []
-    except OSError as exc:
-        raise ValueError(f"cannot reach the {what} at {base_url} ({exc}); {url_hint(base_url)}") from None
+    models = served_models(base_url, api_key, timeout, what)
     if not models:
         raise ValueError(f"the {what} at {base_url} lists no models; pass {flag}")
-    return models[0]["id"]
+    return models[0]
+
+
+def check_model_served(base_urls, api_key: str | None, model: str, what: str = "LLM server",
+                       flag: str = "--llm_model") -> None:
+    """Every server of the fleet serves `model`: a wrong name is said as such (with the names the
+    server does serve), not as a server that lacks features."""
+    for url in base_urls:
+        models = served_models(url, api_key, what=what)
+        if model not in models:
+            listed = ", ".join(models[:10]) or "none"
+            raise ValueError(f"the {what} at {url} serves no model {model!r}; it serves: {listed}. Pass {flag} "
+                             f"{models[0] if models else 'NAME'}, or leave {flag} out for the server's first model")
 
 
 def check_served_embedder(spec) -> int:

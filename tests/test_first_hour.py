@@ -259,3 +259,29 @@ def test_a_wrong_server_url_is_told_what_is_likely_wrong():
     with pytest.raises(ValueError) as plain:
         discover_model(url, None, timeout=5)
     assert "fret serve" in str(plain.value) and "--llm_model" not in str(plain.value)
+
+
+def test_a_wrong_model_name_and_a_server_that_is_not_openai_are_said_as_such(tmp_path, capsys, stub_llm):
+    """`--llm-model tiny-llm` against a server serving tiny-llm-v1 said the server "lacks what
+    scoring needs ... need vLLM"; a web server on the port said "cannot reach"."""
+    import functools
+    import http.server
+    import threading
+
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:2])
+    code, _, err = fret_run(capsys, "--input", str(inp), "--output", str(tmp_path / "out"), "--llm-url",
+                            stub_llm.base_url, "--llm-model", "tiny-llm")
+    assert code == 2 and "serves no model 'tiny-llm'; it serves: stub-llm" in " ".join(err.split())
+    assert "lacks what scoring needs" not in err and not (tmp_path / "out").exists()
+    # `python -m http.server` in a folder: it answers every GET, with files or a 404 page
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{web.server_address[1]}"
+        for flags in ((), ("--llm-model", "tiny-llm")):
+            code, _, err = fret_run(capsys, "--input", str(inp), "--output", str(tmp_path / "out"), "--llm-url",
+                                    url, *flags)
+            flat = " ".join(err.split())
+            assert code == 2 and "answered, but not as an OpenAI-compatible server" in flat, err
+            assert "HTTP 404" in flat and "cannot reach" not in flat
+        web.shutdown()
