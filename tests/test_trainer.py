@@ -418,3 +418,30 @@ def test_train_refuses_an_earlier_run_and_overwrite_replaces_only_what_it_wrote(
     train(tiny_config(out, train_shards, base=tiny_encoder, max_steps=3, log_every=1, overwrite=True))
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert (out / "train_log.jsonl").read_text() != first_log and [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+
+
+def test_the_console_says_what_no_batch_could_take_and_shows_the_logs_epoch(tmp_path, train_shards, tiny_encoder,
+                                                                          capsys):
+    """train_log.jsonl said examples_not_batched: 95 of 383 each epoch while the console said
+    nothing, and the console showed the trainer's epoch (0.5) where the log said 0.8355."""
+    import re
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(train_shards).to_pylist()[:40]
+    rows += [{**row, "query": row["query"] + " (again)"} for row in rows[:12]]  # 12 positives twice
+    data = tmp_path / "repeats.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    summary = train(TrainConfig(data=str(data), output=str(tmp_path / "out"), base_model=str(tiny_encoder),
+                                batch_size=8, epochs=2, log_every=1, mrl_dims=(32,), progress=True))
+    out, err = capsys.readouterr()
+    left_out = summary["examples_not_batched"][0]
+    assert summary["examples"] == 52 and left_out > 0
+    assert f"epoch 1: {left_out} of 52 examples were not trained on" in err
+    logged = [json.loads(line) for line in open(tmp_path / "out" / "train_log.jsonl")]
+    assert {"epoch": 0, "examples_not_batched": left_out} in logged
+    losses = [r for r in logged if "loss" in r]
+    shown = [float(e) for e in re.findall(r"'epoch': '?([0-9.]+)", out + err)]
+    assert len(shown) >= len(losses) > 2
+    assert shown[:len(losses)] == pytest.approx([r["epoch"] for r in losses], abs=1e-3)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Literal, Optional
@@ -215,6 +216,8 @@ def _callbacks(config: TrainConfig, log: TrainLog, pairs_per_step: int, examples
             self.start_step, self.t0 = state.global_step, time.perf_counter()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs is not None and "epoch" in logs:  # runs before the console's callbacks: they show this epoch
+                logs["epoch"] = round(state.global_step * pairs_per_step / max(1, examples), 4)
             if logs and "loss" in logs:
                 elapsed = time.perf_counter() - self.t0
                 pairs = (state.global_step - self.start_step) * pairs_per_step
@@ -227,6 +230,16 @@ def _callbacks(config: TrainConfig, log: TrainLog, pairs_per_step: int, examples
                 formats.record(Path(args.output_dir) / f"checkpoint-{state.global_step}", text_format)
 
     return [FretCallback()]
+
+
+def _epoch_ended(log: TrainLog, examples: int, not_batched: dict, first: bool, epoch: int, left_out: int) -> None:
+    """The data stream finished an epoch: log it, and say on the console what it left out."""
+    not_batched[epoch] = left_out
+    log.write({"epoch": epoch, "examples_not_batched": left_out})
+    if first and left_out:
+        print(f"[fret train] epoch {epoch + 1}: {left_out} of {examples} examples were not trained on: they could not "
+              "join a batch without repeating a positive already in it (in-batch negatives would then be false). "
+              "Fewer examples per positive, or a smaller --batch-size, leaves out fewer", file=sys.stderr, flush=True)
 
 
 def _evaluator(config: TrainConfig, log: TrainLog, text_format: formats.ResolvedFormat):
@@ -287,13 +300,15 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
     model.prompts, model.default_prompt_name = text_format.format.prompts(text_format.task), None
     first = int(os.environ.get("RANK", "0")) == 0
     log = TrainLog(output / "train_log.jsonl", first)
+    not_batched: dict[int, int] = {}  # per epoch: examples left out of every batch (a repeated positive)
     columns = ["anchor", "positive", *negative_columns(negatives)]
     features = Features({**{c: Value("string") for c in columns}, "label": Value("int64")})
     rows = IterableDataset.from_generator(
         training_rows, features=features,
         gen_kwargs=dict(path=config.data, batch_size=config.batch_size, negatives=negatives, seed=config.seed,
                         shuffle_buffer=config.shuffle_buffer, text_format=text_format.format, files=files,
-                        on_epoch_end=lambda epoch, n: log.write({"epoch": epoch, "examples_not_batched": n})))
+                        # a closure, not a partial: datasets may copy gen_kwargs, and the counts must land here
+                        on_epoch_end=lambda epoch, n: _epoch_ended(log, examples, not_batched, first, epoch, n)))
     evaluating = bool(config.eval_beir and config.eval_every)
     on_cpu = config.device == "cpu" or not torch.cuda.is_available()  # accelerate then runs DDP over gloo
     args = SentenceTransformerTrainingArguments(
@@ -322,6 +337,9 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=rows, loss=loss,
                       evaluator=_evaluator(config, log, text_format) if config.eval_beir else None,
                       callbacks=_callbacks(config, log, config.batch_size * config.grad_accum, examples, text_format))
+    # fret's callback first: the console then shows its epoch (examples seen / examples), not the
+    # trainer's, which counts steps of an endless stream
+    trainer.callback_handler.callbacks.sort(key=lambda c: type(c).__name__ != "FretCallback")
     if not config.progress:
         from transformers.trainer_callback import PrinterCallback
 
@@ -334,7 +352,8 @@ def train(config: TrainConfig, files: Optional[Files] = None) -> dict:
     summary = {"steps": step, "pairs": pairs, "seconds": elapsed, "pairs_per_s": pairs / max(elapsed, 1e-9),
                "model": str(output / "model"), "max_seq_length": int(model.max_seq_length),
                "max_seq_length_source": "--max-seq-length" if config.max_seq_length else "the base model's own", "text_format": text_format.format.to_json(text_format.task),
-               "processes": get_world_size(), "train_loss": result.training_loss, "eval": None}
+               "processes": get_world_size(), "train_loss": result.training_loss, "eval": None,
+               "examples": examples, "examples_not_batched": [not_batched[e] for e in sorted(not_batched)]}
     if trainer.is_world_process_zero():
         trainer.save_model(str(output / "model"))
         formats.record(output / "model", text_format)
