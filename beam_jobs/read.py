@@ -57,9 +57,10 @@ class _ParseAndSplit(beam.DoFn):
         self.split_records = Metrics.counter(NS, "records_split")
 
     def setup(self):
-        from transformers import AutoTokenizer
+        from pipeline.embedding import import_model_libraries, resolve_model_path
 
-        from pipeline.embedding import resolve_model_path
+        import_model_libraries()  # Beam's multi_threading mode runs setups in parallel threads
+        from transformers import AutoTokenizer
 
         path = resolve_model_path(self._embedder)
         trust = self._trust_remote_code

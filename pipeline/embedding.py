@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -15,6 +16,18 @@ if TYPE_CHECKING:
     from pipeline.ingest import SplitConfig
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_model_libraries() -> None:
+    """Import transformers and sentence-transformers whole, under one lock per process. Their
+    first import is not thread-safe (transformers resolves names such as AutoTokenizer lazily):
+    with Beam's --direct_running_mode multi_threading, two DoFn setups importing at once failed
+    with "cannot import name 'AutoTokenizer' from 'transformers'" (../shared/probes/
+    beam_multithreading_import.py). Call it before any use of either library off the main thread."""
+    with _IMPORT_LOCK:
+        import sentence_transformers  # noqa: F401
+        from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401 - resolves the lazy names
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -75,6 +88,7 @@ class Embedder:
 
     def __init__(self, name_or_path: str = DEFAULT_EMBEDDER, *, batch_size: int = 64, device: Optional[str] = None,
                  max_seq_length: Optional[int] = None, trust_remote_code: bool = False):
+        import_model_libraries()
         from sentence_transformers import SentenceTransformer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -285,3 +285,44 @@ def test_a_wrong_model_name_and_a_server_that_is_not_openai_are_said_as_such(tmp
             assert code == 2 and "answered, but not as an OpenAI-compatible server" in flat, err
             assert "HTTP 404" in flat and "cannot reach" not in flat
         web.shutdown()
+
+
+def test_readmes_beam_flags_command_runs_with_two_worker_threads(tmp_path, stub_llm):
+    """README's `python -m beam_jobs.fret_job ... --direct_running_mode multi_threading` failed 2
+    times in 3 (two DoFn setups importing transformers at once); the imports now take one lock
+    (pipeline.embedding.import_model_libraries). bench/README.md gives the 3-run checks."""
+    import subprocess
+    import sys
+
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:8])
+    done = subprocess.run([sys.executable, "-m", "beam_jobs.fret_job", "--input", str(inp), "--output",
+                           str(tmp_path / "out"), "--llm_url", stub_llm.base_url, "--runner", "DirectRunner",
+                           "--direct_num_workers", "2", "--direct_running_mode", "multi_threading",
+                           "--progress", "false"], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_model_libraries_import_whole_from_threads_started_at_once(tmp_path):
+    """The race itself, in a fresh interpreter: eight threads released together each import the
+    libraries and take AutoTokenizer from transformers."""
+    import subprocess
+    import sys
+
+    code = ("import threading\n"
+            "from pipeline.embedding import import_model_libraries\n"
+            "gate, errors = threading.Barrier(8), []\n"
+            "def work():\n"
+            "    gate.wait()\n"
+            "    try:\n"
+            "        import_model_libraries()\n"
+            "        from transformers import AutoTokenizer\n"
+            "        from sentence_transformers import SentenceTransformer\n"
+            "    except Exception as exc:\n"
+            "        errors.append(repr(exc))\n"
+            "threads = [threading.Thread(target=work) for _ in range(8)]\n"
+            "[t.start() for t in threads]; [t.join() for t in threads]\n"
+            "print(errors); raise SystemExit(1 if errors else 0)\n")
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]

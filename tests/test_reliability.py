@@ -297,6 +297,27 @@ def test_progress_lines_show_done_of_total_and_an_eta():
     assert progress_line("rate (examples)", 0, 10, 0.0).endswith("ETA unknown")
 
 
+def test_the_eta_counts_from_the_first_finished_batch_not_from_the_pipeline_filling(monkeypatch, capsys):
+    """The rerank stage's first ETA said 36 to 41 minutes for a stage of 4: the minute before the
+    first batch came back (batches in flight, a cold cache) was counted as the pace."""
+    from pipeline import progress
+    from pipeline.progress import Progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    Progress.reset()
+    Progress.begin("rerank (passages)", True)
+    clock[0] += 60  # the first batch of 10 back after a minute, then one every second
+    Progress.add("rerank (passages)", 10, True, total=250)
+    for _ in range(5):
+        clock[0] += 1
+        Progress.add("rerank (passages)", 10, True, total=250)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[fret] rerank")]
+    assert lines[0].endswith("ETA after the next batch")  # one batch says nothing of the pace
+    assert lines[-1] == "[fret] rerank (passages): 60/250 (24%), 10.0/s, ETA 0m19s"  # not 60/65 s: 3m26s
+    Progress.reset()
+
+
 def test_journal_lookup_joins_only_when_the_stage_has_a_journal(tmp_path):
     """A fresh run has no journal: the lookup leaves its join (a shuffle of every item) out. Once
     a file exists, the join finds the finished work."""
