@@ -5,6 +5,13 @@ and variance merge exactly (Chan et al.'s pairwise update); the quantile sample 
 reservoir of at most `capacity` values, and two reservoirs merge by weight: the merged sample
 takes a hypergeometric share from each side, so a part of 30k values weighs 30k, not the 10k
 it kept. (Beam's ApproximateQuantiles would do the quantiles, but pipeline/ stays free of Beam.)
+
+Why not Apache DataSketches' KLL sketch (the `datasketches` package)? It is tested against it:
+tests/test_score_sketch.py merges the same random parts into both, and ours stays within KLL's
+stated rank error (1.65% at k=200) at every quantile checked. Ours stays because it is exact up
+to CAPACITY values (most runs' per-score counts; KLL at k=200 is approximate beyond a few
+hundred), it repeats itself for the same merge order (KLL draws from its own RNG), and it is
+plain Python in the manifest's pickled accumulator (a KLL sketch must be serialised by hand).
 """
 
 from __future__ import annotations

@@ -90,3 +90,39 @@ def test_the_manifest_accumulator_summarises_merged_examples_exactly():
     summary = summarize(total.scores["ql"])
     assert summary.count == 25_000 and abs(summary.mean - ql.mean()) < 1e-9 and abs(summary.std - ql.std()) < 1e-9
     assert abs(float(np.mean(ql <= summary.p50)) - 0.5) < 0.03
+
+
+def test_quantiles_are_as_close_as_apache_datasketches_kll_over_merged_parts():
+    """Issue 36: ours against DataSketches' KLL (k=200, the library's default) on the same random
+    values, split into uneven parts and merged in a random order: the rank error of each quantile
+    is within KLL's stated bound, and exact up to CAPACITY values."""
+    from datasketches import kll_doubles_sketch
+
+    from pipeline.score_sketch import CAPACITY
+
+    bound = kll_doubles_sketch.get_normalized_rank_error(200, False)  # 99% confidence, one quantile
+    rng = np.random.default_rng(0)
+    for n, draw in ((3_000, rng.normal), (60_000, rng.exponential), (60_000, lambda size: rng.integers(0, 3, size))):
+        values = np.asarray(draw(size=n), dtype=float)
+        cuts = sorted(rng.choice(np.arange(1, n), size=6, replace=False))
+        parts = np.split(values, cuts)
+        ours, kll = ScoreSketch(), kll_doubles_sketch(200)
+        order = list(range(len(parts)))
+        random.Random(n).shuffle(order)
+        for i in order:
+            ours.merge(sketch_of(parts[i], CAPACITY))
+            part = kll_doubles_sketch(200)
+            part.update(parts[i])
+            kll.merge(part)
+        ordered = np.sort(values)
+
+        def rank_error(estimate: float, q: float) -> float:
+            # the estimate's rank range among the values (ties span a range), against q
+            lo, hi = np.searchsorted(ordered, estimate, "left") / n, np.searchsorted(ordered, estimate, "right") / n
+            return 0.0 if lo <= q <= hi else min(abs(lo - q), abs(hi - q))
+
+        for q in (0.05, 0.25, 0.5, 0.75, 0.95):  # the manifest reports p50; the rest check the sample's spread
+            mine, theirs = rank_error(ours.quantile(q), q), rank_error(kll.get_quantile(q), q)
+            assert mine <= bound, (n, q, mine, theirs, bound)
+            if n <= CAPACITY:
+                assert mine <= 1 / n, (n, q, mine)  # the whole population is kept
