@@ -10,8 +10,8 @@ from apache_beam.utils.shared import Shared
 from beam_jobs.common import NS, OUTCOME, SharedBox
 from pipeline import ids, ingest, passage_dedupe
 from pipeline.accounting import Outcome
-from pipeline.embedding import count_tokens, embedder_budget
-from pipeline.ingest import SplitConfig, dead_letter
+from pipeline.embedding import count_tokens
+from pipeline.ingest import SplitConfig, dead_letter, embedder_budget
 from schemas import DeadLetter
 
 

