@@ -168,6 +168,16 @@ def peer(data: Path, folder: Path, task: str, out: Path, seed: int, args, lr: fl
     return {"pairs_per_s": pairs / seconds, **scores(str(out / "model"), folder, task, resolve("plain", None, task))}
 
 
+def commit() -> str:
+    """The code a run measured (dirty: uncommitted changes too). Stored rows once moved between
+    invocations with the same seed and data: the code had changed, not the machine's load
+    (bench/determinism.py: the same weights bit for bit, quiet and beside a CPU hog)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipeline", "beam_jobs", "bench"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return f"{head}{'-dirty' if dirty else ''}"
+
+
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for key in ("full", "64", "pairs_per_s"):
@@ -244,14 +254,15 @@ def main(argv=None) -> int:
                 lr = overrides.pop("lr", PEER_LR)  # the one peer setting a name may change
                 if overrides:
                     raise SystemExit(f"{name}: the peer takes only negatives= and lr=, not {sorted(overrides)}")
-                runs = [dict(seed=s, **peer(data, folder, task, work / f"{set_name}-{name}-{s}", s, args, lr))
+                runs = [dict(seed=s, commit=commit(), **peer(data, folder, task, work / f"{set_name}-{name}-{s}", s,
+                                                             args, lr))
                         for s in seeds]
                 recorded = {"negatives": negatives, **({"lr": lr} if lr != PEER_LR else {})}
             else:
                 recorded = {"batch_size": args.batch_size, **overrides}
                 checkout = args.before if name.startswith("before") else None
-                runs = [dict(seed=s, **ours(data, work / f"{set_name}-{name}-{s}", folder, task, s, recorded,
-                                            checkout)) for s in seeds]
+                runs = [dict(seed=s, commit=commit(), **ours(data, work / f"{set_name}-{name}-{s}", folder, task, s,
+                                                             recorded, checkout)) for s in seeds]
                 recorded = {"negatives": negatives, **recorded}
             kept = entry["settings"].get(name, {}).get("runs", [])
             runs = kept + runs

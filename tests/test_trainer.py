@@ -445,3 +445,31 @@ def test_the_console_says_what_no_batch_could_take_and_shows_the_logs_epoch(tmp_
     shown = [float(e) for e in re.findall(r"'epoch': '?([0-9.]+)", out + err)]
     assert len(shown) >= len(losses) > 2
     assert shown[:len(losses)] == pytest.approx([r["epoch"] for r in losses], abs=1e-3)
+
+
+def test_the_same_seed_trains_the_same_weights_beside_a_cpu_hog(tmp_path, train_shards, tiny_encoder):
+    """Issue 36, defect 4: `fret train --seed S` twice, the second run beside a busy loop on every
+    core, gives the same weights bit for bit (bench/determinism.py does it at the bench's size,
+    each run in a fresh process: the same result)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    def weights_digest(name: str, seed: int) -> str:
+        train(TrainConfig(data=str(train_shards), output=str(tmp_path / name), base_model=str(tiny_encoder),
+                          batch_size=16, max_steps=6, mrl_dims=(32,), seed=seed, progress=False,
+                          shuffle_buffer=64))
+        state = Encoder(str(tmp_path / name / "model"), device="cpu").state_dict()
+        return hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
+
+    quiet = weights_digest("quiet", 0)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        loaded = weights_digest("loaded", 0)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert loaded == quiet
+    assert weights_digest("other", 1) != quiet  # the seed does decide something
