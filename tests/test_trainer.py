@@ -473,3 +473,24 @@ def test_the_same_seed_trains_the_same_weights_beside_a_cpu_hog(tmp_path, train_
             hog.wait()
     assert loaded == quiet
     assert weights_digest("other", 1) != quiet  # the seed does decide something
+
+
+def test_fret_eval_gives_sentence_transformers_ir_evaluators_ndcg(tiny_encoder):
+    """The same model, texts and binary qrels: fret eval's nDCG@10 is InformationRetrievalEvaluator's
+    (bench/eval_equals_st.py shows it for all-MiniLM-L6-v2 at full size and 64 dimensions)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    from pipeline.text_format import PLAIN
+    from pipeline.train.evaluate import load_beir
+
+    ours = evaluate(str(tiny_encoder), BEIR, "test", dims=[None], text_format="plain")["full"]["ndcg@10"]
+    corpus, queries, qrels = load_beir(BEIR, "test")
+    relevant = {q: {d for d, s in docs.items() if s > 0} for q, docs in qrels.items() if q in queries}
+    evaluator = InformationRetrievalEvaluator(
+        {q: PLAIN.query("", queries[q]) for q in relevant if relevant[q]},
+        {d: PLAIN.document(*corpus[d]) for d in corpus}, {q: docs for q, docs in relevant.items() if docs},
+        write_csv=False, batch_size=64)
+    scores = evaluator(SentenceTransformer(str(tiny_encoder), device="cpu"))
+    theirs = scores[next(k for k in scores if k.endswith("cosine_ndcg@10"))]
+    assert ours == pytest.approx(theirs, abs=1e-6)
