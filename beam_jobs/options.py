@@ -148,6 +148,10 @@ class FretOptions(PipelineOptions):
                   "scoring), v2 the task and query (for --score-order query), v1 has no examples in its head")
         _add(rr, "ql_prompt_version", type=int, default=None,
              help=f"query_likelihood prompt version (default: the newest, {max(prompts.available()['query_likelihood'])})")
+        _add(rr, "relabel", default="gecko", choices=["gecko", "never"],
+             help="gecko: the candidate the fused scores rank first becomes the positive (Gecko's relabelling); "
+                  "never: the seed or given positive stays the positive and the scores only mine the negatives, "
+                  "as sentence-transformers' mine_hard_negatives does")
         _add(rr, "negative_strategy", default="lowest", choices=["lowest", "random", "rank_window", "margin"],
              help="hard negatives: lowest = p_N, the lowest fused rank (Gecko); random neighbour; a window of fused "
                   "ranks; margin = NV-Retriever's positive-aware TopK-PercPos")
@@ -345,7 +349,7 @@ def mining_config(opts: FretOptions) -> MiningConfig:
     lo, hi = (int(x) for x in opts.negative_window.split(","))
     return MiningConfig(strategy=opts.negative_strategy, num_negatives=opts.num_negatives, window=(lo, hi),
                         margin=opts.negative_margin, margin_score=opts.margin_score, rc_kind=opts.rc_score,
-                        seed=opts.seed)
+                        seed=opts.seed, relabel=opts.relabel)
 
 
 def near_dup_config(opts: FretOptions) -> NearDupConfig | None:
@@ -365,7 +369,7 @@ CONFIG_FIELDS = (
     "llm_url", "llm_model", "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage",
     "temperature", "max_tokens", "seed", "seed_requests", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "score_order", "ql_path", "rc_prompt_version",
-    "ql_prompt_version", "negative_strategy", "num_negatives", "negative_window", "negative_margin", "margin_score",
+    "ql_prompt_version", "relabel", "negative_strategy", "num_negatives", "negative_window", "negative_margin", "margin_score",
     "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated", "decontaminate", "decontam_ngram",
     "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args", "llm_serve_port",
     "llm_serve_memory", "llm_serve_max_model_len", "wave_size", "queries", "queries_layout", "queries_split",

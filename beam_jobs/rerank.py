@@ -24,7 +24,7 @@ from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, failure_reason, fix
 from pipeline import journal
 from pipeline.accounting import Outcome, query_unit
 from pipeline.examples import build_example
-from pipeline.mining import MiningConfig
+from pipeline.mining import NEVER_NEGATIVE_RULES, MiningConfig, never_negatives
 from pipeline.prompts import load_prompt
 from pipeline.rerank import Candidate, RerankConfig, assemble, restamped, score_passage, score_query_pairs
 from schemas import DeadLetter, QueryRecord
@@ -46,6 +46,8 @@ class RerankMetrics:
         self.rerank_failures = Metrics.counter(NS, "rerank_failures")
         self.relabelled = Metrics.counter(NS, "relabelled")
         self.candidates = Metrics.distribution(NS, "candidates_per_query")
+        # the false-negative audit: neighbours kept out of the negatives, by rule
+        self.never_negative = {rule: Metrics.counter(NS, f"never_negative_{rule}") for rule in NEVER_NEGATIVE_RULES}
 
     def emit(self, query, passage, candidates, records, mining: MiningConfig, keep: bool):
         for out in _emit_example(query, passage, records, mining, keep):
@@ -55,6 +57,11 @@ class RerankMetrics:
                 self.candidates.update(len(candidates))
                 self.scored.inc()
                 self.relabelled.inc(int(out[0].positive_changed))
+                positive = next(r for r in records if r.passage_id == out[0].positive.id)
+                ruled = never_negatives(records, positive, mining, query.known_positive_ids)
+                for r in records:
+                    if r.retrieval_rank > 0 and r.passage_id in ruled:
+                        self.never_negative[ruled[r.passage_id]].inc()
             yield out
 
 

@@ -14,7 +14,7 @@ def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: 
     """The example without its provenance, which `stamp` adds when it is written: provenance is the
     same for every row of a run and a third of an example's bytes, and a runner that holds the
     examples between stages (the DirectRunner) would hold it once per example."""
-    positive = choose_positive(scored)
+    positive = choose_positive(scored, mining)
     negatives = mine_negatives(scored, positive, query.query_id, mining, query.known_positive_ids)
     ordered = sorted(scored, key=lambda c: c.fused_rank)
     return TrainingExample.model_construct(  # validated whole by stamp()

@@ -24,8 +24,9 @@ class MiningConfig:
     # What CandidateScore.rc holds: the margin is a share of a probability-like score, so a
     # log-probability (top_label_logprob) is turned back into P(top label) before it is applied.
     rc_kind: RCKind = "expected_relevance"
-    exclude_seed: bool = True  # a relabelled seed is likely relevant: never a negative
+    exclude_seed: bool = True  # a relabelled seed (and its document's other chunks) is likely relevant: never a negative
     seed: int = 0
+    relabel: Literal["gecko", "never"] = "gecko"  # never: the seed or given positive stays the positive
 
     def __post_init__(self):
         if self.num_negatives < 0:
@@ -34,23 +35,73 @@ class MiningConfig:
             raise ValueError("margin must be in (0, 1]; NV-Retriever uses 0.95")
         if self.window[0] < 1 or self.window[1] < self.window[0]:
             raise ValueError("window must be (lo, hi) with 1 <= lo <= hi, fused ranks")
+        if self.relabel not in ("gecko", "never"):
+            raise ValueError(f"relabel must be gecko or never, not {self.relabel!r}")
 
 
-def choose_positive(candidates: Sequence[CandidateScore]) -> CandidateScore:
-    """p+ = argmax fused score, i.e. fused rank 1."""
+def choose_positive(candidates: Sequence[CandidateScore], config: MiningConfig | None = None) -> CandidateScore:
+    """p+ = argmax fused score, i.e. fused rank 1 (Gecko's relabelling); with relabel="never", the
+    seed or given positive whenever the query has one."""
+    if config is not None and config.relabel == "never":
+        seeds = [c for c in candidates if c.is_seed]
+        if seeds:
+            return seeds[0]
     return min(candidates, key=lambda c: c.fused_rank)
+
+
+def document_of(passage_id: str) -> str:
+    """The input record a passage came from: an over-long record's chunks are `ID#0`, `ID#1`, ...
+    (pipeline.ingest.split_passage). A user id that itself ends in `#<digits>` is read as a chunk
+    too: that can only keep a passage out of the negatives, never put one in."""
+    head, sep, tail = passage_id.rpartition("#")
+    return head if sep and tail.isdigit() else passage_id
+
+
+NEVER_NEGATIVE_RULES = ("known_positive", "chunk_of_a_positive", "duplicate_of_a_positive", "seed_document")
+
+
+def never_negatives(candidates: Sequence[CandidateScore], positive: CandidateScore, config: MiningConfig,
+                    known_positive_ids: Sequence[str] = ()) -> dict[str, str]:
+    """passage id -> the rule that keeps it out of the negatives (NEVER_NEGATIVE_RULES), for the
+    candidates that may be relevant:
+    - known_positive: a passage the user marked relevant (BEIR's other qrels by id, FlagEmbedding's
+      other `pos` texts by text key);
+    - chunk_of_a_positive: another chunk of the positive's document or of a known positive's;
+    - duplicate_of_a_positive: the same text as the positive or a known positive, under another id;
+    - seed_document: the seed passage, its document's other chunks and copies of its text (with
+      exclude_seed).
+    The first rule that applies is named."""
+    known = set(known_positive_ids)
+    positives = [positive] + [c for c in candidates if c.passage_id in known or text_key(c.text) in known]
+    documents = {document_of(p.passage_id) for p in positives} | {document_of(k) for k in known}
+    texts = {text_key(p.text) for p in positives} | {k for k in known if k.startswith("t-")}
+    seeds = [c for c in candidates if c.is_seed] if config.exclude_seed else []
+    seed_documents = {document_of(c.passage_id) for c in seeds}
+    seed_texts = {text_key(c.text) for c in seeds}
+    ruled = {}
+    for c in candidates:
+        if c.passage_id == positive.passage_id:
+            continue
+        if c.passage_id in known or text_key(c.text) in known:
+            ruled[c.passage_id] = "known_positive"
+        elif document_of(c.passage_id) in documents:
+            ruled[c.passage_id] = "chunk_of_a_positive"
+        elif text_key(c.text) in texts:
+            ruled[c.passage_id] = "duplicate_of_a_positive"
+        elif config.exclude_seed and (c.is_seed or document_of(c.passage_id) in seed_documents
+                                      or text_key(c.text) in seed_texts):
+            ruled[c.passage_id] = "seed_document"
+    return ruled
 
 
 def mine_negatives(candidates: Sequence[CandidateScore], positive: CandidateScore, query_id: str,
                    config: MiningConfig, known_positive_ids: Sequence[str] = ()) -> list[CandidateScore]:
-    """Hard negatives, hardest first (by fused rank) except for `random`, which keeps sample order.
-    A passage the user marked relevant (`known_positive_ids`: BEIR's other qrels by id,
-    FlagEmbedding's other `pos` texts by text key) is never one."""
-    known = set(known_positive_ids)
+    """Hard negatives, hardest first (by fused rank) except for `random`, which keeps sample order,
+    from the retrieved neighbours that no rule of never_negatives keeps out."""
+    ruled = never_negatives(candidates, positive, config, known_positive_ids)
     pool = [c for c in candidates if c.passage_id != positive.passage_id
             and c.retrieval_rank > 0  # only the N neighbours; a seed outside the top-N is not one
-            and not (config.exclude_seed and c.is_seed)
-            and not (known and (c.passage_id in known or text_key(c.text) in known))]
+            and c.passage_id not in ruled]
     pool.sort(key=lambda c: c.fused_rank)
     k = config.num_negatives
     if k == 0 or not pool:

@@ -99,7 +99,12 @@ def dataset_card(manifest: dict, stats: DatasetStats, row_counts: dict[str, int]
              "| part | rows |", "|---|---|",
              *(f"| `{part}/` | {n} |" for part, n in row_counts.items()), "",
              f"- Accounting: {manifest.get('accounting') or ''}",
-             f"- Relabel rate: {stats.relabel_rate:.1%} ({stats.relabelled} of {stats.rows} examples)",
+             f"- Relabel rate: {stats.relabel_rate:.1%} ({stats.relabelled} of {stats.rows} examples)"
+             + ("; `--relabel never`: every seed or given positive was kept, the scores only mined the negatives"
+                if config.get("relabel") == "never" else "; `--relabel gecko`: the top fused candidate is the positive"),
+             "- Kept out of the negatives (false-negative audit, neighbours per rule): " + (", ".join(
+                 f"{rule.replace('never_negative_', '')} {n}" for rule, n in sorted(counts.items())
+                 if rule.startswith("never_negative_")) or "none"),
              f"- Distinct tasks: {len(stats.tasks)}", "",
              "## Loading", "",
              "```python", "import datasets",

@@ -155,3 +155,56 @@ def test_mining_config_is_validated():
         MiningConfig(margin=1.5)
     with pytest.raises(ValueError, match="window"):
         MiningConfig(window=(5, 2))
+
+
+def _scored(rows, query=QUERY):
+    """rows: (id, text, is_seed, retrieval rank), already in the fused order the test wants."""
+    cands = [Candidate(pid, "", text, seed, rank, 0.5) for pid, text, seed, rank in rows]
+    n = len(cands)
+    return fuse(query, cands, ql=[-float(i) for i in range(n)], ql_mean=[-float(i) for i in range(n)],
+                rc=[float(n - i) for i in range(n)], rc_labels=[{}] * n, rrf_k=0)
+
+
+def test_chunks_of_a_known_positive_and_of_the_seed_document_are_never_negatives():
+    """Issue 37, defect 1: known positive `k` was split into k#0, k#1 and both were mined
+    (negatives ['p#1', 'x', 'k#1', 'k#0']); the seed document's other chunk too."""
+    query = QUERY.model_copy(update={"passage_id": "p#0", "known_positive_ids": ["k"]})
+    scored = _scored([("p#0", "seed chunk", True, 1), ("p#1", "seed's next chunk", False, 2),
+                      ("x", "unrelated", False, 3), ("k#1", "known, second chunk", False, 4),
+                      ("k#0", "known, first chunk", False, 5)], query)
+    positive = choose_positive(scored)
+    assert positive.passage_id == "p#0"
+    config = MiningConfig("lowest", 4)
+    assert ids(mine_negatives(scored, positive, "q1", config, query.known_positive_ids)) == ["x"]
+    from pipeline.mining import never_negatives
+
+    assert never_negatives(scored, positive, config, query.known_positive_ids) == {
+        "p#1": "chunk_of_a_positive", "k#1": "chunk_of_a_positive", "k#0": "chunk_of_a_positive"}
+
+
+def test_a_copy_of_the_positives_text_under_another_id_is_never_a_negative():
+    """Issue 37, defect 2: the kept copy (same text, other id) of a known positive was mined."""
+    query = QUERY.model_copy(update={"passage_id": "", "known_positive_ids": ["a"]})
+    scored = _scored([("a", "the same text", False, 1), ("c", "the  same text", False, 2),
+                      ("d", "other text", False, 3)], query)
+    positive = choose_positive(scored)
+    assert positive.passage_id == "a"
+    assert ids(mine_negatives(scored, positive, "q1", MiningConfig("lowest", 3), query.known_positive_ids)) == ["d"]
+    # a copy of the relabelled positive's text, with no known positive at all
+    scored = _scored([("seed", "seed text", True, 1), ("b", "winner", False, 2), ("b2", "winner", False, 3),
+                      ("e", "else", False, 4)])
+    winner = next(c for c in scored if c.passage_id == "b")
+    assert ids(mine_negatives(scored, winner, "q1", MiningConfig("lowest", 3))) == ["e"]
+
+
+def test_relabel_never_keeps_the_seed_or_given_positive():
+    scored = _scored([("a", "best", False, 1), ("seed", "seed text", True, 2), ("b", "b", False, 3)])
+    assert choose_positive(scored).passage_id == "a"  # Gecko relabels
+    never = MiningConfig("lowest", 2, relabel="never")
+    positive = choose_positive(scored, never)
+    assert positive.passage_id == "seed"
+    assert ids(mine_negatives(scored, positive, "q1", never)) == ["b", "a"]
+    no_seed = _scored([("a", "best", False, 1), ("b", "b", False, 2)])
+    assert choose_positive(no_seed, never).passage_id == "a"  # a query without a positive still gets one
+    with pytest.raises(ValueError, match="relabel"):
+        MiningConfig(relabel="sometimes")

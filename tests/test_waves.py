@@ -375,3 +375,18 @@ def test_given_queries_whose_texts_the_served_embedder_refuses_in_waves_as_in_on
     assert (m["inputs"], m["written"], m["dead_lettered"]) == (5, 2, 3), m["accounting"]
     assert {d["reason"] for d in one["dead_letters"]} == {"embedder_refused"}
     assert m["counts"]["passages_refused_by_embedder"] == 2 and m["counts"]["queries_refused_by_embedder"] == 2
+
+
+def test_relabel_never_keeps_every_seed_in_one_pipeline_and_in_waves(tmp_path_factory, preferring_llm):  # noqa: F811
+    """--relabel never: the LLM that prefers another passage relabels nothing; the negatives are
+    still mined, and waves write what one pipeline writes."""
+    tmp_path = tmp_path_factory.mktemp("never", numbered=True)
+    inp = write_jsonl(tmp_path / "in.jsonl", _records())
+    flags = ("--num_neighbors", "4", "--relabel", "never")
+    one = run_job(inp, tmp_path / "one", preferring_llm.base_url, *flags)
+    waves = run_job(inp, tmp_path / "waves", preferring_llm.base_url, *flags, "--wave_size", "3")
+    assert one["examples"] and not any(e["positive_changed"] for e in one["examples"])
+    assert all(e["positive"]["id"] == e["seed_passage_id"] for e in one["examples"])
+    assert all(e["hard_negatives"] for e in one["examples"])
+    assert json.loads(one["manifest"]["config"])["relabel"] == "never"
+    assert _comparable(waves) == _comparable(one)
