@@ -5,12 +5,44 @@ from __future__ import annotations
 import argparse
 
 
+class FretHelpFormatter(argparse.HelpFormatter):
+    """Every subcommand's --help: a flag's default once (none where its help gives its own, or where
+    there is none to give: no "(default: )" or "(default: None)"), "(required)" for a required
+    flag, and the dash forms in the usage line, as README writes them."""
+
+    REQUIRED: tuple[str, ...] = ()  # dests the command requires although argparse does not
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required or action.dest in self.REQUIRED:
+            return f"{text} (required)"
+        if ("(default" in text.lower() or "default:" in text.lower() or action.default in (None, "", argparse.SUPPRESS) or not action.option_strings
+                or action.nargs == 0 and action.default is False):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _format_usage(self, usage, actions, groups, prefix):
+        return super()._format_usage(usage, [_dashed(a) for a in actions], groups, prefix)
+
+
+def _dashed(action: argparse.Action) -> argparse.Action:
+    """The action as the usage line shows it: its dash form first."""
+    import copy
+
+    dashes = [o for o in action.option_strings if "_" not in o]
+    if not dashes or dashes == action.option_strings[:1]:
+        return action
+    shown = copy.copy(action)
+    shown.option_strings = dashes + [o for o in action.option_strings if o not in dashes]
+    return shown
+
+
 class FretArgumentParser(argparse.ArgumentParser):
     """Every subcommand's parser: each --long-flag is also --long_flag (and the other way round),
-    as Beam's own flags are, and --help shows each flag's default."""
+    as Beam's own flags are, and --help shows each flag's default (FretHelpFormatter)."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", FretHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *names, **kwargs):

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from beam_jobs.arguments import FretArgumentParser
+from beam_jobs.arguments import FretArgumentParser, FretHelpFormatter
 
 
 def _run(argv: list[str]) -> int:
@@ -33,34 +33,10 @@ def _run(argv: list[str]) -> int:
     return fret_job.main(argv)
 
 
-class RunHelpFormatter(argparse.HelpFormatter):
-    """`fret run --help`: dash forms in the usage line (as README writes them), "required" for the
-    required flags, and a default only where a help text does not give its own."""
+class RunHelpFormatter(FretHelpFormatter):
+    """`fret run --help`: --input and --output are required (as flags or in --config)."""
 
     REQUIRED = ("input", "output")
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.dest in self.REQUIRED:
-            return f"{text} (required)"
-        if "(default" in text or action.default in (None, "", argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)"
-
-    def _format_usage(self, usage, actions, groups, prefix):
-        return super()._format_usage(usage, [_dashed(a) for a in actions], groups, prefix)
-
-
-def _dashed(action: argparse.Action) -> argparse.Action:
-    """The action as the usage line shows it: its dash form first."""
-    import copy
-
-    dashes = [o for o in action.option_strings if "_" not in o]
-    if not dashes or dashes == action.option_strings[:1]:
-        return action
-    shown = copy.copy(action)
-    shown.option_strings = dashes + [o for o in action.option_strings if o not in dashes]
-    return shown
 
 
 def beam_flags_epilog() -> str:

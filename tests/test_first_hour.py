@@ -326,3 +326,14 @@ def test_model_libraries_import_whole_from_threads_started_at_once(tmp_path):
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=root)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommands_help_gives_each_default_once_and_dash_forms(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "(default: )" not in text and "(default: None)" not in " ".join(text.split())
+    assert not [e for e in text.split("\n  --") if " ".join(e.split()).count("(default") > 1]
+    usage = text.split("\n\n", 1)[0]
+    assert not [flag for flag in __import__("re").findall(r"\[(--[\w-]+)", usage) if "_" in flag], usage
