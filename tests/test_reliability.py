@@ -213,7 +213,8 @@ def test_api_key_stays_out_of_outputs_logs_and_errors(tmp_path, monkeypatch, cap
         monkeypatch.setenv("FRET_TEST_KEY", secret + "-wrong")  # rejected: the error names no key
         with pytest.raises(ValueError, match="cannot reach|401") as refused:
             run_job(inp, tmp_path / "wrong", stub.base_url, "--llm_api_key_env", "FRET_TEST_KEY")
-        with pytest.raises(ValueError, match="did not answer.*HTTP 401") as probed:  # the start-up probe
+        # with --llm_model, the start-up check that the server serves it meets the 401 first
+        with pytest.raises(ValueError, match="refused the API key.*HTTP 401") as probed:
             run_job(inp, tmp_path / "wrong2", stub.base_url, "--llm_api_key_env", "FRET_TEST_KEY",
                     "--llm_model", "stub-llm")
         # A key that stops working mid-run: every item is dead-lettered with the status, not the key.
