@@ -4,7 +4,8 @@ Both sides evaluate all-MiniLM-L6-v2 on the same BEIR folder with the same forma
 one process, alternating, each twice (the faster run of each counts). fret's side is the whole
 `evaluate()` at the full size and three Matryoshka sizes; the peer's is one `encode` of queries
 and corpus and one exact top-100 search, the least any evaluation must do. Both truncate at the Encoder's
-max_seq_length (128 tokens; the model's own configuration says 256).
+max_seq_length, the model's own since issue 36 (256 for all-MiniLM-L6-v2; the stored
+bench/results/eval_vs_st.json was measured at 128 and has not been rerun).
 
     .venv/bin/python bench/eval_vs_st.py [--beir samples/pydoc-retrieval] [--dims 256,128,64]
 """
