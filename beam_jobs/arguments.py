@@ -16,8 +16,10 @@ class FretHelpFormatter(argparse.HelpFormatter):
         text = action.help or ""
         if action.required or action.dest in self.REQUIRED:
             return f"{text} (required)"
-        if ("(default" in text.lower() or "default:" in text.lower() or action.default in (None, "", argparse.SUPPRESS) or not action.option_strings
-                or action.nargs == 0 and action.default is False):
+        says_own = "(default" in text.lower() or "default:" in text.lower()
+        nothing_to_say = (action.default in (None, "", argparse.SUPPRESS) or not action.option_strings
+                          or action.nargs == 0 and action.default is False)
+        if says_own or nothing_to_say:
             return text
         return f"{text} (default: %(default)s)"
 

@@ -144,10 +144,12 @@ class FretOptions(PipelineOptions):
                   "reads the cache; auto: prefix_cache where every server has the endpoint. Same values")
         _add(rr, "rc_prompt_version", type=int, default=None,
              help=f"relevance_classification prompt version (default: the newest, "
-                  f"{max(prompts.available()['relevance_classification'])}); v3 puts the passage first (for passage-major "
-                  "scoring), v2 the task and query (for --score-order query), v1 has no examples in its head")
+                  f"{max(prompts.available()['relevance_classification'])}); v3 puts the passage first (for "
+                  "passage-major scoring), v2 the task and query (for --score-order query), v1 has no examples "
+                  "in its head")
         _add(rr, "ql_prompt_version", type=int, default=None,
-             help=f"query_likelihood prompt version (default: the newest, {max(prompts.available()['query_likelihood'])})")
+             help=f"query_likelihood prompt version (default: the newest, "
+                  f"{max(prompts.available()['query_likelihood'])})")
         _add(rr, "relabel", default="gecko", choices=["gecko", "never"],
              help="gecko: the candidate the fused scores rank first becomes the positive (Gecko's relabelling); "
                   "never: the seed or given positive stays the positive and the scores only mine the negatives, "
@@ -367,9 +369,11 @@ def decontam_config(opts: FretOptions) -> DecontamConfig:
 CONFIG_FIELDS = (
     "input", "input_format", "text_field", "title_field", "id_field", "output", "output_shards", "keep_candidates",
     "llm_url", "llm_model", "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage",
-    "temperature", "max_tokens", "seed", "seed_requests", "embedder", "embed_batch_size", "max_passage_tokens", "num_neighbors",
+    "temperature", "max_tokens", "seed", "seed_requests", "embedder", "embed_batch_size", "max_passage_tokens",
+    "num_neighbors",
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "score_order", "ql_path", "rc_prompt_version",
-    "ql_prompt_version", "relabel", "negative_strategy", "num_negatives", "negative_window", "negative_margin", "margin_score",
+    "ql_prompt_version", "relabel", "negative_strategy", "num_negatives", "negative_window", "negative_margin",
+    "margin_score",
     "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated", "decontaminate", "decontam_ngram",
     "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args", "llm_serve_port",
     "llm_serve_memory", "llm_serve_max_model_len", "wave_size", "queries", "queries_layout", "queries_split",

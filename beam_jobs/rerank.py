@@ -13,6 +13,7 @@ fusion, relabelling and mining.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 
 import apache_beam as beam
@@ -24,17 +25,18 @@ from beam_jobs.llm_stage import LLMBatchDoFn, StageSettings, failure_reason, fix
 from pipeline import journal
 from pipeline.accounting import Outcome, query_unit
 from pipeline.examples import build_example
-from pipeline.mining import NEVER_NEGATIVE_RULES, MiningConfig, never_negatives
+from pipeline.mining import NEVER_NEGATIVE_RULES, MiningConfig
 from pipeline.prompts import load_prompt
 from pipeline.rerank import Candidate, RerankConfig, assemble, restamped, score_passage, score_query_pairs
 from schemas import DeadLetter, QueryRecord
 
 
-def _emit_example(query, passage, records, mining: MiningConfig, keep: bool):
+def _emit_example(query, passage, records, mining: MiningConfig, keep: bool, audit=None):
     if len(records) == 1 and isinstance(records[0], DeadLetter):
         yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(query_unit(query, passage), "dead_lettered", records[0]))
         return
-    yield build_example(query, records, mining, keep), query_unit(query, passage)  # the unit, not the text
+    # the unit, not the text
+    yield build_example(query, records, mining, keep, audit=audit), query_unit(query, passage)
 
 
 class RerankMetrics:
@@ -50,18 +52,16 @@ class RerankMetrics:
         self.never_negative = {rule: Metrics.counter(NS, f"never_negative_{rule}") for rule in NEVER_NEGATIVE_RULES}
 
     def emit(self, query, passage, candidates, records, mining: MiningConfig, keep: bool):
-        for out in _emit_example(query, passage, records, mining, keep):
+        audit = collections.Counter()
+        for out in _emit_example(query, passage, records, mining, keep, audit):
             if isinstance(out, beam.pvalue.TaggedOutput):
                 self.rerank_failures.inc()
             else:
                 self.candidates.update(len(candidates))
                 self.scored.inc()
                 self.relabelled.inc(int(out[0].positive_changed))
-                positive = next(r for r in records if r.passage_id == out[0].positive.id)
-                ruled = never_negatives(records, positive, mining, query.known_positive_ids)
-                for r in records:
-                    if r.retrieval_rank > 0 and r.passage_id in ruled:
-                        self.never_negative[ruled[r.passage_id]].inc()
+                for rule, n in audit.items():
+                    self.never_negative[rule].inc(n)
             yield out
 
 
@@ -80,8 +80,10 @@ def _pairs(item, model: str, prompt_hashes: tuple, config: RerankConfig):
         yield PairItem(journal.pair_key(model, prompt_hashes, config, query, c), query, c)
 
 
-def _group_key(order: str):
-    return (lambda kv: (kv[1].passage.passage_id, kv)) if order == "passage" else (lambda kv: (kv[1].query.query_id, kv))
+def _group_key(kv, order: str):
+    """A pair keyed by what its order scores together: its passage, or its query."""
+    pair = kv[1]
+    return (pair.passage.passage_id if order == "passage" else pair.query.query_id), kv
 
 
 def _group(element):
@@ -166,7 +168,7 @@ class RerankAndMine(beam.PTransform):
         split = pair_items | "Journal" >> LookupJournal(self.settings.journal_folder, "score", _pair_key)
         order = self.rerank.score_order
         groups = (split.todo
-                  | "KeyByGroup" >> beam.Map(_group_key(order))
+                  | "KeyByGroup" >> beam.Map(_group_key, order)
                   | ("ByPassage" if order == "passage" else "PairsByQuery") >> beam.GroupByKey()
                   | "Group" >> beam.Map(_group))
         total = groups | "CountTodo" >> beam.combiners.Count.Globally()

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Optional, Sequence
 
 from pipeline import ids
-from pipeline.mining import MiningConfig, choose_positive, mine_negatives
+from pipeline.mining import MiningConfig, choose_positive, mine_negatives, never_negatives
 from schemas import CandidateScore, HardNegative, PassageRef, Provenance, QueryRecord, TrainingExample
 
 
 def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: MiningConfig,
-                  keep_candidates: bool = True, quality: Optional[float] = None) -> TrainingExample:
+                  keep_candidates: bool = True, quality: Optional[float] = None,
+                  audit: Optional[collections.Counter] = None) -> TrainingExample:
     """The example without its provenance, which `stamp` adds when it is written: provenance is the
     same for every row of a run and a third of an example's bytes, and a runner that holds the
-    examples between stages (the DirectRunner) would hold it once per example."""
+    examples between stages (the DirectRunner) would hold it once per example. `audit`, when given,
+    counts the retrieved neighbours each never-a-negative rule kept out (pipeline.mining)."""
     positive = choose_positive(scored, mining)
-    negatives = mine_negatives(scored, positive, query.query_id, mining, query.known_positive_ids)
+    ruled = never_negatives(scored, positive, mining, query.known_positive_ids)
+    negatives = mine_negatives(scored, positive, query.query_id, mining, ruled=ruled)
+    if audit is not None:  # the neighbours each rule kept out of the negatives
+        audit.update(ruled[c.passage_id] for c in scored if c.retrieval_rank > 0 and c.passage_id in ruled)
     ordered = sorted(scored, key=lambda c: c.fused_rank)
     return TrainingExample.model_construct(  # validated whole by stamp()
         example_id=ids.example_id(query.query_id, positive.passage_id),

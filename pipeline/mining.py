@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 from pipeline.given_queries import text_key
 from schemas import CandidateScore, MiningStrategy
@@ -24,7 +24,8 @@ class MiningConfig:
     # What CandidateScore.rc holds: the margin is a share of a probability-like score, so a
     # log-probability (top_label_logprob) is turned back into P(top label) before it is applied.
     rc_kind: RCKind = "expected_relevance"
-    exclude_seed: bool = True  # a relabelled seed (and its document's other chunks) is likely relevant: never a negative
+    # a relabelled seed (and its document's other chunks) is likely relevant: never a negative
+    exclude_seed: bool = True
     seed: int = 0
     relabel: Literal["gecko", "never"] = "gecko"  # never: the seed or given positive stays the positive
 
@@ -72,33 +73,37 @@ def never_negatives(candidates: Sequence[CandidateScore], positive: CandidateSco
       exclude_seed).
     The first rule that applies is named."""
     known = set(known_positive_ids)
-    positives = [positive] + [c for c in candidates if c.passage_id in known or text_key(c.text) in known]
-    documents = {document_of(p.passage_id) for p in positives} | {document_of(k) for k in known}
-    texts = {text_key(p.text) for p in positives} | {k for k in known if k.startswith("t-")}
-    seeds = [c for c in candidates if c.is_seed] if config.exclude_seed else []
-    seed_documents = {document_of(c.passage_id) for c in seeds}
-    seed_texts = {text_key(c.text) for c in seeds}
+    keys = {c.passage_id: text_key(c.text) for c in candidates}  # a hash each: computed once
+    is_known = {c.passage_id for c in candidates if c.passage_id in known or keys[c.passage_id] in known}
+    positives = [positive.passage_id, *is_known]
+    documents = {document_of(p) for p in positives} | {document_of(k) for k in known}
+    texts = {keys[p] for p in positives} | {k for k in known if k.startswith("t-")}
+    seeds = [c.passage_id for c in candidates if c.is_seed] if config.exclude_seed else []
+    seed_documents, seed_texts = {document_of(p) for p in seeds}, {keys[p] for p in seeds}
     ruled = {}
     for c in candidates:
-        if c.passage_id == positive.passage_id:
+        pid = c.passage_id
+        if pid == positive.passage_id:
             continue
-        if c.passage_id in known or text_key(c.text) in known:
-            ruled[c.passage_id] = "known_positive"
-        elif document_of(c.passage_id) in documents:
-            ruled[c.passage_id] = "chunk_of_a_positive"
-        elif text_key(c.text) in texts:
-            ruled[c.passage_id] = "duplicate_of_a_positive"
-        elif config.exclude_seed and (c.is_seed or document_of(c.passage_id) in seed_documents
-                                      or text_key(c.text) in seed_texts):
-            ruled[c.passage_id] = "seed_document"
+        if pid in is_known:
+            ruled[pid] = "known_positive"
+        elif document_of(pid) in documents:
+            ruled[pid] = "chunk_of_a_positive"
+        elif keys[pid] in texts:
+            ruled[pid] = "duplicate_of_a_positive"
+        elif pid in seeds or document_of(pid) in seed_documents or keys[pid] in seed_texts:
+            ruled[pid] = "seed_document"
     return ruled
 
 
 def mine_negatives(candidates: Sequence[CandidateScore], positive: CandidateScore, query_id: str,
-                   config: MiningConfig, known_positive_ids: Sequence[str] = ()) -> list[CandidateScore]:
+                   config: MiningConfig, known_positive_ids: Sequence[str] = (),
+                   ruled: Optional[dict[str, str]] = None) -> list[CandidateScore]:
     """Hard negatives, hardest first (by fused rank) except for `random`, which keeps sample order,
-    from the retrieved neighbours that no rule of never_negatives keeps out."""
-    ruled = never_negatives(candidates, positive, config, known_positive_ids)
+    from the retrieved neighbours that no rule of never_negatives keeps out (`ruled`: its answer,
+    when the caller has it already)."""
+    if ruled is None:
+        ruled = never_negatives(candidates, positive, config, known_positive_ids)
     pool = [c for c in candidates if c.passage_id != positive.passage_id
             and c.retrieval_rank > 0  # only the N neighbours; a seed outside the top-N is not one
             and c.passage_id not in ruled]
