@@ -50,11 +50,11 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
                                                          opt.split_config(opts), opts.trust_remote_code,
                                                          fields=opt.input_fields(opts))
-    passages, dedupe_outcomes = read.passages | "DeduplicatePassages" >> DeduplicatePassages()
+    passages, dedupe_outcomes, aliases = read.passages | "DeduplicatePassages" >> DeduplicatePassages()
     journal = journal_dir(output)
     llm = StageSettings(client, opts.llm_batch_size, opts.progress, journal, opt.failure_policy(opts))
     if opts.queries:
-        sourced = given_queries(p, opts, passages)
+        sourced = given_queries(p, opts, passages, aliases)
     else:
         sourced = generated_queries(passages, llm, opts)
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, decontam)
@@ -112,11 +112,10 @@ def generated_queries(passages, llm: StageSettings, opts: opt.FretOptions) -> di
             "counts": [count_as(queries["queries"], "queries_generated")]}
 
 
-def given_queries(p: beam.Pipeline, opts: opt.FretOptions, passages) -> dict:
+def given_queries(p: beam.Pipeline, opts: opt.FretOptions, passages, aliases) -> dict:
     """The user's queries (--queries), their positives found in the corpus (or joined to it)."""
-    given = p | "ReadGivenQueries" >> ReadGivenQueries(opts.queries, opts.queries_layout, opts.queries_split,
-                                                       opts.input_format)
-    attached = (passages, given["given"]) | "JoinGivenToCorpus" >> JoinGivenToCorpus(opts.queries_task)
+    given = p | "ReadGivenQueries" >> ReadGivenQueries.of(opts)
+    attached = (passages, given["given"], aliases) | "JoinGivenToCorpus" >> JoinGivenToCorpus(opts.queries_task)
     units = (given["given"], given[OUTCOME]) | "GivenUnits" >> beam.Flatten()
     return {"queries": attached["queries"], "pool": attached["pool"], "outcomes": [given[OUTCOME], attached[OUTCOME]],
             "tokens": [], "reused": [], "units": units,

@@ -8,12 +8,15 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS, OUTCOME
-from beam_jobs.read import is_parquet, ReadLines, ReadParquetRows
+from beam_jobs.read import is_parquet, load_splitter, ReadLines, ReadParquetRows
 from pipeline import given_queries as gq
+from pipeline import ingest
 from pipeline.accounting import Outcome
-from schemas import DeadLetter, GivenQuery
+from pipeline.ingest import SplitConfig, dead_letter
+from schemas import DeadLetter, GivenQuery, InputPassage, PassageRef
 
 
 def beir_folder(patterns: str, layout: str) -> str:
@@ -51,6 +54,35 @@ class _ParseRows(beam.DoFn):
             yield beam.pvalue.TaggedOutput(OUTCOME, _dead(source, parsed))
         else:
             yield parsed
+
+
+class _SplitGivenTexts(beam.DoFn):
+    """A row's texts split as corpus records are (one splitter, beam_jobs.read.load_splitter);
+    a title that fills the budget dead-letters the row, as it does a corpus record."""
+
+    def __init__(self, embedder: str, split: SplitConfig, trust_remote_code: bool):
+        self._embedder, self._split, self._trust = embedder, split, trust_remote_code
+        self._shared = Shared()
+        self.split_rows = Metrics.counter(NS, "given_texts_split")
+
+    def setup(self):
+        self._count, self._budget = load_splitter(self._embedder, self._split, self._shared, self._trust)
+
+    def _chunks(self, ref: PassageRef, source: str) -> list[PassageRef]:
+        record = InputPassage(id=ref.id, title=ref.title, text=ref.text)
+        chunks = [PassageRef(id=p.id, title=p.title, text=p.text)
+                  for p in ingest.split_passage(record, source, self._count, self._budget)]
+        if len(chunks) > 1:
+            self.split_rows.inc()
+        return chunks or [ref]
+
+    def process(self, query: GivenQuery):
+        try:
+            yield gq.split_given(query, lambda ref: self._chunks(ref, query.source))
+        except ingest.TitleTooLong as exc:
+            letter = dead_letter(query.source, "split", "title_too_long", f"a text given with the row: {exc}",
+                                 query.model_dump(), query.source)
+            yield beam.pvalue.TaggedOutput(OUTCOME, _dead(query.source, letter))
 
 
 def _read_files(pbegin, label: str, patterns: list[str]):
@@ -96,9 +128,20 @@ class ReadGivenQueries(beam.PTransform):
     """--queries -> {"given": GivenQuery, OUTCOME: a dead letter per unreadable row}. A row (a
     BEIR query with a positive qrel) is an accounting unit."""
 
-    def __init__(self, patterns: str, layout: str = "auto", split: str = "train", input_format: str = "auto"):
+    def __init__(self, patterns: str, layout: str = "auto", split: str = "train", input_format: str = "auto",
+                 embedder: str = "all-MiniLM-L6-v2", text_split: SplitConfig = SplitConfig(),
+                 trust_remote_code: bool = False):
         super().__init__()
         self.patterns, self.layout, self.split, self.input_format = patterns, layout, split, input_format
+        self.splitter = _SplitGivenTexts(embedder, text_split, trust_remote_code)
+
+    @classmethod
+    def of(cls, opts) -> "ReadGivenQueries":
+        """--queries as the job's options name it: one definition for one pipeline and waves."""
+        from beam_jobs import options as opt
+
+        return cls(opts.queries, opts.queries_layout, opts.queries_split, opts.input_format, opts.embedder,
+                   opt.split_config(opts), opts.trust_remote_code)
 
     def expand(self, pbegin):
         folder = beir_folder(self.patterns, self.layout)
@@ -111,7 +154,9 @@ class ReadGivenQueries(beam.PTransform):
                  files[1] | "QueryParquetRows" >> beam.ParDo(ReadParquetRows()))
                 | "QueryRows" >> beam.Flatten())
         parsed = rows | "ParseQueryRows" >> beam.ParDo(_ParseRows(self.layout)).with_outputs(OUTCOME, main="given")
-        return {"given": parsed.given, OUTCOME: parsed[OUTCOME]}
+        split = parsed.given | "SplitGivenTexts" >> beam.ParDo(self.splitter).with_outputs(OUTCOME, main="given")
+        outcomes = (parsed[OUTCOME], split[OUTCOME]) | "QueryRowOutcomes" >> beam.Flatten()
+        return {"given": split.given, OUTCOME: outcomes}
 
     def _beir(self, pbegin, folder: str):
         texts = (_read_files(pbegin, "BeirQueries", [f"{folder}/queries.jsonl"])
@@ -152,8 +197,40 @@ def _attach(element, default_task: str):
             yield beam.pvalue.TaggedOutput(OUTCOME, _dead(query.source, gq.missing_positive(query)))
 
 
+def _aliases_of_query(element):
+    _, grouped = element
+    kept = list(grouped["kept"])
+    if kept:
+        for query_id in set(grouped["query"]):
+            yield query_id, (element[0], kept[0])
+
+
+def _with_aliases(element):
+    _, grouped = element
+    aliases = dict(grouped["alias"])
+    for query in grouped["query"]:
+        yield gq.resolve_aliases(query, aliases)
+
+
+class ResolveAliases(beam.PTransform):
+    """(given queries, (id, kept id) of each dropped duplicate) -> the queries, their positive and
+    known positive ids that named a dropped duplicate resolved to the kept copy (gq.resolve_aliases).
+    Two joins on ids: no side holds the other whole."""
+
+    def expand(self, pcolls):
+        given, aliases = pcolls
+        named = given | "IdsNamed" >> beam.FlatMap(lambda q: [(i, q.query_id) for i in gq.ids_named(q)])
+        found = ({"query": named, "kept": aliases}
+                 | "MatchAliases" >> beam.CoGroupByKey()
+                 | "AliasesOfQuery" >> beam.FlatMap(_aliases_of_query))
+        return ({"query": given | "ByQueryId" >> beam.Map(lambda q: (q.query_id, q)), "alias": found}
+                | "GroupAliases" >> beam.CoGroupByKey()
+                | "Resolve" >> beam.FlatMap(_with_aliases))
+
+
 class JoinGivenToCorpus(beam.PTransform):
-    """(corpus passages, given queries) -> {"pool": the corpus with the given texts it lacked,
+    """(corpus passages, given queries, aliases of dropped duplicates) -> {"pool": the corpus with
+    the given texts it lacked,
     "queries": (QueryRecord, seed passage or None), "joined": the texts that joined (Passages),
     OUTCOME}.
 
@@ -166,7 +243,8 @@ class JoinGivenToCorpus(beam.PTransform):
         self.default_task, self.keys_of, self.to_pool = default_task, keys_of, to_pool
 
     def expand(self, pcolls):
-        passages, given = pcolls
+        passages, given, aliases = pcolls
+        given = (given, aliases) | "ResolveAliases" >> ResolveAliases()
         keys_of = self.keys_of
         texts = given | "GivenTexts" >> beam.FlatMap(lambda q: [(k, (r, q.source)) for k, r in gq.given_texts(q)])
         by_text = passages | "CorpusByText" >> beam.FlatMap(lambda p: [(k, True) for kind, k in keys_of(p)

@@ -37,15 +37,15 @@ def member_key(member):
     return member[0]
 
 
-def plan_given(p, opts, folder: str, waves: int, kept_members) -> dict:
-    """Read --queries and join them to the kept corpus keys; writes the joined texts ("joined"),
+def plan_given(p, opts, folder: str, waves: int, kept_members, aliases) -> dict:
+    """Read --queries and join them to the kept corpus keys (`aliases`: (id, kept id) of each
+    dropped duplicate text); writes the joined texts ("joined"),
     the seeded queries ("seeded"), the queries without a positive ("queries", "query_keys") and
     the rows' dead letters ("outcomes"). -> {"units": [...], "counts": [...]} for the plan."""
-    given = p | "ReadGivenQueries" >> ReadGivenQueries(opts.queries, opts.queries_layout, opts.queries_split,
-                                                       opts.input_format)
+    given = p | "ReadGivenQueries" >> ReadGivenQueries.of(opts)
     refs = kept_members | "CorpusRefs" >> beam.Map(
         lambda m: gq.CorpusRef(m[0].id, m[0].source_id, m[0].chunk, m[1]))
-    attached = (refs, given["given"]) | "JoinGivenToCorpus" >> JoinGivenToCorpus(
+    attached = (refs, given["given"], aliases) | "JoinGivenToCorpus" >> JoinGivenToCorpus(
         opts.queries_task, keys_of=gq.ref_keys, to_pool=gq.corpus_ref)
     write_chunks(attached["joined"] | "JoinedWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
            "WriteJoined", folder, "joined", waves)

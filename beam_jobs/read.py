@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
@@ -44,6 +46,20 @@ class ReadParquetRows(beam.DoFn):
                     yield f"{path}:row{number}", row
 
 
+def load_splitter(embedder: str, split: SplitConfig, shared: Shared, trust_remote_code: bool = False):
+    """(count_tokens, the split config at the embedder's budget): what splitting a text needs, in
+    a DoFn's setup. The corpus and the given texts are split by this one definition."""
+    from pipeline.embedding import import_model_libraries, resolve_model_path
+
+    import_model_libraries()  # Beam's multi_threading mode runs setups in parallel threads
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(embedder)
+    tokenizer = shared.acquire(lambda: SharedBox(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)),
+                               tag=f"tokenizer:{path}").value
+    return functools.partial(count_tokens, tokenizer), embedder_budget(split, tokenizer, path)
+
+
 class _ParseAndSplit(beam.DoFn):
     """Raw record -> Passages (split by the embedder's token budget), or an outcome with a reason."""
 
@@ -57,19 +73,8 @@ class _ParseAndSplit(beam.DoFn):
         self.split_records = Metrics.counter(NS, "records_split")
 
     def setup(self):
-        from pipeline.embedding import import_model_libraries, resolve_model_path
-
-        import_model_libraries()  # Beam's multi_threading mode runs setups in parallel threads
-        from transformers import AutoTokenizer
-
-        path = resolve_model_path(self._embedder)
-        trust = self._trust_remote_code
-        self._tokenizer = self._shared.acquire(lambda: SharedBox(AutoTokenizer.from_pretrained(path, trust_remote_code=trust)),
-                                               tag=f"tokenizer:{path}").value
-        self._split_here = embedder_budget(self._split, self._tokenizer, path)
-
-    def _count(self, text: str) -> int:
-        return count_tokens(self._tokenizer, text)
+        self._count, self._split_here = load_splitter(self._embedder, self._split, self._shared,
+                                                      self._trust_remote_code)
 
     def process(self, element):
         source, raw = element
@@ -143,18 +148,28 @@ def is_parquet(path: str, input_format: str) -> bool:
     return path.endswith((".parquet", ".pq"))
 
 
+ALIASES = "aliases"
+
+
 def _resolve(element, resolver):
-    """Passages sharing an id or a text -> the kept ones, and an outcome for each one dropped."""
+    """Passages sharing an id or a text -> the kept ones, an outcome for each one dropped, and
+    (id, kept id) for each id a dropped duplicate text answered to."""
+    from pipeline.given_queries import corpus_keys, id_aliases
+
     _, members = element
     kept, drops = resolver(members, key=passage_dedupe.passage_key)
     yield from kept
     for passage, drop in drops:
         yield beam.pvalue.TaggedOutput(OUTCOME, passage_dedupe.drop_outcome(passage, drop))
+        if drop.kept_id:
+            for alias in id_aliases(corpus_keys(passage), drop.kept_id):
+                yield beam.pvalue.TaggedOutput(ALIASES, alias)
 
 
 class DeduplicatePassages(beam.PTransform):
     """One passage per id (conflicting texts under one id are dead-lettered) and per text
-    (pipeline.passage_dedupe's rule)."""
+    (pipeline.passage_dedupe's rule) -> (passages, outcomes, aliases: (id of a dropped duplicate,
+    the kept copy's id))."""
 
     def expand(self, passages):
         by_id = (passages
@@ -166,6 +181,6 @@ class DeduplicatePassages(beam.PTransform):
                    | "KeyByText" >> beam.Map(lambda p: (ids.passage_id(p.title, p.text), p))
                    | "GroupByText" >> beam.GroupByKey()
                    | "ResolveTexts" >> beam.FlatMap(_resolve, passage_dedupe.resolve_content_group)
-                   .with_outputs(OUTCOME, main="passages"))
+                   .with_outputs(OUTCOME, ALIASES, main="passages"))
         outcomes = (by_id[OUTCOME], by_text[OUTCOME]) | "Outcomes" >> beam.Flatten()
-        return by_text.passages, outcomes
+        return by_text.passages, outcomes, by_text[ALIASES]

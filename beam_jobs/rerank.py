@@ -13,7 +13,6 @@ fusion, relabelling and mining.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 
 import apache_beam as beam
@@ -31,12 +30,12 @@ from pipeline.rerank import Candidate, RerankConfig, assemble, restamped, score_
 from schemas import DeadLetter, QueryRecord
 
 
-def _emit_example(query, passage, records, mining: MiningConfig, keep: bool, audit=None):
+def _emit_example(query, passage, records, mining: MiningConfig, keep: bool):
     if len(records) == 1 and isinstance(records[0], DeadLetter):
         yield beam.pvalue.TaggedOutput(OUTCOME, Outcome(query_unit(query, passage), "dead_lettered", records[0]))
         return
     # the unit, not the text
-    yield build_example(query, records, mining, keep, audit=audit), query_unit(query, passage)
+    yield build_example(query, records, mining, keep), query_unit(query, passage)
 
 
 class RerankMetrics:
@@ -52,15 +51,14 @@ class RerankMetrics:
         self.never_negative = {rule: Metrics.counter(NS, f"never_negative_{rule}") for rule in NEVER_NEGATIVE_RULES}
 
     def emit(self, query, passage, candidates, records, mining: MiningConfig, keep: bool):
-        audit = collections.Counter()
-        for out in _emit_example(query, passage, records, mining, keep, audit):
+        for out in _emit_example(query, passage, records, mining, keep):
             if isinstance(out, beam.pvalue.TaggedOutput):
                 self.rerank_failures.inc()
             else:
                 self.candidates.update(len(candidates))
                 self.scored.inc()
                 self.relabelled.inc(int(out[0].positive_changed))
-                for rule, n in audit.items():
+                for rule, n in out[0].never_negative.items():
                     self.never_negative[rule].inc(n)
             yield out
 

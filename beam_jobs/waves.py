@@ -44,6 +44,7 @@ from beam_jobs.retrieve import REFUSED, Embed, EmbedPassagesOnce, SearchQueries,
 from beam_jobs.scratch import (ReadWaveChunks, read_pickled, save, scratch_dir, scratch_files, wave_files,
                                write_chunks)
 from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
+from pipeline import given_queries as gq
 from pipeline import passage_dedupe as dedupe
 from pipeline import waves as w
 from pipeline.accounting import example_stats, unit_id
@@ -121,7 +122,8 @@ def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
             "WriteReadOutcomes", folder, "outcomes", waves)
     counts = [count_as(read.passages, "passages_after_split"), count_as(read[OUTCOME], "unreadable_records")]
     if given:  # the units are the query rows, and any corpus record that does not join the pool
-        joined = plan_given(p, opts, folder, waves, by_text.kept)
+        aliases = by_text.drops | "Aliases" >> beam.FlatMap(lambda md: gq.id_aliases(md[0][1], md[1].kept_id))
+        joined = plan_given(p, opts, folder, waves, by_text.kept, aliases)
         units, counts = [*joined["units"], read[OUTCOME], drops], counts + joined["counts"]
     else:  # the units are the seed passages, and any record that did not become one
         units = [read.passages, read[OUTCOME]]

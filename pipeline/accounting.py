@@ -76,11 +76,15 @@ class ExampleStats(NamedTuple):
     rc: float
     fused: float
     query_words: float
+    audit: tuple = ()  # (name, count) of pipeline.audit.audit_example
 
 
 def example_stats(example: TrainingExample) -> ExampleStats:
+    from pipeline.audit import audit_example
+
     return ExampleStats(example.task, example.positive_changed, example.positive_ql, example.positive_rc,
-                        example.positive_fused, float(len(example.query.split())))
+                        example.positive_fused, float(len(example.query.split())),
+                        tuple(sorted(audit_example(example).items())))
 
 
 TOP_TASKS = 50
@@ -97,6 +101,7 @@ class ManifestAccumulator:
     relabelled: int = 0
     tasks: Counter = dataclasses.field(default_factory=Counter)
     scores: dict = dataclasses.field(default_factory=lambda: {name: ScoreSketch() for name in SCORES})
+    audit: Counter = dataclasses.field(default_factory=Counter)  # the false-negative audit (pipeline.audit)
 
     def add_outcome(self, outcome: Outcome) -> None:
         self.status[outcome.status] += 1
@@ -107,6 +112,7 @@ class ManifestAccumulator:
         self.examples += 1
         self.relabelled += int(stats.relabelled)
         self.tasks[stats.task] += 1
+        self.audit.update(dict(stats.audit))
         for name in SCORES:
             value = getattr(stats, name)
             if math.isfinite(value):  # QL or RC is NaN when --scores left it out
@@ -118,6 +124,7 @@ class ManifestAccumulator:
         self.examples += other.examples
         self.relabelled += other.relabelled
         self.tasks.update(other.tasks)
+        self.audit.update(other.audit)
         for name in SCORES:
             self.scores[name].merge(other.scores[name])
         return self
@@ -140,6 +147,12 @@ def summarize(sketch: ScoreSketch) -> ScoreSummary:
                         p50=sketch.quantile(0.5), max=sketch.max)
 
 
+def false_negative_share(audit: dict) -> Optional[float]:
+    from pipeline.audit import false_negative_share as share
+
+    return share(audit)
+
+
 def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.datetime, stage_counts: dict[str, int],
                    llm_model: str, embedder: str, prompts: dict[str, str], config: str,
                    expected_inputs: Optional[int] = None, resumed: bool = False,
@@ -160,6 +173,7 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
     counts.update({f"outcome:{k}": v for k, v in sorted(acc.reasons.items())})
     counts["examples_written"] = acc.examples
     counts["examples_relabelled"] = acc.relabelled
+    counts.update(sorted(acc.audit.items()))
     return RunManifest(
         run_id=run_id, started_at=started_at, finished_at=dt.datetime.now(dt.timezone.utc), counts=counts,
         inputs=inputs, written=written, filtered=filtered, dead_lettered=dead,
@@ -170,4 +184,5 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
                    + (" (checked against the input count)" if expected_inputs is not None else ""),
         resumed=resumed, ranking_precision=ranking_precision or {}, tokens=tokens or {},
         phase_seconds=phase_seconds or {}, scoring=scoring or {},
+        false_negative_share=false_negative_share(acc.audit),
     )

@@ -11,17 +11,15 @@ from schemas import CandidateScore, HardNegative, PassageRef, Provenance, QueryR
 
 
 def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: MiningConfig,
-                  keep_candidates: bool = True, quality: Optional[float] = None,
-                  audit: Optional[collections.Counter] = None) -> TrainingExample:
+                  keep_candidates: bool = True, quality: Optional[float] = None) -> TrainingExample:
     """The example without its provenance, which `stamp` adds when it is written: provenance is the
     same for every row of a run and a third of an example's bytes, and a runner that holds the
-    examples between stages (the DirectRunner) would hold it once per example. `audit`, when given,
+    examples between stages (the DirectRunner) would hold it once per example. Its never_negative
     counts the retrieved neighbours each never-a-negative rule kept out (pipeline.mining)."""
     positive = choose_positive(scored, mining)
     ruled = never_negatives(scored, positive, mining, query.known_positive_ids)
     negatives = mine_negatives(scored, positive, query.query_id, mining, ruled=ruled)
-    if audit is not None:  # the neighbours each rule kept out of the negatives
-        audit.update(ruled[c.passage_id] for c in scored if c.retrieval_rank > 0 and c.passage_id in ruled)
+    kept_out = collections.Counter(ruled[c.passage_id] for c in scored if c.retrieval_rank > 0 and c.passage_id in ruled)
     ordered = sorted(scored, key=lambda c: c.fused_rank)
     return TrainingExample.model_construct(  # validated whole by stamp()
         example_id=ids.example_id(query.query_id, positive.passage_id),
@@ -30,6 +28,8 @@ def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: 
         query=query.query,
         positive=PassageRef(id=positive.passage_id, title=positive.title, text=positive.text),
         seed_passage_id=query.passage_id,
+        positive_id_as_given=query.positive_id_as_given,
+        known_positive_ids=list(query.known_positive_ids),
         positive_changed=bool(query.passage_id) and positive.passage_id != query.passage_id,
         query_source=query.source,
         positive_source=_positive_source(query.passage_id, positive.passage_id),
@@ -42,6 +42,7 @@ def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: 
                          retrieval_rank=n.retrieval_rank, ql=n.ql, rc=n.rc, fused=n.fused, ce=n.ce)
             for n in negatives
         ],
+        never_negative=dict(sorted(kept_out.items())),
         candidates=ordered if keep_candidates else None,
         knobs=query.knobs,
         quality=quality,

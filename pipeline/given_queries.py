@@ -19,7 +19,7 @@ Every row ends as a GivenQuery or a DeadLetter with its reason.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, NamedTuple, Optional, Union
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 from pipeline import ids
 from pipeline.ingest import dead_letter, normalize_text
@@ -127,7 +127,7 @@ def beir_given(query_id: str, texts: list[tuple[str, str]], qrels: list[tuple[st
 
 def given_texts(query: GivenQuery) -> list[tuple[str, PassageRef]]:
     """(text key, passage) of each text that came with the row and may join the corpus."""
-    refs = ([query.positive] if query.positive else []) + list(query.negatives)
+    refs = ([query.positive] if query.positive else []) + list(query.positive_chunks) + list(query.negatives)
     return [(text_key(r.text), r) for r in refs]
 
 
@@ -135,9 +135,35 @@ GIVEN_SOURCE = "given:"  # the source_id prefix of a given text that joined the 
 
 
 def joined_passage(ref: PassageRef, source: str) -> Passage:
-    """A given text that the corpus did not hold, as a passage of the corpus."""
+    """A given text that the corpus did not hold, as a passage of the corpus (a chunk of a split
+    given text keeps its number, as a corpus record's chunks do)."""
+    head, sep, tail = ref.id.rpartition("#")
     return Passage(id=ref.id, title=ref.title, text=normalize_text(ref.text), source_id=f"{GIVEN_SOURCE}{source}",
-                   chunk=0)
+                   chunk=int(tail) if sep and tail.isdigit() and head else 0)
+
+
+def split_given(query: GivenQuery, split: Callable[[PassageRef], list[PassageRef]]) -> GivenQuery:
+    """The row with its texts split as corpus records are (`split`: the same splitter and budget,
+    pipeline.ingest.split_passage). A positive that splits is its first chunk, as a positive named
+    by record id is that record's first chunk; every other chunk joins the corpus and is a known
+    positive (by text key, so a corpus chunk with that text is one too), as is every chunk of
+    another known positive text (FlagEmbedding's other `pos`). A negative's chunks are negatives.
+    Raises ingest.TitleTooLong as the corpus split does."""
+    update: dict = {}
+    known = list(query.known_positive_ids)
+    if query.positive is not None:
+        first, *rest = split(query.positive)
+        if rest:
+            update["positive"], update["positive_chunks"] = first, rest
+            known += [text_key(r.text) for r in rest]
+    for other in query.known_positives:
+        known += [text_key(r.text) for r in split(other)]
+    negatives = [chunk for negative in query.negatives for chunk in split(negative)]
+    if len(negatives) != len(query.negatives):
+        update["negatives"] = negatives
+    if known != list(query.known_positive_ids):
+        update["known_positive_ids"] = list(dict.fromkeys(known))
+    return query.model_copy(update=update) if update else query
 
 
 def positive_key(query: GivenQuery) -> Optional[tuple[str, str]]:
@@ -147,6 +173,35 @@ def positive_key(query: GivenQuery) -> Optional[tuple[str, str]]:
     if query.positive is not None:
         return "text", text_key(query.positive.text)
     return None
+
+
+def id_aliases(dropped_keys: Iterable[tuple[str, str]], kept_id: str) -> list[tuple[str, str]]:
+    """(id, kept id) for each id a dropped duplicate answered to (corpus_keys: its own, and its
+    record's for a first chunk): a positive or qrel naming it means the copy that was kept."""
+    return [(key, kept_id) for kind, key in dropped_keys if kind == "id" and key != kept_id]
+
+
+def ids_named(query: GivenQuery) -> list[str]:
+    """The corpus ids a given row names: its positive's and its known positives'."""
+    return sorted({i for i in (query.positive_id, *query.known_positive_ids) if i})
+
+
+def resolve_aliases(query: GivenQuery, aliases: dict[str, str]) -> GivenQuery:
+    """The row with the ids of dropped duplicates resolved to the kept copies: the positive is
+    the kept copy (the id the row gave stays in positive_id_as_given); a known positive keeps its
+    own id too (the rest of its record may be kept under it) and gains the kept copy's; so does
+    a resolved positive's own id."""
+    if not aliases:
+        return query
+    update: dict = {}
+    known = set(query.known_positive_ids)
+    if query.positive_id in aliases:
+        update["positive_id"], update["positive_id_as_given"] = aliases[query.positive_id], query.positive_id
+        known.add(query.positive_id)  # the rest of the named record, where it was kept, is its chunks
+    resolved = known | {aliases[k] for k in known if k in aliases}
+    if resolved != set(query.known_positive_ids):
+        update["known_positive_ids"] = sorted(resolved)
+    return query.model_copy(update=update)
 
 
 def corpus_keys(passage: Passage) -> list[tuple[str, str]]:
@@ -182,7 +237,7 @@ def query_record(query: GivenQuery, seed, default_task: str) -> QueryRecord:
     known = list(query.known_positive_ids)
     return QueryRecord(query_id=query.query_id, passage_id=seed.id if seed else "", task=query.task or default_task,
                        query=query.query, knobs=None, source=f"given:{query.layout}", unit=query.source,
-                       known_positive_ids=known)
+                       known_positive_ids=known, positive_id_as_given=query.positive_id_as_given)
 
 
 def missing_positive(query: GivenQuery) -> DeadLetter:
@@ -265,6 +320,7 @@ def _flagembedding(data: dict) -> dict:
         fields["positive"] = positives[0]
         # the other positives are excluded from the negatives by their text (they may not be in the corpus)
         fields["known_positive_ids"] = [text_key(p.text) for p in positives[1:]]
+        fields["known_positives"] = positives[1:]  # split_given adds the keys of their chunks
     return fields
 
 

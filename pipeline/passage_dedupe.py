@@ -42,6 +42,7 @@ class Drop(NamedTuple):
     kind: str
     detail: str = ""
     texts: int = 0
+    kept_id: str = ""  # a duplicate text: the id of the copy that was kept (its ids resolve to it)
 
 
 def _keyed(members: Iterable[T], key: Callable[[T], PassageKey]) -> list[tuple[PassageKey, T]]:
@@ -65,7 +66,7 @@ def resolve_content_group(members: Iterable[T], key: Callable[[T], PassageKey] =
     """Members sharing a text under different ids -> the smallest id is kept."""
     keyed = sorted(_keyed(members, key), key=lambda km: (km[0].id, km[0].source_id))
     detail = f"same text as passage {keyed[0][0].id}"
-    return [keyed[0][1]], [(m, Drop("duplicate", detail)) for _, m in keyed[1:]]
+    return [keyed[0][1]], [(m, Drop("duplicate", detail, kept_id=keyed[0][0].id)) for _, m in keyed[1:]]
 
 
 def drop_outcome(passage, drop: Drop) -> Outcome:

@@ -65,6 +65,10 @@ class RunManifest(Record):
         default_factory=dict, description="how the LLM scored: score_order (passage | query), ql_path "
                                           "(prefix_cache: QL read the server's prefix cache over its token endpoint; "
                                           "echo: /v1/completions) and the RC prompt")
+    false_negative_share: Optional[float] = Field(
+        None, description="the false-negative audit: the share of written negatives that are a known positive of "
+                          "their query, a chunk of one or a duplicate of one (must be 0; counts: "
+                          "negatives_written, written_negative_<rule>, never_negative_<rule>, extra_positives)")
     phase_seconds: dict[str, float] = Field(
         default_factory=dict, description="a run in waves (--wave_size): wall seconds of each of its pipelines "
                                           "(plan, prepare-w00000, ..., filter, finish-w00000, ...); empty for one "

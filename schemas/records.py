@@ -176,7 +176,14 @@ class GivenQuery(Record):
     positive: Optional[PassageRef] = Field(None, description="the positive as text, when given as text")
     known_positive_ids: list[str] = Field(default_factory=list, description="more positives (BEIR qrels): "
                                                                             "never mined as negatives")
+    positive_chunks: list[PassageRef] = Field(default_factory=list, description="a positive text split like a "
+                                                                               "corpus record: its chunks after "
+                                                                               "the first (known positives)")
+    known_positives: list[PassageRef] = Field(default_factory=list, description="other positive texts "
+                                                                               "(FlagEmbedding's pos)")
     negatives: list[PassageRef] = Field(default_factory=list, description="given negatives (texts), kept as given")
+    positive_id_as_given: Optional[str] = Field(None, description="the id the row named, when it named a duplicate "
+                                                                  "text that was dropped: positive_id is the kept copy")
     layout: str = Field(..., description="fret | pairs | flagembedding | beir")
     source: str = Field(..., description="file and line (BEIR: the qrels line)")
 
@@ -194,6 +201,7 @@ class QueryRecord(Record):
     unit: Optional[str] = Field(None, description="accounting unit of a given query (its row); generated "
                                                   "queries count under their seed passage")
     known_positive_ids: list[str] = Field(default_factory=list, description="passages never mined as negatives")
+    positive_id_as_given: Optional[str] = Field(None, description="see GivenQuery.positive_id_as_given")
     prompt_tokens: int = Field(0, ge=0, description="prompt tokens reported by the server")
     completion_tokens: int = Field(0, ge=0, description="completion tokens reported by the server")
 
@@ -264,6 +272,11 @@ class TrainingExample(Record):
     positive: PassageRef
     seed_passage_id: str = Field(..., description="the passage the query was generated from, or the given "
                                                   "positive; empty when a given query came without one")
+    positive_id_as_given: Optional[str] = Field(None, description="the positive's id as the query row named it, "
+                                                                  "when that id was a dropped duplicate of "
+                                                                  "seed_passage_id's text")
+    known_positive_ids: list[str] = Field(default_factory=list, description="the query's other known positives "
+                                                                          "(ids, or t-... text keys): never negatives")
     positive_changed: bool = Field(..., description="true when the LLM relabelled the positive")
     query_source: str = Field("generated", description="generated, or given:LAYOUT (fret, pairs, flagembedding, "
                                                        "beir) for a query from --queries")
@@ -275,6 +288,9 @@ class TrainingExample(Record):
     positive_fused: float
     positive_ce: Optional[float] = Field(None, description="the cross-encoder's score, when it ranked (--scores ce)")
     hard_negatives: list[HardNegative]
+    never_negative: dict[str, int] = Field(default_factory=dict, description="retrieved neighbours kept out of the "
+                                                                           "negatives, by rule (README: False "
+                                                                           "negatives)")
     candidates: Optional[list[CandidateScore]] = Field(None, description="every scored candidate, if kept")
     knobs: Optional[QueryKnobs] = Field(None, description="the generation knobs; None for a given query")
     quality: Optional[float] = Field(None, description="auto-rater score, when the rater ran")

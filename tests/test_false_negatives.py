@@ -1,0 +1,109 @@
+"""Relevant passages never reach the negatives on corpora with duplicates and chunked documents:
+a qrel on a dropped duplicate resolves to the kept copy, a given text is split like a corpus
+record, and the same holds in one pipeline and in waves."""
+
+
+from pipeline import given_queries as gq
+from pipeline.testing.stub_llm import StubLLM
+from schemas import GivenQuery
+from tests.jobkit import run_job, write_jsonl
+from tests.test_waves import _comparable
+
+TOPICS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+TWIN = "The twin text appears twice in this corpus under two ids, as MS MARCO holds it."
+
+
+def _beir(tmp_path):
+    """A BEIR train split whose qrels name dropped duplicates: `twin-b` is dropped for `twin-a`
+    (same text, the smaller id is kept)."""
+    corpus = [{"_id": f"p{i}", "title": "", "text": f"A passage about {t}, and what {t} is known for."}
+              for i, t in enumerate(TOPICS)]
+    corpus += [{"_id": "twin-a", "text": TWIN}, {"_id": "twin-b", "text": TWIN}]
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    write_jsonl(folder / "corpus.jsonl", corpus)
+    write_jsonl(folder / "queries.jsonl", [{"_id": "q-known", "text": "what is alpha known for"},
+                                           {"_id": "q-named", "text": "which text appears twice"}])
+    (folder / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n"
+        "q-known\tp0\t2\n"
+        "q-known\ttwin-b\t1\n"  # a known positive that is a dropped duplicate
+        "q-named\ttwin-b\t1\n")  # the positive itself is a dropped duplicate
+    return folder
+
+
+def test_an_id_of_a_dropped_duplicate_resolves_to_the_kept_copy():
+    query = GivenQuery(query_id="g", query="q", positive_id="b#0", known_positive_ids=["k", "x"], layout="beir",
+                       source="s")
+    aliases = dict(gq.id_aliases(gq.corpus_keys(_passage("b#0", 0)), "a#0"))
+    assert aliases == {"b#0": "a#0", "b": "a#0"}, "a first chunk answers to its record's id too"
+    resolved = gq.resolve_aliases(query, {**aliases, "k": "c"})
+    assert (resolved.positive_id, resolved.positive_id_as_given) == ("a#0", "b#0")
+    assert resolved.known_positive_ids == ["a#0", "b#0", "c", "k", "x"]
+
+
+def _passage(pid, chunk):
+    from schemas import Passage
+
+    return Passage(id=pid, text="t", source_id="s", chunk=chunk)
+
+
+def test_qrels_on_dropped_duplicates_in_one_pipeline_and_in_waves(tmp_path):
+    folder = _beir(tmp_path)
+    flags = ("--queries", str(folder), "--num_negatives", "20", "--num_neighbors", "10", "--relabel", "never")
+    with StubLLM() as stub:
+        one = run_job(folder / "corpus.jsonl", tmp_path / "one", stub.base_url, *flags)
+        waves = run_job(folder / "corpus.jsonl", tmp_path / "waves", stub.base_url, *flags, "--wave_size", "3")
+    assert not one["dead_letters"], [d["reason"] for d in one["dead_letters"]]  # was positive_not_in_corpus
+    by_query = {e["query"]: e for e in one["examples"]}
+    named = by_query["which text appears twice"]
+    assert (named["seed_passage_id"], named["positive_id_as_given"]) == ("twin-a", "twin-b")
+    known = by_query["what is alpha known for"]
+    assert "twin-a" in known["known_positive_ids"]
+    for e in one["examples"]:
+        assert e["hard_negatives"], "the other passages are mined"
+        assert all(n["text"] != TWIN for n in e["hard_negatives"]), "the kept copy of a known positive"
+    assert one["manifest"]["false_negative_share"] == 0.0
+    assert _comparable(waves) == _comparable(one)
+
+
+def _long_text(topic: str, sentences: int = 24) -> str:
+    return " ".join(f"Sentence {i} of the long document on {topic} says something about {topic} number {i}."
+                    for i in range(sentences))
+
+
+def test_given_texts_are_split_like_corpus_records_in_one_pipeline_and_in_waves(tmp_path):
+    """A long given positive becomes chunks (the first is the positive, the others known
+    positives, never negatives), whether the corpus holds the same document or not; a long given
+    negative becomes chunks too; none is one passage cut off at the embedder's length."""
+    corpus = [{"id": f"p{i}", "text": f"A passage about {t}, and what {t} is known for."}
+              for i, t in enumerate(TOPICS)]
+    corpus.append({"id": "held", "text": _long_text("the held corpus document")})
+    rows = [{"query": "what does the new document say", "positive": _long_text("a new given document"),
+             "negatives": [_long_text("a long given negative")]},
+            {"query": "what does the held document say", "positive": _long_text("the held corpus document")}]
+    inp = write_jsonl(tmp_path / "corpus.jsonl", corpus)
+    queries = write_jsonl(tmp_path / "queries.jsonl", rows)
+    flags = ("--queries", str(queries), "--num_negatives", "40", "--num_neighbors", "40", "--relabel", "never",
+             "--max_passage_tokens", "64")
+    with StubLLM() as stub:
+        one = run_job(inp, tmp_path / "one", stub.base_url, *flags)
+        waves = run_job(inp, tmp_path / "waves", stub.base_url, *flags, "--wave_size", "4")
+    assert not one["dead_letters"], [d["detail"] for d in one["dead_letters"]]
+    by_query = {e["query"]: e for e in one["examples"]}
+    new, held = by_query["what does the new document say"], by_query["what does the held document say"]
+    assert held["seed_passage_id"] == "held#0", "the given text's first chunk is the corpus document's"
+    assert new["seed_passage_id"].endswith("#0") and new["positive"]["id"] == new["seed_passage_id"]
+    document = new["seed_passage_id"][:-2]
+    pool = {c["passage_id"] for e in one["examples"] for c in e["candidates"]}
+    chunks = sorted(p for p in pool if p.startswith(document + "#"))
+    assert len(chunks) > 2, "the positive joined the corpus as chunks"
+    assert sum(1 for p in pool if "#" in p and p.split("#")[0] not in (document, "held")) > 2, "the negative too"
+    for e, own in ((new, document), (held, "held")):
+        assert e["hard_negatives"], "the other passages are mined"
+        assert not [n["id"] for n in e["hard_negatives"] if n["id"].startswith(own + "#")], "a chunk of the positive"
+        assert len(e["known_positive_ids"]) >= 2
+    m = one["manifest"]
+    assert m["counts"]["never_negative_known_positive"] > 0 and m["counts"]["negatives_written"] > 0
+    assert m["false_negative_share"] == 0.0
+    assert _comparable(waves) == _comparable(one)
