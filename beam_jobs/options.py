@@ -118,8 +118,10 @@ class FretOptions(PipelineOptions):
         rr = parser.add_argument_group("reranking and mining")
         _add(rr, "rrf_k", type=float, default=0.0, help="RRF constant (Gecko: 0)")
         _add(rr, "scores", default="ql,rc",
-             help="the rankings fused by RRF, any of ql, rc, ce (comma-separated): QL and RC from the LLM, ce from "
-                  "a served cross-encoder (--reranker-url); a score left out is never requested")
+             help="the rankings fused by RRF, any of ql, rc, ce, retrieval (comma-separated): QL and RC from the "
+                  "LLM, ce from a served cross-encoder (--reranker-url), retrieval the embedder's own cosine; a "
+                  "score left out is never requested. retrieval (with or without ce) needs no LLM server beside "
+                  "--queries: mining as sentence-transformers' mine_hard_negatives does")
         _add(rr, "reranker_url", default="",
              help="a served cross-encoder for --scores ce: vLLM's /rerank or /score, or TEI's /rerank (--reranker-api)")
         _add(rr, "reranker_model", default="", help="served cross-encoder name (default: the endpoint's first model)")
@@ -154,15 +156,28 @@ class FretOptions(PipelineOptions):
              help="gecko: the candidate the fused scores rank first becomes the positive (Gecko's relabelling); "
                   "never: the seed or given positive stays the positive and the scores only mine the negatives, "
                   "as sentence-transformers' mine_hard_negatives does")
-        _add(rr, "negative_strategy", default="lowest", choices=["lowest", "random", "rank_window", "margin"],
-             help="hard negatives: lowest = p_N, the lowest fused rank (Gecko); random neighbour; a window of fused "
-                  "ranks; margin = NV-Retriever's positive-aware TopK-PercPos")
+        _add(rr, "negative_strategy", default="lowest", choices=["top", "lowest", "random", "rank_window", "margin"],
+             help="hard negatives, from the neighbours the range and score limits below keep: top = the hardest "
+                  "(mine_hard_negatives' sampling_strategy top); lowest = p_N, the lowest fused rank (Gecko); random "
+                  "= a seeded sample (its random); a window of fused ranks; margin = NV-Retriever's "
+                  "positive-aware TopK-PercPos (--negative-margin)")
         _add(rr, "num_negatives", type=int, default=1, help="hard negatives per example")
         _add(rr, "negative_window", default="10,20", help="rank_window: fused ranks lo,hi")
         _add(rr, "negative_margin", type=float, default=0.95, help="margin: drop scores above this x positive")
-        _add(rr, "margin_score", default="rc", choices=["rc", "ql", "fused", "ce"],
-             help="margin: the score compared with the positive's, as a probability-like value (one that --scores "
-                  "computes, or fused)")
+        _add(rr, "margin_score", default="auto", choices=["auto", "rc", "ql", "fused", "ce", "retrieval"],
+             help="the score the margins and score limits compare, as a probability-like value (one that --scores "
+                  "computes, or fused); auto: rc, else ce, else ql, else retrieval, the first that --scores has")
+        _add(rr, "negative_range", default="0,",
+             help="MIN,MAX: mine_hard_negatives' range_min, range_max: of the neighbours by fused rank (never-"
+                  "negatives left out), the first MAX + 2 as it retrieves them (MAX empty: all N), less the positive "
+                  "and those a score limit drops, then the first MAX, less the first MIN")
+        _add(rr, "negative_absolute_margin", type=float, default=None,
+             help="drop a neighbour whose score + this > the positive's (mine_hard_negatives' absolute_margin)")
+        _add(rr, "negative_relative_margin", type=float, default=None,
+             help="drop a neighbour whose score > positive - |positive| x this (its relative_margin; NV-Retriever's "
+                  "TopK-PercPos at 0.05)")
+        _add(rr, "negative_max_score", type=float, default=None, help="drop a neighbour scored above this (max_score)")
+        _add(rr, "negative_min_score", type=float, default=None, help="drop a neighbour scored below this (min_score)")
 
         flt = parser.add_argument_group("filters")
         _add(flt, "near_dup_threshold", type=float, default=0.8,
@@ -344,14 +359,37 @@ def reranker_client(opts: FretOptions) -> ClientConfig:
                         api_key=os.environ.get(opts.reranker_api_key_env) or None)
 
 
+def margin_score_name(opts: FretOptions) -> str:
+    """--margin-score, with auto resolved to the first of rc, ce, ql, retrieval that --scores has."""
+    if opts.margin_score != "auto":
+        return opts.margin_score
+    names = score_names(opts)
+    return next(n for n in ("rc", "ce", "ql", "retrieval") if n in names)
+
+
+def negative_range(text: str) -> tuple[int, int | None]:
+    lo, _, hi = text.partition(",")
+    try:
+        return int(lo or 0), (int(hi) if hi.strip() else None)
+    except ValueError:
+        raise ValueError(f"--negative-range {text!r}: give MIN,MAX ranks, e.g. 0,20 or 5, (MAX empty: all)") from None
+
+
 def mining_config(opts: FretOptions) -> MiningConfig:
-    if opts.negative_strategy == "margin" and opts.margin_score != "fused" and opts.margin_score not in score_names(opts):
-        raise ValueError(f"--margin-score {opts.margin_score} is not scored in this run (--scores {opts.scores}); "
+    score = margin_score_name(opts)
+    limits = (opts.negative_absolute_margin, opts.negative_relative_margin, opts.negative_max_score,
+              opts.negative_min_score)
+    if ((opts.negative_strategy == "margin" or any(v is not None for v in limits))
+            and score != "fused" and score not in score_names(opts)):
+        raise ValueError(f"--margin-score {score} is not scored in this run (--scores {opts.scores}); "
                          "pick one it scores, or fused")
     lo, hi = (int(x) for x in opts.negative_window.split(","))
+    range_min, range_max = negative_range(opts.negative_range)
     return MiningConfig(strategy=opts.negative_strategy, num_negatives=opts.num_negatives, window=(lo, hi),
-                        margin=opts.negative_margin, margin_score=opts.margin_score, rc_kind=opts.rc_score,
-                        seed=opts.seed, relabel=opts.relabel)
+                        margin=opts.negative_margin, margin_score=score, rc_kind=opts.rc_score,
+                        seed=opts.seed, relabel=opts.relabel, range_min=range_min, range_max=range_max,
+                        absolute_margin=opts.negative_absolute_margin, relative_margin=opts.negative_relative_margin,
+                        max_score=opts.negative_max_score, min_score=opts.negative_min_score)
 
 
 def near_dup_config(opts: FretOptions) -> NearDupConfig | None:
@@ -373,7 +411,8 @@ CONFIG_FIELDS = (
     "num_neighbors",
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "score_order", "ql_path", "rc_prompt_version",
     "ql_prompt_version", "relabel", "negative_strategy", "num_negatives", "negative_window", "negative_margin",
-    "margin_score",
+    "margin_score", "negative_range", "negative_absolute_margin", "negative_relative_margin", "negative_max_score",
+    "negative_min_score",
     "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated", "decontaminate", "decontam_ngram",
     "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args", "llm_serve_port",
     "llm_serve_memory", "llm_serve_max_model_len", "wave_size", "queries", "queries_layout", "queries_split",

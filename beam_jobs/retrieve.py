@@ -168,8 +168,11 @@ class _SearchIndex(beam.DoFn):
     with it (the merge does not depend on shard order), so a batch reads one shard fewer; with
     one shard, the usual case below --index_shard_size passages, it is read once per worker."""
 
-    def __init__(self, k: int, progress: bool):
-        self._k, self._progress = k, progress
+    def __init__(self, k: int, progress: bool, seed_of=None):
+        # seed_of(key) -> a passage id whose score the query also needs (its seed: a positive outside
+        # the top-k is ranked by its own cosine with --scores retrieval); the output is then
+        # (key, top-k, that score or None)
+        self._k, self._progress, self._seed_of = k, progress, seed_of
         self.searched = Metrics.counter(NS, "queries_searched")
 
     def setup(self):
@@ -187,9 +190,15 @@ class _SearchIndex(beam.DoFn):
         vectors = np.stack([v for _, v in batch]).astype(np.float32)
         best: list[list[retrieval.Hit]] = [[] for _ in keys]
         texts: list[dict[str, tuple[str, str]]] = [{} for _ in keys]
+        seeds = [self._seed_of(key) for key in keys] if self._seed_of else []
+        seed_scores: list[Optional[float]] = [None] * len(seeds)
         in_memory = self._cached[0] if self._cached else None
         for path in sorted(shard_paths, key=lambda p: p != in_memory):  # the shard in memory first
             shard = self._shard(path)
+            for i, seed in enumerate(seeds):
+                if seed is not None and seed in shard.row_of:  # scored as the search scores a hit
+                    row = shard.row_of[seed]
+                    seed_scores[i] = float(retrieval.exact_scores(vectors[i], shard.matrix[row:row + 1])[0])
             for i, hits in enumerate(retrieval.search_shard(vectors, shard.matrix, shard.ids, self._k)):
                 best[i] = retrieval.merge_topk([best[i], hits], self._k)
                 kept = {h.passage_id for h in best[i]}
@@ -197,8 +206,9 @@ class _SearchIndex(beam.DoFn):
                 texts[i].update((h.passage_id, shard.title_text(h.passage_id)) for h in hits if h.passage_id in kept)
         self.searched.inc(len(keys))
         Progress.add("search", len(keys), self._progress, total)
-        for key, top, found in zip(keys, best, texts):
-            yield key, [(h.score, h.passage_id, *found[h.passage_id]) for h in top]
+        for i, (key, top, found) in enumerate(zip(keys, best, texts)):
+            hits = [(h.score, h.passage_id, *found[h.passage_id]) for h in top]
+            yield (key, hits, seed_scores[i]) if self._seed_of else (key, hits)
 
 
 class ShardedExactSearch(beam.PTransform):
@@ -240,12 +250,13 @@ def write_index_shards(passage_blocks, shard_size: int, index_folder: str):
 
 
 def search_index_files(query_vectors, shard_paths, k: int, query_batch_size: int = 4096, progress: bool = False,
-                       total: Optional[beam.PCollection] = None):
-    """(key, vector) -> (key, top-k of (score, id, title, text)) against the shard files whose
-    paths are the one element of `shard_paths`. Applied in the caller's scope."""
+                       total: Optional[beam.PCollection] = None, seed_of=None):
+    """(key, vector) -> (key, top-k of (score, id, title, text)[, the seed's score with seed_of])
+    against the shard files whose paths are the one element of `shard_paths`. Applied in the
+    caller's scope."""
     batches = query_vectors | "BatchForSearch" >> beam.BatchElements(min_batch_size=query_batch_size,
                                                                        max_batch_size=query_batch_size)
-    search = _SearchIndex(k, progress)
+    search = _SearchIndex(k, progress, seed_of)
     if not progress:
         return batches | "SearchIndex" >> beam.ParDo(search, beam.pvalue.AsSingleton(shard_paths))
     total = _count_unless_given(total, query_vectors, "CountQueries")
@@ -255,12 +266,16 @@ def search_index_files(query_vectors, shard_paths, k: int, query_batch_size: int
 def _candidates(item_top, k: int, refused_seeds: dict):
     """-> (query, seed, candidates); a query whose seed the embedder refused -> REFUSED, (query,
     seed, why): its positive is in no index shard, so it cannot be ranked against its neighbours."""
-    (query, passage), top = item_top
+    (query, passage), top, seed_score = item_top
     if passage is not None and passage.id in refused_seeds:
         yield beam.pvalue.TaggedOutput(REFUSED, (query, passage, f"its seed passage {passage.id} was refused "
                                                                  f"by the embedder: {refused_seeds[passage.id]}"))
         return
-    yield query, passage, build_candidates(passage, [top], k)
+    yield query, passage, build_candidates(passage, [top], k, seed_score)
+
+
+def _seed_id(key) -> Optional[str]:
+    return key[1].id if key[1] is not None else None
 
 
 class SearchQueries(beam.PTransform):
@@ -286,7 +301,7 @@ class SearchQueries(beam.PTransform):
                     | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", self.shared,
                                               self.progress, self.trust_remote_code, total=total))
         top = search_index_files(embedded["vectors"], shard_paths, self.k, self.query_batch_size, self.progress,
-                                 total)
+                                 total, seed_of=_seed_id)
         refused_seeds = (refused_passages[0] if refused_passages
                          else queries.pipeline | "NoRefusedSeeds" >> beam.Create([]))
         seeds = beam.pvalue.AsDict(refused_seeds | "RefusedSeedIds" >> beam.Map(lambda pw: (pw[0].id, pw[1])))

@@ -13,6 +13,9 @@ from typing import Sequence
 QL_DECIMALS = 2  # summed log-probability of the query, nats
 RC_DECIMALS = 3  # expected relevance (label units) or log P(top label)
 CE_DECIMALS = 3  # a served cross-encoder's score (vLLM and TEI answer the sigmoid, in [0, 1])
+# the embedder's cosine: the search ranks exact float64 products, but the query's vector moves in
+# its last bits with the embedder's batch (pipeline.retrieval.NOISE bounds it)
+RETRIEVAL_DECIMALS = 5
 
 
 def quantise(values: Sequence[float], decimals: int) -> list[float]:

@@ -10,7 +10,7 @@ from typing import Literal, Optional, Sequence
 from pipeline.given_queries import text_key
 from schemas import CandidateScore, MiningStrategy
 
-MarginScore = Literal["rc", "ql", "fused", "ce"]
+MarginScore = Literal["rc", "ql", "fused", "ce", "retrieval"]
 RCKind = Literal["expected_relevance", "top_label_logprob"]
 
 
@@ -28,10 +28,20 @@ class MiningConfig:
     exclude_seed: bool = True
     seed: int = 0
     relabel: Literal["gecko", "never"] = "gecko"  # never: the seed or given positive stays the positive
+    # sentence-transformers' mine_hard_negatives filters, under its semantics (pool_filter): the
+    # first range_max candidates by rank, less those the score filters drop, less the first range_min
+    range_min: int = 0
+    range_max: Optional[int] = None
+    absolute_margin: Optional[float] = None  # drop a candidate whose score + margin > the positive's
+    relative_margin: Optional[float] = None  # drop a candidate whose score > positive - |positive| x margin
+    max_score: Optional[float] = None
+    min_score: Optional[float] = None
 
     def __post_init__(self):
         if self.num_negatives < 0:
             raise ValueError("num_negatives must be >= 0")
+        if self.range_min < 0 or (self.range_max is not None and self.range_max <= self.range_min):
+            raise ValueError("the negative range is min,max with 0 <= min < max (ranks; max may be left out)")
         if not 0 < self.margin <= 1:
             raise ValueError("margin must be in (0, 1]; NV-Retriever uses 0.95")
         if self.window[0] < 1 or self.window[1] < self.window[0]:
@@ -99,30 +109,59 @@ def never_negatives(candidates: Sequence[CandidateScore], positive: CandidateSco
 def mine_negatives(candidates: Sequence[CandidateScore], positive: CandidateScore, query_id: str,
                    config: MiningConfig, known_positive_ids: Sequence[str] = (),
                    ruled: Optional[dict[str, str]] = None) -> list[CandidateScore]:
-    """Hard negatives, hardest first (by fused rank) except for `random`, which keeps sample order,
-    from the retrieved neighbours that no rule of never_negatives keeps out (`ruled`: its answer,
-    when the caller has it already)."""
+    """Hard negatives, hardest first (by fused rank), from the retrieved neighbours that no rule of
+    never_negatives keeps out (`ruled`: its answer, when the caller has it already) and that
+    pool_filter keeps."""
     if ruled is None:
         ruled = never_negatives(candidates, positive, config, known_positive_ids)
-    pool = [c for c in candidates if c.passage_id != positive.passage_id
-            and c.retrieval_rank > 0  # only the N neighbours; a seed outside the top-N is not one
-            and c.passage_id not in ruled]
-    pool.sort(key=lambda c: c.fused_rank)
+    neighbours = [c for c in candidates if c.retrieval_rank > 0  # a seed outside the top-N is not one
+                  and c.passage_id not in ruled]
+    neighbours.sort(key=lambda c: c.fused_rank)
+    pool = pool_filter(neighbours, positive, config)
     k = config.num_negatives
     if k == 0 or not pool:
         return []
+    if config.strategy == "top":
+        return pool[:k]
     if config.strategy == "lowest":
         return list(reversed(pool[-k:]))  # p_N first, then p_{N-1}, ...
     if config.strategy == "random":
         rng = random.Random(f"{config.seed}:{query_id}")
-        return rng.sample(pool, min(k, len(pool)))
+        return sorted(rng.sample(pool, min(k, len(pool))), key=lambda c: c.fused_rank)  # hardest first, as ST
     if config.strategy == "rank_window":
         lo, hi = config.window
         return [c for c in pool if lo <= c.fused_rank <= hi][:k]
     if config.strategy == "margin":
         limit = config.margin * margin_score(positive, config)
         return [c for c in pool if margin_score(c, config) < limit][:k]
-    raise ValueError(f"unknown mining strategy {config.strategy!r}; use lowest, random, rank_window or margin")
+    raise ValueError(f"unknown mining strategy {config.strategy!r}; use top, lowest, random, rank_window or margin")
+
+
+def pool_filter(neighbours: Sequence[CandidateScore], positive: CandidateScore, config: MiningConfig
+                ) -> list[CandidateScore]:
+    """Of the neighbours by rank (the never-negatives left out), the candidates that
+    sentence-transformers' mine_hard_negatives would sample from at the same settings: the first
+    range_max + 2 (it retrieves 2 more for a query with one positive: the positive's slot and one
+    for the query's own text), less the positive, less
+    those whose score (config.margin_score) the margins, max_score and min_score drop; then the
+    first range_max of those, less the first range_min. Ours rather than a call into it: it works
+    on one query's scored candidates inside a Beam worker (the library wants the whole dataset and
+    the model); tests/test_mining_vs_st.py checks each option against mine_hard_negatives on
+    random embeddings."""
+    window = neighbours[:config.range_max + 2] if config.range_max is not None else neighbours
+    kept = [c for c in window if c.passage_id != positive.passage_id]
+    filters = (config.absolute_margin, config.relative_margin, config.max_score, config.min_score)
+    if any(f is not None for f in filters):
+        top = margin_score(positive, config)
+        ceilings = [config.max_score]
+        if config.absolute_margin is not None:
+            ceilings.append(top - config.absolute_margin)
+        if config.relative_margin is not None:
+            ceilings.append(top - abs(top) * config.relative_margin)
+        ceiling = min((c for c in ceilings if c is not None), default=math.inf)
+        floor = config.min_score if config.min_score is not None else -math.inf
+        kept = [c for c in kept if floor <= margin_score(c, config) <= ceiling]
+    return kept[:config.range_max][config.range_min:]
 
 
 def margin_score(c: CandidateScore, config: MiningConfig) -> float:
@@ -135,4 +174,6 @@ def margin_score(c: CandidateScore, config: MiningConfig) -> float:
         return c.fused  # RRF: a sum of reciprocal ranks, positive
     if config.margin_score == "ce":
         return c.ce  # the served cross-encoder's sigmoid, in [0, 1]
+    if config.margin_score == "retrieval":
+        return c.retrieval_score if c.retrieval_score is not None else -math.inf  # the embedder's cosine
     return math.exp(c.rc) if config.rc_kind == "top_label_logprob" else c.rc

@@ -9,8 +9,8 @@ import math
 import re
 from typing import Literal, Optional, Sequence, Union
 
-from pipeline.fusion import (CE_DECIMALS, QL_DECIMALS, RC_DECIMALS, expected_relevance, quantise, ranks_desc, rrf,
-                             top_label_logprob)
+from pipeline.fusion import (CE_DECIMALS, QL_DECIMALS, RC_DECIMALS, RETRIEVAL_DECIMALS, expected_relevance, quantise,
+                             ranks_desc, rrf, top_label_logprob)
 from pipeline.generation import LLM_REASONS
 from pipeline.ingest import dead_letter
 from pipeline.llm.client import LLMClient
@@ -23,7 +23,8 @@ RCScore = Literal["expected_relevance", "top_label_logprob"]
 RCMethod = Literal["exact", "first_token"]
 ScoreOrder = Literal["passage", "query"]
 QLPath = Literal["echo", "prefix_cache"]
-SCORES = ("ql", "rc", "ce")  # the rankings RRF can fuse: the LLM's QL and RC, a served cross-encoder
+# the rankings RRF can fuse: the LLM's QL and RC, a served cross-encoder, the embedder's own cosine
+SCORES = ("ql", "rc", "ce", "retrieval")
 LLM_SCORES = ("ql", "rc")
 
 
@@ -112,9 +113,10 @@ def restamped(letter: DeadLetter, query: QueryRecord) -> DeadLetter:
 
 
 def build_candidates(seed: Optional[Passage], partial_hits: Sequence[Sequence[tuple[float, str, str, str]]],
-                     k: int) -> list[Candidate]:
+                     k: int, seed_score: Optional[float] = None) -> list[Candidate]:
     """Merge per-shard (score, id, title, text) lists into the top-k neighbours, and add the
-    seed when it is not among them: Gecko takes the argmax over the neighbours *with the seed*.
+    seed when it is not among them (with `seed_score`, its cosine, when the search computed it):
+    Gecko takes the argmax over the neighbours *with the seed*.
     A given query without a positive has no seed (None): its candidates are the neighbours."""
     partials = [[Hit(-score, pid) for score, pid, _, _ in part] for part in partial_hits]
     texts = {pid: (title, text) for part in partial_hits for _, pid, title, text in part}
@@ -125,7 +127,7 @@ def build_candidates(seed: Optional[Passage], partial_hits: Sequence[Sequence[tu
                   for rank, h in enumerate(top, start=1)]
     if seed is not None and not any(c.is_seed for c in candidates):
         candidates.append(Candidate(passage_id=seed.id, title=seed.title, text=seed.text, is_seed=True,
-                                    retrieval_rank=0, retrieval_score=None))
+                                    retrieval_rank=0, retrieval_score=seed_score))
     return candidates
 
 
@@ -152,7 +154,9 @@ def fuse(query: QueryRecord, candidates: Sequence[Candidate], ql: Sequence[float
     score not used has no rank (and QL/RC not requested are NaN)."""
     tiebreak = [(c.retrieval_rank if c.retrieval_rank > 0 else 0, c.passage_id) for c in candidates]
     values = {"ql": quantise(ql, ql_decimals), "rc": quantise(rc, rc_decimals),
-              "ce": quantise([c.ce if c.ce is not None else math.nan for c in candidates], CE_DECIMALS)}
+              "ce": quantise([c.ce if c.ce is not None else math.nan for c in candidates], CE_DECIMALS),
+              "retrieval": quantise([c.retrieval_score if c.retrieval_score is not None else math.nan
+                                     for c in candidates], RETRIEVAL_DECIMALS)}
     ranks = {name: ranks_desc(values[name], tiebreak) for name in SCORES if name in scores}
     fused = rrf(list(ranks.values()), k=rrf_k)
     rank_sum = [sum(r[i] for r in ranks.values()) for i in range(len(candidates))]
@@ -234,7 +238,8 @@ def assemble(query: QueryRecord, candidates: Sequence[Candidate], scores: dict[s
         rc = [top_label_logprob(lp, prompts.top_label) for lp in rc_labels]
     ql = [p.ql for p in pairs]
     ql_mean = [p.ql_mean for p in pairs]
-    used = {"ql": ql, "rc": rc, "ce": [c.ce if c.ce is not None else math.nan for c in candidates]}
+    used = {"ql": ql, "rc": rc, "ce": [c.ce if c.ce is not None else math.nan for c in candidates],
+            "retrieval": [c.retrieval_score if c.retrieval_score is not None else math.nan for c in candidates]}
     if not all(math.isfinite(v) for name in config.scores for v in used[name]):
         return letter_for(query, "llm_bad_response", "a score is not finite")
     return fuse(query, candidates, ql, ql_mean, rc, rc_labels, config.rrf_k, config.ql_decimals, config.rc_decimals,

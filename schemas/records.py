@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from schemas import arrow
 
 RelevanceLabel = Literal["highly_relevant", "somewhat_relevant", "not_relevant"]
-MiningStrategy = Literal["lowest", "random", "rank_window", "margin"]
+MiningStrategy = Literal["top", "lowest", "random", "rank_window", "margin"]
 QueryLength = Literal["short", "medium", "long"]
 Difficulty = Literal["easy", "medium", "hard"]
 Stage = Literal["read", "split", "generate", "retrieve", "rerank", "rate", "mine", "filter", "write"]

@@ -3,6 +3,8 @@ a qrel on a dropped duplicate resolves to the kept copy, a given text is split l
 record, and the same holds in one pipeline and in waves."""
 
 
+import json
+
 from pipeline import given_queries as gq
 from pipeline.testing.stub_llm import StubLLM
 from schemas import GivenQuery
@@ -106,4 +108,27 @@ def test_given_texts_are_split_like_corpus_records_in_one_pipeline_and_in_waves(
     m = one["manifest"]
     assert m["counts"]["never_negative_known_positive"] > 0 and m["counts"]["negatives_written"] > 0
     assert m["false_negative_share"] == 0.0
+    assert _comparable(waves) == _comparable(one)
+
+
+def test_retrieval_mining_needs_no_llm_in_one_pipeline_and_in_waves(tmp_path):
+    """--scores retrieval: the embedder's cosine ranks, nothing is sent to an LLM (none listens),
+    a positive outside the top N is ranked by its own cosine, and the score limits apply to it."""
+    folder = _beir(tmp_path)
+    nobody = "http://127.0.0.1:9"  # the discard port: a request would fail the run
+    flags = ("--queries", str(folder), "--scores", "retrieval", "--relabel", "never", "--num_neighbors", "3",
+             "--negative_strategy", "top", "--num_negatives", "2", "--negative_relative_margin", "0.05")
+    one = run_job(folder / "corpus.jsonl", tmp_path / "one", nobody, *flags)
+    waves = run_job(folder / "corpus.jsonl", tmp_path / "waves", nobody, *flags, "--wave_size", "3")
+    m = one["manifest"]
+    assert m["written"] == 2 and not m["tokens"].get("ql") and not m["tokens"].get("rc"), m["accounting"]
+    for e in one["examples"]:
+        positive = next(c for c in e["candidates"] if c["passage_id"] == e["positive"]["id"])
+        assert all(c["retrieval_score"] is not None for c in e["candidates"])
+        assert [c["fused_rank"] for c in sorted(e["candidates"], key=lambda c: -c["retrieval_score"])] == list(
+            range(1, len(e["candidates"]) + 1)), "the fused ranking is the cosine's"
+        limit = positive["retrieval_score"] - abs(positive["retrieval_score"]) * 0.05
+        scores = {c["passage_id"]: c["retrieval_score"] for c in e["candidates"]}
+        assert all(scores[n["id"]] <= limit for n in e["hard_negatives"])
+    assert json.loads(m["config"])["scores"] == "retrieval"
     assert _comparable(waves) == _comparable(one)
