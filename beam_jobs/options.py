@@ -178,6 +178,17 @@ class FretOptions(PipelineOptions):
                   "TopK-PercPos at 0.05)")
         _add(rr, "negative_max_score", type=float, default=None, help="drop a neighbour scored above this (max_score)")
         _add(rr, "negative_min_score", type=float, default=None, help="drop a neighbour scored below this (min_score)")
+        _add(rr, "extra_positives", default="keep", choices=["keep", "drop"],
+             help="neighbours rated as relevant as the positive (--extra-positive-score) are never negatives; keep: "
+                  "written in the example's extra_positives (FlagEmbedding's pos and BEIR's qrels carry them); "
+                  "drop: left out of the row")
+        _add(rr, "extra_positive_score", default="auto", choices=["auto", "none", "rc", "ce", "ql", "fused", "retrieval"],
+             help="the score that finds extra positives: a neighbour whose score > the positive's - |positive's| x "
+                  "--extra-positive-margin; auto: rc, else ce, whichever --scores has (a judge of relevance), else "
+                  "none; none: no extra positives")
+        _add(rr, "extra_positive_margin", type=float, default=0.0,
+             help="how far below the positive's score an extra positive may be, as a share of it (0: rated above "
+                  "it)")
 
         flt = parser.add_argument_group("filters")
         _add(flt, "near_dup_threshold", type=float, default=0.8,
@@ -375,6 +386,19 @@ def negative_range(text: str) -> tuple[int, int | None]:
         raise ValueError(f"--negative-range {text!r}: give MIN,MAX ranks, e.g. 0,20 or 5, (MAX empty: all)") from None
 
 
+def extra_score_name(opts: FretOptions) -> str | None:
+    """--extra-positive-score, with auto resolved to rc, else ce, whichever --scores has, else None."""
+    names = score_names(opts)
+    if opts.extra_positive_score == "auto":
+        return next((n for n in ("rc", "ce") if n in names), None)
+    if opts.extra_positive_score == "none":
+        return None
+    if opts.extra_positive_score not in (*names, "fused"):
+        raise ValueError(f"--extra-positive-score {opts.extra_positive_score} is not scored in this run (--scores "
+                         f"{opts.scores}); pick one it scores, fused, or none")
+    return opts.extra_positive_score
+
+
 def mining_config(opts: FretOptions) -> MiningConfig:
     score = margin_score_name(opts)
     limits = (opts.negative_absolute_margin, opts.negative_relative_margin, opts.negative_max_score,
@@ -389,7 +413,9 @@ def mining_config(opts: FretOptions) -> MiningConfig:
                         margin=opts.negative_margin, margin_score=score, rc_kind=opts.rc_score,
                         seed=opts.seed, relabel=opts.relabel, range_min=range_min, range_max=range_max,
                         absolute_margin=opts.negative_absolute_margin, relative_margin=opts.negative_relative_margin,
-                        max_score=opts.negative_max_score, min_score=opts.negative_min_score)
+                        max_score=opts.negative_max_score, min_score=opts.negative_min_score,
+                        extra_score=extra_score_name(opts), extra_margin=opts.extra_positive_margin,
+                        keep_extra_positives=opts.extra_positives == "keep")
 
 
 def near_dup_config(opts: FretOptions) -> NearDupConfig | None:
@@ -412,7 +438,7 @@ CONFIG_FIELDS = (
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "score_order", "ql_path", "rc_prompt_version",
     "ql_prompt_version", "relabel", "negative_strategy", "num_negatives", "negative_window", "negative_margin",
     "margin_score", "negative_range", "negative_absolute_margin", "negative_relative_margin", "negative_max_score",
-    "negative_min_score",
+    "negative_min_score", "extra_positives", "extra_positive_score", "extra_positive_margin",
     "near_dup_threshold", "quality_filter", "min_quality", "keep_unrated", "decontaminate", "decontam_ngram",
     "max_failure_rate", "failure_window", "trust_remote_code", "llm_serve", "llm_serve_args", "llm_serve_port",
     "llm_serve_memory", "llm_serve_max_model_len", "wave_size", "queries", "queries_layout", "queries_split",

@@ -99,12 +99,15 @@ def row_count(paths: Sequence[str]) -> int:
 
 
 def iter_rows(paths: Sequence[str], columns: Optional[list[str]] = None, batch_size: int = 1024) -> Iterator[dict]:
-    """Rows as dicts, one batch in memory at a time."""
+    """Rows as dicts, one batch in memory at a time; of `columns`, those a shard has (one written by
+    an older version may lack a newer column)."""
     import pyarrow.parquet as pq
 
     for path in paths:
         with open_binary(path) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+            shard = pq.ParquetFile(f)
+            present = None if columns is None else [c for c in columns if c in shard.schema_arrow.names]
+            for batch in shard.iter_batches(batch_size=batch_size, columns=present):
                 yield from batch.to_pylist()
 
 

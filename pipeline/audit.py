@@ -38,7 +38,10 @@ def audit_example(example) -> collections.Counter:
             counts["written_negative_chunk_of_a_positive"] += 1
         elif key in texts:
             counts["written_negative_duplicate_of_a_positive"] += 1
-    for rule, n in (field("never_negative") or {}).items():
+    kept_out = field("never_negative") or {}
+    if not isinstance(kept_out, dict):  # a map column, as Parquet reads it back: key/value entries
+        kept_out = {e["key"]: e["value"] for e in kept_out}
+    for rule, n in kept_out.items():
         counts[f"never_negative_{rule}"] += n
     return counts
 
@@ -49,3 +52,16 @@ def false_negative_share(counts: dict) -> float | None:
     if not written:
         return None
     return sum(counts.get(f"written_negative_{rule}", 0) for rule in WRITTEN_RULES) / written
+
+
+def describe(counts: dict) -> str:
+    """One line for `fret inspect` and the dataset card."""
+    share = false_negative_share(counts)
+    broken = ", ".join(f"{rule} {counts[f'written_negative_{rule}']}" for rule in WRITTEN_RULES
+                       if counts.get(f"written_negative_{rule}"))
+    kept_out = ", ".join(f"{name.removeprefix('never_negative_')} {n}" for name, n in sorted(counts.items())
+                         if name.startswith("never_negative_") and n)
+    return (f"{counts.get('negatives_written', 0)} negatives written, "
+            + ("none" if share is None else f"{share:.2%}") + " of them a known positive, a chunk or a duplicate of one"
+            + (f" ({broken})" if broken else "") + f"; kept out by rule: {kept_out or 'none'}; "
+            f"extra positives: {counts.get('extra_positives', 0)}")

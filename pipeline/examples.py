@@ -6,8 +6,8 @@ import collections
 from typing import Optional, Sequence
 
 from pipeline import ids
-from pipeline.mining import MiningConfig, choose_positive, mine_negatives, never_negatives
-from schemas import CandidateScore, HardNegative, PassageRef, Provenance, QueryRecord, TrainingExample
+from pipeline.mining import MiningConfig, choose_positive, mine_negatives, never_negatives, score_of
+from schemas import CandidateScore, ExtraPositive, HardNegative, PassageRef, Provenance, QueryRecord, TrainingExample
 
 
 def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: MiningConfig,
@@ -43,6 +43,13 @@ def build_example(query: QueryRecord, scored: Sequence[CandidateScore], mining: 
             for n in negatives
         ],
         never_negative=dict(sorted(kept_out.items())),
+        extra_positives=[
+            ExtraPositive(id=c.passage_id, title=c.title, text=c.text, score=score_of(c, mining.extra_score,
+                                                                                     mining.rc_kind),
+                          fused_rank=c.fused_rank, retrieval_rank=c.retrieval_rank, ql=c.ql, rc=c.rc, fused=c.fused,
+                          ce=c.ce)
+            for c in ordered if ruled.get(c.passage_id) == "extra_positive"
+        ] if mining.keep_extra_positives else [],
         candidates=ordered if keep_candidates else None,
         knobs=query.knobs,
         quality=quality,

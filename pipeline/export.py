@@ -60,35 +60,39 @@ def sentence_transformers_row(row: dict, num_negatives: int, text_format: TextFo
 
 
 def flagembedding_row(row: dict, text_format: TextFormat = PLAIN, teacher_score: str = "fused") -> FlagEmbeddingRow:
-    negatives = row.get("hard_negatives") or []
-    scores = teacher_scores(row, negatives, teacher_score)
+    """`pos` is the positive, then the extra positives (FlagEmbedding samples one per step)."""
+    negatives, extras = row.get("hard_negatives") or [], row.get("extra_positives") or []
+    scores = teacher_scores(row, [*extras, *negatives], teacher_score)
     return FlagEmbeddingRow(
         query=text_format.query(row["task"], row["query"]),
-        pos=[_document(row["positive"], text_format)],
+        pos=[_document(row["positive"], text_format), *(_document(e, text_format) for e in extras)],
         neg=[_document(n, text_format) for n in negatives],
-        pos_scores=scores[:1], neg_scores=scores[1:],
+        pos_scores=scores[:1 + len(extras)], neg_scores=scores[1 + len(extras):],
         prompt=row["task"],
     )
 
 
-def beir_records(row: dict, seen_docs: set[str]) -> tuple[BeirQuery, list[BeirDoc], tuple[str, str, int]]:
-    """The query, the documents not yet written (positive and negatives), and the qrel line.
-    `seen_docs` holds ids only, so memory grows with the corpus ids, not its texts."""
+def beir_records(row: dict, seen_docs: set[str]) -> tuple[BeirQuery, list[BeirDoc], list[tuple[str, str, int]]]:
+    """The query, the documents not yet written (positives and negatives), and the qrel lines: the
+    positive's and each extra positive's. `seen_docs` holds ids only, so memory grows with the
+    corpus ids, not its texts."""
     docs = []
-    for ref in [row["positive"], *(row.get("hard_negatives") or [])]:
+    positives = [row["positive"], *(row.get("extra_positives") or [])]
+    for ref in [*positives, *(row.get("hard_negatives") or [])]:
         if ref["id"] not in seen_docs:
             seen_docs.add(ref["id"])
             docs.append(BeirDoc(id=ref["id"], title=ref.get("title") or "", text=ref["text"]))
     query = BeirQuery(id=row["query_id"], text=row["query"], metadata={"task": row["task"]})
-    return query, docs, (row["query_id"], row["positive"]["id"], 1)
+    return query, docs, [(row["query_id"], p["id"], 1) for p in positives]
 
 
 def beir_lines(rows) -> Iterator[tuple[str, str]]:
     """(file, line) pairs for corpus.jsonl, queries.jsonl and the qrels file, in one pass."""
     seen: set[str] = set()
     for row in rows:
-        query, docs, qrel = beir_records(row, seen)
+        query, docs, qrels = beir_records(row, seen)
         for doc in docs:
             yield "corpus", doc.model_dump_json(by_alias=True)
         yield "queries", query.model_dump_json(by_alias=True)
-        yield "qrels", "\t".join(map(str, qrel))
+        for qrel in qrels:
+            yield "qrels", "\t".join(map(str, qrel))

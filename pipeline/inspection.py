@@ -12,10 +12,12 @@ from collections import Counter
 from typing import Iterable
 
 from pipeline.accounting import reservoir_add
+from pipeline.audit import audit_example
+from pipeline.audit import describe as describe_audit
 
 SAMPLE = 20_000  # values kept per distribution (reservoir): memory stays flat on any dataset size
 STATS_COLUMNS = ["task", "query", "positive_changed", "positive_ql", "positive_rc", "positive_fused",
-                 "hard_negatives"]
+                 "hard_negatives", "positive", "known_positive_ids", "extra_positives", "never_negative"]
 
 
 @dataclasses.dataclass
@@ -27,6 +29,7 @@ class DatasetStats:
     negative_retrieval_ranks: Counter = dataclasses.field(default_factory=Counter)
     negatives_per_example: Counter = dataclasses.field(default_factory=Counter)
     values: dict = dataclasses.field(default_factory=lambda: {k: [] for k in ("ql", "rc", "fused", "query_words")})
+    audit: Counter = dataclasses.field(default_factory=Counter)  # pipeline.audit, from the rows themselves
     _rng: random.Random = dataclasses.field(default_factory=lambda: random.Random(0), repr=False)
 
     def add(self, row: dict) -> None:
@@ -34,6 +37,7 @@ class DatasetStats:
         self.relabelled += int(bool(row["positive_changed"]))
         self.tasks[row["task"]] += 1
         negatives = row.get("hard_negatives") or []
+        self.audit.update(audit_example(row))
         self.negatives_per_example[len(negatives)] += 1
         for n in negatives:
             self.negative_fused_ranks[n["fused_rank"]] += 1
@@ -71,6 +75,9 @@ def render_example(row: dict, width: int = 100) -> str:
         f"            QL {row['positive_ql']:.3f}  RC {row['positive_rc']:.3f}  fused {row['positive_fused']:.3f}"
         + ("   RELABELLED from seed " + row["seed_passage_id"] if row["positive_changed"] else "   (the seed)"),
     ]
+    for x in row.get("extra_positives") or []:
+        lines.append(f"  extra positive [{x['id']}] fused rank {x['fused_rank']}, score {x['score']:.3f}: "
+                     f"{_clip(x['text'], width - 40)}")
     for n in row.get("hard_negatives") or []:
         lines.append(f"  negative  [{n['id']}] fused rank {n['fused_rank']}, retrieval rank {n['retrieval_rank']}, "
                      f"QL {n['ql']:.3f} RC {n['rc']:.3f}: {_clip(n['text'], width - 40)}")
@@ -129,6 +136,7 @@ def format_summary(output: str, manifest: dict, shard_counts: dict, row_counts: 
     for part, shards in shard_counts.items():
         parts.append(f"  {part:<13} {row_counts[part]:>9} rows in {shards} shard(s)")
     parts.append(f"  relabel rate  {stats.relabel_rate:.1%} ({stats.relabelled} of {stats.rows})")
+    parts.append(f"  false-negative audit  {describe_audit(stats.audit)}")
     for status, reasons in outcome_reasons(manifest).items():
         parts.append(f"  {status.replace('_', '-')} by reason:")
         parts.extend(f"    {n:>7}  {reason}" for reason, n in reasons)

@@ -7,6 +7,7 @@ import math
 import random
 from typing import Literal, Optional, Sequence
 
+from pipeline.fusion import CE_DECIMALS, QL_DECIMALS, RC_DECIMALS, RETRIEVAL_DECIMALS
 from pipeline.given_queries import text_key
 from schemas import CandidateScore, MiningStrategy
 
@@ -36,6 +37,10 @@ class MiningConfig:
     relative_margin: Optional[float] = None  # drop a candidate whose score > positive - |positive| x margin
     max_score: Optional[float] = None
     min_score: Optional[float] = None
+    # extra positives (RLHN): neighbours this score rates as relevant as the positive; None: none
+    extra_score: Optional[MarginScore] = None
+    extra_margin: float = 0.0
+    keep_extra_positives: bool = True  # write them in the example's extra_positives (else: only out of the negatives)
 
     def __post_init__(self):
         if self.num_negatives < 0:
@@ -68,7 +73,8 @@ def document_of(passage_id: str) -> str:
     return head if sep and tail.isdigit() else passage_id
 
 
-NEVER_NEGATIVE_RULES = ("known_positive", "chunk_of_a_positive", "duplicate_of_a_positive", "seed_document")
+NEVER_NEGATIVE_RULES = ("known_positive", "chunk_of_a_positive", "duplicate_of_a_positive", "seed_document",
+                        "extra_positive")
 
 
 def never_negatives(candidates: Sequence[CandidateScore], positive: CandidateScore, config: MiningConfig,
@@ -80,7 +86,9 @@ def never_negatives(candidates: Sequence[CandidateScore], positive: CandidateSco
     - chunk_of_a_positive: another chunk of the positive's document or of a known positive's;
     - duplicate_of_a_positive: the same text as the positive or a known positive, under another id;
     - seed_document: the seed passage, its document's other chunks and copies of its text (with
-      exclude_seed).
+      exclude_seed);
+    - extra_positive: a retrieved neighbour the scores rate as relevant as the positive
+      (is_extra_positive).
     The first rule that applies is named."""
     known = set(known_positive_ids)
     keys = {c.passage_id: text_key(c.text) for c in candidates}  # a hash each: computed once
@@ -103,6 +111,8 @@ def never_negatives(candidates: Sequence[CandidateScore], positive: CandidateSco
             ruled[pid] = "duplicate_of_a_positive"
         elif pid in seeds or document_of(pid) in seed_documents or keys[pid] in seed_texts:
             ruled[pid] = "seed_document"
+        elif c.retrieval_rank > 0 and is_extra_positive(c, positive, config):
+            ruled[pid] = "extra_positive"
     return ruled
 
 
@@ -165,15 +175,38 @@ def pool_filter(neighbours: Sequence[CandidateScore], positive: CandidateScore, 
 
 
 def margin_score(c: CandidateScore, config: MiningConfig) -> float:
-    """A non-negative score where higher means more relevant, as a percentage margin needs:
-    0.95 x a negative log-probability would sit *above* it and keep the false negatives.
-    QL becomes the per-token probability, a top-label log-probability becomes P(top label)."""
-    if config.margin_score == "ql":
+    """The score the margins and limits compare (config.margin_score), see score_of."""
+    return score_of(c, config.margin_score, config.rc_kind)
+
+
+def score_of(c: CandidateScore, name: str, rc_kind: RCKind = "expected_relevance") -> float:
+    """A score where higher means more relevant and, for the LLM's, non-negative, as a percentage
+    margin needs: 0.95 x a negative log-probability would sit *above* it and keep the false
+    negatives. QL becomes the per-token probability, a top-label log-probability P(top label)."""
+    if name == "ql":
         return math.exp(c.ql_mean)
-    if config.margin_score == "fused":
+    if name == "fused":
         return c.fused  # RRF: a sum of reciprocal ranks, positive
-    if config.margin_score == "ce":
+    if name == "ce":
         return c.ce  # the served cross-encoder's sigmoid, in [0, 1]
-    if config.margin_score == "retrieval":
+    if name == "retrieval":
         return c.retrieval_score if c.retrieval_score is not None else -math.inf  # the embedder's cosine
-    return math.exp(c.rc) if config.rc_kind == "top_label_logprob" else c.rc
+    return math.exp(c.rc) if rc_kind == "top_label_logprob" else c.rc
+
+
+# the decimals the extra-positive rule compares at, as ranking does (pipeline.fusion): a neighbour
+# that equals the positive up to float noise is not "rated above" it
+EXTRA_DECIMALS = {"rc": RC_DECIMALS, "ql": QL_DECIMALS, "ce": CE_DECIMALS, "retrieval": RETRIEVAL_DECIMALS}
+
+
+def is_extra_positive(c: CandidateScore, positive: CandidateScore, config: MiningConfig) -> bool:
+    """RLHN-style relabelling: a neighbour that config.extra_score rates above the positive, or
+    within config.extra_margin below it (score > positive - |positive| x margin), compared at the
+    ranking's decimals. Strictly: where the positive is itself rated irrelevant, the neighbours
+    rated as irrelevant as it are not positives."""
+    if config.extra_score is None:
+        return False
+    decimals = EXTRA_DECIMALS.get(config.extra_score, 12)
+    top = round(score_of(positive, config.extra_score, config.rc_kind), decimals)
+    value = score_of(c, config.extra_score, config.rc_kind)
+    return math.isfinite(value) and round(value, decimals) > round(top - abs(top) * config.extra_margin, decimals)

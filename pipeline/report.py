@@ -11,6 +11,7 @@ from typing import Optional
 
 import yaml
 
+from pipeline.audit import describe as describe_audit
 from pipeline.inspection import DatasetStats, token_bill
 
 PLOTS = ("scores.png", "query_length.png", "task_mix.png", "negative_ranks.png")
@@ -102,9 +103,7 @@ def dataset_card(manifest: dict, stats: DatasetStats, row_counts: dict[str, int]
              f"- Relabel rate: {stats.relabel_rate:.1%} ({stats.relabelled} of {stats.rows} examples)"
              + ("; `--relabel never`: every seed or given positive was kept, the scores only mined the negatives"
                 if config.get("relabel") == "never" else "; `--relabel gecko`: the top fused candidate is the positive"),
-             "- Kept out of the negatives (false-negative audit, neighbours per rule): " + (", ".join(
-                 f"{rule.replace('never_negative_', '')} {n}" for rule, n in sorted(counts.items())
-                 if rule.startswith("never_negative_")) or "none"),
+             f"- False-negative audit (README: False negatives): {describe_audit(stats.audit)}",
              f"- Distinct tasks: {len(stats.tasks)}", "",
              "## Loading", "",
              "```python", "import datasets",

@@ -252,6 +252,22 @@ class HardNegative(Record):
     ce: Optional[float] = None
 
 
+class ExtraPositive(Record):
+    """A retrieved neighbour the scores rate as relevant as the positive (README: False negatives):
+    never a negative; a second positive for exports that take several."""
+
+    id: str
+    title: str = ""
+    text: str
+    score: float = Field(..., description="its --extra-positive-score value (the positive's is positive_extra_score)")
+    fused_rank: int = Field(..., ge=1)
+    retrieval_rank: int = Field(..., ge=0)
+    ql: float
+    rc: float
+    fused: float
+    ce: Optional[float] = None
+
+
 class Provenance(Record):
     """Where an example came from: models, prompts, parameters and time."""
 
@@ -288,6 +304,9 @@ class TrainingExample(Record):
     positive_fused: float
     positive_ce: Optional[float] = Field(None, description="the cross-encoder's score, when it ranked (--scores ce)")
     hard_negatives: list[HardNegative]
+    extra_positives: list[ExtraPositive] = Field(default_factory=list, description="neighbours rated as relevant "
+                                                                                  "as the positive (--extra-"
+                                                                                  "positives keep)")
     never_negative: dict[str, int] = Field(default_factory=dict, description="retrieved neighbours kept out of the "
                                                                            "negatives, by rule (README: False "
                                                                            "negatives)")

@@ -132,3 +132,40 @@ def test_retrieval_mining_needs_no_llm_in_one_pipeline_and_in_waves(tmp_path):
         assert all(scores[n["id"]] <= limit for n in e["hard_negatives"])
     assert json.loads(m["config"])["scores"] == "retrieval"
     assert _comparable(waves) == _comparable(one)
+
+
+def _row(negatives, extras=(), known=()):
+    ref = {"id": "doc#0", "title": "", "text": "the positive's text"}
+    scored = {"fused_rank": 2, "retrieval_rank": 1, "ql": -1.0, "rc": 1.0, "fused": 0.5, "ce": None}
+    return {"example_id": "e", "query_id": "q", "task": "t", "query": "a query", "positive": ref,
+            "positive_fused": 1.0, "positive_ql": -0.5, "positive_rc": 1.5, "known_positive_ids": list(known),
+            "hard_negatives": [dict(scored, **n) for n in negatives],
+            "extra_positives": [dict(scored, score=1.6, **x) for x in extras]}
+
+
+def test_the_audit_reads_a_row_alone_and_finds_each_kind_of_false_negative():
+    from pipeline.audit import audit_example, false_negative_share
+
+    row = _row([{"id": "k1", "text": "known"}, {"id": "doc#3", "text": "a later chunk"},
+                {"id": "copy", "text": "the positive's text"}, {"id": "x", "text": "fine"},
+                {"id": "x2", "text": "as relevant"}],
+               extras=[{"id": "x3", "text": "as relevant"}], known=["k1"])
+    counts = audit_example(row)
+    assert (counts["written_negative_known_positive"], counts["written_negative_chunk_of_a_positive"],
+            counts["written_negative_duplicate_of_a_positive"]) == (1, 1, 2)
+    assert counts["negatives_written"] == 5 and counts["extra_positives"] == 1
+    assert false_negative_share(counts) == 4 / 5
+    assert false_negative_share(audit_example(_row([{"id": "x", "text": "fine"}]))) == 0.0
+
+
+def test_exports_carry_extra_positives_as_positives():
+    from pipeline.export import beir_lines, flagembedding_row, sentence_transformers_row
+
+    row = _row([{"id": "n1", "text": "a negative"}], extras=[{"id": "x1", "text": "another relevant passage"}])
+    flag = flagembedding_row(row)
+    assert flag.pos == ["the positive's text", "another relevant passage"] and flag.neg == ["a negative"]
+    assert flag.pos_scores == [1.0, 0.5] and flag.neg_scores == [0.5]
+    qrels = [line for kind, line in beir_lines([row]) if kind == "qrels"]
+    assert qrels == ["q\tdoc#0\t1", "q\tx1\t1"]
+    st = sentence_transformers_row(row, 1)
+    assert "another relevant passage" not in st.values()

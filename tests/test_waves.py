@@ -390,3 +390,31 @@ def test_relabel_never_keeps_every_seed_in_one_pipeline_and_in_waves(tmp_path_fa
     assert all(e["hard_negatives"] for e in one["examples"])
     assert json.loads(one["manifest"]["config"])["relabel"] == "never"
     assert _comparable(waves) == _comparable(one)
+
+
+def test_extra_positives_are_kept_or_dropped_never_mined(tmp_path, preferring_llm):  # noqa: F811
+    """The passage the LLM rates above the kept seed is an extra positive: written with
+    --extra-positives keep, left out with drop, a negative in neither."""
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    flags = ("--num_neighbors", "4", "--relabel", "never", "--num_negatives", "3")
+    kept = run_job(inp, tmp_path / "kept", preferring_llm.base_url, *flags)
+    dropped = run_job(inp, tmp_path / "dropped", preferring_llm.base_url, *flags, "--extra_positives", "drop")
+    kettle = next(e for e in kept["examples"] if e["seed_passage_id"] == "kettle")
+    assert [x["id"] for x in kettle["extra_positives"]] == ["boiling"]
+    assert kettle["extra_positives"][0]["score"] > kettle["positive_rc"]
+    assert "boiling" not in {n["id"] for n in kettle["hard_negatives"]}
+    assert {x["key"]: x["value"] for x in kettle["never_negative"]}.get("extra_positive") == 1
+    counts = kept["manifest"]["counts"]
+    assert counts["extra_positives"] == sum(len(e["extra_positives"]) for e in kept["examples"]) == 1
+    assert kept["manifest"]["false_negative_share"] == 0.0
+    from beam_jobs.dataset_commands import inspect
+    from pipeline.inspection import collect
+    from pipeline.report import dataset_card
+
+    shown = inspect(str(tmp_path / "kept"))
+    assert "false-negative audit" in shown and "0.00% of them" in shown and "extra positives: 1" in shown
+    card = dataset_card(kept["manifest"], collect(kept["examples"]), {"examples": 5})
+    assert "extra positives: 1" in card and "extra_positive 1" in card
+    assert not any(e["extra_positives"] for e in dropped["examples"])
+    by_seed = {e["seed_passage_id"]: e["hard_negatives"] for e in dropped["examples"]}
+    assert all(by_seed[e["seed_passage_id"]] == e["hard_negatives"] for e in kept["examples"])
