@@ -25,7 +25,6 @@ from beam_jobs.filters import FilterQueries, LoadEvalIndex
 from beam_jobs.generate import GenerateQueries
 from beam_jobs.given import JoinGivenToCorpus, ReadGivenQueries
 from beam_jobs.index_files import index_dir
-from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.preflight import (OUTPUT_PARTS, SCRATCH, check_given_queries, check_inputs, check_model_served,
                                  check_reranker, check_scoring_support, check_served_embedder, discover_model,
@@ -51,7 +50,7 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                                          opt.split_config(opts), opts.trust_remote_code,
                                                          fields=opt.input_fields(opts))
     passages, dedupe_outcomes, aliases = read.passages | "DeduplicatePassages" >> DeduplicatePassages()
-    journal = journal_dir(output)
+    journal = opt.journal_root(opts)
     llm = StageSettings(client, opts.llm_batch_size, opts.progress, journal, opt.failure_policy(opts))
     if opts.queries:
         sourced = given_queries(p, opts, passages, aliases)
@@ -141,6 +140,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
             check_given_queries(opts.queries, opts.queries_layout, opts.queries_split)
         prepare_output(opts.output, opts.overwrite, opts.resume, apply=False)
     opt.score_names(opts)  # a bad --scores / --reranker-url pairing is refused before any work
+    opt.journal_root(opts)  # and a --journal inside --output
     # given queries scored by the cross-encoder alone (no rating) send the LLM nothing
     llm_needed = not opts.queries or opt.needs_llm_scores(opts) or opts.quality_filter
     if opts.llm_serve:  # in-worker vLLM: no server exists until the workers start one

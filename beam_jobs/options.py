@@ -55,6 +55,10 @@ class FretOptions(PipelineOptions):
                   "memory stays bounded however large the corpus; same output. auto: waves of 30000 above "
                   "100000 input records, else one pipeline; 0: always one pipeline")
         _switch(io, "keep_candidates", True, "store every scored candidate in each example")
+        _add(io, "journal", default="",
+             help="where finished LLM and embedder work is kept (default: OUTPUT/_journal): a folder on any Beam "
+                  "filesystem that runs share, each reading what the others finished (keys hash everything a result "
+                  "depends on: model, prompt, parameters, texts). fret never deletes it; outside --output")
 
         llm = parser.add_argument_group("LLM server (OpenAI-compatible; vLLM for scoring)")
         _add(llm, "llm_url", default="http://127.0.0.1:8000",
@@ -324,6 +328,21 @@ def generation_config(opts: FretOptions) -> GenerationConfig:
                             max_tokens=opts.max_tokens, seed=opts.seed, seed_requests=opts.seed_requests)
 
 
+def journal_root(opts: FretOptions) -> str:
+    """--journal, or the run's own OUTPUT/_journal; a shared journal must live outside --output
+    (the output folder holds only what its marker says fret wrote there)."""
+    from beam_jobs.journal import journal_dir
+
+    own = journal_dir(opts.output)
+    if not opts.journal or opts.journal.rstrip("/") == own:
+        return own
+    journal, output = opts.journal.rstrip("/"), opts.output.rstrip("/")
+    if journal == output or journal.startswith(output + "/"):
+        raise ValueError(f"--journal {opts.journal} is inside --output {opts.output}: give a folder outside it "
+                         "(runs share it), or leave --journal out for the run's own OUTPUT/_journal")
+    return journal
+
+
 def failure_policy(opts: FretOptions) -> FailurePolicy:
     return FailurePolicy(max_rate=opts.max_failure_rate, window=opts.failure_window,
                          min_items=min(20, opts.failure_window))
@@ -432,6 +451,7 @@ def decontam_config(opts: FretOptions) -> DecontamConfig:
 
 CONFIG_FIELDS = (
     "input", "input_format", "text_field", "title_field", "id_field", "output", "output_shards", "keep_candidates",
+    "journal",
     "llm_url", "llm_model", "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage",
     "temperature", "max_tokens", "seed", "seed_requests", "embedder", "embed_batch_size", "max_passage_tokens",
     "num_neighbors",

@@ -37,7 +37,6 @@ from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.generate import GenerateQueries
 from beam_jobs.given_waves import dedupe_member, member_key, plan_given, seeded_queries
 from beam_jobs.index_files import index_dir
-from beam_jobs.journal import journal_dir
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.read import ReadSeedPassages
 from beam_jobs.retrieve import REFUSED, Embed, EmbedPassagesOnce, SearchQueries, refusal_outcomes, write_index_shards
@@ -142,7 +141,7 @@ def _apply_drops(passage, drops: dict):
 
 def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) -> None:
     output = opts.output.rstrip("/")
-    journal = f"{journal_dir(output)}/w{wave:05d}"  # per wave: a lookup reads its own wave's work only
+    journal = f"{opt.journal_root(opts)}/w{wave:05d}"  # per wave: a lookup reads its own wave's work only
     drops = p | "ReadDrops" >> ReadWaveChunks(wave_files(folder, "drops", wave))
     sorted_out = (p
                   | "ReadPassages" >> ReadWaveChunks(wave_files(folder, "passages", wave))
@@ -206,7 +205,7 @@ def build_filter(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
 def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, shard_paths: list[str],
                  provenance) -> None:
     output = opts.output.rstrip("/")
-    journal = f"{journal_dir(output)}/w{wave:05d}"
+    journal = f"{opt.journal_root(opts)}/w{wave:05d}"
     kept_ids = (p | "ReadKept" >> ReadWaveChunks(wave_files(folder, "kept", wave))
                 | "KeptKeys" >> beam.Map(lambda qid: (qid, True)))
     queries = (p

@@ -233,7 +233,7 @@ def test_config_file_with_flag_overrides(tmp_path, stub_llm):
 @pytest.mark.parametrize("content, message", [
     ({"num_neighbours": 3}, "num_neighbours: not a fret flag; did you mean num_neighbors"),
     ({"num_neighbors": "many"}, "num_neighbors: Input should be a valid integer"),
-    ({"negative_strategy": "best"}, "negative_strategy: Input should be 'lowest', 'random'"),
+    ({"negative_strategy": "best"}, "negative_strategy: Input should be 'top', 'lowest', 'random'"),
     (["a", "list"], "must be a mapping"),
 ])
 def test_config_errors_are_clear(tmp_path, content, message):

@@ -1,0 +1,95 @@
+"""--journal PATH: finished work shared across runs. A run with more neighbours pays only for the
+new pairs and writes what a fresh run writes; a changed input of a result never reuses it; two
+runs writing one journal at once leave it whole."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import journal
+from pipeline.generation import GenerationConfig
+from pipeline.rerank import Candidate, RerankConfig
+from pipeline.testing.stub_llm import StubLLM
+from schemas import Passage, QueryRecord
+from tests.jobkit import read_output, run_job, write_jsonl
+from tests.test_fret_job_stub import PASSAGES, generate, scorer
+from tests.test_reliability import is_probe
+from tests.test_waves import _comparable
+
+
+def test_a_run_with_more_neighbours_pays_only_for_the_new_pairs(tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    shared = str(tmp_path / "shared-journal")
+    with StubLLM(generate_fn=generate, logprob_fn=scorer) as stub:
+        run_job(inp, tmp_path / "n2", stub.base_url, "--num_neighbors", "2", "--journal", shared)
+        grown = run_job(inp, tmp_path / "n4", stub.base_url, "--num_neighbors", "4", "--journal", shared)
+        fresh = run_job(inp, tmp_path / "fresh", stub.base_url, "--num_neighbors", "4")
+    counts, tokens = grown["manifest"]["counts"], grown["manifest"]["tokens"]
+    pairs = sum(len(e["candidates"]) for e in grown["examples"])
+    assert len(grown["examples"]) == len(PASSAGES) and counts["journal_hits_generate"] == len(PASSAGES)
+    assert "generate" not in tokens, "every query came from the journal"
+    assert 0 < counts["journal_hits_score"] < pairs
+    # one RC request per pair the first run did not score, none for the others
+    assert tokens["rc"]["requests"] == pairs - counts["journal_hits_score"]
+    assert _comparable(grown, ("llm_requests", "journal_hits_generate", "journal_hits_score", "queries_generated")
+                       )[:3] == _comparable(fresh, ("llm_requests", "journal_hits_generate", "journal_hits_score",
+                                                    "queries_generated"))[:3]
+    assert not (tmp_path / "n4" / "_journal").exists(), "the shared journal is where the run writes"
+
+
+def test_a_journal_inside_the_output_is_refused(tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    with pytest.raises(ValueError, match="inside --output"):
+        run_job(inp, tmp_path / "out", "http://127.0.0.1:9", "--journal", str(tmp_path / "out" / "cache"))
+
+
+def test_every_input_of_a_result_is_in_its_key():
+    passage = Passage(id="p", title="T", text="some text", source_id="s", chunk=0)
+    query = QueryRecord(query_id="q", passage_id="p", task="t", query="a query")
+    candidate = Candidate(passage_id="p", title="T", text="some text", is_seed=True, retrieval_rank=1,
+                          retrieval_score=0.5)
+    generation, rerank = GenerationConfig(), RerankConfig()
+    base = journal.generation_key("m", "h", generation, passage)
+    assert len({base, journal.generation_key("other-model", "h", generation, passage),
+                journal.generation_key("m", "other-prompt", generation, passage),
+                journal.generation_key("m", "h", dataclasses.replace(generation, temperature=0.1), passage),
+                journal.generation_key("m", "h", generation, passage.model_copy(update={"text": "other"}))}) == 5
+    pair = journal.pair_key("m", ("hq", "hr"), rerank, query, candidate)
+    assert len({pair, journal.pair_key("other-model", ("hq", "hr"), rerank, query, candidate),
+                journal.pair_key("m", ("hq", "other-rc-prompt"), rerank, query, candidate),
+                journal.pair_key("m", ("hq", "hr"), dataclasses.replace(rerank, rc_score="top_label_logprob"), query,
+                                 candidate),
+                journal.pair_key("m", ("hq", "hr"), rerank, query.model_copy(update={"query": "another"}), candidate),
+                journal.pair_key("m", ("hq", "hr"), rerank, query, dataclasses.replace(candidate, text="other"))}) == 6
+    assert journal.embedding_key("e", "x") != journal.embedding_key("e", "y") != journal.embedding_key("f", "y")
+
+
+def test_two_runs_writing_one_journal_at_once_corrupt_nothing(tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    shared = tmp_path / "shared-journal"
+    with StubLLM(generate_fn=generate, logprob_fn=scorer) as stub:
+        def start(name):
+            command = [sys.executable, "-m", "beam_jobs.fret_job", "--input", str(inp), "--output", str(tmp_path / name),
+                       "--llm_url", stub.base_url, "--journal", str(shared), "--progress", "false",
+                       "--llm_batch_size", "2"]
+            return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONPATH": os.getcwd()})
+        runs = [start("a"), start("b")]
+        logs = [r.communicate(timeout=600)[0].decode() for r in runs]
+        assert [r.returncode for r in runs] == [0, 0], logs
+        before = len(stub.requests)
+        again = run_job(inp, tmp_path / "c", stub.base_url, "--journal", str(shared))
+        sent = [r for r in stub.requests[before:] if not is_probe(r)]
+    files = [p for p in shared.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if p.name.startswith(".")], "no partial file is left"
+    for path in files:
+        pq.read_table(path)  # every file whole
+    assert not sent, "the third run finds every result in the journal"
+    assert _comparable(again, ("llm_requests", "journal_hits_generate", "journal_hits_score", "queries_generated",
+                               "journal_hits_embed", "passages_embedded"))[:3] == _comparable(
+        read_output(tmp_path / "a"), ("llm_requests", "journal_hits_generate", "journal_hits_score",
+                                      "queries_generated", "journal_hits_embed", "passages_embedded"))[:3]
