@@ -342,6 +342,25 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
+def _remine(argv: list[str]) -> int:
+    from beam_jobs.remine import run_remine
+    from pipeline.remine import REMINE_FLAGS
+
+    parser = FretArgumentParser(
+        prog="fret remine", description="Rebuild a finished run's examples from the candidate scores it stored, "
+                                        "under other mining flags: no LLM, no embedder, 0 tokens. Flags it takes: "
+                                        + ", ".join(f"--{f.replace('_', '-')}" for f in REMINE_FLAGS)
+                                        + " (as `fret run --help` describes them); Beam's flags are passed on.")
+    parser.add_argument("path", help="the run's --output (local or any Beam filesystem)")
+    parser.add_argument("--output", required=True, help="the new output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier fret output in --output (only what fret wrote there)")
+    args, rest = parser.parse_known_args(argv)
+    manifest = run_remine(args.path, args.output, rest, args.overwrite)
+    print(f"[fret] remined {manifest['accounting']} -> {args.output.rstrip('/')} (scores from {args.path})")
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import version
 
@@ -354,14 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     processes.guard()  # before any command starts a process: SIGTERM and SIGHUP stop what fret started
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"run": _run, "serve": _serve, "demo": _demo, "train": _train, "eval": _eval, "soup": _soup,
-                "ablate": _ablate, "inspect": _inspect, "report": _report, "export": _export}
+                "ablate": _ablate, "inspect": _inspect, "report": _report, "export": _export, "remine": _remine}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: fret {run,serve,demo,inspect,report,export,train,eval,ablate,soup,version} [flags]\n\n"
+        print("usage: fret {run,serve,demo,inspect,report,export,remine,train,eval,ablate,soup,version} [flags]\n\n"
               "  run      run the FRet job (fret run --help lists its flags; --config job.yaml)\n"
               "  serve    start vLLM on a model the way the job wants it, and print its URL\n"
               "  inspect  summarise an output folder: counts, schema, relabel rate, task mix, examples\n"
               "  report   write a dataset card (README.md) and plots next to the shards\n"
               "  export   convert to sentence-transformers, FlagEmbedding or BEIR files\n"
+              "  remine   rebuild a run's examples from its stored scores under other mining flags (no LLM)\n"
               "  demo     start vLLM on a tiny local model and run the job on the bundled sample passages\n"
               "  train    train an embedding model on the job's Parquet shards\n"
               "  eval     nDCG@10 and Recall@10/100 of a model on a BEIR folder\n"

@@ -159,7 +159,7 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
                    ranking_precision: Optional[dict[str, int]] = None,
                    tokens: Optional[dict[str, TokenUsage]] = None,
                    phase_seconds: Optional[dict[str, float]] = None,
-                   scoring: Optional[dict[str, str]] = None) -> RunManifest:
+                   scoring: Optional[dict[str, str]] = None, scores_from: Optional[str] = None) -> RunManifest:
     written, filtered, dead = (acc.status[s] for s in ("written", "filtered", "dead_lettered"))
     inputs = written + filtered + dead
     if expected_inputs is not None and inputs != expected_inputs:
@@ -184,5 +184,5 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
                    + (" (checked against the input count)" if expected_inputs is not None else ""),
         resumed=resumed, ranking_precision=ranking_precision or {}, tokens=tokens or {},
         phase_seconds=phase_seconds or {}, scoring=scoring or {},
-        false_negative_share=false_negative_share(acc.audit),
+        false_negative_share=false_negative_share(acc.audit), scores_from=scores_from,
     )

@@ -65,6 +65,8 @@ class RunManifest(Record):
         default_factory=dict, description="how the LLM scored: score_order (passage | query), ql_path "
                                           "(prefix_cache: QL read the server's prefix cache over its token endpoint; "
                                           "echo: /v1/completions) and the RC prompt")
+    scores_from: Optional[str] = Field(None, description="fret remine: the run whose stored candidate scores these "
+                                                          "examples were rebuilt from (None: scored in this run)")
     false_negative_share: Optional[float] = Field(
         None, description="the false-negative audit: the share of written negatives that are a known positive of "
                           "their query, a chunk of one or a duplicate of one (must be 0; counts: "

@@ -1,0 +1,106 @@
+"""`fret remine SOURCE --output NEW [mining flags]`: a Beam job that rebuilds every example of a
+finished run from the candidate scores it stored (pipeline.remine), copies its dead letters and
+filtered records, and writes a manifest whose accounting is the source's. No LLM, no embedder."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import options as opt
+from beam_jobs.finish import write_records
+from beam_jobs.outputs import read_manifest, shards
+from beam_jobs.preflight import prepare_output
+from beam_jobs.write import ManifestCombine, SumTokens, write_manifest
+from pipeline.accounting import Outcome, example_stats
+from pipeline.examples import stamp
+from pipeline.llm.usage import UsageMeter
+from pipeline.ownership import new_run_id
+from pipeline.remine import REMINE_FLAGS, remine
+from schemas import DeadLetter, FilteredRecord, Provenance, TrainingExample
+from schemas.arrow import from_row
+
+# counts the remined examples decide (recomputed), and the source's requests (this run sends none)
+_NOT_COPIED = ("outcome:", "examples_", "negatives_written", "extra_positives", "never_negative_",
+               "written_negative_", "llm_", "ql_")
+
+
+def source_options(source_config: str, argv: list[str]) -> tuple[opt.FretOptions, list[str]]:
+    """(the source run's options with the mining flags of `argv` over them, the rest of `argv`: Beam's
+    flags). A fret flag that is not a mining flag is refused, and so is an unknown one."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    opt.FretOptions._add_argparse_args(parser)  # noqa: SLF001 - Beam's way of listing an options class
+    given, beam_args = parser.parse_known_args(argv)
+    defaults = parser.parse_args([])
+    opt.check_known_flags(beam_args)
+    changed = {k for k, v in vars(given).items() if v != getattr(defaults, k)}
+    others = sorted(changed - set(REMINE_FLAGS))
+    if others:
+        raise ValueError(f"remine changes how stored scores become examples; --{', --'.join(others)} changes what "
+                         "was scored and needs a new run (fret run ... --journal PATH reuses the finished work)")
+    opts = PipelineOptions([]).view_as(opt.FretOptions)
+    for name, value in json.loads(source_config).items():
+        if name in vars(defaults):
+            setattr(opts, name, value)
+    for name in changed:
+        setattr(opts, name, getattr(given, name))
+    return opts, beam_args
+
+
+def _written(example: TrainingExample) -> tuple:
+    return ("example", example_stats(example)), ("outcome", Outcome(example.example_id, "written"))
+
+
+def run_remine(source: str, output: str, argv: list[str], overwrite: bool = False) -> dict:
+    """Remine `source` into `output` with the mining flags (and Beam's flags) of `argv`; returns the
+    new manifest as a dict."""
+    source, output = source.rstrip("/"), output.rstrip("/")
+    if source == output:
+        raise ValueError("fret remine writes a new folder: give an --output other than the source")
+    manifest = read_manifest(source)
+    opts, pipeline_args = source_options(manifest["config"], argv)
+    if not json.loads(manifest["config"]).get("keep_candidates", True):
+        raise ValueError(f"{source} was written with --keep-candidates false: it stores no candidate scores to "
+                         "remine; only a new run can mine it differently")
+    mining = opt.mining_config(opts)
+    opts.output = output
+    run_id, started_at = new_run_id(), dt.datetime.now(dt.timezone.utc)
+    prepare_output(output, overwrite, run_id=run_id)
+    config = opt.effective_config(opts, manifest["llm_model"])
+    provenance = Provenance(llm_model=manifest["llm_model"], embedder=manifest["embedder"],
+                            prompts=manifest["prompts"], params=config, created_at=started_at)
+    keep = opts.keep_candidates
+    with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as p:
+        examples = (p
+                    | "ReadExamples" >> beam.Create(shards(source, "examples"))
+                    | "ReadRows" >> beam.io.ReadAllFromParquet()
+                    | "Remine" >> beam.Map(lambda row: stamp(remine(from_row(TrainingExample, row), mining, keep),
+                                                             provenance)))
+        outcomes = []
+        for part, model, status in (("dead_letters", DeadLetter, "dead_lettered"), ("filtered", FilteredRecord,
+                                                                                   "filtered")):
+            paths = shards(source, part)
+            records = (p | f"Read{part}" >> beam.Create(paths) | f"Rows{part}" >> beam.io.ReadAllFromParquet()
+                       | f"Parse{part}" >> beam.Map(lambda row, m: from_row(m, row), model))
+            outcomes.append(records | f"Outcome{part}" >> beam.Map(lambda r, s: Outcome(r.record_id, s, r), status))
+        final = tuple(outcomes) | "Outcomes" >> beam.Flatten()
+        write_records(examples, final, output, int(opts.output_shards or 0))
+        events = ((examples | "ExampleEvents" >> beam.FlatMap(_written),
+                   final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)))
+                  | "Events" >> beam.Flatten())
+        counts = {k: v for k, v in manifest["counts"].items() if not k.startswith(_NOT_COPIED)}
+        meta = dict(run_id=run_id, started_at=started_at, llm_model=manifest["llm_model"],
+                    embedder=manifest["embedder"], prompts=manifest["prompts"], config=config,
+                    ranking_precision=manifest.get("ranking_precision") or {}, scoring=manifest.get("scoring") or {},
+                    scores_from=f"{source} (run {manifest['run_id']}): remined, no LLM request")
+        tokens = p | "NoTokens" >> beam.Create([UsageMeter()]) | "SumTokens" >> beam.CombineGlobally(SumTokens())
+        (events
+         | "Summarize" >> beam.CombineGlobally(ManifestCombine())
+         | "WriteManifest" >> beam.Map(write_manifest, counts, manifest["inputs"], beam.pvalue.AsSingleton(tokens),
+                                       f"{output}/manifest.json", meta))
+    return read_manifest(output)
+

@@ -1,0 +1,58 @@
+"""`fret remine`: examples rebuilt from a run's stored candidate scores with other mining flags,
+with no server at all, equal to a fresh run with those flags, field by field."""
+
+import json
+
+import pytest
+
+from beam_jobs.cli import main as fret
+from tests.jobkit import read_output, run_job, write_jsonl
+from tests.test_fret_job_stub import PASSAGES, preferring_llm  # noqa: F401 - the stub fixture
+from tests.test_waves import _records
+
+
+def _same(remined: dict, fresh: dict) -> None:
+    def rows(out):
+        return sorted(json.dumps({k: v for k, v in e.items() if k != "provenance"}, sort_keys=True, default=str)
+                      for e in out["examples"])
+
+    def records(out, part):
+        return sorted(json.dumps({k: v for k, v in r.items() if k != "created_at"}, sort_keys=True, default=str)
+                      for r in out[part])
+
+    assert rows(remined) == rows(fresh)
+    assert records(remined, "dead_letters") == records(fresh, "dead_letters")
+    assert records(remined, "filtered") == records(fresh, "filtered")
+
+
+@pytest.mark.parametrize("plan", [(), ("--wave_size", "3")], ids=["one-pipeline", "waves"])
+def test_remine_with_another_margin_equals_a_fresh_run_and_sends_nothing(tmp_path, preferring_llm, plan):  # noqa: F811
+    inp = write_jsonl(tmp_path / "in.jsonl", _records())
+    base = ("--num_neighbors", "5", *plan)
+    other = ("--relabel", "never", "--negative_strategy", "top", "--num_negatives", "2", "--margin_score", "rc",
+             "--negative_relative_margin", "0.3", "--extra_positives", "drop")
+    run_job(inp, tmp_path / "source", preferring_llm.base_url, *base)
+    fresh = run_job(inp, tmp_path / "fresh", preferring_llm.base_url, *base, *other)
+    before = len(preferring_llm.requests)
+    assert fret(["remine", str(tmp_path / "source"), "--output", str(tmp_path / "remined"),
+                 *(a.replace("_", "-") if a.startswith("--") else a for a in other)]) == 0
+    assert len(preferring_llm.requests) == before, "no request reaches any server"
+    remined = read_output(tmp_path / "remined")
+    _same(remined, fresh)
+    with pytest.raises(AssertionError):
+        _same(read_output(tmp_path / "source"), fresh)  # the flags changed the examples
+    m, f = remined["manifest"], fresh["manifest"]
+    assert m["accounting"] == f["accounting"] and m["tokens"] == {}
+    assert "source" in m["scores_from"] and f["scores_from"] is None
+    assert {k: v for k, v in json.loads(m["config"]).items() if k != "output"} == {
+        k: v for k, v in json.loads(f["config"]).items() if k != "output"}
+    assert m["false_negative_share"] == f["false_negative_share"]
+
+
+def test_remine_refuses_flags_that_change_what_was_scored(tmp_path, preferring_llm):  # noqa: F811
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    run_job(inp, tmp_path / "source", preferring_llm.base_url, "--num_neighbors", "3")
+    assert fret(["remine", str(tmp_path / "source"), "--output", str(tmp_path / "x"), "--num-neighbors", "5"]) == 2
+    assert fret(["remine", str(tmp_path / "source"), "--output", str(tmp_path / "y"), "--num-negativs", "2"]) == 2
+    run_job(inp, tmp_path / "bare", preferring_llm.base_url, "--num_neighbors", "3", "--keep_candidates", "false")
+    assert fret(["remine", str(tmp_path / "bare"), "--output", str(tmp_path / "z")]) == 2
