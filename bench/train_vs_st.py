@@ -104,17 +104,97 @@ def mine_base_negatives(rows: list[dict], window: tuple[int, int], k: int = 1) -
     return mined
 
 
+# mine_hard_negatives' defaults for one negative with a margin: range_max = 0 + 1 x 10 + 1 positive
+MHN_NEGATIVES, MHN_RELATIVE_MARGIN, MHN_RANGE_MAX = 1, 0.05, 11
+
+
+def train_split_folder(folder: Path, task: str, dest: Path) -> Path:
+    """The train split as a BEIR folder over its own documents (the test documents stay unseen)."""
+    rows = beir_example_rows(folder, "train", task)
+    if not (dest / "queries.jsonl").exists():
+        from pipeline.train.evaluate import load_beir
+
+        _, queries, qrels = load_beir(folder, "train")
+        docs = {r["positive"]["id"]: r["positive"] for r in rows}
+        (dest / "qrels").mkdir(parents=True, exist_ok=True)
+        with open(dest / "corpus.jsonl", "w") as f:
+            for d in sorted(docs):
+                f.write(json.dumps({"_id": d, "title": docs[d]["title"], "text": docs[d]["text"]}) + "\n")
+        with open(dest / "queries.jsonl", "w") as f:
+            for q in sorted(qrels):
+                f.write(json.dumps({"_id": q, "text": queries[q]}) + "\n")
+        with open(dest / "qrels" / "train.tsv", "w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for q in sorted(qrels):
+                for d, score in sorted(qrels[q].items()):
+                    f.write(f"{q}\t{d}\t{score}\n")
+    return dest
+
+
+def fret_retrieval_rows(folder: Path, task: str, work: Path) -> list[dict]:
+    """The job without an LLM: --scores retrieval --relabel never, the hardest neighbour within
+    mine_hard_negatives' window that its 5% relative margin keeps (the same budget: one negative)."""
+    from tests.jobkit import read_output
+
+    split = train_split_folder(folder, task, work / "train-split")
+    out = work / "fret-retrieval-job"
+    if not (out / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "beam_jobs.fret_job", "--input", str(split / "corpus.jsonl"),
+                        "--queries", str(split), "--queries_task", task, "--output", str(out), "--overwrite",
+                        "--llm_url", "http://127.0.0.1:9", "--scores", "retrieval", "--relabel", "never",
+                        "--negative_strategy", "top", "--num_negatives", str(MHN_NEGATIVES),
+                        "--negative_relative_margin", str(MHN_RELATIVE_MARGIN), "--negative_range",
+                        f"0,{MHN_RANGE_MAX}", "--num_neighbors", "20", "--near_dup_threshold", "0", "--progress",
+                        "false"],
+                       cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return read_output(out)["examples"]
+
+
+def mine_hard_negatives_rows(rows: list[dict]) -> list[dict]:
+    """sentence-transformers' mine_hard_negatives on the same embedder and texts, relative margin
+    0.05, one negative, top sampling, exact search; its negatives mapped back to their documents."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    from pipeline.embedding import passage_text
+
+    docs = {r["positive"]["id"]: r["positive"] for r in rows}
+    text_of = {d: passage_text(doc["title"], doc["text"]) for d, doc in docs.items()}
+    doc_of = {t: d for d, t in text_of.items()}
+    model = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")
+    pairs = Dataset.from_dict({"query": [r["query"] for r in rows],
+                               "positive": [text_of[r["positive"]["id"]] for r in rows]})
+    mined = mine_hard_negatives(pairs, model, corpus=sorted(text_of.values()), relative_margin=MHN_RELATIVE_MARGIN,
+                                num_negatives=MHN_NEGATIVES, sampling_strategy="top", output_format="triplet",
+                                verbose=False)
+    negative = {(m["query"], m["positive"]): m["negative"] for m in mined}
+    # a pair it found no negative for has no triplet: its output leaves the pair out, and so does this
+    return [{**r, "hard_negatives": [dict(docs[doc_of[negative[key]]])]} for r in rows
+            if (key := (r["query"], text_of[r["positive"]["id"]])) in negative]
+
+
 def training_data(folder: Path, task: str, negatives: str, path: Path) -> Path:
-    """`none`: the split's pairs as they are; `lo-hi`: one negative mined at base-model ranks lo..hi."""
+    """`none`: the split's pairs as they are; `lo-hi`: one negative mined at base-model ranks lo..hi;
+    `fret-retrieval`: the job's own mining without an LLM (fret_retrieval_rows); `mhn`:
+    sentence-transformers' mine_hard_negatives at the same settings (mine_hard_negatives_rows)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not path.exists():
         rows = beir_example_rows(folder, "train", task)
-        if negatives != "none":
+        if negatives == "fret-retrieval":
+            rows = fret_retrieval_rows(folder, task, path.parent / f"{path.stem}-work")
+        elif negatives == "mhn":
+            rows = mine_hard_negatives_rows(rows)
+        elif negatives != "none":
             lo, hi = (int(x) for x in negatives.split("-"))
             rows = mine_base_negatives(rows, (lo, hi))
-        pq.write_table(pa.Table.from_pylist(rows), path)
+        if negatives == "fret-retrieval":
+            pq.write_table(pa.Table.from_pylist([{k: r[k] for k in ("task", "query", "positive", "hard_negatives")}
+                                                 for r in rows]), path)
+        else:
+            pq.write_table(pa.Table.from_pylist(rows), path)
     return path
 
 
