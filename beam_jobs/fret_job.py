@@ -22,26 +22,25 @@ from beam_jobs import options as opt
 from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.config import expand_config
 from beam_jobs.filters import FilterQueries, LoadEvalIndex
-from beam_jobs.generate import GenerateQueries
-from beam_jobs.given import JoinGivenToCorpus, ReadGivenQueries
+from beam_jobs.generate import generation_stage
+from beam_jobs.given import given_stage
 from beam_jobs.index_files import index_dir
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.preflight import (OUTPUT_PARTS, SCRATCH, check_given_queries, check_inputs, check_model_served,
                                  check_reranker, check_scoring_support, check_served_embedder, discover_model,
                                  prepare_output, remove_run_parts, resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
-from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
-from beam_jobs.read import DeduplicatePassages, ReadSeedPassages
+from beam_jobs.write import ResolveOutcomes, SumTokens, count_as, write_manifest, summarize
+from beam_jobs.read import ALIASES, DROPS, DeduplicatePassages, ReadSeedPassages
 from beam_jobs.retrieve import RetrieveCandidates, refusal_outcomes
 from beam_jobs.waves import count_records, run_in_waves
-from pipeline import processes, waves
-from pipeline.accounting import example_stats
+from pipeline import given_queries as gq
+from pipeline import passage_dedupe, processes, waves
 from pipeline.ownership import new_run_id
 from pipeline.progress import Progress
 
 def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, started_at: dt.datetime) -> None:
     output = opts.output.rstrip("/")
-    client = opt.client_config(opts, model)
     rerank = opt.rerank_config(opts)
     decontam = opt.decontam_config(opts)
     provenance, meta = run_metadata(opts, model, run_id, started_at)
@@ -49,9 +48,11 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
                                                          opt.split_config(opts), opts.trust_remote_code,
                                                          fields=opt.input_fields(opts))
-    passages, dedupe_outcomes, aliases = read.passages | "DeduplicatePassages" >> DeduplicatePassages()
+    deduped = read.passages | "DeduplicatePassages" >> DeduplicatePassages(keys_of=gq.corpus_keys)
+    passages, aliases = deduped["kept"], deduped[ALIASES]
+    dedupe_outcomes = deduped[DROPS] | "DropOutcomes" >> beam.MapTuple(passage_dedupe.drop_outcome)
     journal = opt.journal_root(opts)
-    llm = StageSettings(client, opts.llm_batch_size, opts.progress, journal, opt.failure_policy(opts))
+    llm = opt.llm_settings(opts, model, journal)
     if opts.queries:
         sourced = given_queries(p, opts, passages, aliases)
     else:
@@ -92,12 +93,8 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                      count_as(retrieved["refused_queries"], "queries_refused_by_embedder"), *reused]
                     | "StageCounts" >> beam.Flatten()
                     | "StageDict" >> beam.combiners.ToDict())
-    events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
-               examples | "ExampleEvents" >> beam.Map(lambda e: ("example", example_stats(e))))
-              | "Events" >> beam.Flatten())
     tokens = token_usage | "AllTokens" >> beam.Flatten() | "SumTokens" >> beam.CombineGlobally(SumTokens())
-    (events
-     | "Summarize" >> beam.CombineGlobally(ManifestCombine())
+    (summarize(final, examples)
      | "WriteManifest" >> beam.Map(write_manifest, beam.pvalue.AsSingleton(stage_counts),
                                    beam.pvalue.AsSingleton(units), beam.pvalue.AsSingleton(tokens),
                                    f"{output}/manifest.json", meta))
@@ -105,21 +102,16 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
 
 def generated_queries(passages, llm: StageSettings, opts: opt.FretOptions) -> dict:
     """Queries written by the LLM for each seed passage; the passages are the retrieval pool."""
-    queries = passages | "GenerateQueries" >> GenerateQueries(llm, opt.generation_config(opts))
-    return {"queries": queries["queries"], "pool": passages, "outcomes": [queries[OUTCOME]],
-            "tokens": [queries[TOKENS]], "reused": [count_as(queries["reused"], "journal_hits_generate")],
-            "counts": [count_as(queries["queries"], "queries_generated")]}
+    return {**generation_stage(passages, llm, opts), "pool": passages}
 
 
 def given_queries(p: beam.Pipeline, opts: opt.FretOptions, passages, aliases) -> dict:
     """The user's queries (--queries), their positives found in the corpus (or joined to it)."""
-    given = p | "ReadGivenQueries" >> ReadGivenQueries.of(opts)
-    attached = (passages, given["given"], aliases) | "JoinGivenToCorpus" >> JoinGivenToCorpus(opts.queries_task)
-    units = (given["given"], given[OUTCOME]) | "GivenUnits" >> beam.Flatten()
-    return {"queries": attached["queries"], "pool": attached["pool"], "outcomes": [given[OUTCOME], attached[OUTCOME]],
-            "tokens": [], "reused": [], "units": units,
-            "counts": [count_as(given["given"], "queries_given"), count_as(attached["joined"], "given_texts_joined"),
-                       count_as(attached["queries"], "given_queries_to_retrieve")]}
+    stage = given_stage(p, opts, passages, aliases)
+    attached = stage["attached"]
+    units = stage["units"] | "GivenUnits" >> beam.Flatten()
+    return {"queries": attached["queries"], "pool": attached["pool"], "outcomes": stage["outcomes"],
+            "tokens": [], "reused": [], "units": units, "counts": stage["counts"]}
 
 
 def run(argv=None, save_main_session: bool = True, test_pipeline=None):

@@ -70,3 +70,17 @@ class GenerateQueries(beam.PTransform):
         dofn = _GenerateFn(self.settings, self.config)
         return journaled_llm_stage(passages, self.settings, "generate", key_fn, "Generate", dofn, "queries",
                                    _replay_generated)
+
+
+def generation_stage(passages, llm: StageSettings, opts) -> dict:
+    """Queries the LLM writes for each seed passage: the one wiring of both plans (the one
+    pipeline's passages, a wave's). -> {"queries", "outcomes", "tokens", "reused", "counts"}: lists
+    of PCollections for the caller's outcomes, token meters and manifest counts."""
+    from beam_jobs import options as opt
+    from beam_jobs.common import TOKENS
+    from beam_jobs.write import count_as
+
+    generated = passages | "GenerateQueries" >> GenerateQueries(llm, opt.generation_config(opts))
+    return {"queries": generated["queries"], "outcomes": [generated[OUTCOME]], "tokens": [generated[TOKENS]],
+            "reused": [count_as(generated["reused"], "journal_hits_generate")],
+            "counts": [count_as(generated["queries"], "queries_generated")]}

@@ -267,3 +267,19 @@ class JoinGivenToCorpus(beam.PTransform):
                   | "Attach" >> beam.FlatMap(_attach, self.default_task).with_outputs(OUTCOME, main="queries"))
         queries = (seeded.queries, none) | "GivenQueries" >> beam.Flatten()
         return {"pool": pool, "queries": queries, "joined": joined, OUTCOME: seeded[OUTCOME]}
+
+
+def given_stage(p, opts, corpus, aliases, keys_of=gq.corpus_keys, to_pool=None) -> dict:
+    """--queries read and joined to the corpus: the one wiring of both plans (the one pipeline
+    joins passages; waves join keys, with keys_of=gq.ref_keys and to_pool=gq.corpus_ref).
+    -> {"attached": JoinGivenToCorpus's outputs, "units": the rows' PCollections, "outcomes": their
+    dead letters, "counts": the manifest's counts of the stage}."""
+    from beam_jobs.write import count_as
+
+    given = p | "ReadGivenQueries" >> ReadGivenQueries.of(opts)
+    attached = (corpus, given["given"], aliases) | "JoinGivenToCorpus" >> JoinGivenToCorpus(
+        opts.queries_task, keys_of=keys_of, to_pool=to_pool)
+    return {"attached": attached, "units": [given["given"], given[OUTCOME]],
+            "outcomes": [given[OUTCOME], attached[OUTCOME]],
+            "counts": [count_as(given["given"], "queries_given"), count_as(attached["joined"], "given_texts_joined"),
+                       count_as(attached["queries"], "given_queries_to_retrieve")]}

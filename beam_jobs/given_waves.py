@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from beam_jobs.common import OUTCOME
-from beam_jobs.given import JoinGivenToCorpus, ReadGivenQueries
+from beam_jobs.given import given_stage
 from beam_jobs.scratch import ReadWaveChunks, wave_files, write_chunks
-from beam_jobs.write import count_as
 from pipeline import given_queries as gq
 from pipeline import waves as w
 from pipeline.passage_dedupe import passage_key
@@ -37,16 +35,20 @@ def member_key(member):
     return member[0]
 
 
+def member_keys(member):
+    """The keys a positive looks the member up by (empty without given queries)."""
+    return member[1]
+
+
 def plan_given(p, opts, folder: str, waves: int, kept_members, aliases) -> dict:
     """Read --queries and join them to the kept corpus keys (`aliases`: (id, kept id) of each
     dropped duplicate text); writes the joined texts ("joined"),
     the seeded queries ("seeded"), the queries without a positive ("queries", "query_keys") and
     the rows' dead letters ("outcomes"). -> {"units": [...], "counts": [...]} for the plan."""
-    given = p | "ReadGivenQueries" >> ReadGivenQueries.of(opts)
     refs = kept_members | "CorpusRefs" >> beam.Map(
         lambda m: gq.CorpusRef(m[0].id, m[0].source_id, m[0].chunk, m[1]))
-    attached = (refs, given["given"], aliases) | "JoinGivenToCorpus" >> JoinGivenToCorpus(
-        opts.queries_task, keys_of=gq.ref_keys, to_pool=gq.corpus_ref)
+    stage = given_stage(p, opts, refs, aliases, keys_of=gq.ref_keys, to_pool=gq.corpus_ref)
+    attached = stage["attached"]
     write_chunks(attached["joined"] | "JoinedWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
            "WriteJoined", folder, "joined", waves)
     queries = attached["queries"]
@@ -59,12 +61,10 @@ def plan_given(p, opts, folder: str, waves: int, kept_members, aliases) -> dict:
     write_chunks(unseeded | "UnseededKeys" >> beam.Map(lambda qs: (w.query_wave(qs, waves), w.query_key(qs))),
            "WriteUnseededKeys", folder, "query_keys", waves)
     # a row dead-lettered here has no other outcome: any fixed wave resolves it
-    outcomes = (given[OUTCOME], attached[OUTCOME]) | "GivenOutcomes" >> beam.Flatten()
+    outcomes = stage["outcomes"] | "GivenOutcomes" >> beam.Flatten()
     write_chunks(outcomes | "GivenOutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id, waves), o)),
            "WriteGivenOutcomes", folder, "outcomes", waves)
-    return {"units": [given["given"], given[OUTCOME]],
-            "counts": [count_as(given["given"], "queries_given"), count_as(attached["joined"], "given_texts_joined"),
-                       count_as(queries, "given_queries_to_retrieve")]}
+    return {"units": stage["units"], "counts": stage["counts"]}
 
 
 def _seed_key(ref) -> tuple:

@@ -328,6 +328,15 @@ def generation_config(opts: FretOptions) -> GenerationConfig:
                             max_tokens=opts.max_tokens, seed=opts.seed, seed_requests=opts.seed_requests)
 
 
+def llm_settings(opts: FretOptions, model: str, journal: str):
+    """The LLM stages' settings (client, batch size, progress, journal folder, failure policy): one
+    definition for the one pipeline and every wave."""
+    from beam_jobs.llm_stage import StageSettings
+
+    return StageSettings(client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
+                         failure_policy(opts))
+
+
 def journal_root(opts: FretOptions) -> str:
     """--journal, or the run's own OUTPUT/_journal; a shared journal must live outside --output
     (the output folder holds only what its marker says fret wrote there)."""

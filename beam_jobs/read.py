@@ -10,7 +10,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from beam_jobs.common import NS, OUTCOME, SharedBox
-from pipeline import ids, ingest, passage_dedupe
+from pipeline import ingest, passage_dedupe
 from pipeline.accounting import Outcome
 from pipeline.embedding import count_tokens
 from pipeline.ingest import SplitConfig, dead_letter, embedder_budget
@@ -148,39 +148,49 @@ def is_parquet(path: str, input_format: str) -> bool:
     return path.endswith((".parquet", ".pq"))
 
 
-ALIASES = "aliases"
+DROPS, ALIASES = "drops", "aliases"
 
 
-def _resolve(element, resolver):
-    """Passages sharing an id or a text -> the kept ones, an outcome for each one dropped, and
-    (id, kept id) for each id a dropped duplicate text answered to."""
-    from pipeline.given_queries import corpus_keys, id_aliases
+def _resolve(element, resolver, aliases_of):
+    """Members sharing an id or a text -> the kept ones, (member, Drop) for each one dropped, and
+    (id, kept id) for each id a dropped duplicate text answered to (aliases_of(member): its keys)."""
+    from pipeline.given_queries import id_aliases
 
     _, members = element
-    kept, drops = resolver(members, key=passage_dedupe.passage_key)
+    kept, drops = resolver(members)
     yield from kept
-    for passage, drop in drops:
-        yield beam.pvalue.TaggedOutput(OUTCOME, passage_dedupe.drop_outcome(passage, drop))
-        if drop.kept_id:
-            for alias in id_aliases(corpus_keys(passage), drop.kept_id):
+    for member, drop in drops:
+        yield beam.pvalue.TaggedOutput(DROPS, (member, drop))
+        if drop.kept_id and aliases_of is not None:
+            for alias in id_aliases(aliases_of(member), drop.kept_id):
                 yield beam.pvalue.TaggedOutput(ALIASES, alias)
 
 
 class DeduplicatePassages(beam.PTransform):
-    """One passage per id (conflicting texts under one id are dead-lettered) and per text
-    (pipeline.passage_dedupe's rule) -> (passages, outcomes, aliases: (id of a dropped duplicate,
-    the kept copy's id))."""
+    """One passage per id (conflicting texts under one id are dropped as conflicts) and per text,
+    by pipeline.passage_dedupe's rule -> {"kept", DROPS: (member, Drop), ALIASES: (id of a dropped
+    duplicate text, the kept copy's id)}. The one definition for both plans: the one pipeline
+    deduplicates passages (key: passage_key), waves deduplicate small keys without the texts
+    (beam_jobs.given_waves.dedupe_member, key: member_key). `keys_of(member)`: the keys a
+    positive looks it up by (gq.corpus_keys), for the aliases."""
 
-    def expand(self, passages):
-        by_id = (passages
-                 | "KeyById" >> beam.Map(lambda p: (p.id, p))
+    def __init__(self, key=passage_dedupe.passage_key, keys_of=None):
+        super().__init__()
+        self.key, self.keys_of = key, keys_of
+
+    def expand(self, members):
+        key = self.key
+        by_id = (members
+                 | "KeyById" >> beam.Map(lambda m: (key(m).id, m))
                  | "GroupById" >> beam.GroupByKey()
-                 | "ResolveIds" >> beam.FlatMap(_resolve, passage_dedupe.resolve_id_group)
-                 .with_outputs(OUTCOME, main="passages"))
-        by_text = (by_id.passages
-                   | "KeyByText" >> beam.Map(lambda p: (ids.passage_id(p.title, p.text), p))
+                 | "ResolveIds" >> beam.FlatMap(_resolve, functools.partial(passage_dedupe.resolve_id_group, key=key),
+                                                None)
+                 .with_outputs(DROPS, main="kept"))
+        by_text = (by_id.kept
+                   | "KeyByText" >> beam.Map(lambda m: (key(m).content, m))
                    | "GroupByText" >> beam.GroupByKey()
-                   | "ResolveTexts" >> beam.FlatMap(_resolve, passage_dedupe.resolve_content_group)
-                   .with_outputs(OUTCOME, ALIASES, main="passages"))
-        outcomes = (by_id[OUTCOME], by_text[OUTCOME]) | "Outcomes" >> beam.Flatten()
-        return by_text.passages, outcomes, by_text[ALIASES]
+                   | "ResolveTexts" >> beam.FlatMap(_resolve, functools.partial(passage_dedupe.resolve_content_group,
+                                                                                key=key), self.keys_of)
+                   .with_outputs(DROPS, ALIASES, main="kept"))
+        drops = (by_id[DROPS], by_text[DROPS]) | "Drops" >> beam.Flatten()
+        return {"kept": by_text.kept, DROPS: drops, ALIASES: by_text[ALIASES]}

@@ -15,8 +15,8 @@ from beam_jobs import options as opt
 from beam_jobs.finish import write_records
 from beam_jobs.outputs import read_manifest, shards
 from beam_jobs.preflight import prepare_output
-from beam_jobs.write import ManifestCombine, SumTokens, write_manifest
-from pipeline.accounting import Outcome, example_stats
+from beam_jobs.write import SumTokens, write_manifest, summarize
+from pipeline.accounting import Outcome
 from pipeline.examples import stamp
 from pipeline.llm.usage import UsageMeter
 from pipeline.ownership import new_run_id
@@ -51,10 +51,6 @@ def source_options(source_config: str, argv: list[str]) -> tuple[opt.FretOptions
     return opts, beam_args
 
 
-def _written(example: TrainingExample) -> tuple:
-    return ("example", example_stats(example)), ("outcome", Outcome(example.example_id, "written"))
-
-
 def run_remine(source: str, output: str, argv: list[str], overwrite: bool = False) -> dict:
     """Remine `source` into `output` with the mining flags (and Beam's flags) of `argv`; returns the
     new manifest as a dict."""
@@ -87,19 +83,17 @@ def run_remine(source: str, output: str, argv: list[str], overwrite: bool = Fals
             records = (p | f"Read{part}" >> beam.Create(paths) | f"Rows{part}" >> beam.io.ReadAllFromParquet()
                        | f"Parse{part}" >> beam.Map(lambda row, m: from_row(m, row), model))
             outcomes.append(records | f"Outcome{part}" >> beam.Map(lambda r, s: Outcome(r.record_id, s, r), status))
-        final = tuple(outcomes) | "Outcomes" >> beam.Flatten()
-        write_records(examples, final, output, int(opts.output_shards or 0))
-        events = ((examples | "ExampleEvents" >> beam.FlatMap(_written),
-                   final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)))
-                  | "Events" >> beam.Flatten())
+        copied = tuple(outcomes) | "Outcomes" >> beam.Flatten()
+        write_records(examples, copied, output, int(opts.output_shards or 0))
+        written = examples | "Written" >> beam.Map(lambda e: Outcome(e.example_id, "written"))
+        final = (copied, written) | "FinalOutcomes" >> beam.Flatten()
         counts = {k: v for k, v in manifest["counts"].items() if not k.startswith(_NOT_COPIED)}
         meta = dict(run_id=run_id, started_at=started_at, llm_model=manifest["llm_model"],
                     embedder=manifest["embedder"], prompts=manifest["prompts"], config=config,
                     ranking_precision=manifest.get("ranking_precision") or {}, scoring=manifest.get("scoring") or {},
                     scores_from=f"{source} (run {manifest['run_id']}): remined, no LLM request")
         tokens = p | "NoTokens" >> beam.Create([UsageMeter()]) | "SumTokens" >> beam.CombineGlobally(SumTokens())
-        (events
-         | "Summarize" >> beam.CombineGlobally(ManifestCombine())
+        (summarize(final, examples)
          | "WriteManifest" >> beam.Map(write_manifest, counts, manifest["inputs"], beam.pvalue.AsSingleton(tokens),
                                        f"{output}/manifest.json", meta))
     return read_manifest(output)

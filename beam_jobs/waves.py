@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from functools import partial
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -34,19 +33,17 @@ from beam_jobs import options as opt
 from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.filters import FilterQueries, LoadEvalIndex
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
-from beam_jobs.generate import GenerateQueries
-from beam_jobs.given_waves import dedupe_member, member_key, plan_given, seeded_queries
+from beam_jobs.generate import generation_stage
+from beam_jobs.given_waves import dedupe_member, member_key, member_keys, plan_given, seeded_queries
 from beam_jobs.index_files import index_dir
-from beam_jobs.llm_stage import StageSettings
-from beam_jobs.read import ReadSeedPassages
+from beam_jobs.read import ALIASES, DROPS, DeduplicatePassages, ReadSeedPassages
 from beam_jobs.retrieve import REFUSED, Embed, EmbedPassagesOnce, SearchQueries, refusal_outcomes, write_index_shards
 from beam_jobs.scratch import (ReadWaveChunks, read_pickled, save, scratch_dir, scratch_files, wave_files,
                                write_chunks)
-from beam_jobs.write import ManifestCombine, ResolveOutcomes, SumTokens, count_as, write_manifest
-from pipeline import given_queries as gq
+from beam_jobs.write import ResolveOutcomes, SumTokens, count_as, write_manifest, summarize
 from pipeline import passage_dedupe as dedupe
 from pipeline import waves as w
-from pipeline.accounting import example_stats, unit_id
+from pipeline.accounting import unit_id
 from pipeline.progress import Progress
 
 
@@ -86,14 +83,6 @@ def _write_tokens(meters: list, path: str) -> None:
 
 # --- 1. plan ---------------------------------------------------------------------------------
 
-def _resolve(element, resolver):
-    _, members = element
-    kept, drops = resolver(members)
-    yield from kept
-    for key, drop in drops:
-        yield beam.pvalue.TaggedOutput("drops", (key, drop))
-
-
 def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
     given = bool(opts.queries)
     read = p | "ReadSeedPassages" >> ReadSeedPassages(opts.input, opts.input_format, opts.embedder,
@@ -101,28 +90,18 @@ def build_plan(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
                                                          spread=False, fields=opt.input_fields(opts))
     write_chunks(read.passages | "PassageWave" >> beam.Map(lambda ps: (w.wave_of(ps.source_id, waves), ps)),
             "WritePassages", folder, "passages", waves)
-    by_id = (read.passages
-             | "Keys" >> beam.Map(dedupe_member, given)
-             | "KeyById" >> beam.Map(lambda m: (m[0].id, m))
-             | "GroupById" >> beam.GroupByKey()
-             | "ResolveIds" >> beam.FlatMap(_resolve, partial(dedupe.resolve_id_group, key=member_key))
-             .with_outputs("drops", main="kept"))
-    by_text = (by_id.kept
-               | "KeyByText" >> beam.Map(lambda m: (m[0].content, m))
-               | "GroupByText" >> beam.GroupByKey()
-               | "ResolveTexts" >> beam.FlatMap(_resolve, partial(dedupe.resolve_content_group, key=member_key))
-               .with_outputs("drops", main="kept"))
-    drops = ((by_id.drops, by_text.drops)
-             | "Drops" >> beam.Flatten()
-             | "DropWave" >> beam.Map(lambda md: (w.wave_of(md[0][0].source_id, waves), (md[0][0].unit, md[1]))))
+    deduped = (read.passages
+               | "Keys" >> beam.Map(dedupe_member, given)
+               | "DeduplicatePassages" >> DeduplicatePassages(key=member_key, keys_of=member_keys))
+    drops = deduped[DROPS] | "DropWave" >> beam.Map(
+        lambda md: (w.wave_of(md[0][0].source_id, waves), (md[0][0].unit, md[1])))
     write_chunks(drops, "WriteDrops", folder, "drops", waves)
     # an unreadable record's unit is its source
     write_chunks(read[OUTCOME] | "OutcomeWave" >> beam.Map(lambda o: (w.wave_of(o.unit_id, waves), o)),
             "WriteReadOutcomes", folder, "outcomes", waves)
     counts = [count_as(read.passages, "passages_after_split"), count_as(read[OUTCOME], "unreadable_records")]
     if given:  # the units are the query rows, and any corpus record that does not join the pool
-        aliases = by_text.drops | "Aliases" >> beam.FlatMap(lambda md: gq.id_aliases(md[0][1], md[1].kept_id))
-        joined = plan_given(p, opts, folder, waves, by_text.kept, aliases)
+        joined = plan_given(p, opts, folder, waves, deduped["kept"], deduped[ALIASES])
         units, counts = [*joined["units"], read[OUTCOME], drops], counts + joined["counts"]
     else:  # the units are the seed passages, and any record that did not become one
         units = [read.passages, read[OUTCOME]]
@@ -155,13 +134,11 @@ def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) 
         query_pairs = seeded_queries(p, pool, folder, wave)
     else:
         pool = passages
-        llm = StageSettings(opt.client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
-                            opt.failure_policy(opts))
-        queries = passages | "GenerateQueries" >> GenerateQueries(llm, opt.generation_config(opts))
-        query_pairs = queries["queries"]
-        outcomes.append(queries[OUTCOME])
-        tokens.append(queries[TOKENS])
-        counts += [count_as(query_pairs, "queries_generated"), count_as(queries["reused"], "journal_hits_generate")]
+        generated = generation_stage(passages, opt.llm_settings(opts, model, journal), opts)
+        query_pairs = generated["queries"]
+        outcomes += generated["outcomes"]
+        tokens += generated["tokens"]
+        counts += [*generated["counts"], *generated["reused"]]
     embed = Embed(opt.retrieval_embedder(opts), opts.embed_batch_size, "passages", progress=opts.progress,
                   trust_remote_code=opts.trust_remote_code, journal_folder=journal)
     vectors = pool | "EmbedPassages" >> EmbedPassagesOnce(embed)
@@ -221,17 +198,13 @@ def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, s
     refusals, _ = refusal_outcomes(p | "NoRefusedPassages" >> beam.Create([]), found[REFUSED],
                                    passages_are_units=True)
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, opt.decontam_config(opts))
-    llm = StageSettings(opt.client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
-                        opt.failure_policy(opts))
-    tail = rerank_to_examples(candidates, eval_index, opts, llm, opt.rerank_config(opts), provenance)
+    tail = rerank_to_examples(candidates, eval_index, opts, opt.llm_settings(opts, model, journal),
+                              opt.rerank_config(opts), provenance)
     earlier = p | "ReadOutcomes" >> ReadWaveChunks(wave_files(folder, "outcomes", wave))
     final = ((earlier, refusals, *tail["outcomes"]) | "AllOutcomes" >> beam.Flatten()
              | "ResolveOutcomes" >> ResolveOutcomes())
     write_records(tail["examples"], final, output, opts.output_shards, part=f"part-w{wave:05d}")
-    events = ((final | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
-               tail["examples"] | "ExampleEvents" >> beam.Map(lambda e: ("example", example_stats(e))))
-              | "Events" >> beam.Flatten())
-    (events | "Summarize" >> beam.CombineGlobally(ManifestCombine())
+    (summarize(final, tail["examples"])
      | "WriteSummary" >> beam.Map(save, f"{folder}/summary/w{wave:05d}.pkl"))
     _write_counts([count_as(candidates, "queries_retrieved"), count_as(found[REFUSED], "queries_refused_by_embedder"),
                    *(count_as(hits, name) for name, hits in tail["reused"].items())],

@@ -36,6 +36,17 @@ class ManifestCombine(_MergingCombine):
         return acc
 
 
+def summarize(final_outcomes, examples):
+    """The manifest's accumulator (one element) from every resolved outcome and written example:
+    the one definition for the one pipeline, each wave and remine. Applied in the caller's scope."""
+    from pipeline.accounting import example_stats
+
+    events = ((final_outcomes | "OutcomeEvents" >> beam.Map(lambda o: ("outcome", o)),
+               examples | "ExampleEvents" >> beam.Map(lambda e: ("example", example_stats(e))))
+              | "Events" >> beam.Flatten())
+    return events | "Summarize" >> beam.CombineGlobally(ManifestCombine())
+
+
 class SumTokens(_MergingCombine):
     """UsageMeters of every LLM batch -> one UsageMeter for the manifest."""
 

@@ -57,6 +57,8 @@ def subset(source: Path, folder: Path, n_queries: int) -> Path:
 
 
 def run(cwd: Path, folder: Path, output: Path, llm_url: str, *flags: str) -> float:
+    if (output / "manifest.json").exists():  # kept from an earlier invocation with the same --work
+        return json.loads((output / "manifest.json").read_text()).get("seconds", 0.0)
     command = [sys.executable, "-m", "beam_jobs.fret_job", "--input", str(folder / "corpus.jsonl"), "--queries",
                str(folder), "--output", str(output), "--llm_url", llm_url, "--progress", "false",
                "--wave_size", "0", *flags]
@@ -104,11 +106,12 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS))
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "false_negatives.json"))
+    parser.add_argument("--work", default="", help="a folder of an earlier invocation: finished runs are reused")
     args = parser.parse_args()
     from beam_jobs.cli import main as fret
     from pipeline.testing.stub_llm import StubLLM
 
-    tmp = Path(tempfile.mkdtemp(prefix="fret-fn-"))
+    tmp = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="fret-fn-"))
     before_tree = tmp / "before"
     subprocess.run(["git", "worktree", "add", "--detach", str(before_tree), BEFORE], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -118,7 +121,9 @@ def main() -> None:
     try:
         with StubLLM() as stub:
             for name in args.sets:
-                folder = subset(SETS[name], tmp / name / "data", args.queries)
+                folder = tmp / name / "data"
+                if not (folder / "queries.jsonl").exists():
+                    subset(SETS[name], folder, args.queries)
                 rows = results["sets"][name] = {"before": [], "after": [], "retrieval": None, "seconds": {}}
                 for seed in (0, 1, 2):
                     out = tmp / name / f"before-{seed}"
@@ -132,7 +137,7 @@ def main() -> None:
                 for seed in (1, 2):  # the same scores, mined again with another seed: no request
                     out = tmp / name / f"after-{seed}"
                     sent = len(stub.requests)
-                    assert fret(["remine", str(after), "--output", str(out), "--seed", str(seed)]) == 0
+                    assert (out / "manifest.json").exists() or fret(["remine", str(after), "--output", str(out), "--seed", str(seed)]) == 0
                     assert len(stub.requests) == sent, "remine sent a request"
                     rows["after"].append(audit(out, folder))
                 print(name, "after", rows["after"], flush=True)
