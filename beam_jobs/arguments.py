@@ -55,3 +55,22 @@ class FretArgumentParser(argparse.ArgumentParser):
                     if other not in spellings:
                         spellings.append(other)
         return super().add_argument(*spellings, **kwargs)
+
+
+def add_switch(group, name: str, default: bool, help: str) -> None:
+    """One style for every on/off flag: `--flag` alone turns it on, `--flag true|false` sets it."""
+    add_flag(group, name, type=parse_bool, nargs="?", const=True, default=default, metavar="true|false", help=help)
+
+
+def add_flag(group, name: str, **kwargs) -> None:
+    """Add --name_with_underscores (Beam's style) and its --name-with-dashes alias."""
+    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    group.add_argument(*flags, dest=name, **kwargs)
+
+
+def parse_bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")

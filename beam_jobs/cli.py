@@ -126,7 +126,7 @@ def _train(argv: list[str]) -> int:
     import json
     import typing
 
-    from beam_jobs.options import parse_bool
+    from beam_jobs.arguments import parse_bool
     from beam_jobs.outputs import BeamFiles
     from pipeline.train.trainer import TrainConfig, field_help, train
 

@@ -31,7 +31,8 @@ def _flag_actions() -> list[argparse.Action]:
 
 @functools.lru_cache(maxsize=None)
 def config_model() -> type[BaseModel]:
-    from beam_jobs.options import parse_bool, parse_wave_size
+    from beam_jobs.arguments import parse_bool
+    from beam_jobs.options import parse_wave_size
 
     fields: dict[str, Any] = {}
     for action in _flag_actions():

@@ -12,6 +12,7 @@ import datetime as dt
 import apache_beam as beam
 
 from beam_jobs import options as opt
+from beam_jobs import rerank_options as ropt
 from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.cross_encode import CrossEncodeCandidates
 from beam_jobs.filters import DecontaminateExamples
@@ -30,7 +31,7 @@ PROMPTS = ("query_generation", "query_likelihood", "relevance_classification", "
 
 def run_metadata(opts: opt.FretOptions, model: str, run_id: str, started_at: dt.datetime) -> tuple[Provenance, dict]:
     """The provenance stamped on every example, and the manifest's description of the run."""
-    rerank = opt.rerank_config(opts)
+    rerank = ropt.rerank_config(opts)
     versions = {"query_likelihood": rerank.ql_prompt_version, "relevance_classification": rerank.rc_prompt_version}
     prompts = {name: load_prompt(name, versions.get(name)).hash for name in PROMPTS}  # the versions this run uses
     config = opt.effective_config(opts, model)
@@ -54,20 +55,20 @@ def rerank_to_examples(candidates, eval_index, opts: opt.FretOptions, llm: Stage
     outcomes, tokens, reused = [], [], {}
     if "ce" in rerank.scores:  # the cross-encoder's scores ride on the candidates into fusion
         ce = candidates | "CrossEncode" >> CrossEncodeCandidates(
-            dataclasses.replace(llm, client=opt.reranker_client(opts)), opts.reranker_api)
+            dataclasses.replace(llm, client=ropt.reranker_client(opts)), opts.reranker_api)
         candidates = ce["candidates"]
         outcomes.append(ce[OUTCOME])
         tokens.append(ce[TOKENS])
         reused["journal_hits_ce"] = ce["reused"]
-    if not opt.needs_llm_scores(opts):  # the cross-encoder alone: fused without an LLM request
+    if not ropt.needs_llm_scores(opts):  # the cross-encoder alone: fused without an LLM request
         fused = candidates | "RerankAndMine" >> beam.FlatMap(
-            _fuse_without_llm, rerank, opt.mining_config(opts), opts.keep_candidates).with_outputs(OUTCOME,
+            _fuse_without_llm, rerank, ropt.mining_config(opts), opts.keep_candidates).with_outputs(OUTCOME,
                                                                                                  main="examples")
         examples = fused["examples"]
         outcomes.append(fused[OUTCOME])
     else:
         reranked = candidates | "RerankAndMine" >> RerankAndMine(
-            llm.batched(max(1, opts.llm_batch_size // 4)), rerank, opt.mining_config(opts), opts.keep_candidates)
+            llm.batched(max(1, opts.llm_batch_size // 4)), rerank, ropt.mining_config(opts), opts.keep_candidates)
         examples = reranked["examples"]
         outcomes.append(reranked[OUTCOME])
         tokens.append(reranked[TOKENS])

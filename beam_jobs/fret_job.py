@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, TestOptions
 
 from beam_jobs import options as opt
+from beam_jobs import rerank_options as ropt
 from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.config import expand_config
 from beam_jobs.filters import FilterQueries, LoadEvalIndex
@@ -41,7 +42,7 @@ from pipeline.progress import Progress
 
 def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, started_at: dt.datetime) -> None:
     output = opts.output.rstrip("/")
-    rerank = opt.rerank_config(opts)
+    rerank = ropt.rerank_config(opts)
     decontam = opt.decontam_config(opts)
     provenance, meta = run_metadata(opts, model, run_id, started_at)
 
@@ -131,10 +132,10 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
         if opts.queries:
             check_given_queries(opts.queries, opts.queries_layout, opts.queries_split)
         prepare_output(opts.output, opts.overwrite, opts.resume, apply=False)
-    opt.score_names(opts)  # a bad --scores / --reranker-url pairing is refused before any work
+    ropt.score_names(opts)  # a bad --scores / --reranker-url pairing is refused before any work
     opt.journal_root(opts)  # and a --journal inside --output
     # given queries scored by the cross-encoder alone (no rating) send the LLM nothing
-    llm_needed = not opts.queries or opt.needs_llm_scores(opts) or opts.quality_filter
+    llm_needed = not opts.queries or ropt.needs_llm_scores(opts) or opts.quality_filter
     if opts.llm_serve:  # in-worker vLLM: no server exists until the workers start one
         model = opts.llm_model or "fret-local"
     elif not llm_needed:
@@ -154,17 +155,17 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     if opts.reranker_url:
         if not opts.reranker_model:
             opts.reranker_model = ("tei" if opts.reranker_api == "tei" or dry_run else discover_model(
-                opts.reranker_url.split(",")[0].strip(), opt.reranker_client(opts).api_key,
+                opts.reranker_url.split(",")[0].strip(), ropt.reranker_client(opts).api_key,
                 what="cross-encoder endpoint", flag="--reranker_model"))
         if not dry_run:
-            check_reranker(opt.reranker_client(opts), opts.reranker_api)
+            check_reranker(ropt.reranker_client(opts), opts.reranker_api)
     run_id = new_run_id()
     if not dry_run:
         if not opts.llm_serve and llm_needed:
             check_scoring_support(opt.client_config(opts, model), opts.rc_method)
         prepare_output(opts.output, opts.overwrite, opts.resume, run_id=run_id)
     opts.ql_path = (resolve_ql_path(opts.ql_path, opt.client_config(opts, model), bool(opts.llm_serve), dry_run)
-                    if llm_needed and "ql" in opt.score_names(opts) else "echo")
+                    if llm_needed and "ql" in ropt.score_names(opts) else "echo")
     started_at = dt.datetime.now(dt.timezone.utc)
     wave_size = resolve_wave_size(opts, pipeline_options, dry_run or test_pipeline is not None)
     if wave_size:

@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import options as opt
+from beam_jobs import rerank_options as ropt
 from beam_jobs.finish import write_records
 from beam_jobs.outputs import read_manifest, shards
 from beam_jobs.preflight import prepare_output
@@ -62,7 +63,7 @@ def run_remine(source: str, output: str, argv: list[str], overwrite: bool = Fals
     if not json.loads(manifest["config"]).get("keep_candidates", True):
         raise ValueError(f"{source} was written with --keep-candidates false: it stores no candidate scores to "
                          "remine; only a new run can mine it differently")
-    mining = opt.mining_config(opts)
+    mining = ropt.mining_config(opts)
     opts.output = output
     run_id, started_at = new_run_id(), dt.datetime.now(dt.timezone.utc)
     prepare_output(output, overwrite, run_id=run_id)

@@ -30,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import options as opt
+from beam_jobs import rerank_options as ropt
 from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.filters import FilterQueries, LoadEvalIndex
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
@@ -199,7 +200,7 @@ def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, s
                                    passages_are_units=True)
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, opt.decontam_config(opts))
     tail = rerank_to_examples(candidates, eval_index, opts, opt.llm_settings(opts, model, journal),
-                              opt.rerank_config(opts), provenance)
+                              ropt.rerank_config(opts), provenance)
     earlier = p | "ReadOutcomes" >> ReadWaveChunks(wave_files(folder, "outcomes", wave))
     final = ((earlier, refusals, *tail["outcomes"]) | "AllOutcomes" >> beam.Flatten()
              | "ResolveOutcomes" >> ResolveOutcomes())
