@@ -263,7 +263,7 @@ def main(argv=None) -> int:
             result = run(argv)
     except BaseException as exc:  # noqa: BLE001 - the runner wraps worker errors; show ours plainly
         if _SIGINT_SEEN.is_set() or isinstance(exc, KeyboardInterrupt):
-            interrupted(output_of(argv))
+            interrupted(output_of(argv), journal_of(argv))
         if isinstance(exc, ValueError):  # a bad flag, input or output folder: one clear line
             print(f"[fret] error: {exc}", file=sys.stderr)
             return 2
@@ -294,10 +294,18 @@ def remove_partial(output: str) -> None:
         remove_run_parts(output, (*OUTPUT_PARTS, *SCRATCH))
 
 
-def interrupted(output: str) -> NoReturn:
+def journal_of(argv: list[str]) -> str:
+    """The journal folder an argument list names (--journal, or OUTPUT/_journal), for messages."""
+    try:
+        return opt.journal_root(PipelineOptions(expand_config(list(argv))).view_as(opt.FretOptions))
+    except Exception:  # noqa: BLE001 - only for a message
+        return ""
+
+
+def interrupted(output: str, journal: str = "") -> NoReturn:
     """Ctrl-C: no dataset shard is left without its manifest, and the journal is kept for --resume."""
     remove_partial(output)
-    where = f"{output}/_journal" if output else "the output folder's _journal"
+    where = journal or (f"{output}/_journal" if output else "the output folder's _journal")
     print(f"\n[fret] interrupted: the finished LLM work is kept in {where}; re-run the same command with "
           "--resume to finish it", file=sys.stderr)
     # Now, without unwinding: the runner's and the client's threads would print pages of

@@ -56,12 +56,12 @@ def main() -> None:
     journal = str(tmp / "journal")
     margin = ["--negative_strategy", "margin", "--negative_margin", "0.5", "--margin_score", "rc"]
     with tiny_vllm() as server:
-        small = run_job(corpus, tmp / "n20", server.url, "--num_neighbors", "20", "--journal", journal)
-        grown = run_job(corpus, tmp / "n30", server.url, "--num_neighbors", "30", "--journal", journal)
-        fresh = run_job(corpus, tmp / "fresh30", server.url, "--num_neighbors", "30", "--journal",
+        small = run_job(corpus, tmp / "n20", server.base_url, "--num_neighbors", "20", "--journal", journal)
+        grown = run_job(corpus, tmp / "n30", server.base_url, "--num_neighbors", "30", "--journal", journal)
+        fresh = run_job(corpus, tmp / "fresh30", server.base_url, "--num_neighbors", "30", "--journal",
                         str(tmp / "other-journal"))
         # greedy generation (--temperature 0): the fresh run writes the same queries
-        margin_fresh = run_job(corpus, tmp / "margin-fresh", server.url, "--num_neighbors", "30", "--journal",
+        margin_fresh = run_job(corpus, tmp / "margin-fresh", server.base_url, "--num_neighbors", "30", "--journal",
                                journal, *margin)
     assert fret(["remine", str(tmp / "n30"), "--output", str(tmp / "remined"),
                  *(a.replace("_", "-") if a.startswith("--") else a for a in margin)]) == 0

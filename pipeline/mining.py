@@ -29,8 +29,9 @@ class MiningConfig:
     exclude_seed: bool = True
     seed: int = 0
     relabel: Literal["gecko", "never"] = "gecko"  # never: the seed or given positive stays the positive
-    # sentence-transformers' mine_hard_negatives filters, under its semantics (pool_filter): the
-    # first range_max candidates by rank, less those the score filters drop, less the first range_min
+    # sentence-transformers' mine_hard_negatives filters, under its semantics (pool_filter): of the
+    # first range_max + 2 neighbours by rank, those the score filters keep, the first range_max of
+    # them less the first range_min
     range_min: int = 0
     range_max: Optional[int] = None
     absolute_margin: Optional[float] = None  # drop a candidate whose score + margin > the positive's
