@@ -4,6 +4,8 @@ in pipeline/given_queries.py."""
 
 from __future__ import annotations
 
+import functools
+
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
@@ -15,6 +17,7 @@ from beam_jobs.read import is_parquet, load_splitter, ReadLines, ReadParquetRows
 from pipeline import given_queries as gq
 from pipeline import ingest
 from pipeline.accounting import Outcome
+from pipeline.embedding import count_tokens
 from pipeline.ingest import SplitConfig, dead_letter
 from schemas import DeadLetter, GivenQuery, InputPassage, PassageRef
 
@@ -66,7 +69,8 @@ class _SplitGivenTexts(beam.DoFn):
         self.split_rows = Metrics.counter(NS, "given_texts_split")
 
     def setup(self):
-        self._count, self._budget = load_splitter(self._embedder, self._split, self._shared, self._trust)
+        tokenizer, self._budget = load_splitter(self._embedder, self._split, self._shared, self._trust)
+        self._count = functools.partial(count_tokens, tokenizer)
 
     def _chunks(self, ref: PassageRef, source: str) -> list[PassageRef]:
         record = InputPassage(id=ref.id, title=ref.title, text=ref.text)

@@ -47,7 +47,7 @@ class ReadParquetRows(beam.DoFn):
 
 
 def load_splitter(embedder: str, split: SplitConfig, shared: Shared, trust_remote_code: bool = False):
-    """(count_tokens, the split config at the embedder's budget): what splitting a text needs, in
+    """(the embedder's tokenizer, the split config at its budget): what splitting a text needs, in
     a DoFn's setup. The corpus and the given texts are split by this one definition."""
     from pipeline.embedding import import_model_libraries, resolve_model_path
 
@@ -57,7 +57,7 @@ def load_splitter(embedder: str, split: SplitConfig, shared: Shared, trust_remot
     path = resolve_model_path(embedder)
     tokenizer = shared.acquire(lambda: SharedBox(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)),
                                tag=f"tokenizer:{path}").value
-    return functools.partial(count_tokens, tokenizer), embedder_budget(split, tokenizer, path)
+    return tokenizer, embedder_budget(split, tokenizer, path)
 
 
 class _ParseAndSplit(beam.DoFn):
@@ -73,8 +73,9 @@ class _ParseAndSplit(beam.DoFn):
         self.split_records = Metrics.counter(NS, "records_split")
 
     def setup(self):
-        self._count, self._split_here = load_splitter(self._embedder, self._split, self._shared,
-                                                      self._trust_remote_code)
+        self._tokenizer, self._split_here = load_splitter(self._embedder, self._split, self._shared,
+                                                          self._trust_remote_code)
+        self._count = functools.partial(count_tokens, self._tokenizer)
 
     def process(self, element):
         source, raw = element
