@@ -37,23 +37,11 @@ MINING = ["--num_neighbors", "20", "--negative_strategy", "random", "--num_negat
 
 
 def subset(source: Path, folder: Path, n_queries: int) -> Path:
-    from pipeline.train.evaluate import load_beir
+    from pipeline.train.evaluate import load_beir, write_beir
 
     corpus, queries, qrels = load_beir(source, "train")
     qids = sorted(q for q in qrels if q in queries)[:n_queries]
-    (folder / "qrels").mkdir(parents=True)
-    with open(folder / "corpus.jsonl", "w") as f:
-        for d, (title, text) in corpus.items():
-            f.write(json.dumps({"_id": d, "title": title, "text": text}) + "\n")
-    with open(folder / "queries.jsonl", "w") as f:
-        for q in qids:
-            f.write(json.dumps({"_id": q, "text": queries[q]}) + "\n")
-    with open(folder / "qrels" / "train.tsv", "w") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        for q in qids:
-            for d, s in qrels[q].items():
-                f.write(f"{q}\t{d}\t{s}\n")
-    return folder
+    return write_beir(folder, corpus, {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}, "train")
 
 
 def run(cwd: Path, folder: Path, output: Path, llm_url: str, *flags: str) -> float:

@@ -112,22 +112,13 @@ def train_split_folder(folder: Path, task: str, dest: Path) -> Path:
     """The train split as a BEIR folder over its own documents (the test documents stay unseen)."""
     rows = beir_example_rows(folder, "train", task)
     if not (dest / "queries.jsonl").exists():
-        from pipeline.train.evaluate import load_beir
+        from pipeline.train.evaluate import load_beir, write_beir
 
         _, queries, qrels = load_beir(folder, "train")
         docs = {r["positive"]["id"]: r["positive"] for r in rows}
-        (dest / "qrels").mkdir(parents=True, exist_ok=True)
-        with open(dest / "corpus.jsonl", "w") as f:
-            for d in sorted(docs):
-                f.write(json.dumps({"_id": d, "title": docs[d]["title"], "text": docs[d]["text"]}) + "\n")
-        with open(dest / "queries.jsonl", "w") as f:
-            for q in sorted(qrels):
-                f.write(json.dumps({"_id": q, "text": queries[q]}) + "\n")
-        with open(dest / "qrels" / "train.tsv", "w") as f:
-            f.write("query-id\tcorpus-id\tscore\n")
-            for q in sorted(qrels):
-                for d, score in sorted(qrels[q].items()):
-                    f.write(f"{q}\t{d}\t{score}\n")
+        write_beir(dest, {d: (docs[d]["title"], docs[d]["text"]) for d in sorted(docs)},
+                   {q: queries[q] for q in sorted(qrels)}, {q: dict(sorted(qrels[q].items())) for q in sorted(qrels)},
+                   "train")
     return dest
 
 

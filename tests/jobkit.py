@@ -38,21 +38,10 @@ def read_output(output: Path) -> dict:
 
 def small_beir(source: Path, folder: Path, n_queries: int = 30) -> Path:
     """The first queries of a BEIR test split over their own documents and 200 others."""
-    from pipeline.train.evaluate import load_beir
+    from pipeline.train.evaluate import load_beir, write_beir
 
     corpus, queries, qrels = load_beir(source, "test")
     qids = sorted(queries)[:n_queries]
     keep = {d for q in qids for d in qrels[q]} | set(sorted(corpus)[:200])
-    (folder / "qrels").mkdir(parents=True)
-    with open(folder / "corpus.jsonl", "w") as f:
-        for d in sorted(keep):
-            f.write(json.dumps({"_id": d, "title": corpus[d][0], "text": corpus[d][1]}) + "\n")
-    with open(folder / "queries.jsonl", "w") as f:
-        for q in qids:
-            f.write(json.dumps({"_id": q, "text": queries[q]}) + "\n")
-    with open(folder / "qrels" / "test.tsv", "w") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        for q in qids:
-            for d, s in qrels[q].items():
-                f.write(f"{q}\t{d}\t{s}\n")
-    return folder
+    return write_beir(folder, {d: corpus[d] for d in sorted(keep)}, {q: queries[q] for q in qids},
+                      {q: qrels[q] for q in qids}, "test")

@@ -23,6 +23,26 @@ CHUNK = 4096
 DESCRIPTIONS = ("format", "max_seq_length")  # the keys of evaluate()'s result that are not a size's metrics
 
 
+def write_beir(folder: str | Path, corpus: dict, queries: dict, qrels: dict, split: str = "test") -> Path:
+    """The reverse of load_beir: corpus {id: (title, text)}, queries {id: text} and qrels {qid: {did:
+    score}} written as a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), in the
+    dicts' order."""
+    folder = Path(folder)
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for d, (title, text) in corpus.items():
+            f.write(json.dumps({"_id": d, "title": title, "text": text}) + "\n")
+    with open(folder / "queries.jsonl", "w", encoding="utf-8") as f:
+        for q, text in queries.items():
+            f.write(json.dumps({"_id": q, "text": text}) + "\n")
+    with open(folder / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q, docs in qrels.items():
+            for d, score in docs.items():
+                f.write(f"{q}\t{d}\t{score}\n")
+    return folder
+
+
 def load_beir(folder: str | Path, split: str = "test"):
     """(corpus {id: (title, text)}, queries {id: text}, qrels {qid: {did: score}}) of one split."""
     folder = Path(folder)
