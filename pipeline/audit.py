@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 
-from pipeline.given_queries import text_key
+from pipeline.given_queries import is_text_key, text_key
 from pipeline.mining import document_of
 
 WRITTEN_RULES = ("known_positive", "chunk_of_a_positive", "duplicate_of_a_positive")
@@ -25,10 +25,10 @@ def audit_example(example) -> collections.Counter:
     positive, negatives = field("positive"), field("hard_negatives") or []
     known = set(field("known_positive_ids") or [])
     extras = field("extra_positives") or []
-    ids = {get(positive, "id"), *(get(e, "id") for e in extras), *(k for k in known if not k.startswith("t-"))}
+    ids = {get(positive, "id"), *(get(e, "id") for e in extras), *(k for k in known if not is_text_key(k))}
     documents = {document_of(i) for i in ids}
     texts = {text_key(get(positive, "text")), *(text_key(get(e, "text")) for e in extras),
-             *(k for k in known if k.startswith("t-"))}
+             *(k for k in known if is_text_key(k))}
     counts = collections.Counter(negatives_written=len(negatives), extra_positives=len(extras))
     for negative in negatives:
         key, pid = text_key(get(negative, "text")), get(negative, "id")

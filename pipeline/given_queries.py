@@ -33,9 +33,16 @@ TASK_FIELDS = ("task", "prompt", "instruction")
 MAX_QUERY_CHARS = 2000  # longer "queries" are passages pasted by mistake; the LLM prompts would overflow
 
 
+TEXT_KEY_PREFIX = "t-"  # a known positive given by text is held as its key, beside ids
+
+
 def text_key(text: str) -> str:
     """What a given text and a corpus passage are matched on: the normalized text, title aside."""
-    return ids.content_id("t-", normalize_text(text))
+    return ids.content_id(TEXT_KEY_PREFIX, normalize_text(text))
+
+
+def is_text_key(known_positive: str) -> bool:
+    return known_positive.startswith(TEXT_KEY_PREFIX)
 
 
 def detect_layout(data: dict) -> str:

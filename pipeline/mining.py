@@ -8,7 +8,7 @@ import random
 from typing import Literal, Optional, Sequence
 
 from pipeline.fusion import CE_DECIMALS, QL_DECIMALS, RC_DECIMALS, RETRIEVAL_DECIMALS
-from pipeline.given_queries import text_key
+from pipeline.given_queries import is_text_key, text_key
 from schemas import CandidateScore, MiningStrategy
 
 MarginScore = Literal["rc", "ql", "fused", "ce", "retrieval"]
@@ -96,7 +96,7 @@ def never_negatives(candidates: Sequence[CandidateScore], positive: CandidateSco
     is_known = {c.passage_id for c in candidates if c.passage_id in known or keys[c.passage_id] in known}
     positives = [positive.passage_id, *is_known]
     documents = {document_of(p) for p in positives} | {document_of(k) for k in known}
-    texts = {keys[p] for p in positives} | {k for k in known if k.startswith("t-")}
+    texts = {keys[p] for p in positives} | {k for k in known if is_text_key(k)}
     seeds = [c.passage_id for c in candidates if c.is_seed] if config.exclude_seed else []
     seed_documents, seed_texts = {document_of(p) for p in seeds}, {keys[p] for p in seeds}
     ruled = {}

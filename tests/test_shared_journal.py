@@ -79,7 +79,13 @@ def test_two_runs_writing_one_journal_at_once_corrupt_nothing(tmp_path):
             return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     env={**os.environ, "PYTHONPATH": os.getcwd()})
         runs = [start("a"), start("b")]
-        logs = [r.communicate(timeout=600)[0].decode() for r in runs]
+        try:
+            logs = [r.communicate(timeout=600)[0].decode() for r in runs]
+        finally:  # a run still going after a failure is stopped: the test started it
+            for r in runs:
+                if r.poll() is None:
+                    r.kill()
+                    r.wait()
         assert [r.returncode for r in runs] == [0, 0], logs
         before = len(stub.requests)
         again = run_job(inp, tmp_path / "c", stub.base_url, "--journal", str(shared))
