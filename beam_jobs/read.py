@@ -13,6 +13,7 @@ from beam_jobs.common import NS, OUTCOME, SharedBox
 from pipeline import ingest, passage_dedupe
 from pipeline.accounting import Outcome
 from pipeline.embedding import count_tokens
+from pipeline.given_queries import id_aliases
 from pipeline.ingest import SplitConfig, dead_letter, embedder_budget
 from schemas import DeadLetter
 
@@ -155,8 +156,6 @@ DROPS, ALIASES = "drops", "aliases"
 def _resolve(element, resolver, aliases_of):
     """Members sharing an id or a text -> the kept ones, (member, Drop) for each one dropped, and
     (id, kept id) for each id a dropped duplicate text answered to (aliases_of(member): its keys)."""
-    from pipeline.given_queries import id_aliases
-
     _, members = element
     kept, drops = resolver(members)
     yield from kept
