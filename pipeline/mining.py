@@ -84,8 +84,10 @@ def never_negatives(candidates: Sequence[CandidateScore], positive: CandidateSco
     candidates that may be relevant:
     - known_positive: a passage the user marked relevant (BEIR's other qrels by id, FlagEmbedding's
       other `pos` texts by text key);
-    - chunk_of_a_positive: another chunk of the positive's document or of a known positive's;
-    - duplicate_of_a_positive: the same text as the positive or a known positive, under another id;
+    - chunk_of_a_positive: another chunk of the positive's document, a known positive's or an extra
+      positive's;
+    - duplicate_of_a_positive: the same text as the positive, a known or an extra positive, under
+      another id;
     - seed_document: the seed passage, its document's other chunks and copies of its text (with
       exclude_seed);
     - extra_positive: a retrieved neighbour the scores rate as relevant as the positive
@@ -114,6 +116,15 @@ def never_negatives(candidates: Sequence[CandidateScore], positive: CandidateSco
             ruled[pid] = "seed_document"
         elif c.retrieval_rank > 0 and is_extra_positive(c, positive, config):
             ruled[pid] = "extra_positive"
+    # an extra positive is a positive: its document's other chunks and copies of its text go too
+    extras = [p for p, rule in ruled.items() if rule == "extra_positive"]
+    extra_documents, extra_texts = {document_of(p) for p in extras}, {keys[p] for p in extras}
+    for c in candidates:
+        if c.passage_id != positive.passage_id and c.passage_id not in ruled:
+            if document_of(c.passage_id) in extra_documents:
+                ruled[c.passage_id] = "chunk_of_a_positive"
+            elif keys[c.passage_id] in extra_texts:
+                ruled[c.passage_id] = "duplicate_of_a_positive"
     return ruled
 
 

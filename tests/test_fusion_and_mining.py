@@ -208,3 +208,20 @@ def test_relabel_never_keeps_the_seed_or_given_positive():
     assert choose_positive(no_seed, never).passage_id == "a"  # a query without a positive still gets one
     with pytest.raises(ValueError, match="relabel"):
         MiningConfig(relabel="sometimes")
+
+
+def test_the_chunks_and_copies_of_an_extra_positive_are_never_negatives():
+    """The demo's audit found them: a chunk of an extra positive's document was written as a negative."""
+    from pipeline.mining import never_negatives
+    from schemas import CandidateScore
+
+    def cand(pid, rank, rc, text=None):
+        return CandidateScore(passage_id=pid, text=text or f"text of {pid}", is_seed=pid == "s", retrieval_rank=rank,
+                              retrieval_score=1 - rank / 10, ql=-1.0, ql_mean=-0.5, rc=rc, fused=1 / rank,
+                              fused_rank=rank)
+
+    scored = [cand("s", 1, 1.0), cand("x#0", 2, 1.8), cand("x#1", 3, 0.2), cand("copy", 4, 0.1, "text of x#0"),
+              cand("other", 5, 0.1)]
+    config = MiningConfig("lowest", 3, relabel="never", extra_score="rc")
+    ruled = never_negatives(scored, scored[0], config)
+    assert ruled == {"x#0": "extra_positive", "x#1": "chunk_of_a_positive", "copy": "duplicate_of_a_positive"}
