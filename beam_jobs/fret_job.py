@@ -68,7 +68,8 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                                                 opts.index_shard_size, opts.embed_batch_size,
                                                                 progress=opts.progress,
                                                                 trust_remote_code=opts.trust_remote_code,
-                                                                journal_folder=journal))
+                                                                journal_folder=journal,
+                                                                embed_batch_tokens=opts.embed_batch_tokens))
     candidates = retrieved["candidates"]
     reused.append(count_as(retrieved["reused"], "journal_hits_embed"))
     refusals, refused_units = refusal_outcomes(retrieved["refused_passages"], retrieved["refused_queries"],

@@ -12,6 +12,7 @@ from beam_jobs.arguments import add_flag as _add
 from beam_jobs.arguments import add_switch as _switch
 from beam_jobs.rerank_options import add_rerank_flags
 from pipeline.decontamination import DecontamConfig
+from pipeline.embedding import EMBED_BATCH_TOKENS
 from pipeline.filtering import NearDupConfig, RaterConfig
 from pipeline.generation import GenerationConfig
 from pipeline.ingest import InputFields, SplitConfig
@@ -102,6 +103,10 @@ class FretOptions(PipelineOptions):
         _add(ret, "embedder", default="all-MiniLM-L6-v2",
                          help="sentence-transformers or HF model path (default: bundled all-MiniLM-L6-v2)")
         _add(ret, "embed_batch_size", type=int, default=64, help="texts per encoder batch (per request when served)")
+        _add(ret, "embed_batch_tokens", type=int, default=EMBED_BATCH_TOKENS,
+             help="a local embedder's padded tokens per batch: texts are sorted by their token count and cut "
+                  "into batches of at most this many tokens and --embed_batch_size texts (1.2-1.35x faster on "
+                  "CPU than fixed batches; raise it on a GPU). 0: sentence-transformers' fixed batches")
         _add(ret, "embedder_url", default="",
              help="embed passages and queries with an OpenAI-compatible /v1/embeddings endpoint (vLLM serving an "
                   "embedding model, TEI, a hosted API) instead of the local --embedder; vectors are L2-normalised "
@@ -289,7 +294,8 @@ CONFIG_FIELDS = (
     "input", "input_format", "text_field", "title_field", "id_field", "output", "output_shards", "keep_candidates",
     "journal",
     "llm_url", "llm_model", "llm_concurrency", "llm_timeout", "llm_retries", "llm_batch_size", "queries_per_passage",
-    "temperature", "max_tokens", "seed", "seed_requests", "embedder", "embed_batch_size", "max_passage_tokens",
+    "temperature", "max_tokens", "seed", "seed_requests", "embedder", "embed_batch_size", "embed_batch_tokens",
+    "max_passage_tokens",
     "num_neighbors",
     "index_shard_size", "rrf_k", "rc_score", "rc_method", "score_order", "ql_path", "rc_prompt_version",
     "ql_prompt_version", "relabel", "negative_strategy", "num_negatives", "negative_window", "negative_margin",

@@ -34,19 +34,21 @@ class _EmbedFn(beam.DoFn):
     embedder's refused texts go to REFUSED and its token usage to TOKENS."""
 
     def __init__(self, embedder: str, batch_size: int, shared: Shared, kind: str, progress: bool,
-                 trust_remote_code: bool = False, journal_folder: Optional[str] = None):
+                 trust_remote_code: bool = False, journal_folder: Optional[str] = None,
+                 batch_tokens: Optional[int] = None):
         self._name, self._batch_size, self._shared, self._kind, self._progress = (
             embedder, batch_size, shared, kind, progress)
+        self._batch_tokens = batch_tokens
         self._trust_remote_code, self._journal_folder = trust_remote_code, journal_folder
         self.embedded = Metrics.counter(NS, f"{kind}_embedded")
         self.refused = Metrics.counter(NS, f"{kind}_refused_by_embedder")
 
     def setup(self):
-        name, batch_size, trust = self._name, self._batch_size, self._trust_remote_code
+        name, batch_size, trust, tokens = self._name, self._batch_size, self._trust_remote_code, self._batch_tokens
         if isinstance(name, ServedEmbedder):  # its client is shared per process already; teardown releases it
             self._embedder = RemoteEmbedder(name)
             return
-        self._embedder = self._shared.acquire(lambda: SharedBox(load_embedder(name, batch_size, trust)),
+        self._embedder = self._shared.acquire(lambda: SharedBox(load_embedder(name, batch_size, trust, tokens)),
                                               tag=f"embedder:{name!r}").value
 
     def teardown(self):
@@ -93,8 +95,9 @@ class Embed(beam.PTransform):
 
     def __init__(self, embedder: str, batch_size: int, kind: str, shared: Optional[Shared] = None,
                  progress: bool = False, trust_remote_code: bool = False, journal_folder: Optional[str] = None,
-                 total: Optional[beam.PCollection] = None):
+                 total: Optional[beam.PCollection] = None, batch_tokens: Optional[int] = None):
         super().__init__()
+        self.batch_tokens = batch_tokens  # a local embedder's padded tokens per batch (None: its default)
         self.embedder, self.batch_size, self.kind, self.shared = embedder, batch_size, kind, shared or Shared()
         self.progress, self.trust_remote_code, self.journal_folder = progress, trust_remote_code, journal_folder
         self.total = total  # the items' count when the caller has it already (progress ETAs)
@@ -102,7 +105,7 @@ class Embed(beam.PTransform):
     def expand(self, items):
         window = self.batch_size * EMBED_WINDOW
         dofn = _EmbedFn(self.embedder, self.batch_size, self.shared, self.kind, self.progress,
-                        self.trust_remote_code, self.journal_folder)
+                        self.trust_remote_code, self.journal_folder, self.batch_tokens)
         batches = items | "Window" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
         extra = {"total": _count_unless_given(self.total, items, "CountItems")} if self.progress else {}
         out = batches | "Encode" >> beam.ParDo(dofn, **extra).with_outputs(REFUSED, TOKENS, main="vectors")
@@ -286,8 +289,9 @@ class SearchQueries(beam.PTransform):
 
     def __init__(self, embedder: str, num_neighbors: int = 20, embed_batch_size: int = 64,
                  query_batch_size: int = 4096, progress: bool = False, trust_remote_code: bool = False,
-                 shared: Optional[Shared] = None):
+                 shared: Optional[Shared] = None, embed_batch_tokens: Optional[int] = None):
         super().__init__()
+        self.embed_batch_tokens = embed_batch_tokens
         self.embedder, self.k, self.embed_batch_size = embedder, num_neighbors, embed_batch_size
         self.query_batch_size, self.progress, self.trust_remote_code = query_batch_size, progress, trust_remote_code
         self.shared = shared or Shared()  # the passages' embedder, when this job loaded it already
@@ -299,7 +303,8 @@ class SearchQueries(beam.PTransform):
         # ((query, passage), vector) pairs: the query's record and seed travel with it through the search
         embedded = (queries
                     | "EmbedQueries" >> Embed(self.embedder, self.embed_batch_size, "queries", self.shared,
-                                              self.progress, self.trust_remote_code, total=total))
+                                              self.progress, self.trust_remote_code, total=total,
+                                              batch_tokens=self.embed_batch_tokens))
         top = search_index_files(embedded["vectors"], shard_paths, self.k, self.query_batch_size, self.progress,
                                  total, seed_of=_seed_id)
         refused_seeds = (refused_passages[0] if refused_passages
@@ -317,8 +322,10 @@ class RetrieveCandidates(beam.PTransform):
 
     def __init__(self, embedder: str, index_folder: str, num_neighbors: int = 20, shard_size: int = 50_000,
                  embed_batch_size: int = 64, query_batch_size: int = 4096, progress: bool = False,
-                 trust_remote_code: bool = False, journal_folder: Optional[str] = None):
+                 trust_remote_code: bool = False, journal_folder: Optional[str] = None,
+                 embed_batch_tokens: Optional[int] = None):
         super().__init__()
+        self.embed_batch_tokens = embed_batch_tokens
         if num_neighbors < 1 or shard_size < 1:
             raise ValueError("num_neighbors and index_shard_size must be >= 1")
         self.embedder, self.index_folder, self.k, self.shard_size = embedder, index_folder, num_neighbors, shard_size
@@ -332,12 +339,12 @@ class RetrieveCandidates(beam.PTransform):
         passages, queries = pcolls
         shared = Shared()
         embed = Embed(self.embedder, self.embed_batch_size, "passages", shared, self.progress,
-                      self.trust_remote_code, self.journal_folder)
+                      self.trust_remote_code, self.journal_folder, batch_tokens=self.embed_batch_tokens)
         vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
         shard_paths = write_index_shards(vectors["blocks"], self.shard_size, self.index_folder)
         found = (queries, shard_paths, vectors[REFUSED]) | "Search" >> SearchQueries(
             self.embedder, self.k, self.embed_batch_size, self.query_batch_size, self.progress,
-            self.trust_remote_code, shared)
+            self.trust_remote_code, shared, self.embed_batch_tokens)
         tokens = (vectors[TOKENS], found[TOKENS]) | "EmbedTokens" >> beam.Flatten()
         return {"candidates": found["candidates"], "embedded": vectors["embedded"], "reused": vectors["reused"],
                 "refused_passages": vectors[REFUSED], "refused_queries": found[REFUSED], TOKENS: tokens}

@@ -141,7 +141,8 @@ def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) 
         tokens += generated["tokens"]
         counts += [*generated["counts"], *generated["reused"]]
     embed = Embed(opt.retrieval_embedder(opts), opts.embed_batch_size, "passages", progress=opts.progress,
-                  trust_remote_code=opts.trust_remote_code, journal_folder=journal)
+                  trust_remote_code=opts.trust_remote_code, journal_folder=journal,
+                  batch_tokens=opts.embed_batch_tokens)
     vectors = pool | "EmbedPassages" >> EmbedPassagesOnce(embed)
     write_index_shards(vectors["blocks"], opts.index_shard_size, f"{index_dir(output)}/w{wave:05d}")
     write_chunks(query_pairs | "QueryWave" >> beam.Map(lambda qp: (wave, qp)), "WriteQueries", folder, "queries")
@@ -194,7 +195,7 @@ def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, s
     refused_passages = p | "ReadRefused" >> ReadWaveChunks(wave_files(folder, "refused", wave))
     found = (queries, paths, refused_passages) | "RetrieveCandidates" >> SearchQueries(
         opt.retrieval_embedder(opts), opts.num_neighbors, opts.embed_batch_size, progress=opts.progress,
-        trust_remote_code=opts.trust_remote_code)
+        trust_remote_code=opts.trust_remote_code, embed_batch_tokens=opts.embed_batch_tokens)
     candidates = found["candidates"]
     refusals, _ = refusal_outcomes(p | "NoRefusedPassages" >> beam.Create([]), found[REFUSED],
                                    passages_are_units=True)

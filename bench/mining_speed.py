@@ -2,12 +2,14 @@
 mine_hard_negatives, the same embedder (all-MiniLM-L6-v2, its own length), exact search, the
 same settings (relative margin 0.05, 3 negatives, top sampling), one run each, side by side.
 
-    .venv/bin/python bench/mining_speed.py [--passages 100000] [--queries 2000]
+    .venv/bin/python bench/mining_speed.py [--passages 100000] [--queries 2000] [--peer-batch-size 32]
 
 The corpus: sentences of the manpages set (scripts/make_manpages_retrieval.py) packed into
 passages of about 60 words, as many as asked; each query is the first words of a passage, which
 is its positive. Wall seconds of each whole call (embedding included; the job from the command
-to its manifest, on the DirectRunner). Writes bench/results/mining_speed.json.
+to its manifest, on the DirectRunner). The peer's encode batch (--peer-batch-size: its default 32,
+or the best of bench/embed_batching.py) is its one speed setting; fret runs its defaults. Writes
+bench/results/mining_speed.json.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def fret(folder: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def peer(folder: Path) -> float:
+def peer(folder: Path, batch_size: int = 32) -> float:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
@@ -75,7 +77,7 @@ def peer(folder: Path) -> float:
     pairs = Dataset.from_dict({"query": [queries[q] for q in sorted(qrels)],
                                "positive": [docs[next(iter(qrels[q]))][1] for q in sorted(qrels)]})
     mine_hard_negatives(pairs, model, corpus=[t for _, t in docs.values()], relative_margin=0.05, num_negatives=3,
-                        sampling_strategy="top", output_format="n-tuple", verbose=False)
+                        sampling_strategy="top", output_format="n-tuple", verbose=False, batch_size=batch_size)
     return time.perf_counter() - start
 
 
@@ -83,15 +85,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--passages", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2_000)
+    parser.add_argument("--peer-batch-size", type=int, default=32)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fret-speed-"))
     folder = corpus(args.passages, args.queries, tmp / "data")
-    theirs = peer(folder)
+    theirs = peer(folder, args.peer_batch_size)
     ours = fret(folder, tmp / "out")
     emit("mining_speed", [{"miner": "mine_hard_negatives", "seconds": round(theirs, 1)},
                           {"miner": "fret run --scores retrieval", "seconds": round(ours, 1)}],
          ["miner", "seconds"], {"passages": args.passages, "queries": args.queries,
-                                "fret_speed_vs_peer": theirs / ours})
+                                "peer_batch_size": args.peer_batch_size, "fret_speed_vs_peer": theirs / ours})
 
 
 if __name__ == "__main__":

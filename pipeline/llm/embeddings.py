@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -159,10 +159,12 @@ class RemoteEmbedder:
         self.close()
 
 
-def load_embedder(spec, batch_size: int = 64, trust_remote_code: bool = False):
-    """A local sentence-transformers Embedder for a model name or path, a RemoteEmbedder for a ServedEmbedder."""
+def load_embedder(spec, batch_size: int = 64, trust_remote_code: bool = False, batch_tokens: Optional[int] = None):
+    """A local sentence-transformers Embedder for a model name or path (batch_tokens: its padded
+    tokens per batch, None for the default), a RemoteEmbedder for a ServedEmbedder."""
     if isinstance(spec, ServedEmbedder):
         return RemoteEmbedder(spec)
-    from pipeline.embedding import Embedder
+    from pipeline.embedding import EMBED_BATCH_TOKENS, Embedder
 
-    return Embedder(spec, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    return Embedder(spec, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                    batch_tokens=EMBED_BATCH_TOKENS if batch_tokens is None else batch_tokens)
