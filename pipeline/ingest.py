@@ -106,11 +106,14 @@ def _has_lone_surrogate(text: str) -> bool:
 
 
 _WS = re.compile(r"[ \t\r\f\v]+")
+# Unicode's category Cc (C0, DEL, C1), fixed by its stability policy, less tab and newline: one
+# regex pass instead of a category lookup per character (a tenth of the job's own time at 20k passages)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def normalize_text(text: str) -> str:
     """Strip control characters (C0 and C1) that break prompts and collapse runs of spaces; keep newlines."""
-    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    text = _CONTROL.sub("", text)
     return "\n".join(_WS.sub(" ", line).strip() for line in text.splitlines()).strip()
 
 

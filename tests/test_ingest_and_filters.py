@@ -75,6 +75,29 @@ def test_normalize_text_removes_control_characters():
     assert normalize_text("a\x07b\x1b[31m  c\r\nd") == "ab[31m c\nd"
 
 
+def test_normalize_text_equals_the_per_character_category_rule():
+    """The regex against the rule it replaced: drop each character of unicodedata's category Cc
+    but tab and newline, then collapse spaces line by line; every Cc character, random texts."""
+    import random
+    import re
+    import sys
+    import unicodedata
+
+    def by_category(text):
+        text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+        return "\n".join(re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in text.splitlines()).strip()
+
+    controls = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cc"]
+    assert len(controls) == 65
+    for ch in controls:
+        assert normalize_text(f"a{ch}b") == by_category(f"a{ch}b")
+    rng = random.Random(0)
+    alphabet = [*controls, " ", "a", "é", "\u2028", "\u00a0", "🐈", "\ud800", "\x1c", "\u0300"]
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert normalize_text(text) == by_category(text), repr(text)
+
+
 def test_duplicates_and_conflicts():
     key = passage_dedupe.passage_key
     p = Passage(id="x", title="", text="same", source_id="f:2")
