@@ -356,7 +356,12 @@ def _remine(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier fret output in --output (only what fret wrote there)")
     args, rest = parser.parse_known_args(argv)
-    manifest = run_remine(args.path, args.output, rest, args.overwrite)
+    try:
+        manifest = run_remine(args.path, args.output, rest, args.overwrite)
+    except KeyboardInterrupt:  # run_remine removed its partial shards already
+        print(f"\n[fret] interrupted: {args.output.rstrip('/')} holds no partial shard; run the same command "
+              "again (with --overwrite) to remine", file=sys.stderr)
+        return 130
     print(f"[fret] remined {manifest['accounting']} -> {args.output.rstrip('/')} (scores from {args.path})")
     return 0
 

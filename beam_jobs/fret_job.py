@@ -27,9 +27,9 @@ from beam_jobs.generate import generation_stage
 from beam_jobs.given import given_stage
 from beam_jobs.index_files import index_dir
 from beam_jobs.llm_stage import StageSettings
-from beam_jobs.preflight import (OUTPUT_PARTS, SCRATCH, check_given_queries, check_inputs, check_model_served,
+from beam_jobs.preflight import (SCRATCH, check_given_queries, check_inputs, check_model_served,
                                  check_reranker, check_scoring_support, check_served_embedder, discover_model,
-                                 prepare_output, remove_run_parts, resolve_ql_path)
+                                 prepare_output, remove_partial, remove_run_parts, resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.write import ResolveOutcomes, SumTokens, count_as, write_manifest, summarize
 from beam_jobs.read import ALIASES, DROPS, DeduplicatePassages, ReadSeedPassages
@@ -286,13 +286,6 @@ def main(argv=None) -> int:
               f"{output}` shows why", file=sys.stderr)
         return 1
     return 0
-
-
-def remove_partial(output: str) -> None:
-    """An interrupted run leaves no dataset shard without its manifest, and no scratch; the journal
-    stays for --resume. Only fret's files go, by the folder's marker."""
-    if output and FileSystems.exists(output) and not FileSystems.exists(f"{output}/manifest.json"):
-        remove_run_parts(output, (*OUTPUT_PARTS, *SCRATCH))
 
 
 def journal_of(argv: list[str]) -> str:

@@ -264,3 +264,10 @@ def remove_run_parts(output: str, parts) -> list[str]:
     """Delete fret's files of the named parts of a run folder (scratch at the end, partial shards
     on Ctrl-C); a user's file there stays."""
     return ownership.remove(BeamStore(), output, parts)
+
+
+def remove_partial(output: str) -> None:
+    """An interrupted or failed run (or remine) leaves no dataset shard without its manifest, and no
+    scratch; the journal stays for --resume. Only fret's files go, by the folder's marker."""
+    if output and FileSystems.exists(output) and not FileSystems.exists(f"{output}/manifest.json"):
+        remove_run_parts(output, (*OUTPUT_PARTS, *SCRATCH))

@@ -15,8 +15,9 @@ from beam_jobs import options as opt
 from beam_jobs import rerank_options as ropt
 from beam_jobs.finish import write_records
 from beam_jobs.outputs import read_manifest, shards
-from beam_jobs.preflight import prepare_output
+from beam_jobs.preflight import prepare_output, remove_partial
 from beam_jobs.write import SumTokens, write_manifest, summarize
+from pipeline import processes
 from pipeline.accounting import Outcome
 from pipeline.examples import stamp
 from pipeline.llm.usage import UsageMeter
@@ -70,6 +71,18 @@ def run_remine(source: str, output: str, argv: list[str], overwrite: bool = Fals
     config = opt.effective_config(opts, manifest["llm_model"])
     provenance = Provenance(llm_model=manifest["llm_model"], embedder=manifest["embedder"],
                             prompts=manifest["prompts"], params=config, created_at=started_at)
+    processes.guard()  # SIGTERM, SIGHUP: the partial shards go too (remine starts no process)
+    try:
+        with processes.on_signal(lambda: remove_partial(output)):
+            _remine_pipeline(source, output, manifest, opts, pipeline_args, mining, provenance, config, run_id,
+                             started_at)
+    except BaseException:  # a failure or Ctrl-C: no shard stays without its manifest, as with fret run
+        remove_partial(output)
+        raise
+    return read_manifest(output)
+
+
+def _remine_pipeline(source, output, manifest, opts, pipeline_args, mining, provenance, config, run_id, started_at):
     keep = opts.keep_candidates
     with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as p:
         examples = (p
@@ -97,5 +110,4 @@ def run_remine(source: str, output: str, argv: list[str], overwrite: bool = Fals
         (summarize(final, examples)
          | "WriteManifest" >> beam.Map(write_manifest, counts, manifest["inputs"], beam.pvalue.AsSingleton(tokens),
                                        f"{output}/manifest.json", meta))
-    return read_manifest(output)
 

@@ -56,3 +56,26 @@ def test_remine_refuses_flags_that_change_what_was_scored(tmp_path, preferring_l
     assert fret(["remine", str(tmp_path / "source"), "--output", str(tmp_path / "y"), "--num-negativs", "2"]) == 2
     run_job(inp, tmp_path / "bare", preferring_llm.base_url, "--num_neighbors", "3", "--keep_candidates", "false")
     assert fret(["remine", str(tmp_path / "bare"), "--output", str(tmp_path / "z")]) == 2
+
+
+def test_a_remine_that_fails_leaves_no_shard_without_its_manifest(tmp_path, preferring_llm, monkeypatch):  # noqa: F811
+    """A remine that dies after its shards are written (here: the manifest write fails) removes
+    the shards it wrote, as `fret run` does; the source and a user's file in NEW stay."""
+    import beam_jobs.remine as remine_job
+    from beam_jobs.preflight import OUTPUT_PARTS
+
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    run_job(inp, tmp_path / "source", preferring_llm.base_url, "--num_neighbors", "3")
+    source_files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "source").rglob("*"))
+
+    def shards_then_fail(*args, **kwargs):
+        written = [p for part in OUTPUT_PARTS[:3] for p in (tmp_path / "new" / part).glob("part*")]
+        assert written, "the examples were written before the manifest"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(remine_job, "write_manifest", shards_then_fail)
+    with pytest.raises(Exception, match="disk full"):
+        remine_job.run_remine(str(tmp_path / "source"), str(tmp_path / "new"), ["--num_negatives", "2"])
+    left = sorted(str(p.relative_to(tmp_path / "new")) for p in (tmp_path / "new").rglob("*") if p.is_file())
+    assert not [f for f in left if f.split("/")[0] in OUTPUT_PARTS], left
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "source").rglob("*")) == source_files
