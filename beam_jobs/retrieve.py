@@ -17,7 +17,7 @@ from beam_jobs.journal import EMBED_STAGE, LookupJournal, write_vectors
 from pipeline import retrieval
 from pipeline.accounting import embedder_refused, query_unit, unit_id
 from pipeline.journal import embedding_key
-from pipeline.embedding import passage_text
+from pipeline.embedding import EMBED_BATCH_TOKENS, passage_text
 from pipeline.given_queries import GIVEN_SOURCE
 from pipeline.llm.embeddings import RemoteEmbedder, ServedEmbedder, load_embedder
 from pipeline.progress import Progress
@@ -35,7 +35,7 @@ class _EmbedFn(beam.DoFn):
 
     def __init__(self, embedder: str, batch_size: int, shared: Shared, kind: str, progress: bool,
                  trust_remote_code: bool = False, journal_folder: Optional[str] = None,
-                 batch_tokens: Optional[int] = None):
+                 batch_tokens: int = EMBED_BATCH_TOKENS):
         self._name, self._batch_size, self._shared, self._kind, self._progress = (
             embedder, batch_size, shared, kind, progress)
         self._batch_tokens = batch_tokens
@@ -95,9 +95,9 @@ class Embed(beam.PTransform):
 
     def __init__(self, embedder: str, batch_size: int, kind: str, shared: Optional[Shared] = None,
                  progress: bool = False, trust_remote_code: bool = False, journal_folder: Optional[str] = None,
-                 total: Optional[beam.PCollection] = None, batch_tokens: Optional[int] = None):
+                 total: Optional[beam.PCollection] = None, batch_tokens: int = EMBED_BATCH_TOKENS):
         super().__init__()
-        self.batch_tokens = batch_tokens  # a local embedder's padded tokens per batch (None: its default)
+        self.batch_tokens = batch_tokens  # a local embedder's padded tokens per batch
         self.embedder, self.batch_size, self.kind, self.shared = embedder, batch_size, kind, shared or Shared()
         self.progress, self.trust_remote_code, self.journal_folder = progress, trust_remote_code, journal_folder
         self.total = total  # the items' count when the caller has it already (progress ETAs)
@@ -289,7 +289,7 @@ class SearchQueries(beam.PTransform):
 
     def __init__(self, embedder: str, num_neighbors: int = 20, embed_batch_size: int = 64,
                  query_batch_size: int = 4096, progress: bool = False, trust_remote_code: bool = False,
-                 shared: Optional[Shared] = None, embed_batch_tokens: Optional[int] = None):
+                 shared: Optional[Shared] = None, embed_batch_tokens: int = EMBED_BATCH_TOKENS):
         super().__init__()
         self.embed_batch_tokens = embed_batch_tokens
         self.embedder, self.k, self.embed_batch_size = embedder, num_neighbors, embed_batch_size
@@ -323,7 +323,7 @@ class RetrieveCandidates(beam.PTransform):
     def __init__(self, embedder: str, index_folder: str, num_neighbors: int = 20, shard_size: int = 50_000,
                  embed_batch_size: int = 64, query_batch_size: int = 4096, progress: bool = False,
                  trust_remote_code: bool = False, journal_folder: Optional[str] = None,
-                 embed_batch_tokens: Optional[int] = None):
+                 embed_batch_tokens: int = EMBED_BATCH_TOKENS):
         super().__init__()
         self.embed_batch_tokens = embed_batch_tokens
         if num_neighbors < 1 or shard_size < 1:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from pipeline.embedding import EMBED_BATCH_TOKENS
 from pipeline.llm import usage
 from pipeline.llm.types import ClientConfig, LLMError, LLMResult
 
@@ -159,12 +160,12 @@ class RemoteEmbedder:
         self.close()
 
 
-def load_embedder(spec, batch_size: int = 64, trust_remote_code: bool = False, batch_tokens: Optional[int] = None):
+def load_embedder(spec, batch_size: int = 64, trust_remote_code: bool = False,
+                  batch_tokens: int = EMBED_BATCH_TOKENS):
     """A local sentence-transformers Embedder for a model name or path (batch_tokens: its padded
-    tokens per batch, None for the default), a RemoteEmbedder for a ServedEmbedder."""
+    tokens per batch), a RemoteEmbedder for a ServedEmbedder."""
     if isinstance(spec, ServedEmbedder):
         return RemoteEmbedder(spec)
-    from pipeline.embedding import EMBED_BATCH_TOKENS, Embedder
+    from pipeline.embedding import Embedder
 
-    return Embedder(spec, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                    batch_tokens=EMBED_BATCH_TOKENS if batch_tokens is None else batch_tokens)
+    return Embedder(spec, batch_size=batch_size, trust_remote_code=trust_remote_code, batch_tokens=batch_tokens)
