@@ -25,6 +25,8 @@ from pathlib import Path
 
 from common import CACHE, ROOT, emit
 
+from pipeline.train.evaluate import write_beir
+
 
 def corpus(n: int, n_queries: int, folder: Path) -> Path:
     sentences = []
@@ -39,17 +41,10 @@ def corpus(n: int, n_queries: int, folder: Path) -> Path:
         while len(words) < 60:
             words += rng.choice(sentences).split()
         passages.append(" ".join(words[:60]) + f" [{len(passages)}]")
-    (folder / "qrels").mkdir(parents=True)
-    with open(folder / "corpus.jsonl", "w") as f:
-        for i, text in enumerate(passages):
-            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": text}) + "\n")
     chosen = rng.sample(range(n), n_queries)
-    with open(folder / "queries.jsonl", "w") as f, open(folder / "qrels" / "train.tsv", "w") as q:
-        q.write("query-id\tcorpus-id\tscore\n")
-        for i, d in enumerate(chosen):
-            f.write(json.dumps({"_id": f"q{i}", "text": " ".join(passages[d].split()[:12])}) + "\n")
-            q.write(f"q{i}\td{d}\t1\n")
-    return folder
+    return write_beir(folder, {f"d{i}": ("", text) for i, text in enumerate(passages)},
+                      {f"q{i}": " ".join(passages[d].split()[:12]) for i, d in enumerate(chosen)},
+                      {f"q{i}": {f"d{d}": 1} for i, d in enumerate(chosen)}, split="train")
 
 
 def fret(folder: Path, out: Path) -> float:
