@@ -16,29 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from common import CACHE, emit
-
-sys.path.insert(0, str(Path(__file__).parent))
-from mining_speed import corpus  # noqa: E402 - the same packed passages as the mining-speed bench
+from mining_speed import corpus  # the same packed passages as the mining-speed bench
 
 ST_BATCHES = (8, 16, 32, 64)
 TOKEN_BUDGETS = (1024, 2048, 4096)
 
 
 def texts_of(name: str, n: int) -> list[str]:
-    if name == "uniform":
-        folder = corpus(max(n, 2000), 10, Path(tempfile.mkdtemp(prefix="fret-embed-")) / "data")
-        path = folder / "corpus.jsonl"
-    else:
-        path = CACHE / "manpages-retrieval" / "corpus.jsonl"
-    with open(path) as f:
-        return [json.loads(line)["text"] for line, _ in zip(f, range(n))]
+    with tempfile.TemporaryDirectory(prefix="fret-embed-") as tmp:
+        path = (corpus(max(n, 2000), 10, Path(tmp) / "data") / "corpus.jsonl" if name == "uniform"
+                else CACHE / "manpages-retrieval" / "corpus.jsonl")
+        with open(path) as f:
+            return [json.loads(line)["text"] for line, _ in zip(f, range(n))]
 
 
 def main() -> None:

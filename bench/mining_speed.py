@@ -82,10 +82,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2_000)
     parser.add_argument("--peer-batch-size", type=int, default=32)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="fret-speed-"))
-    folder = corpus(args.passages, args.queries, tmp / "data")
-    theirs = peer(folder, args.peer_batch_size)
-    ours = fret(folder, tmp / "out")
+    with tempfile.TemporaryDirectory(prefix="fret-speed-") as name:  # the corpus and fret's output go after
+        tmp = Path(name)
+        folder = corpus(args.passages, args.queries, tmp / "data")
+        theirs = peer(folder, args.peer_batch_size)
+        ours = fret(folder, tmp / "out")
     emit("mining_speed", [{"miner": "mine_hard_negatives", "seconds": round(theirs, 1)},
                           {"miner": "fret run --scores retrieval", "seconds": round(ours, 1)}],
          ["miner", "seconds"], {"passages": args.passages, "queries": args.queries,
