@@ -90,22 +90,24 @@ def _serve(argv: list[str]) -> int:
     print(f"[fret] starting vLLM on {args.model} (a minute or more on CPUs; log: {server.log_path})",
           file=sys.stderr, flush=True)
     started = time.monotonic()
-    try:
+    serving = False
+    # One try from the start to the wait: a Ctrl-C just after the URL is printed (a reader acting on
+    # it at once) is a stop like any other, not an uncaught KeyboardInterrupt.
+    try:  # SIGTERM and SIGHUP stop it through pipeline.processes, installed by main() before the start
         server.start()
+        serving = True
+        print(f"[fret] vLLM serves {name!r} at {server.base_url} (ready after {time.monotonic() - started:.0f}s)\n"
+              f"[fret] run the job with: fret run --input ... --output ... --llm-url {server.base_url}\n"
+              "[fret] Ctrl-C stops it", flush=True)
+        while server.process.poll() is None:
+            time.sleep(0.5)
     except ServerStartError as exc:
         print(f"fret serve: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        server.stop()
-        return 130
-    print(f"[fret] vLLM serves {name!r} at {server.base_url} (ready after {time.monotonic() - started:.0f}s)\n"
-          f"[fret] run the job with: fret run --input ... --output ... --llm-url {server.base_url}\n"
-          "[fret] Ctrl-C stops it", flush=True)
-    try:  # SIGTERM and SIGHUP stop it through pipeline.processes, installed by main() before the start
-        while server.process.poll() is None:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        if not serving:
+            server.stop()
+            return 130
     died = server.process.poll() is not None
     server.stop()
     if died:
