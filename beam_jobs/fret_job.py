@@ -165,6 +165,17 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
         if not opts.llm_serve and llm_needed:
             check_scoring_support(opt.client_config(opts, model), opts.rc_method)
         prepare_output(opts.output, opts.overwrite, opts.resume, run_id=run_id)
+    try:
+        return _run_claimed(pipeline_options, opts, model, run_id, llm_needed, dry_run, test_pipeline)
+    except BaseException:  # an error or Ctrl-C once the folder is this run's: no shard stays without its manifest
+        if not dry_run:
+            remove_partial(opts.output)
+        raise
+
+
+def _run_claimed(pipeline_options: PipelineOptions, opts: opt.FretOptions, model: str, run_id: str,
+                 llm_needed: bool, dry_run: bool, test_pipeline):
+    """The job itself, once the output folder is claimed for this run."""
     opts.ql_path = (resolve_ql_path(opts.ql_path, opt.client_config(opts, model), bool(opts.llm_serve), dry_run)
                     if llm_needed and "ql" in ropt.score_names(opts) else "echo")
     started_at = dt.datetime.now(dt.timezone.utc)

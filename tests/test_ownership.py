@@ -170,3 +170,34 @@ def test_export_replaces_only_its_own_files_and_an_empty_export_leaves_none(tmp_
                      "--negatives", "2"]) == 1
     capsys.readouterr()
     assert not empty.exists(), "an export that writes no row leaves no file (and no folder)"
+
+
+@pytest.mark.parametrize("waves", [[], ["--wave_size", "1"]], ids=["one-pipeline", "waves"])
+def test_a_run_that_fails_after_writing_shards_leaves_none_and_keeps_its_journal(tmp_path, capsys, stub_llm,
+                                                                                  monkeypatch, waves):
+    """An ordinary error (here: the manifest write fails once the shards are written) cleans up as
+    Ctrl-C does: no shard without its manifest, the journal kept, and --resume finishes the run."""
+    import beam_jobs.fret_job as fret_job
+    import beam_jobs.waves as waves_job
+    from beam_jobs.preflight import OUTPUT_PARTS
+
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES[:2])
+    run = tmp_path / "run"
+    flags = ["--input", str(inp), "--output", str(run), "--llm_url", stub_llm.base_url, "--progress", "false",
+             "--num-neighbors", "3", *waves]
+
+    def shards_then_fail(*args, **kwargs):
+        assert list(run.glob("examples/part*")), "the examples were written before the manifest"
+        raise OSError("disk full")
+
+    for module in (fret_job, waves_job):
+        monkeypatch.setattr(module, "write_manifest", shards_then_fail)
+    with pytest.raises(Exception, match="disk full"):
+        fret_run(capsys, *flags)
+    left = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
+    assert not [f for f in left if f.split("/")[0] in OUTPUT_PARTS], sorted(left)
+    assert MARKER in left and any(f.startswith("_journal/") for f in left), sorted(left)
+    monkeypatch.undo()
+    requests = len(stub_llm.requests)
+    assert fret_run(capsys, *flags, "--resume")[0] == 0
+    assert not [r for r in stub_llm.requests[requests:] if "messages" in r], "the journal's queries were reused"
