@@ -1,6 +1,7 @@
 """`fret remine SOURCE --output NEW [mining flags]`: a Beam job that rebuilds every example of a
-finished run from the candidate scores it stored (pipeline.remine), copies its dead letters and
-filtered records, and writes a manifest whose accounting is the source's. No LLM, no embedder."""
+finished run from the candidate scores it stored (pipeline.remine), filters their positives against
+the run's evaluation set again (a relabelled positive is a new text), copies its dead letters and
+filtered records, and writes a manifest that accounts for every input. No LLM, no embedder."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import options as opt
 from beam_jobs import rerank_options as ropt
+from beam_jobs.common import OUTCOME
+from beam_jobs.filters import DecontaminateExamples, LoadEvalIndex
 from beam_jobs.finish import write_records
 from beam_jobs.outputs import read_manifest, shards
-from beam_jobs.preflight import prepare_output, remove_partial
+from beam_jobs.preflight import matched_files, prepare_output, remove_partial
 from beam_jobs.write import SumTokens, write_manifest, summarize
 from pipeline import processes
 from pipeline.accounting import Outcome
@@ -36,10 +39,12 @@ def source_options(source_config: str, argv: list[str]) -> tuple[opt.FretOptions
     flags). A fret flag that is not a mining flag is refused, and so is an unknown one."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     opt.FretOptions._add_argparse_args(parser)  # noqa: SLF001 - Beam's way of listing an options class
-    given, beam_args = parser.parse_known_args(argv)
     defaults = parser.parse_args([])
+    for action in parser._actions:  # noqa: SLF001 - only the flags given: `--relabel gecko` over a `never`
+        action.default = argparse.SUPPRESS  # run is a change even though gecko is the default
+    given, beam_args = parser.parse_known_args(argv)
     opt.check_known_flags(beam_args)
-    changed = {k for k, v in vars(given).items() if v != getattr(defaults, k)}
+    changed = set(vars(given))
     others = sorted(changed - set(REMINE_FLAGS))
     if others:
         raise ValueError(f"remine changes how stored scores become examples; --{', --'.join(others)} changes what "
@@ -65,6 +70,8 @@ def run_remine(source: str, output: str, argv: list[str], overwrite: bool = Fals
         raise ValueError(f"{source} was written with --keep-candidates false: it stores no candidate scores to "
                          "remine; only a new run can mine it differently")
     mining = ropt.mining_config(opts)
+    if opts.decontaminate:  # the run's evaluation files, read again for relabelled positives
+        matched_files(opts.decontaminate, "the source run's --decontaminate")
     opts.output = output
     run_id, started_at = new_run_id(), dt.datetime.now(dt.timezone.utc)
     prepare_output(output, overwrite, run_id=run_id)
@@ -84,23 +91,29 @@ def run_remine(source: str, output: str, argv: list[str], overwrite: bool = Fals
 
 def _remine_pipeline(source, output, manifest, opts, pipeline_args, mining, provenance, config, run_id, started_at):
     keep = opts.keep_candidates
+    decontam = opt.decontam_config(opts)
     with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as p:
-        examples = (p
-                    | "ReadExamples" >> beam.Create(shards(source, "examples"))
-                    | "ReadRows" >> beam.io.ReadAllFromParquet()
-                    | "Remine" >> beam.Map(lambda row: stamp(remine(from_row(TrainingExample, row), mining, keep),
-                                                             provenance)))
-        outcomes = []
+        rebuilt = (p
+                   | "ReadExamples" >> beam.Create(shards(source, "examples"))
+                   | "ReadRows" >> beam.io.ReadAllFromParquet()
+                   | "Remine" >> beam.Map(lambda row: remine(from_row(TrainingExample, row), mining, keep))
+                   | "KeyByExample" >> beam.Map(lambda e: (e, e.example_id)))
+        # A relabelled positive may quote the evaluation set where the source's did not: the run's
+        # filter again, with the run's --decontaminate files (an empty index without them).
+        eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, decontam)
+        clean = (rebuilt, eval_index) | "DecontaminatePositives" >> DecontaminateExamples(decontam)
+        examples = clean.examples | "Stamp" >> beam.Map(lambda ep: stamp(ep[0], provenance))
+        outcomes = [clean[OUTCOME]]
         for part, model, status in (("dead_letters", DeadLetter, "dead_lettered"), ("filtered", FilteredRecord,
                                                                                    "filtered")):
             paths = shards(source, part)
             records = (p | f"Read{part}" >> beam.Create(paths) | f"Rows{part}" >> beam.io.ReadAllFromParquet()
                        | f"Parse{part}" >> beam.Map(lambda row, m: from_row(m, row), model))
             outcomes.append(records | f"Outcome{part}" >> beam.Map(lambda r, s: Outcome(r.record_id, s, r), status))
-        copied = tuple(outcomes) | "Outcomes" >> beam.Flatten()
-        write_records(examples, copied, output, int(opts.output_shards or 0))
+        not_written = tuple(outcomes) | "Outcomes" >> beam.Flatten()
+        write_records(examples, not_written, output, int(opts.output_shards or 0))
         written = examples | "Written" >> beam.Map(lambda e: Outcome(e.example_id, "written"))
-        final = (copied, written) | "FinalOutcomes" >> beam.Flatten()
+        final = (not_written, written) | "FinalOutcomes" >> beam.Flatten()
         counts = {k: v for k, v in manifest["counts"].items() if not k.startswith(_NOT_COPIED)}
         meta = dict(run_id=run_id, started_at=started_at, llm_model=manifest["llm_model"],
                     embedder=manifest["embedder"], prompts=manifest["prompts"], config=config,

@@ -79,3 +79,37 @@ def test_a_remine_that_fails_leaves_no_shard_without_its_manifest(tmp_path, pref
     left = sorted(str(p.relative_to(tmp_path / "new")) for p in (tmp_path / "new").rglob("*") if p.is_file())
     assert not [f for f in left if f.split("/")[0] in OUTPUT_PARTS], left
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "source").rglob("*")) == source_files
+
+
+def test_remine_filters_a_relabelled_positive_that_quotes_the_evaluation_set(tmp_path, preferring_llm):  # noqa: F811
+    """The source keeps each seed (--relabel never); remining with --relabel gecko makes "boiling",
+    whose text is in the evaluation file, kettle's positive. A fresh gecko run drops that example
+    as decontaminated, and so must remine (it wrote it before)."""
+    from tests.test_fret_job_stub import PASSAGES as STUB_PASSAGES
+
+    inp = write_jsonl(tmp_path / "in.jsonl", STUB_PASSAGES)
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", [p for p in STUB_PASSAGES if p["id"] == "boiling"])
+    base = ("--num_neighbors", "4", "--decontaminate", str(evaluation))
+    run_job(inp, tmp_path / "source", preferring_llm.base_url, *base, "--relabel", "never")
+    fresh = run_job(inp, tmp_path / "fresh", preferring_llm.base_url, *base, "--relabel", "gecko")
+    assert fret(["remine", str(tmp_path / "source"), "--output", str(tmp_path / "remined"), "--relabel", "gecko"]) == 0
+    remined = read_output(tmp_path / "remined")
+    dropped = [r for r in remined["filtered"] if r["reason"] == "decontaminated" and r["detail"].startswith("positive")]
+    assert len(dropped) == 1 and "kettle" not in {e["seed_passage_id"] for e in remined["examples"]}
+    _same(remined, fresh)
+    assert remined["manifest"]["accounting"] == fresh["manifest"]["accounting"]
+    evaluation.unlink()  # the run's evaluation files must still be there: said before any work
+    assert fret(["remine", str(tmp_path / "source"), "--output", str(tmp_path / "again")]) == 2
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_remine_flag_given_at_its_default_still_overrides_the_source():
+    """`--relabel gecko` over a `--relabel never` run was read as "not given" (gecko is the default)
+    and the source's never stayed."""
+    from beam_jobs.remine import source_options
+
+    source = json.dumps({"relabel": "never", "extra_positives": "drop", "num_negatives": 3})
+    opts, beam_args = source_options(source, ["--relabel", "gecko", "--extra-positives", "keep", "--runner",
+                                              "DirectRunner"])
+    assert (opts.relabel, opts.extra_positives, opts.num_negatives) == ("gecko", "keep", 3)
+    assert beam_args == ["--runner", "DirectRunner"]
