@@ -66,9 +66,14 @@ def run_remine(source: str, output: str, argv: list[str], overwrite: bool = Fals
         raise ValueError("fret remine writes a new folder: give an --output other than the source")
     manifest = read_manifest(source)
     opts, pipeline_args = source_options(manifest["config"], argv)
-    if not json.loads(manifest["config"]).get("keep_candidates", True):
+    source_config = json.loads(manifest["config"])
+    if not source_config.get("keep_candidates", True):
         raise ValueError(f"{source} was written with --keep-candidates false: it stores no candidate scores to "
                          "remine; only a new run can mine it differently")
+    if source_config.get("quality_filter") and opts.relabel != source_config.get("relabel", "gecko"):
+        raise ValueError(f"{source} was rated (--quality-filter): the LLM judged each query with the positive that "
+                         f"--relabel {source_config.get('relabel')} chose, and --relabel {opts.relabel} would keep "
+                         "those ratings on other positives: that needs a new run, which rates them")
     mining = ropt.mining_config(opts)
     if opts.decontaminate:  # the run's evaluation files, read again for relabelled positives
         matched_files(opts.decontaminate, "the source run's --decontaminate")

@@ -56,6 +56,12 @@ def test_remine_refuses_flags_that_change_what_was_scored(tmp_path, preferring_l
     assert fret(["remine", str(tmp_path / "source"), "--output", str(tmp_path / "y"), "--num-negativs", "2"]) == 2
     run_job(inp, tmp_path / "bare", preferring_llm.base_url, "--num_neighbors", "3", "--keep_candidates", "false")
     assert fret(["remine", str(tmp_path / "bare"), "--output", str(tmp_path / "z")]) == 2
+    # a rated run: its ratings judged the positives its --relabel chose; another --relabel needs a run
+    run_job(inp, tmp_path / "rated", preferring_llm.base_url, "--num_neighbors", "3", "--quality_filter",
+            "--keep_unrated")
+    assert fret(["remine", str(tmp_path / "rated"), "--output", str(tmp_path / "r"), "--relabel", "never"]) == 2
+    assert fret(["remine", str(tmp_path / "rated"), "--output", str(tmp_path / "r"), "--num-negatives", "2"]) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name in ("x", "y", "z")], "refused before any folder was made"
 
 
 def test_a_remine_that_fails_leaves_no_shard_without_its_manifest(tmp_path, preferring_llm, monkeypatch):  # noqa: F811
