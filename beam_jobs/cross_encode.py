@@ -73,7 +73,7 @@ class CrossEncodeCandidates(beam.PTransform):
         self.settings, self.api = settings, api
 
     def expand(self, items):
-        key_fn = functools.partial(ce_key, self.settings.client.model, self.api)
+        key_fn = functools.partial(ce_key, self.settings.model_key, self.api)
         return journaled_llm_stage(items, self.settings, STAGE, key_fn, "CrossEncode", _CrossEncodeFn(self.settings,
                                                                                                        self.api),
                                    "candidates", _replay)

@@ -16,6 +16,7 @@ from beam_jobs import rerank_options as ropt
 from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.cross_encode import CrossEncodeCandidates
 from beam_jobs.filters import DecontaminateExamples
+from beam_jobs.identities import reranker_identity
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.rate import RateExamples
 from beam_jobs.rerank import RerankAndMine
@@ -55,7 +56,8 @@ def rerank_to_examples(candidates, eval_index, opts: opt.FretOptions, llm: Stage
     outcomes, tokens, reused = [], [], {}
     if "ce" in rerank.scores:  # the cross-encoder's scores ride on the candidates into fusion
         ce = candidates | "CrossEncode" >> CrossEncodeCandidates(
-            dataclasses.replace(llm, client=ropt.reranker_client(opts)), opts.reranker_api)
+            dataclasses.replace(llm, client=ropt.reranker_client(opts), journal_model=reranker_identity(opts)),
+            opts.reranker_api)
         candidates = ce["candidates"]
         outcomes.append(ce[OUTCOME])
         tokens.append(ce[TOKENS])

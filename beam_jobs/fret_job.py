@@ -31,6 +31,7 @@ from beam_jobs.preflight import (SCRATCH, check_given_queries, check_inputs, che
                                  check_reranker, check_scoring_support, check_served_embedder, discover_model,
                                  prepare_output, remove_partial, remove_run_parts, resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
+from beam_jobs.identities import embedder_identity
 from beam_jobs.write import ResolveOutcomes, SumTokens, count_as, write_manifest, summarize
 from beam_jobs.read import ALIASES, DROPS, DeduplicatePassages, ReadSeedPassages
 from beam_jobs.retrieve import RetrieveCandidates, refusal_outcomes
@@ -69,7 +70,8 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                                                 progress=opts.progress,
                                                                 trust_remote_code=opts.trust_remote_code,
                                                                 journal_folder=journal,
-                                                                embed_batch_tokens=opts.embed_batch_tokens))
+                                                                embed_batch_tokens=opts.embed_batch_tokens,
+                                                                journal_name=embedder_identity(opts)))
     candidates = retrieved["candidates"]
     reused.append(count_as(retrieved["reused"], "journal_hits_embed"))
     refusals, refused_units = refusal_outcomes(retrieved["refused_passages"], retrieved["refused_queries"],

@@ -65,7 +65,7 @@ class GenerateQueries(beam.PTransform):
         self.settings, self.config = settings, config
 
     def expand(self, passages):
-        key_fn = functools.partial(journal.generation_key, self.settings.client.model,
+        key_fn = functools.partial(journal.generation_key, self.settings.model_key,
                                    load_prompt("query_generation", self.config.prompt_version).hash, self.config)
         dofn = _GenerateFn(self.settings, self.config)
         return journaled_llm_stage(passages, self.settings, "generate", key_fn, "Generate", dofn, "queries",

@@ -25,13 +25,19 @@ from schemas import DeadLetter
 @dataclasses.dataclass(frozen=True)
 class StageSettings:
     """What every LLM stage takes: the client, its batch size, whether to print progress, the
-    journal folder (None: no journal) and when to give up on a failing server."""
+    journal folder (None: no journal), when to give up on a failing server, and the model's
+    identity for journal keys."""
 
     client: ClientConfig
     batch_size: int = 16
     progress: bool = False
     journal_folder: Optional[str] = None
     failure: FailurePolicy = FailurePolicy()
+    journal_model: str = ""  # the model as journal keys name it (beam_jobs.identities); "": the client's name
+
+    @property
+    def model_key(self) -> str:
+        return self.journal_model or self.client.model
 
     def batched(self, batch_size: int) -> "StageSettings":
         return dataclasses.replace(self, batch_size=batch_size)

@@ -244,10 +244,11 @@ def generation_config(opts: FretOptions) -> GenerationConfig:
 def llm_settings(opts: FretOptions, model: str, journal: str):
     """The LLM stages' settings (client, batch size, progress, journal folder, failure policy): one
     definition for the one pipeline and every wave."""
+    from beam_jobs.identities import llm_identity
     from beam_jobs.llm_stage import StageSettings
 
     return StageSettings(client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
-                         failure_policy(opts))
+                         failure_policy(opts), journal_model=llm_identity(opts, model))
 
 
 def journal_root(opts: FretOptions) -> str:

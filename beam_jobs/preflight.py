@@ -23,6 +23,21 @@ from pipeline.ownership import Claim
 def served_models(base_url: str, api_key: str | None, timeout: float = 30.0, what: str = "LLM server") -> list[str]:
     """The model names an OpenAI-compatible server lists at /v1/models. A clear error when it cannot
     be reached, refuses the key, or answers but is not such a server (a web server on that port)."""
+    return [str(m["id"]) for m in _model_entries(base_url, api_key, timeout, what)]
+
+
+def served_root(base_url: str, api_key: str | None, model: str, timeout: float = 30.0) -> str | None:
+    """The weights a server says it loaded for `model` (vLLM's `root`: the path or hub id it was
+    started on); None when it does not say or cannot be asked."""
+    try:
+        entries = _model_entries(base_url, api_key, timeout, "server")
+    except ValueError:
+        return None
+    roots = [m.get("root") for m in entries if str(m.get("id")) == model]
+    return str(roots[0]) if roots and roots[0] else None
+
+
+def _model_entries(base_url: str, api_key: str | None, timeout: float, what: str) -> list[dict]:
     import urllib.error
 
     url = base_url.rstrip("/") + "/v1/models"
@@ -43,7 +58,7 @@ def served_models(base_url: str, api_key: str | None, timeout: float = 30.0, wha
         raise ValueError(f"cannot reach the {what} at {base_url} ({exc}); {url_hint(base_url)}") from None
     try:
         models = json.loads(body)["data"]
-        return [str(m["id"]) for m in models]
+        return [dict(m, id=m["id"]) for m in models]
     except (ValueError, KeyError, TypeError):
         start = body[:60].decode("utf-8", "replace").replace("\n", " ")
         raise ValueError(f"{not_openai}: GET /v1/models gave no model list (it began {start!r})") from None

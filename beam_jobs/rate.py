@@ -85,7 +85,7 @@ class RateExamples(beam.PTransform):
         self.settings, self.config = settings, config
 
     def expand(self, examples):
-        key_fn = functools.partial(_rate_key, self.settings.client.model, load_prompt("quality_rater").hash,
+        key_fn = functools.partial(_rate_key, self.settings.model_key, load_prompt("quality_rater").hash,
                                    self.config)
         dofn = _RateFn(self.settings, self.config)
         return journaled_llm_stage(examples, self.settings, "rate", key_fn, "Rate", dofn, "examples", _replay_rating,

@@ -161,7 +161,7 @@ class RerankAndMine(beam.PTransform):
     def expand(self, candidates):
         prompt_hashes = (load_prompt("query_likelihood", self.rerank.ql_prompt_version).hash,
                          load_prompt("relevance_classification", self.rerank.rc_prompt_version).hash)
-        pair_items = candidates | "Pairs" >> beam.FlatMap(_pairs, self.settings.client.model, prompt_hashes,
+        pair_items = candidates | "Pairs" >> beam.FlatMap(_pairs, self.settings.model_key, prompt_hashes,
                                                           self.rerank)
         split = pair_items | "Journal" >> LookupJournal(self.settings.journal_folder, "score", _pair_key)
         order = self.rerank.score_order

@@ -35,9 +35,10 @@ class _EmbedFn(beam.DoFn):
 
     def __init__(self, embedder: str, batch_size: int, shared: Shared, kind: str, progress: bool,
                  trust_remote_code: bool = False, journal_folder: Optional[str] = None,
-                 batch_tokens: int = EMBED_BATCH_TOKENS):
+                 batch_tokens: int = EMBED_BATCH_TOKENS, journal_name: str = ""):
         self._name, self._batch_size, self._shared, self._kind, self._progress = (
             embedder, batch_size, shared, kind, progress)
+        self._journal_name = journal_name or str(embedder)
         self._batch_tokens = batch_tokens
         self._trust_remote_code, self._journal_folder = trust_remote_code, journal_folder
         self.embedded = Metrics.counter(NS, f"{kind}_embedded")
@@ -74,7 +75,7 @@ class _EmbedFn(beam.DoFn):
             batch = [item for i, item in enumerate(batch) if i not in refused]
             texts = [text for i, text in enumerate(texts) if i not in refused]
         if self._kind == "passages" and self._journal_folder and texts:
-            write_vectors(self._journal_folder, [embedding_key(str(self._name), t) for t in texts], vectors)
+            write_vectors(self._journal_folder, [embedding_key(self._journal_name, t) for t in texts], vectors)
         self.embedded.inc(len(batch))
         Progress.add(f"embed ({self._kind})", len(batch) + len(refused), self._progress, total)
         if self._kind == "passages":
@@ -95,9 +96,12 @@ class Embed(beam.PTransform):
 
     def __init__(self, embedder: str, batch_size: int, kind: str, shared: Optional[Shared] = None,
                  progress: bool = False, trust_remote_code: bool = False, journal_folder: Optional[str] = None,
-                 total: Optional[beam.PCollection] = None, batch_tokens: int = EMBED_BATCH_TOKENS):
+                 total: Optional[beam.PCollection] = None, batch_tokens: int = EMBED_BATCH_TOKENS,
+                 journal_name: str = ""):
         super().__init__()
         self.batch_tokens = batch_tokens  # a local embedder's padded tokens per batch
+        # the embedder as journal keys name it (beam_jobs.identities); "": its name
+        self.journal_name = journal_name or str(embedder)
         self.embedder, self.batch_size, self.kind, self.shared = embedder, batch_size, kind, shared or Shared()
         self.progress, self.trust_remote_code, self.journal_folder = progress, trust_remote_code, journal_folder
         self.total = total  # the items' count when the caller has it already (progress ETAs)
@@ -105,7 +109,7 @@ class Embed(beam.PTransform):
     def expand(self, items):
         window = self.batch_size * EMBED_WINDOW
         dofn = _EmbedFn(self.embedder, self.batch_size, self.shared, self.kind, self.progress,
-                        self.trust_remote_code, self.journal_folder, self.batch_tokens)
+                        self.trust_remote_code, self.journal_folder, self.batch_tokens, self.journal_name)
         batches = items | "Window" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
         extra = {"total": _count_unless_given(self.total, items, "CountItems")} if self.progress else {}
         out = batches | "Encode" >> beam.ParDo(dofn, **extra).with_outputs(REFUSED, TOKENS, main="vectors")
@@ -139,7 +143,7 @@ class EmbedPassagesOnce(beam.PTransform):
         self.embed = embed  # its journal_folder is where vectors are looked up and written
 
     def expand(self, passages):
-        key = functools.partial(_passage_key, embedder=self.embed.embedder)
+        key = functools.partial(_passage_key, embedder=self.embed.journal_name)
         lookup = passages | "LookupVectors" >> LookupJournal(self.embed.journal_folder, EMBED_STAGE, key, "vector")
         todo = lookup.todo | "ToEmbed" >> beam.Map(lambda kv: kv[1])
         window = self.embed.batch_size * EMBED_WINDOW
@@ -323,9 +327,9 @@ class RetrieveCandidates(beam.PTransform):
     def __init__(self, embedder: str, index_folder: str, num_neighbors: int = 20, shard_size: int = 50_000,
                  embed_batch_size: int = 64, query_batch_size: int = 4096, progress: bool = False,
                  trust_remote_code: bool = False, journal_folder: Optional[str] = None,
-                 embed_batch_tokens: int = EMBED_BATCH_TOKENS):
+                 embed_batch_tokens: int = EMBED_BATCH_TOKENS, journal_name: str = ""):
         super().__init__()
-        self.embed_batch_tokens = embed_batch_tokens
+        self.embed_batch_tokens, self.journal_name = embed_batch_tokens, journal_name
         if num_neighbors < 1 or shard_size < 1:
             raise ValueError("num_neighbors and index_shard_size must be >= 1")
         self.embedder, self.index_folder, self.k, self.shard_size = embedder, index_folder, num_neighbors, shard_size
@@ -339,7 +343,8 @@ class RetrieveCandidates(beam.PTransform):
         passages, queries = pcolls
         shared = Shared()
         embed = Embed(self.embedder, self.embed_batch_size, "passages", shared, self.progress,
-                      self.trust_remote_code, self.journal_folder, batch_tokens=self.embed_batch_tokens)
+                      self.trust_remote_code, self.journal_folder, batch_tokens=self.embed_batch_tokens,
+                      journal_name=self.journal_name)
         vectors = passages | "EmbedPassages" >> EmbedPassagesOnce(embed)
         shard_paths = write_index_shards(vectors["blocks"], self.shard_size, self.index_folder)
         found = (queries, shard_paths, vectors[REFUSED]) | "Search" >> SearchQueries(

@@ -36,6 +36,7 @@ from beam_jobs.filters import FilterQueries, LoadEvalIndex
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.generate import generation_stage
 from beam_jobs.given_waves import dedupe_member, member_key, member_keys, plan_given, seeded_queries
+from beam_jobs.identities import embedder_identity
 from beam_jobs.index_files import index_dir
 from beam_jobs.read import ALIASES, DROPS, DeduplicatePassages, ReadSeedPassages
 from beam_jobs.retrieve import REFUSED, Embed, EmbedPassagesOnce, SearchQueries, refusal_outcomes, write_index_shards
@@ -142,7 +143,7 @@ def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) 
         counts += [*generated["counts"], *generated["reused"]]
     embed = Embed(opt.retrieval_embedder(opts), opts.embed_batch_size, "passages", progress=opts.progress,
                   trust_remote_code=opts.trust_remote_code, journal_folder=journal,
-                  batch_tokens=opts.embed_batch_tokens)
+                  batch_tokens=opts.embed_batch_tokens, journal_name=embedder_identity(opts))
     vectors = pool | "EmbedPassages" >> EmbedPassagesOnce(embed)
     write_index_shards(vectors["blocks"], opts.index_shard_size, f"{index_dir(output)}/w{wave:05d}")
     write_chunks(query_pairs | "QueryWave" >> beam.Map(lambda qp: (wave, qp)), "WriteQueries", folder, "queries")

@@ -99,3 +99,60 @@ def test_two_runs_writing_one_journal_at_once_corrupt_nothing(tmp_path):
                                "journal_hits_embed", "passages_embedded"))[:3] == _comparable(
         read_output(tmp_path / "a"), ("llm_requests", "journal_hits_generate", "journal_hits_score",
                                       "queries_generated", "journal_hits_embed", "passages_embedded"))[:3]
+
+
+def test_a_changed_model_behind_the_same_name_never_reuses_the_journal(tmp_path):
+    """A served name stays when the checkpoint behind it changes, and `fret train --output` rewrites
+    its folder in place: the journal keys name the weights too (pipeline.model_identity)."""
+    import shutil
+
+    from pipeline.model_paths import DEFAULT_EMBEDDER, resolve_model_path
+
+    inp = write_jsonl(tmp_path / "in.jsonl", PASSAGES)
+    shared = str(tmp_path / "shared-journal")
+    embedder = tmp_path / "embedder"
+    shutil.copytree(resolve_model_path(DEFAULT_EMBEDDER), embedder)
+    flags = ("--num_neighbors", "2", "--journal", shared, "--embedder", str(embedder))
+
+    def sent(stub, output):
+        before = len(stub.requests)
+        out = run_job(inp, tmp_path / output, stub.base_url, *flags)
+        return [r for r in stub.requests[before:] if not is_probe(r)], out["manifest"]["counts"]
+
+    with StubLLM(generate_fn=generate, logprob_fn=scorer, root="/models/llm-v1") as v1:
+        first, counts = sent(v1, "a")
+        assert first and counts.get("journal_hits_embed", 0) == 0
+        again, counts = sent(v1, "b")
+        assert not again and counts["journal_hits_embed"] == counts["unique_passages"], "same weights: all reused"
+    with StubLLM(generate_fn=generate, logprob_fn=scorer, root="/models/llm-v2") as v2:  # same name, new weights
+        swapped, counts = sent(v2, "c")
+        assert swapped and counts.get("journal_hits_generate", 0) == counts.get("journal_hits_score", 0) == 0, \
+            "every LLM result asked again"
+        assert counts["journal_hits_embed"] == counts["unique_passages"], "the embedder did not change"
+        (embedder / "README.md").write_text("a new model card changes no vector")
+        assert sent(v2, "d")[1]["journal_hits_embed"] == counts["unique_passages"]
+        weights = embedder / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1  # one changed bit in the last weight: a retrained model under the same path
+        weights.write_bytes(bytes(data))
+        _, counts = sent(v2, "e")
+        assert counts.get("journal_hits_embed", 0) == 0 and counts["passages_embedded"] == counts["unique_passages"]
+
+
+def test_model_identity_counts_the_bytes_that_change_results(tmp_path):
+    from pipeline.model_identity import folder_digest, local_identity, served_identity
+
+    model = tmp_path / "m"
+    (model / "1_Pooling").mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "1_Pooling" / "config.json").write_text("{}")
+    base = folder_digest(str(model))
+    (model / "README.md").write_text("card")
+    (model / ".fret-owner.json").write_text("{}")
+    assert folder_digest(str(model)) == base, "a model card or a marker changes no result"
+    (model / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    assert folder_digest(str(model)) != base
+    assert local_identity("m", str(model)) == f"m#{folder_digest(str(model))}"
+    assert local_identity("org/hub-id", "org/hub-id") == "org/hub-id", "not a local folder: the name"
+    assert served_identity("llm", "/ckpt/a") != served_identity("llm", "/ckpt/b") != served_identity("llm", None)
+    assert served_identity("llm", "llm") == served_identity("llm", None) == "llm"

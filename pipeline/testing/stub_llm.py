@@ -77,8 +77,10 @@ class StubLLM:
                                               "cache_counts"}),
         record: bool = True,
         stale: str = "finite",
+        root: Optional[str] = None,
     ):
         self.model = model
+        self.root = root  # the weights /v1/models says it loaded, as vLLM's `root`; None: not said
         self.api_key = api_key  # when set, requests without "Authorization: Bearer <key>" get 401
         self.features = features  # vLLM extensions it answers; without them it acts like other servers
         # What a cache-served prompt row holds on the token endpoint, as in vLLM: a wrong finite
@@ -182,7 +184,8 @@ class StubLLM:
         unauthorized = self._unauthorized(request)
         if unauthorized is not None:
             return unauthorized
-        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        entry = {"id": self.model, "object": "model", **({"root": self.root} if self.root else {})}
+        return web.json_response({"object": "list", "data": [entry]})
 
     def _unauthorized(self, request: web.Request) -> Optional[web.Response]:
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
