@@ -163,15 +163,18 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
         if not dry_run:
             check_reranker(ropt.reranker_client(opts), opts.reranker_api)
     run_id = new_run_id()
-    if not dry_run:
-        if not opts.llm_serve and llm_needed:
-            check_scoring_support(opt.client_config(opts, model), opts.rc_method)
-        prepare_output(opts.output, opts.overwrite, opts.resume, run_id=run_id)
-    try:
+    if dry_run:  # it writes nothing, and claims nothing to clean up
         return _run_claimed(pipeline_options, opts, model, run_id, llm_needed, dry_run, test_pipeline)
-    except BaseException:  # an error or Ctrl-C once the folder is this run's: no shard stays without its manifest
-        if not dry_run:
-            remove_partial(opts.output)
+    if not opts.llm_serve and llm_needed:
+        check_scoring_support(opt.client_config(opts, model), opts.rc_method)
+    prepare_output(opts.output, opts.overwrite, opts.resume, run_id=run_id)
+    # From here the folder is this run's, and only from here: any failed exit (an error, Ctrl-C,
+    # SIGTERM, SIGHUP) leaves no shard without its manifest. A command refused earlier touches nothing.
+    try:
+        with processes.on_signal(lambda: remove_partial(opts.output)):
+            return _run_claimed(pipeline_options, opts, model, run_id, llm_needed, dry_run, test_pipeline)
+    except BaseException:
+        remove_partial(opts.output)
         raise
 
 
@@ -269,12 +272,11 @@ def _on_sigint(signum, frame):
 def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     argv = list(sys.argv[1:] if argv is None else argv)
-    processes.guard()  # SIGTERM, SIGHUP: stop what fret started (--llm_serve's server), then remove_partial
+    processes.guard()  # SIGTERM, SIGHUP: stop what fret started (--llm_serve's server); run() cleans its folder
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
     try:
-        with processes.on_signal(lambda: remove_partial(output_of(argv))):
-            result = run(argv)
+        result = run(argv)
     except BaseException as exc:  # noqa: BLE001 - the runner wraps worker errors; show ours plainly
         if _SIGINT_SEEN.is_set() or isinstance(exc, KeyboardInterrupt):
             interrupted(output_of(argv), journal_of(argv))
@@ -310,8 +312,7 @@ def journal_of(argv: list[str]) -> str:
 
 
 def interrupted(output: str, journal: str = "") -> NoReturn:
-    """Ctrl-C: no dataset shard is left without its manifest, and the journal is kept for --resume."""
-    remove_partial(output)
+    """Ctrl-C: run() removed the partial shards of a folder it had claimed; the journal is kept for --resume."""
     where = journal or (f"{output}/_journal" if output else "the output folder's _journal")
     print(f"\n[fret] interrupted: the finished LLM work is kept in {where}; re-run the same command with "
           "--resume to finish it", file=sys.stderr)
