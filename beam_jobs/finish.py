@@ -16,7 +16,7 @@ from beam_jobs import rerank_options as ropt
 from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.cross_encode import CrossEncodeCandidates
 from beam_jobs.filters import DecontaminateExamples
-from beam_jobs.identities import reranker_identity
+from beam_jobs.identities import embedder_identity, llm_identity, reranker_identity
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.rate import RateExamples
 from beam_jobs.rerank import RerankAndMine
@@ -42,8 +42,19 @@ def run_metadata(opts: opt.FretOptions, model: str, run_id: str, started_at: dt.
                 config=config, resumed=opts.resume,
                 ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals},
                 scoring={"scores": ",".join(rerank.scores), "score_order": rerank.score_order, "ql_path": rerank.ql_path,
-                         "rc_prompt": load_prompt("relevance_classification", rerank.rc_prompt_version).id})
+                         "rc_prompt": load_prompt("relevance_classification", rerank.rc_prompt_version).id},
+                journal_models=journal_models(opts, model, rerank))
     return provenance, meta
+
+
+def journal_models(opts: opt.FretOptions, model: str, rerank: RerankConfig) -> dict[str, str]:
+    """The models this run's journal keys name, for the manifest (beam_jobs.identities)."""
+    models = {"embedder": embedder_identity(opts)}
+    if model != "none":
+        models["llm"] = llm_identity(opts, model)
+    if "ce" in rerank.scores:
+        models["cross_encoder"] = reranker_identity(opts)
+    return models
 
 
 def rerank_to_examples(candidates, eval_index, opts: opt.FretOptions, llm: StageSettings, rerank: RerankConfig,

@@ -123,6 +123,7 @@ def _remine_pipeline(source, output, manifest, opts, pipeline_args, mining, prov
         meta = dict(run_id=run_id, started_at=started_at, llm_model=manifest["llm_model"],
                     embedder=manifest["embedder"], prompts=manifest["prompts"], config=config,
                     ranking_precision=manifest.get("ranking_precision") or {}, scoring=manifest.get("scoring") or {},
+                    journal_models=manifest.get("journal_models") or {},
                     scores_from=f"{source} (run {manifest['run_id']}): remined, no LLM request")
         tokens = p | "NoTokens" >> beam.Create([UsageMeter()]) | "SumTokens" >> beam.CombineGlobally(SumTokens())
         (summarize(final, examples)

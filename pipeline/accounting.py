@@ -159,7 +159,8 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
                    ranking_precision: Optional[dict[str, int]] = None,
                    tokens: Optional[dict[str, TokenUsage]] = None,
                    phase_seconds: Optional[dict[str, float]] = None,
-                   scoring: Optional[dict[str, str]] = None, scores_from: Optional[str] = None) -> RunManifest:
+                   scoring: Optional[dict[str, str]] = None, scores_from: Optional[str] = None,
+                   journal_models: Optional[dict[str, str]] = None) -> RunManifest:
     written, filtered, dead = (acc.status[s] for s in ("written", "filtered", "dead_lettered"))
     inputs = written + filtered + dead
     if expected_inputs is not None and inputs != expected_inputs:
@@ -183,6 +184,6 @@ def build_manifest(acc: ManifestAccumulator, *, run_id: str, started_at: dt.date
         accounting=f"{inputs} inputs = {written} written + {filtered} filtered + {dead} dead-lettered"
                    + (" (checked against the input count)" if expected_inputs is not None else ""),
         resumed=resumed, ranking_precision=ranking_precision or {}, tokens=tokens or {},
-        phase_seconds=phase_seconds or {}, scoring=scoring or {},
+        phase_seconds=phase_seconds or {}, scoring=scoring or {}, journal_models=journal_models or {},
         false_negative_share=false_negative_share(acc.audit), scores_from=scores_from,
     )

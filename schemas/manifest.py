@@ -65,6 +65,11 @@ class RunManifest(Record):
         default_factory=dict, description="how the LLM scored: score_order (passage | query), ql_path "
                                           "(prefix_cache: QL read the server's prefix cache over its token endpoint; "
                                           "echo: /v1/completions) and the RC prompt")
+    journal_models: dict[str, str] = Field(
+        default_factory=dict, description="the models as journal keys name them (llm, embedder, cross_encoder): "
+                                          "the name and a digest of a local folder's bytes, or the weights a "
+                                          "server says it loaded; a run whose entry differs reuses none of an "
+                                          "earlier run's journal for that model")
     scores_from: Optional[str] = Field(None, description="fret remine: the run whose stored candidate scores these "
                                                           "examples were rebuilt from (None: scored in this run)")
     false_negative_share: Optional[float] = Field(

@@ -137,6 +137,10 @@ def test_a_changed_model_behind_the_same_name_never_reuses_the_journal(tmp_path)
         weights.write_bytes(bytes(data))
         _, counts = sent(v2, "e")
         assert counts.get("journal_hits_embed", 0) == 0 and counts["passages_embedded"] == counts["unique_passages"]
+    models = {name: read_output(tmp_path / name)["manifest"]["journal_models"] for name in "ace"}
+    assert models["a"]["llm"] == "stub-llm (/models/llm-v1)" and models["c"]["llm"] == "stub-llm (/models/llm-v2)"
+    assert models["a"]["embedder"] == models["c"]["embedder"] != models["e"]["embedder"]
+    assert models["e"]["embedder"].startswith(f"{embedder}#")
 
 
 def test_model_identity_counts_the_bytes_that_change_results(tmp_path):
