@@ -70,9 +70,10 @@ def run_remine(source: str, output: str, argv: list[str], overwrite: bool = Fals
     if not source_config.get("keep_candidates", True):
         raise ValueError(f"{source} was written with --keep-candidates false: it stores no candidate scores to "
                          "remine; only a new run can mine it differently")
-    if source_config.get("quality_filter") and opts.relabel != source_config.get("relabel", "gecko"):
+    source_relabel = source_config.get("relabel", "gecko")  # runs from before --relabel relabelled
+    if source_config.get("quality_filter") and opts.relabel != source_relabel:
         raise ValueError(f"{source} was rated (--quality-filter): the LLM judged each query with the positive that "
-                         f"--relabel {source_config.get('relabel')} chose, and --relabel {opts.relabel} would keep "
+                         f"--relabel {source_relabel} chose, and --relabel {opts.relabel} would keep "
                          "those ratings on other positives: that needs a new run, which rates them")
     mining = ropt.mining_config(opts)
     if opts.decontaminate:  # the run's evaluation files, read again for relabelled positives
