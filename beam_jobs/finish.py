@@ -16,7 +16,7 @@ from beam_jobs import rerank_options as ropt
 from beam_jobs.common import OUTCOME, TOKENS
 from beam_jobs.cross_encode import CrossEncodeCandidates
 from beam_jobs.filters import DecontaminateExamples
-from beam_jobs.identities import embedder_identity, llm_identity, reranker_identity
+from beam_jobs.identities import journal_models
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.rate import RateExamples
 from beam_jobs.rerank import RerankAndMine
@@ -43,22 +43,12 @@ def run_metadata(opts: opt.FretOptions, model: str, run_id: str, started_at: dt.
                 ranking_precision={"ql_decimals": rerank.ql_decimals, "rc_decimals": rerank.rc_decimals},
                 scoring={"scores": ",".join(rerank.scores), "score_order": rerank.score_order, "ql_path": rerank.ql_path,
                          "rc_prompt": load_prompt("relevance_classification", rerank.rc_prompt_version).id},
-                journal_models=journal_models(opts, model, rerank))
+                journal_models=journal_models(opts, model))  # what every stage's journal keys name
     return provenance, meta
 
 
-def journal_models(opts: opt.FretOptions, model: str, rerank: RerankConfig) -> dict[str, str]:
-    """The models this run's journal keys name, for the manifest (beam_jobs.identities)."""
-    models = {"embedder": embedder_identity(opts)}
-    if model != "none":
-        models["llm"] = llm_identity(opts, model)
-    if "ce" in rerank.scores:
-        models["cross_encoder"] = reranker_identity(opts)
-    return models
-
-
 def rerank_to_examples(candidates, eval_index, opts: opt.FretOptions, llm: StageSettings, rerank: RerankConfig,
-                       provenance: Provenance) -> dict:
+                       provenance: Provenance, models: dict[str, str]) -> dict:
     """(query, passage, candidates) -> {"examples": stamped TrainingExamples, "outcomes": the
     outcomes these stages decide (written ones included), "tokens": UsageMeter collections,
     "reused": {counter name: journal hits}}."""
@@ -67,7 +57,7 @@ def rerank_to_examples(candidates, eval_index, opts: opt.FretOptions, llm: Stage
     outcomes, tokens, reused = [], [], {}
     if "ce" in rerank.scores:  # the cross-encoder's scores ride on the candidates into fusion
         ce = candidates | "CrossEncode" >> CrossEncodeCandidates(
-            dataclasses.replace(llm, client=ropt.reranker_client(opts), journal_model=reranker_identity(opts)),
+            dataclasses.replace(llm, client=ropt.reranker_client(opts), journal_model=models["cross_encoder"]),
             opts.reranker_api)
         candidates = ce["candidates"]
         outcomes.append(ce[OUTCOME])

@@ -31,7 +31,6 @@ from beam_jobs.preflight import (SCRATCH, check_given_queries, check_inputs, che
                                  check_reranker, check_scoring_support, check_served_embedder, discover_model,
                                  prepare_output, remove_partial, remove_run_parts, resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
-from beam_jobs.identities import embedder_identity
 from beam_jobs.write import ResolveOutcomes, SumTokens, count_as, write_manifest, summarize
 from beam_jobs.read import ALIASES, DROPS, DeduplicatePassages, ReadSeedPassages
 from beam_jobs.retrieve import RetrieveCandidates, refusal_outcomes
@@ -54,7 +53,8 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
     passages, aliases = deduped["kept"], deduped[ALIASES]
     dedupe_outcomes = deduped[DROPS] | "DropOutcomes" >> beam.MapTuple(passage_dedupe.drop_outcome)
     journal = opt.journal_root(opts)
-    llm = opt.llm_settings(opts, model, journal)
+    models = meta["journal_models"]
+    llm = opt.llm_settings(opts, model, journal, models)
     if opts.queries:
         sourced = given_queries(p, opts, passages, aliases)
     else:
@@ -71,12 +71,12 @@ def build(p: beam.Pipeline, opts: opt.FretOptions, model: str, run_id: str, star
                                                                 trust_remote_code=opts.trust_remote_code,
                                                                 journal_folder=journal,
                                                                 embed_batch_tokens=opts.embed_batch_tokens,
-                                                                journal_name=embedder_identity(opts)))
+                                                                journal_name=models["embedder"]))
     candidates = retrieved["candidates"]
     reused.append(count_as(retrieved["reused"], "journal_hits_embed"))
     refusals, refused_units = refusal_outcomes(retrieved["refused_passages"], retrieved["refused_queries"],
                                                passages_are_units=not opts.queries)
-    tail = rerank_to_examples(candidates, eval_index, opts, llm, rerank, provenance)
+    tail = rerank_to_examples(candidates, eval_index, opts, llm, rerank, provenance, models)
     examples, token_usage = tail["examples"], [*sourced["tokens"], retrieved[TOKENS], *tail["tokens"]]
     reused.extend(count_as(hits, name) for name, hits in tail["reused"].items())
     final = ((read[OUTCOME], dedupe_outcomes, *sourced["outcomes"], filter_outcomes, refusals, *tail["outcomes"])

@@ -1,6 +1,7 @@
 """The models as journal keys name them (pipeline.model_identity): the LLM, the cross-encoder and
-the retrieval embedder, found once in the driver. A server that cannot be asked is known by its
-model's name, as before: a key can only get more specific, never reuse a different model's entry."""
+the retrieval embedder, found once per run in the driver (`journal_models`) and handed to every
+stage and the manifest. A server that cannot be asked is known by its model's name, as before: a
+key can only get more specific, never reuse a different model's entry."""
 
 from __future__ import annotations
 
@@ -11,6 +12,17 @@ from pipeline.model_identity import local_identity, served_identity
 from pipeline.model_paths import resolve_model_path
 
 ASK_TIMEOUT_S = 5.0  # the server answered discover/check moments ago; a dry run may have none
+
+
+def journal_models(opts: opt.FretOptions, model: str) -> dict[str, str]:
+    """{"embedder", and "llm" when an LLM is used, "cross_encoder" when --scores has ce}: the keys'
+    names for this run's models; the manifest records the same dict."""
+    models = {"embedder": embedder_identity(opts)}
+    if model != "none":
+        models["llm"] = llm_identity(opts, model)
+    if "ce" in ropt.score_names(opts):
+        models["cross_encoder"] = reranker_identity(opts)
+    return models
 
 
 def llm_identity(opts: opt.FretOptions, model: str) -> str:

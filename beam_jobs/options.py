@@ -241,14 +241,13 @@ def generation_config(opts: FretOptions) -> GenerationConfig:
                             max_tokens=opts.max_tokens, seed=opts.seed, seed_requests=opts.seed_requests)
 
 
-def llm_settings(opts: FretOptions, model: str, journal: str):
-    """The LLM stages' settings (client, batch size, progress, journal folder, failure policy): one
-    definition for the one pipeline and every wave."""
-    from beam_jobs.identities import llm_identity
+def llm_settings(opts: FretOptions, model: str, journal: str, journal_models: dict[str, str]):
+    """The LLM stages' settings (client, batch size, progress, journal folder, failure policy, the
+    model as the run's journal keys name it): one definition for the one pipeline and every wave."""
     from beam_jobs.llm_stage import StageSettings
 
     return StageSettings(client_config(opts, model), opts.llm_batch_size, opts.progress, journal,
-                         failure_policy(opts), journal_model=llm_identity(opts, model))
+                         failure_policy(opts), journal_model=journal_models.get("llm", ""))
 
 
 def journal_root(opts: FretOptions) -> str:

@@ -36,7 +36,6 @@ from beam_jobs.filters import FilterQueries, LoadEvalIndex
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.generate import generation_stage
 from beam_jobs.given_waves import dedupe_member, member_key, member_keys, plan_given, seeded_queries
-from beam_jobs.identities import embedder_identity
 from beam_jobs.index_files import index_dir
 from beam_jobs.read import ALIASES, DROPS, DeduplicatePassages, ReadSeedPassages
 from beam_jobs.retrieve import REFUSED, Embed, EmbedPassagesOnce, SearchQueries, refusal_outcomes, write_index_shards
@@ -120,7 +119,7 @@ def _apply_drops(passage, drops: dict):
         yield beam.pvalue.TaggedOutput(OUTCOME, dedupe.drop_outcome(passage, drop))
 
 
-def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) -> None:
+def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int, models: dict[str, str]) -> None:
     output = opts.output.rstrip("/")
     journal = f"{opt.journal_root(opts)}/w{wave:05d}"  # per wave: a lookup reads its own wave's work only
     drops = p | "ReadDrops" >> ReadWaveChunks(wave_files(folder, "drops", wave))
@@ -136,14 +135,14 @@ def build_prepare(p, opts: opt.FretOptions, model: str, folder: str, wave: int) 
         query_pairs = seeded_queries(p, pool, folder, wave)
     else:
         pool = passages
-        generated = generation_stage(passages, opt.llm_settings(opts, model, journal), opts)
+        generated = generation_stage(passages, opt.llm_settings(opts, model, journal, models), opts)
         query_pairs = generated["queries"]
         outcomes += generated["outcomes"]
         tokens += generated["tokens"]
         counts += [*generated["counts"], *generated["reused"]]
     embed = Embed(opt.retrieval_embedder(opts), opts.embed_batch_size, "passages", progress=opts.progress,
                   trust_remote_code=opts.trust_remote_code, journal_folder=journal,
-                  batch_tokens=opts.embed_batch_tokens, journal_name=embedder_identity(opts))
+                  batch_tokens=opts.embed_batch_tokens, journal_name=models["embedder"])
     vectors = pool | "EmbedPassages" >> EmbedPassagesOnce(embed)
     write_index_shards(vectors["blocks"], opts.index_shard_size, f"{index_dir(output)}/w{wave:05d}")
     write_chunks(query_pairs | "QueryWave" >> beam.Map(lambda qp: (wave, qp)), "WriteQueries", folder, "queries")
@@ -183,7 +182,7 @@ def build_filter(p, opts: opt.FretOptions, folder: str, waves: int) -> None:
 # --- 4. finish, per wave ---------------------------------------------------------------------
 
 def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, shard_paths: list[str],
-                 provenance) -> None:
+                 provenance, models: dict[str, str]) -> None:
     output = opts.output.rstrip("/")
     journal = f"{opt.journal_root(opts)}/w{wave:05d}"
     kept_ids = (p | "ReadKept" >> ReadWaveChunks(wave_files(folder, "kept", wave))
@@ -201,8 +200,8 @@ def build_finish(p, opts: opt.FretOptions, model: str, folder: str, wave: int, s
     refusals, _ = refusal_outcomes(p | "NoRefusedPassages" >> beam.Create([]), found[REFUSED],
                                    passages_are_units=True)
     eval_index = p | "LoadEvalSet" >> LoadEvalIndex(opts.decontaminate, opt.decontam_config(opts))
-    tail = rerank_to_examples(candidates, eval_index, opts, opt.llm_settings(opts, model, journal),
-                              ropt.rerank_config(opts), provenance)
+    tail = rerank_to_examples(candidates, eval_index, opts, opt.llm_settings(opts, model, journal, models),
+                              ropt.rerank_config(opts), provenance, models)
     earlier = p | "ReadOutcomes" >> ReadWaveChunks(wave_files(folder, "outcomes", wave))
     final = ((earlier, refusals, *tail["outcomes"]) | "AllOutcomes" >> beam.Flatten()
              | "ResolveOutcomes" >> ResolveOutcomes())
@@ -260,13 +259,13 @@ def run_in_waves(pipeline_options: PipelineOptions, opts: opt.FretOptions, wave_
     run_one("plan", f"plan: {waves} wave(s) of about {wave_size} records", build_plan, folder, waves)
     for wave in range(waves):
         run_one(f"prepare-w{wave:05d}", f"wave {wave + 1}/{waves}: embed and generate", build_prepare, model, folder,
-                wave)
+                wave, meta["journal_models"])
     run_one("filter", "filter queries over every wave", build_filter, folder, waves)
     shard_paths = sorted(m.path for m in FileSystems.match([f"{index_dir(output)}/*/shard-*.parquet"])[0].metadata_list)
     result = None
     for wave in range(waves):
         result = run_one(f"finish-w{wave:05d}", f"wave {wave + 1}/{waves}: search, rerank, write", build_finish, model,
-                         folder, wave, shard_paths, provenance)
+                         folder, wave, shard_paths, provenance, meta["journal_models"])
     counts = _merged_counts(folder)
     units = counts.pop("units")
     counts["waves"] = waves

@@ -31,7 +31,7 @@ def folder_digest(folder: str) -> str:
     """sha256 over every counted file's relative name and bytes, in name order (16 hex digits)."""
     path = Path(folder)
     files = _counted(path)
-    signature = (str(path.resolve()), *((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    signature = (str(path.resolve()), *((str(f), st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]))
     if signature not in _digests:
         digest = hashlib.sha256()
         for f in files:
