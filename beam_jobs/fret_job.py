@@ -29,7 +29,7 @@ from beam_jobs.index_files import index_dir
 from beam_jobs.llm_stage import StageSettings
 from beam_jobs.preflight import (SCRATCH, check_given_queries, check_inputs, check_model_served,
                                  check_reranker, check_scoring_support, check_served_embedder, discover_model,
-                                 prepare_output, remove_partial, remove_run_parts, resolve_ql_path)
+                                 partial_removed_on_failure, prepare_output, remove_run_parts, resolve_ql_path)
 from beam_jobs.finish import rerank_to_examples, run_metadata, write_records
 from beam_jobs.write import ResolveOutcomes, SumTokens, count_as, write_manifest, summarize
 from beam_jobs.read import ALIASES, DROPS, DeduplicatePassages, ReadSeedPassages
@@ -168,14 +168,8 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None):
     if not opts.llm_serve and llm_needed:
         check_scoring_support(opt.client_config(opts, model), opts.rc_method)
     prepare_output(opts.output, opts.overwrite, opts.resume, run_id=run_id)
-    # From here the folder is this run's, and only from here: any failed exit (an error, Ctrl-C,
-    # SIGTERM, SIGHUP) leaves no shard without its manifest. A command refused earlier touches nothing.
-    try:
-        with processes.on_signal(lambda: remove_partial(opts.output)):
-            return _run_claimed(pipeline_options, opts, model, run_id, llm_needed, dry_run, test_pipeline)
-    except BaseException:
-        remove_partial(opts.output)
-        raise
+    with partial_removed_on_failure(opts.output):  # the folder is this run's from here on, and only from here
+        return _run_claimed(pipeline_options, opts, model, run_id, llm_needed, dry_run, test_pipeline)
 
 
 def _run_claimed(pipeline_options: PipelineOptions, opts: opt.FretOptions, model: str, run_id: str,

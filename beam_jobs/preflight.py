@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import urllib.parse
@@ -14,7 +15,7 @@ from beam_jobs.index_files import INDEX_DIR
 from beam_jobs.journal import JOURNAL_DIR
 from beam_jobs.outputs import BeamStore
 from beam_jobs.scratch import SCRATCH_DIR
-from pipeline import ownership
+from pipeline import ownership, processes
 from pipeline.ingest import DEFAULT_FIELDS, InputFields
 from pipeline.llm.types import ClientConfig
 from pipeline.ownership import Claim
@@ -286,3 +287,16 @@ def remove_partial(output: str) -> None:
     scratch; the journal stays for --resume. Only fret's files go, by the folder's marker."""
     if output and FileSystems.exists(output) and not FileSystems.exists(f"{output}/manifest.json"):
         remove_run_parts(output, (*OUTPUT_PARTS, *SCRATCH))
+
+
+@contextlib.contextmanager
+def partial_removed_on_failure(output: str):
+    """Around the work that follows prepare_output's claim (fret run, fret remine): any failed exit
+    (an error, Ctrl-C, SIGTERM, SIGHUP) runs remove_partial. A command refused before its claim
+    touches nothing."""
+    try:
+        with processes.on_signal(lambda: remove_partial(output)):
+            yield
+    except BaseException:
+        remove_partial(output)
+        raise

@@ -18,7 +18,7 @@ from beam_jobs.common import OUTCOME
 from beam_jobs.filters import DecontaminateExamples, LoadEvalIndex
 from beam_jobs.finish import write_records
 from beam_jobs.outputs import read_manifest, shards
-from beam_jobs.preflight import matched_files, prepare_output, remove_partial
+from beam_jobs.preflight import matched_files, partial_removed_on_failure, prepare_output
 from beam_jobs.write import SumTokens, write_manifest, summarize
 from pipeline import processes
 from pipeline.accounting import Outcome
@@ -85,13 +85,9 @@ def run_remine(source: str, output: str, argv: list[str], overwrite: bool = Fals
     provenance = Provenance(llm_model=manifest["llm_model"], embedder=manifest["embedder"],
                             prompts=manifest["prompts"], params=config, created_at=started_at)
     processes.guard()  # SIGTERM, SIGHUP: the partial shards go too (remine starts no process)
-    try:
-        with processes.on_signal(lambda: remove_partial(output)):
-            _remine_pipeline(source, output, manifest, opts, pipeline_args, mining, provenance, config, run_id,
-                             started_at)
-    except BaseException:  # a failure or Ctrl-C: no shard stays without its manifest, as with fret run
-        remove_partial(output)
-        raise
+    with partial_removed_on_failure(output):  # no shard stays without its manifest, as with fret run
+        _remine_pipeline(source, output, manifest, opts, pipeline_args, mining, provenance, config, run_id,
+                         started_at)
     return read_manifest(output)
 
 
